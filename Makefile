@@ -1,0 +1,23 @@
+# The two commands a newcomer needs:
+#   make serve   install what is missing, then run the gateway on its embedded default
+#   make test    install what is missing, then run the whole test suite
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: serve test unit lint env
+
+env:
+	@./scripts/setup-env.sh
+
+serve: env
+	$(VENV)/bin/cloister serve $(ARGS)
+
+test: env
+	$(PY) -m pytest -q $(ARGS)
+
+unit: env
+	$(PY) -m pytest -q tests/unit $(ARGS)
+
+lint: env
+	$(VENV)/bin/ruff check gateway enclave attestation proxy tests benchmarks

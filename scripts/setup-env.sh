@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Create or update .venv with Cloister and its engine. Idempotent: a second run with the
+# same pyproject.toml and engine kind does nothing.
+#
+#   CLOISTER_ENGINE=cpu|gpu   which vLLM build (default: gpu if nvidia-smi sees a GPU)
+#   CLOISTER_TORCH_INDEX=URL  extra pip index for torch==2.13.0+cpu on machines without
+#                             a local wheel (e.g. https://download.pytorch.org/whl/cpu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+if [ -z "${CLOISTER_ENGINE:-}" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    CLOISTER_ENGINE=gpu
+  else
+    CLOISTER_ENGINE=cpu
+  fi
+fi
+extras="$CLOISTER_ENGINE,embeddings,test"
+stamp="$VENV/.cloister-installed"
+want="$(cat pyproject.toml scripts/setup-env.sh | sha256sum | cut -c1-16) $extras"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${pip[@]}" install --quiet --upgrade pip
+index=()
+[ -n "${CLOISTER_TORCH_INDEX:-}" ] && index=(--extra-index-url "$CLOISTER_TORCH_INDEX")
+echo "installing cloister[$extras] into $VENV (first time: a few minutes)" >&2
+start=$(date +%s)
+"${pip[@]}" install --quiet "${index[@]}" -e ".[$extras]"
+if [ "$CLOISTER_ENGINE" = cpu ]; then
+  # PyPI's builds of these do not match torch 2.13.0+cpu and break `import transformers`.
+  "${pip[@]}" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+"$VENV/bin/python" -c "import vllm, transformers, starlette, pyhpke" 2>/dev/null || {
+  echo "setup-env: the engine does not import; see the pip output above" >&2; exit 1; }
+echo "$want" > "$stamp"
+echo "installed in $(( $(date +%s) - start ))s" >&2

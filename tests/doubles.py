@@ -1,0 +1,171 @@
+"""Test doubles. Nothing here ships: the gateway's only default engine is vLLM.
+
+`DeterministicTestEngine` is a stand-in for the embedded vLLM engine with the same OpenAI
+wire shape (JSON bodies, SSE events ending in `data: [DONE]`, vLLM-shaped errors) and
+fully deterministic output, so that unit tests of the gateway and of every dialect run in
+milliseconds and can assert exact bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+CHAT_MODEL = "test-chat"
+EMBEDDING_MODEL = "test-embed"
+EMBEDDING_DIM = 384
+MAX_MODEL_LEN = 2048
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": status}},
+        status_code=status,
+    )
+
+
+def reply_words(prompt: str, max_tokens: int) -> list[str]:
+    """The deterministic completion: `echo:` then the prompt's words, padded with `tick`."""
+    words = ["echo:", *prompt.split()]
+    words += ["tick"] * max(0, max_tokens - len(words))
+    return words[:max_tokens]
+
+
+def embedding_of(text: str) -> list[float]:
+    digest = hashlib.sha512(text.encode()).digest()
+    raw = [digest[i % len(digest)] - 127.5 for i in range(EMBEDDING_DIM)]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return [x / norm for x in raw]
+
+
+class DeterministicTestEngine:
+    """Implements `enclave.engine.Engine` for tests."""
+
+    def __init__(self, *, token_delay: float = 0.0) -> None:
+        self.token_delay = token_delay
+        self.unfinished = 0
+        self.aborted = 0
+        self.healthy = True
+        self.seen_bodies: list[dict[str, Any]] = []
+        self._app = Starlette(routes=[
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+        ])
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await self._app(scope, receive, send)
+
+    async def check_health(self) -> None:
+        if not self.healthy:
+            raise RuntimeError("engine unhealthy")
+
+    def unfinished_requests(self) -> int:
+        return self.unfinished
+
+    def model_names(self) -> list[str]:
+        return [CHAT_MODEL, EMBEDDING_MODEL]
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[DeterministicTestEngine]:
+        """The factory shape the gateway expects: `lambda: engine.running()`."""
+        yield self
+
+    async def _models(self, request: Request) -> Response:
+        cards = [{"id": name, "object": "model", "owned_by": "cloister-tests",
+                  "max_model_len": MAX_MODEL_LEN} for name in self.model_names()]
+        return JSONResponse({"object": "list", "data": cards})
+
+    async def _body(self, request: Request, model: str) -> dict[str, Any] | Response:
+        body = await request.json()
+        self.seen_bodies.append(body)
+        if body.get("model", model) != model:
+            return _error(404, f"The model `{body.get('model')}` does not exist.", "model")
+        return body
+
+    async def _chat(self, request: Request) -> Response:
+        body = await self._body(request, CHAT_MODEL)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body.get("messages"), list):
+            return _error(400, "messages: Field required", "body.messages")
+        prompt = " ".join(str(m.get("content", "")) for m in body["messages"])
+        return await self._generate(body, prompt, chat=True)
+
+    async def _completions(self, request: Request) -> Response:
+        body = await self._body(request, CHAT_MODEL)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body.get("prompt"), str):
+            return _error(400, "prompt: Field required", "body.prompt")
+        return await self._generate(body, body["prompt"], chat=False)
+
+    async def _embeddings(self, request: Request) -> Response:
+        body = await self._body(request, EMBEDDING_MODEL)
+        if isinstance(body, Response):
+            return body
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(inputs, list) or not inputs:
+            return _error(400, "input: Field required", "body.input")
+        data = [{"object": "embedding", "index": i, "embedding": embedding_of(str(t))}
+                for i, t in enumerate(inputs)]
+        tokens = sum(len(str(t).split()) for t in inputs)
+        return JSONResponse({"object": "list", "model": EMBEDDING_MODEL, "data": data,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _generate(self, body: dict[str, Any], prompt: str, *, chat: bool) -> Response:
+        words = reply_words(prompt, int(body.get("max_tokens") or 16))
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(words),
+                 "total_tokens": len(prompt.split()) + len(words)}
+        kind = "chat.completion" if chat else "text_completion"
+        if not body.get("stream"):
+            text = " ".join(words)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text},
+                       "finish_reason": "length"} if chat
+                      else {"index": 0, "text": text, "finish_reason": "length"})
+            return JSONResponse({"id": "cmpl-test", "object": kind, "model": CHAT_MODEL,
+                                 "created": 0, "choices": [choice], "usage": usage})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(self._events(words, usage if include_usage else None, chat),
+                                 media_type="text/event-stream")
+
+    async def _events(self, words: list[str], usage: dict[str, int] | None,
+                      chat: bool) -> AsyncIterator[str]:
+        self.unfinished += 1
+        finished = False
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        try:
+            for i, word in enumerate(words):
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                piece = word if i == 0 else " " + word
+                choice = ({"index": 0, "delta": {"content": piece}} if chat
+                          else {"index": 0, "text": piece})
+                yield _sse({"id": "cmpl-test", "object": kind, "model": CHAT_MODEL,
+                            "created": 0, "choices": [choice]})
+            if usage is not None:
+                yield _sse({"id": "cmpl-test", "object": kind, "model": CHAT_MODEL,
+                            "created": 0, "choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+            finished = True
+        finally:
+            self.unfinished -= 1
+            if not finished:
+                self.aborted += 1
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

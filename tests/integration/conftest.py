@@ -1,0 +1,84 @@
+"""One real gateway per test session: `cloister serve` under uvicorn on a free loopback
+port, with the real vLLM CPU engine, the demo model and the packaged embedding model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# Model load plus torch.compile warm-up of two engines on 2 CPU cores: minutes, not seconds.
+STARTUP_TIMEOUT_S = 900
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningGateway:
+    def __init__(self, url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.url = url
+        self.process = process
+        self.log_path = log_path
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def start_gateway(*args: str, log_path: Path) -> RunningGateway:
+    port = free_port()
+    env = dict(os.environ)
+    env.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    gateway = RunningGateway(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log_tail()}")
+        try:
+            if httpx.get(f"{gateway.url}/ready", timeout=2).status_code == 200:
+                return gateway
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    stop_gateway(gateway)
+    raise RuntimeError(f"gateway not ready after {STARTUP_TIMEOUT_S}s:\n{gateway.log_tail()}")
+
+
+def stop_gateway(gateway: RunningGateway) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        gateway.process.wait()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    log_path = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    started = time.monotonic()
+    running = start_gateway("--insecure-plaintext", log_path=log_path)
+    print(f"\nreal gateway ready in {time.monotonic() - started:.1f}s at {running.url}")
+    yield running
+    stop_gateway(running)
+
+
+@pytest.fixture
+def client(gateway: RunningGateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=120) as c:
+        yield c

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.doubles import DeterministicTestEngine
+
+
+@pytest.fixture
+def engine() -> DeterministicTestEngine:
+    return DeterministicTestEngine()
+
+
+async def start(app: Starlette) -> None:
+    """Wait for the background engine start (the double starts at once)."""
+    await app.state.engine_slot.wait_started()
+
+
+@pytest.fixture
+def make_app(engine: DeterministicTestEngine) -> Callable[..., Starlette]:
+    def factory(**settings: object) -> Starlette:
+        return create_app(Settings(**settings), engine.running)  # type: ignore[arg-type]
+    return factory
+
+
+@pytest.fixture
+async def plaintext_client(make_app) -> AsyncIterator[httpx.AsyncClient]:
+    app = make_app(insecure_plaintext=True, max_body_bytes=64 * 1024)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            yield client
+
+
+@pytest.fixture
+async def default_client(make_app) -> AsyncIterator[httpx.AsyncClient]:
+    app = make_app()
+    async with app.router.lifespan_context(app):
+        await start(app)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            yield client
+
+
+__all__ = ["asyncio", "start"]
