@@ -15,7 +15,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, EngineRequest
-from gateway import metrics
+from enclave.keys import KeyRing
+from gateway import metrics, ohttp_routes
 from gateway.body import parse_json_object, read_body
 from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import ErrorCode, GatewayError, error_body, json_response
@@ -140,6 +141,8 @@ def create_app(
         Route(COMPLETIONS[1], openai_plaintext, methods=["POST"]),
         Route(EMBEDDINGS[1], openai_plaintext, methods=["POST"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
+        Route(ohttp_routes.PATH, ohttp_routes.key_configs, methods=["GET"]),
+        Route(ohttp_routes.PATH, ohttp_routes.gateway, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
@@ -151,6 +154,10 @@ def create_app(
         },
     )
     app.state.settings = settings
+    # Keys are made here, in the gateway process, after nothing but configuration has
+    # been read; the engine's processes are spawned and never see them.
+    app.state.keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
+                                grace_seconds=settings.key_grace_seconds)
     app.state.metrics = metrics.GatewayMetrics(app)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -2,6 +2,7 @@
 
     cloister serve [--host 127.0.0.1] [--port 8000] [--model PATH_OR_NAME]
                    [--embedding-model auto|none|PATH_OR_NAME] [-- VLLM_ENGINE_ARGS...]
+    cloister proxy --gateway URL [--host 127.0.0.1] [--port 8080] [--insecure-skip-attestation]
     cloister demo-model PATH
 """
 
@@ -59,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.add_argument("engine_args", nargs=argparse.REMAINDER,
                        help="after `--`: arguments for the vLLM engine (e.g. --max-model-len)")
+
+    proxy = sub.add_parser("proxy", help="run the local encrypting proxy (plaintext OpenAI API "
+                                         "on localhost, OHTTP to the gateway)")
+    proxy.add_argument("--gateway", required=True, help="the gateway's base URL")
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, default=8080)
+    proxy.add_argument("--insecure-skip-attestation", action="store_true",
+                       help="trust the fetched key configuration without verifying the "
+                            "gateway's attestation (attestation lands with issue 4)")
+    proxy.add_argument("--log-level", default="info")
 
     demo = sub.add_parser("demo-model", help="build the offline demo model into PATH")
     demo.add_argument("path", type=Path)
@@ -123,10 +134,35 @@ def serve(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def run_proxy(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import create_proxy_app
+    from proxy.ohttp_client import OHTTPClient
+
+    configure_logging(args.log_level)
+    log = structlog.get_logger("cloister.proxy")
+    if not args.insecure_skip_attestation:
+        print("cloister proxy: refusing to start: this build cannot yet verify the gateway's "
+              "attestation, so nothing would vouch for its keys. Pass "
+              "--insecure-skip-attestation to trust the key configuration it serves.",
+              file=sys.stderr)
+        return 2
+    log.warning("attestation_skipped", gateway=args.gateway,
+                detail="the gateway's keys are trusted without attestation: for development")
+    print("WARNING: --insecure-skip-attestation: requests are sealed to keys that no "
+          "attestation report vouches for.", file=sys.stderr)
+    app = create_proxy_app(OHTTPClient(args.gateway))
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "proxy":
+        return run_proxy(args)
     if args.command == "demo-model":
         from enclave.demo_model import build_demo_model
 

@@ -14,6 +14,13 @@ from typing import Any
 
 from starlette.responses import Response
 
+from enclave.errors import (
+    DecryptError,
+    EnclaveCryptoError,
+    MessageTooLargeError,
+    UnknownKeyError,
+)
+
 
 class ErrorCode(enum.StrEnum):
     INVALID_JSON = "invalid_json"
@@ -28,6 +35,8 @@ class ErrorCode(enum.StrEnum):
     ENGINE_FAILED = "engine_failed"
     ENGINE_ERROR = "engine_error"
     INTERNAL_ERROR = "internal_error"
+    DECRYPTION_FAILED = "decryption_failed"
+    UNKNOWN_KEY = "unknown_key"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -44,6 +53,8 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.ENGINE_FAILED: (503, "server_error"),
     ErrorCode.ENGINE_ERROR: (500, "server_error"),
     ErrorCode.INTERNAL_ERROR: (500, "server_error"),
+    ErrorCode.DECRYPTION_FAILED: (400, "invalid_request_error"),
+    ErrorCode.UNKNOWN_KEY: (422, "invalid_request_error"),
 }
 
 
@@ -56,9 +67,11 @@ class GatewayError(Exception):
 
     def __init__(
         self, code: ErrorCode, message: str, *, param: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, problem_type: str | None = None,
     ) -> None:
         super().__init__(message)
+        # RFC 9457 problem details, for dialects whose clients expect them (OHTTP, EHBP).
+        self.problem_type = problem_type
         self.code = code
         self.message = message
         self.param = param
@@ -72,7 +85,27 @@ class GatewayError(Exception):
         return error_body(self.code, self.message, param=self.param)
 
     def response(self) -> Response:
-        return json_response(self.status, self.body(), headers=self.headers)
+        if self.problem_type is None:
+            return json_response(self.status, self.body(), headers=self.headers)
+        problem = {"type": self.problem_type, "title": self.message, "status": self.status,
+                   **self.body()}
+        return Response(json.dumps(problem).encode(), status_code=self.status,
+                        media_type="application/problem+json", headers=self.headers)
+
+
+def from_crypto_error(exc: EnclaveCryptoError, *, problem_type: str | None = None
+                      ) -> GatewayError:
+    """The one mapping from enclave crypto failures to wire errors.
+
+    Every failure to open is the same `decryption_failed` with the same message (no
+    oracle); an unknown key gets its own code (and the dialect's problem type) so that
+    clients refetch keys; an oversized message is a 413.
+    """
+    if isinstance(exc, UnknownKeyError):
+        return GatewayError(ErrorCode.UNKNOWN_KEY, exc.message, problem_type=problem_type)
+    if isinstance(exc, MessageTooLargeError):
+        return GatewayError(ErrorCode.BODY_TOO_LARGE, exc.message)
+    return GatewayError(ErrorCode.DECRYPTION_FAILED, DecryptError.message)
 
 
 def error_body(code: ErrorCode, message: str, *, param: str | None = None) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class RelayResponse:
         headers: list[tuple[bytes, bytes]] | None = None,
         seal_chunk: Callable[[bytes], bytes] = bytes,
         seal_end: Callable[[], bytes] = bytes,
+        prefix: bytes = b"",
     ) -> None:
         self.answer = answer
         self.watcher = watcher
@@ -68,11 +69,15 @@ class RelayResponse:
         ]
         self.seal_chunk = seal_chunk
         self.seal_end = seal_end
+        self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status,
                         "headers": self.headers})
+            if self.prefix:
+                await send({"type": "http.response.body", "body": self.prefix,
+                            "more_body": True})
             async for chunk in self.answer.chunks():
                 if self.watcher.gone.is_set():
                     break

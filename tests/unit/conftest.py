@@ -50,3 +50,12 @@ async def default_client(make_app) -> AsyncIterator[httpx.AsyncClient]:
 
 
 __all__ = ["asyncio", "start"]
+
+
+@pytest.fixture
+async def gateway_app(make_app) -> AsyncIterator[Starlette]:
+    """A gateway (default settings: plaintext refused) with its lifespan running."""
+    app = make_app(max_body_bytes=64 * 1024)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        yield app
