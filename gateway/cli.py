@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from enclave.keys import DEFAULT_GRACE_SECONDS, DEFAULT_ROTATION_SECONDS
 from gateway.settings import DEFAULT_MAX_BODY_BYTES, Settings
 
 DEMO_SERVED_NAME = "cloister-demo"
@@ -57,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--insecure-plaintext", action="store_true",
                        help="DEVELOPMENT ONLY: accept plaintext OpenAI requests")
     serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    serve.add_argument("--key-rotation-seconds", type=float, default=DEFAULT_ROTATION_SECONDS,
+                       help="a new HPKE key (and key id) this often")
+    serve.add_argument("--key-grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
+                       help="how long the previous key is still accepted")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("engine_args", nargs=argparse.REMAINDER,
                        help="after `--`: arguments for the vLLM engine (e.g. --max-model-len)")
@@ -109,6 +114,10 @@ def serve(args: argparse.Namespace) -> int:
     from enclave.vllm_engine import open_vllm_engine
     from gateway.app import create_app
 
+    if args.key_grace_seconds > args.key_rotation_seconds:
+        print("cloister serve: --key-grace-seconds must not exceed --key-rotation-seconds",
+              file=sys.stderr)
+        return 2
     configure_logging(args.log_level)
     log = structlog.get_logger("cloister.cli")
     if args.insecure_plaintext:
@@ -117,7 +126,9 @@ def serve(args: argparse.Namespace) -> int:
     generate, embed = _generation_spec(args), _embedding_spec(args.embedding_model)
     settings = Settings(host=args.host, port=args.port,
                         insecure_plaintext=args.insecure_plaintext,
-                        max_body_bytes=args.max_body_bytes)
+                        max_body_bytes=args.max_body_bytes,
+                        key_rotation_seconds=args.key_rotation_seconds,
+                        key_grace_seconds=args.key_grace_seconds)
     failed = False
 
     def on_engine_failure() -> None:
