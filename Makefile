@@ -13,7 +13,7 @@ env:
 serve: env
 	$(VENV)/bin/cloister serve $(ARGS)
 
-test: env
+test: env lint
 	$(PY) -m pytest -q $(ARGS)
 
 unit: env
@@ -21,3 +21,4 @@ unit: env
 
 lint: env
 	$(VENV)/bin/ruff check gateway enclave attestation proxy tests benchmarks
+	$(VENV)/bin/mypy enclave attestation

@@ -132,7 +132,7 @@ def _write_weights(out: Path, *, vocab_size: int, bos_id: int, eos_ids: list[int
         bos_token_id=bos_id,
         eos_token_id=eos_ids,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)

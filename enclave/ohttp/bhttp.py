@@ -160,14 +160,14 @@ def _known_fields(r: _Reader) -> Fields:
     if r.at_end:
         return ()
     section = _Reader(r.lp())
-    out = []
+    out: list[tuple[str, str]] = []
     while section.pos < len(section.data):
         out.append((section.text(), section.text()))
     return tuple(out)
 
 
 def _indeterminate_fields(r: _Reader) -> Fields:
-    out = []
+    out: list[tuple[str, str]] = []
     while not r.at_end:
         name = r.text()
         if not name:
@@ -186,13 +186,9 @@ def _indeterminate_content(r: _Reader) -> bytes:
     return b"".join(parts)
 
 
-def decode_request(data: bytes) -> Request:
-    r = _Reader(data)
-    framing = r.varint()
-    if framing not in (KNOWN_REQUEST, INDETERMINATE_REQUEST):
-        raise BinaryHttpError()
-    method, scheme, authority, path = r.text(), r.text(), r.text(), r.text()
-    if framing == KNOWN_REQUEST:
+def _rest_of_message(r: _Reader, *, known: bool) -> tuple[Fields, bytes, Fields]:
+    """Header fields, content and trailers, then nothing but padding."""
+    if known:
         headers = _known_fields(r)
         content = b"" if r.at_end else r.lp()
         trailers = _known_fields(r)
@@ -202,6 +198,16 @@ def decode_request(data: bytes) -> Request:
         trailers = _indeterminate_fields(r)
     if not r.at_end:
         raise BinaryHttpError()
+    return headers, content, trailers
+
+
+def decode_request(data: bytes) -> Request:
+    r = _Reader(data)
+    framing = r.varint()
+    if framing not in (KNOWN_REQUEST, INDETERMINATE_REQUEST):
+        raise BinaryHttpError()
+    method, scheme, authority, path = r.text(), r.text(), r.text(), r.text()
+    headers, content, trailers = _rest_of_message(r, known=framing == KNOWN_REQUEST)
     return Request(method, path, scheme, authority, headers, content, trailers)
 
 
@@ -210,7 +216,7 @@ def decode_response(data: bytes) -> Response:
     framing = r.varint()
     if framing not in (KNOWN_RESPONSE, INDETERMINATE_RESPONSE):
         raise BinaryHttpError()
-    informational = []
+    informational: list[tuple[int, Fields]] = []
     while True:
         status = r.varint()
         if not 100 <= status <= 599:
@@ -219,16 +225,7 @@ def decode_response(data: bytes) -> Response:
             break
         fields = _known_fields(r) if framing == KNOWN_RESPONSE else _indeterminate_fields(r)
         informational.append((status, fields))
-    if framing == KNOWN_RESPONSE:
-        headers = _known_fields(r)
-        content = b"" if r.at_end else r.lp()
-        trailers = _known_fields(r)
-    else:
-        headers = _indeterminate_fields(r)
-        content = _indeterminate_content(r)
-        trailers = _indeterminate_fields(r)
-    if not r.at_end:
-        raise BinaryHttpError()
+    headers, content, trailers = _rest_of_message(r, known=framing == KNOWN_RESPONSE)
     return Response(status, headers, content, trailers, tuple(informational))
 
 

@@ -185,11 +185,12 @@ class ChunkedRequestSealer:
     def seal_chunk(self, plaintext: bytes) -> bytes:
         if not plaintext:
             raise ValueError("a non-final chunk cannot be empty")
-        ciphertext = self._context.seal(plaintext, b"")
+        ciphertext: bytes = self._context.seal(plaintext, b"")
         return encode_varint(len(ciphertext)) + ciphertext
 
     def seal_final(self, plaintext: bytes = b"") -> bytes:
-        return b"\x00" + self._context.seal(plaintext, FINAL_CHUNK_AAD)
+        ciphertext: bytes = self._context.seal(plaintext, FINAL_CHUNK_AAD)
+        return b"\x00" + ciphertext
 
     def response_opener(self, *, max_chunk: int = MAX_CHUNK_SIZE) -> ChunkedResponseOpener:
         return ChunkedResponseOpener(self.suite, self._context, self._enc, max_chunk=max_chunk)

@@ -19,7 +19,7 @@ def encode_varint(value: int) -> bytes:
     raise ValueError("varint out of range")
 
 
-def decode_varint(data: bytes | memoryview, offset: int = 0) -> tuple[int, int] | None:
+def decode_varint(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int] | None:
     """(value, new offset), or None when `data` ends inside the integer."""
     if offset >= len(data):
         return None
