@@ -1,0 +1,34 @@
+"""Attestation failures: one class, a stable reason code, a message safe to print.
+
+A verifier never lets a parser exception escape: truncated, oversized or garbage input
+becomes a `VerificationError` with a specific reason, never a trace and never
+acceptance.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.StrEnum):
+    MALFORMED = "malformed_evidence"
+    UNSUPPORTED = "unsupported_format"
+    BAD_SIGNATURE = "bad_signature"
+    BAD_CHAIN = "untrusted_certificate_chain"
+    UNTRUSTED_ROOT = "untrusted_root"
+    CERT_EXPIRED = "certificate_not_valid_now"
+    TCB_MISMATCH = "tcb_mismatch"
+    CHIP_MISMATCH = "chip_id_mismatch"
+    QE_MISMATCH = "qe_report_mismatch"
+    NONCE_MISMATCH = "nonce_mismatch"
+    BINDING_MISMATCH = "report_data_mismatch"
+    POLICY = "policy_violation"
+    EXPIRED = "evidence_expired"
+    DEBUG = "debug_enabled"
+
+
+class VerificationError(Exception):
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+        self.detail = message

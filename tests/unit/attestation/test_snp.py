@@ -1,0 +1,93 @@
+"""The real Milan SNP report verifies; one flipped bit anywhere that matters does not."""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+
+import pytest
+from cryptography import x509
+
+from attestation.errors import Reason, VerificationError
+from attestation.roots import PRODUCTION_AMD_ARKS
+from attestation.snp import SnpReport, verify_snp_report
+from tests.unit.attestation.conftest import flip_bit
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def snp(vectors):
+    with warnings.catch_warnings():  # the VCEK's serial number is 0: cryptography warns
+        warnings.simplefilter("ignore")
+        vcek = x509.load_der_x509_certificate((vectors / "snp/milan-vcek.der").read_bytes())
+    ask, ark = x509.load_pem_x509_certificates((vectors / "snp/milan-ask-ark.pem").read_bytes())
+    return (vectors / "snp/milan-report.bin").read_bytes(), vcek, ask, ark
+
+
+def _verify(raw, vcek, ask, ark, roots=PRODUCTION_AMD_ARKS):
+    return verify_snp_report(raw, vcek=vcek, ask=ask, ark=ark, trusted_arks=roots, now=NOW)
+
+
+def test_real_milan_report_verifies(snp) -> None:
+    report = _verify(*snp)
+    assert report.version == 2
+    assert report.report_data[:5] == bytes([1, 2, 3, 4, 5])
+    assert report.measurement.hex().startswith("b07af962")
+    assert report.debug_allowed  # the vector's policy sets DEBUG: policy checks see it
+    assert (report.reported_tcb.boot_loader, report.reported_tcb.snp,
+            report.reported_tcb.microcode) == (2, 5, 0x44)
+
+
+@pytest.mark.parametrize(("offset", "what"), [(0x50, "report_data"), (0x90, "measurement"),
+                                              (0x2A0, "signature r"), (0x2E8, "signature s"),
+                                              (0x1A0, "chip_id")])
+def test_one_flipped_bit_fails(snp, offset, what) -> None:
+    raw, vcek, ask, ark = snp
+    with pytest.raises(VerificationError) as err:
+        _verify(flip_bit(raw, offset), vcek, ask, ark)
+    assert err.value.reason in (Reason.BAD_SIGNATURE, Reason.CHIP_MISMATCH), what
+
+
+def test_flipped_bit_in_the_vcek_fails(snp) -> None:
+    raw, vcek, ask, ark = snp
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = vcek.public_bytes(Encoding.DER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bad = x509.load_der_x509_certificate(flip_bit(der, len(der) - 40))
+    with pytest.raises(VerificationError) as err:
+        _verify(raw, bad, ask, ark)
+    assert err.value.reason is Reason.BAD_CHAIN
+
+
+def test_unpinned_root_is_refused(snp) -> None:
+    with pytest.raises(VerificationError) as err:
+        _verify(*snp, roots=frozenset({"00" * 32}))
+    assert err.value.reason is Reason.UNTRUSTED_ROOT
+
+
+def test_genoa_chain_does_not_vouch_for_a_milan_vcek(snp, vectors) -> None:
+    raw, vcek, _, _ = snp
+    ask, ark = x509.load_pem_x509_certificates((vectors / "snp/genoa-ask-ark.pem").read_bytes())
+    with pytest.raises(VerificationError) as err:
+        _verify(raw, vcek, ask, ark)
+    assert err.value.reason is Reason.BAD_CHAIN
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00" * 100, b"\x00" * 1185])
+def test_truncated_or_oversized_reports_are_malformed(raw) -> None:
+    with pytest.raises(VerificationError) as err:
+        SnpReport.parse(raw)
+    assert err.value.reason is Reason.MALFORMED
+
+
+def test_unknown_version_and_signature_algorithm_are_unsupported(snp) -> None:
+    raw = snp[0]
+    with pytest.raises(VerificationError) as err:
+        SnpReport.parse(b"\x09" + raw[1:])
+    assert err.value.reason is Reason.UNSUPPORTED
+    with pytest.raises(VerificationError) as err:
+        SnpReport.parse(raw[:0x34] + b"\x07" + raw[0x35:])
+    assert err.value.reason is Reason.UNSUPPORTED
