@@ -1,0 +1,88 @@
+"""The evidence document served at `GET /v1/attestation/report` (format version 1).
+
+JSON, binary fields in standard base64:
+    {"format": "cloister-evidence/1", "platform", "nonce", "generated_at", "expires_at",
+     "keys": {name: base64}, "report": base64, "aux": base64,
+     "gpus": [{"report": base64, "certificate_chain": PEM}]}
+`keys` holds every public key the gateway accepts traffic for (today "ohttp": its
+`application/ohttp-keys`), bound into the report by `attestation.binding`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from attestation import binding
+from attestation.errors import Reason, VerificationError
+from attestation.providers import CpuProvider, GpuProvider
+
+FORMAT = "cloister-evidence/1"
+# A document is a few KiB per GPU; anything near this is not one.
+MAX_DOCUMENT_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class EvidenceDocument:
+    platform: str
+    nonce: bytes
+    generated_at: int
+    expires_at: int
+    keys: dict[str, bytes]
+    report: bytes
+    aux: bytes
+    gpus: tuple[tuple[bytes, bytes], ...]
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "format": FORMAT, "platform": self.platform, "nonce": self.nonce.hex(),
+            "generated_at": self.generated_at, "expires_at": self.expires_at,
+            "keys": {k: b64(v) for k, v in self.keys.items()},
+            "report": b64(self.report), "aux": b64(self.aux),
+            "gpus": [{"report": b64(r), "certificate_chain": c.decode()} for r, c in self.gpus],
+        }).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> EvidenceDocument:
+        if len(data) > MAX_DOCUMENT_SIZE:
+            raise VerificationError(Reason.MALFORMED, "evidence document too large")
+        try:
+            doc: dict[str, Any] = json.loads(data)
+            if doc["format"] != FORMAT:
+                raise VerificationError(Reason.UNSUPPORTED, f"evidence format {doc['format']!r}")
+            dec = _b64decode
+            return cls(
+                platform=str(doc["platform"]), nonce=bytes.fromhex(doc["nonce"]),
+                generated_at=int(doc["generated_at"]), expires_at=int(doc["expires_at"]),
+                keys={str(k): dec(v) for k, v in doc["keys"].items()},
+                report=dec(doc["report"]), aux=dec(doc["aux"]),
+                gpus=tuple((dec(g["report"]), g["certificate_chain"].encode())
+                           for g in doc["gpus"]),
+            )
+        except VerificationError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise VerificationError(Reason.MALFORMED, "malformed evidence document") from exc
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def collect(cpu: CpuProvider, gpu: GpuProvider, *, keys: dict[str, bytes], nonce: bytes,
+            expires_at: int, now: int) -> EvidenceDocument:
+    """GPU reports first (with the derived GPU nonce), then one CPU report over all."""
+    digest = binding.keys_digest(keys)
+    gpus = gpu.get_reports(binding.gpu_nonce(nonce, digest))
+    data = binding.report_data(digest_of_keys=digest, nonce=nonce,
+                               digest_of_gpus=binding.gpu_evidence_digest(gpus),
+                               expiry=expires_at)
+    evidence = cpu.get_report(data)
+    return EvidenceDocument(evidence.platform, nonce, now, expires_at, dict(keys),
+                            evidence.report, evidence.aux, tuple(gpus))

@@ -1,0 +1,120 @@
+"""Where evidence comes from: one interface, several providers.
+
+    CpuProvider.get_report(report_data) -> CpuEvidence   (SNP report or TDX quote)
+    GpuProvider.get_reports(gpu_nonce) -> [(SPDM report, certificate chain PEM)]
+
+configfs-tsm (Linux `/sys/kernel/config/tsm/report`, SNP and TDX guests): make an entry,
+write exactly 64 bytes to `inblob`, read `outblob` (the report or quote), `auxblob` (SNP:
+the GHCB certificate table with VCEK/ASK/ARK) and `provider`, and check that
+`generation` moved by exactly one write (no other writer raced us). The base path is
+injectable so tests run the real code against a fake tree.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from attestation import simulated
+
+CONFIGFS_TSM_REPORT = Path("/sys/kernel/config/tsm/report")
+_PLATFORMS = {"sev_guest": "sev-snp", "tdx_guest": "tdx"}
+
+
+class ProviderError(RuntimeError):
+    """Evidence could not be collected (no hardware, kernel refused, raced)."""
+
+
+@dataclass(frozen=True)
+class CpuEvidence:
+    platform: str  # "sev-snp", "tdx", "simulated-sev-snp"
+    report: bytes
+    aux: bytes = b""
+
+
+class CpuProvider(Protocol):
+    platform: str
+
+    def get_report(self, report_data: bytes) -> CpuEvidence: ...
+
+
+class GpuProvider(Protocol):
+    def get_reports(self, nonce: bytes) -> list[tuple[bytes, bytes]]: ...
+
+
+class NoGpus:
+    """A CPU-only deployment: no GPU evidence."""
+
+    def get_reports(self, nonce: bytes) -> list[tuple[bytes, bytes]]:
+        return []
+
+
+class ConfigfsTsmProvider:
+    def __init__(self, base: Path = CONFIGFS_TSM_REPORT) -> None:
+        self.base = base
+        provider = self._probe()
+        self.platform = _PLATFORMS.get(provider, provider)
+
+    def _probe(self) -> str:
+        if not self.base.is_dir():
+            raise ProviderError(f"{self.base} does not exist: no configfs-tsm")
+        entry = Path(tempfile.mkdtemp(prefix="cloister-probe-", dir=self.base))
+        try:
+            return (entry / "provider").read_text().strip()
+        finally:
+            os.rmdir(entry)
+
+    def get_report(self, report_data: bytes) -> CpuEvidence:
+        if len(report_data) != 64:
+            raise ValueError("configfs-tsm inblob takes exactly 64 bytes")
+        entry = Path(tempfile.mkdtemp(prefix="cloister-", dir=self.base))
+        try:
+            before = int((entry / "generation").read_text())
+            (entry / "inblob").write_bytes(report_data)
+            report = (entry / "outblob").read_bytes()
+            aux_path = entry / "auxblob"
+            aux = aux_path.read_bytes() if aux_path.exists() else b""
+            after = int((entry / "generation").read_text())
+            if after != before + 1:
+                raise ProviderError("configfs-tsm entry was written concurrently")
+            return CpuEvidence(self.platform, report, aux)
+        except OSError as exc:
+            raise ProviderError(f"configfs-tsm refused the report: {exc.strerror}") from exc
+        finally:
+            os.rmdir(entry)
+
+
+class SimulatedSnpProvider:
+    platform = "simulated-sev-snp"
+
+    def __init__(self, pki: simulated.SimulatedPki) -> None:
+        self._pki = pki
+
+    def get_report(self, report_data: bytes) -> CpuEvidence:
+        return CpuEvidence(self.platform, simulated.snp_report(self._pki, report_data),
+                           self._pki.cert_table())
+
+
+class SimulatedGpuProvider:
+    def __init__(self, pki: simulated.SimulatedPki, count: int = 1) -> None:
+        self._pki = pki
+        self._count = count
+
+    def get_reports(self, nonce: bytes) -> list[tuple[bytes, bytes]]:
+        return [(simulated.gpu_report(self._pki, nonce), self._pki.gpu_chain_pem())
+                for _ in range(self._count)]
+
+
+def select_providers(mode: str, *, state_dir: Path, configfs_base: Path = CONFIGFS_TSM_REPORT
+                     ) -> tuple[CpuProvider, GpuProvider]:
+    """`auto` finds hardware or fails; `simulated` must be asked for by name."""
+    if mode == "simulated":
+        pki = simulated.SimulatedPki.load_or_create(state_dir)
+        return SimulatedSnpProvider(pki), SimulatedGpuProvider(pki)
+    provider = ConfigfsTsmProvider(configfs_base)
+    if mode != "auto" and provider.platform != {"snp": "sev-snp", "tdx": "tdx"}[mode]:
+        raise ProviderError(f"asked for {mode}, the hardware offers {provider.platform}")
+    return provider, NoGpus()

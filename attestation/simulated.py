@@ -1,0 +1,232 @@
+"""Simulated SEV-SNP and H100 evidence, byte-exact, signed by a locally generated test PKI.
+
+For machines without confidential hardware (laptops, CI): the evidence has the real
+layouts, so the real parsers and signature checks run on it, but it is signed by keys
+made on this machine. The simulated platform says so (`simulated-sev-snp`), and no
+production root vouches for it: a verifier trusts it only when handed this PKI's roots
+explicitly (`roots_pem()`).
+
+    SNP: ATTESTATION_REPORT version 3, ECDSA P-384 VCEK, VCEK <- ASK <- ARK RSA-PSS
+         (SHA-384, salt 48), delivered as a GHCB certificate table like configfs-tsm's
+         auxblob.
+    GPU: SPDM 1.1 GET_MEASUREMENTS request and signed MEASUREMENTS response, device
+         chain leaf <- root (ECDSA P-384).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from attestation import snp
+
+# GHCB certificate table GUIDs (GHCB specification, "SNP Extended Guest Request").
+VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
+ASK_GUID = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782")
+ARK_GUID = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
+
+SIMULATED_TCB = snp.TcbVersion(boot_loader=4, tee=0, snp=22, microcode=213)
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+_VALIDITY = dt.timedelta(days=3650)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Cloister simulated TEE"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key_pub: object, issuer: str, issuer_key: object, *, ca: bool,
+          pss: bool, extensions: list[x509.ExtensionType] | None = None) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+               .public_key(key_pub)  # type: ignore[arg-type]
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(now + _VALIDITY)
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    for ext in extensions or []:
+        builder = builder.add_extension(ext, critical=False)
+    if pss:
+        return builder.sign(issuer_key, hashes.SHA384(), rsa_padding=_PSS)  # type: ignore[arg-type]
+    return builder.sign(issuer_key, hashes.SHA384())  # type: ignore[arg-type]
+
+
+def _der_int(value: int) -> bytes:
+    body = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big")
+    return b"\x02" + bytes([len(body)]) + body
+
+
+def _vcek_extensions(tcb: snp.TcbVersion, chip_id: bytes) -> list[x509.ExtensionType]:
+    pairs = [("1.3.6.1.4.1.3704.1.3.1", _der_int(tcb.boot_loader)),
+             ("1.3.6.1.4.1.3704.1.3.2", _der_int(tcb.tee)),
+             ("1.3.6.1.4.1.3704.1.3.3", _der_int(tcb.snp)),
+             ("1.3.6.1.4.1.3704.1.3.8", _der_int(tcb.microcode)),
+             ("1.3.6.1.4.1.3704.1.4", chip_id)]
+    return [x509.UnrecognizedExtension(x509.ObjectIdentifier(o), v) for o, v in pairs]
+
+
+@dataclass(frozen=True, repr=False)
+class SimulatedPki:
+    ark: x509.Certificate
+    ask: x509.Certificate
+    vcek: x509.Certificate
+    vcek_key: ec.EllipticCurvePrivateKey
+    chip_id: bytes
+    gpu_root: x509.Certificate
+    gpu_leaf: x509.Certificate
+    gpu_key: ec.EllipticCurvePrivateKey
+
+    def __repr__(self) -> str:
+        return "SimulatedPki([keys redacted])"
+
+    @classmethod
+    def generate(cls) -> SimulatedPki:
+        ark_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ask_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        vcek_key = ec.generate_private_key(ec.SECP384R1())
+        chip_id = os.urandom(64)
+        ark = _cert("ARK-Simulated", ark_key.public_key(), "ARK-Simulated", ark_key, ca=True,
+                    pss=True)
+        ask = _cert("SEV-Simulated", ask_key.public_key(), "ARK-Simulated", ark_key, ca=True,
+                    pss=True)
+        vcek = _cert("SEV-VCEK-Simulated", vcek_key.public_key(), "SEV-Simulated", ask_key,
+                     ca=False, pss=True, extensions=_vcek_extensions(SIMULATED_TCB, chip_id))
+        gpu_root_key = ec.generate_private_key(ec.SECP384R1())
+        gpu_key = ec.generate_private_key(ec.SECP384R1())
+        gpu_root = _cert("Simulated NVIDIA Device Identity CA", gpu_root_key.public_key(),
+                         "Simulated NVIDIA Device Identity CA", gpu_root_key, ca=True, pss=False)
+        gpu_leaf = _cert("Simulated GH100 Attestation", gpu_key.public_key(),
+                         "Simulated NVIDIA Device Identity CA", gpu_root_key, ca=False, pss=False)
+        return cls(ark, ask, vcek, vcek_key, chip_id, gpu_root, gpu_leaf, gpu_key)
+
+    @classmethod
+    def load_or_create(cls, folder: Path) -> SimulatedPki:
+        """The PKI kept in `folder` (private keys 0600), made on first use."""
+        path = folder / "simulated-pki.pem"
+        if path.exists():
+            return cls._load(path.read_bytes())
+        pki = cls.generate()
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pki._dump())
+        tmp.rename(path)
+        return pki
+
+    def _dump(self) -> bytes:
+        pem = serialization.Encoding.PEM
+        pkcs8, clear = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        keys = [k.private_bytes(pem, pkcs8, clear) for k in (self.vcek_key, self.gpu_key)]
+        certs = [c.public_bytes(pem) for c in (self.ark, self.ask, self.vcek, self.gpu_root,
+                                               self.gpu_leaf)]
+        return b"".join(keys + certs) + b"CHIP-ID " + self.chip_id.hex().encode() + b"\n"
+
+    @classmethod
+    def _load(cls, data: bytes) -> SimulatedPki:
+        certs = x509.load_pem_x509_certificates(data)
+        blocks = data.split(b"-----END PRIVATE KEY-----")
+        keys = [serialization.load_pem_private_key(b + b"-----END PRIVATE KEY-----", None)
+                for b in blocks[:2]]
+        chip = bytes.fromhex(data.rsplit(b"CHIP-ID ", 1)[1].strip().decode())
+        vcek_key, gpu_key = keys
+        assert isinstance(vcek_key, ec.EllipticCurvePrivateKey)
+        assert isinstance(gpu_key, ec.EllipticCurvePrivateKey)
+        return cls(certs[0], certs[1], certs[2], vcek_key, chip, certs[3], certs[4], gpu_key)
+
+    def roots_pem(self) -> bytes:
+        """The roots a verifier must be handed, explicitly, to accept simulated evidence."""
+        return b"".join(c.public_bytes(serialization.Encoding.PEM)
+                        for c in (self.ark, self.gpu_root))
+
+    def gpu_chain_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM)
+                        for c in (self.gpu_leaf, self.gpu_root))
+
+    def cert_table(self) -> bytes:
+        """A GHCB certificate table (configfs-tsm `auxblob`): VCEK, ASK, ARK (DER)."""
+        return build_cert_table({VCEK_GUID: _der(self.vcek), ASK_GUID: _der(self.ask),
+                                 ARK_GUID: _der(self.ark)})
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def build_cert_table(entries: dict[uuid.UUID, bytes]) -> bytes:
+    header_size = 24 * (len(entries) + 1)
+    header, blob, offset = b"", b"", header_size
+    for guid, data in entries.items():
+        header += guid.bytes_le + struct.pack("<II", offset, len(data))
+        blob += data
+        offset += len(data)
+    return header + b"\x00" * 24 + blob
+
+
+def parse_cert_table(table: bytes) -> dict[uuid.UUID, bytes]:
+    out: dict[uuid.UUID, bytes] = {}
+    for off in range(0, len(table) - 23, 24):
+        guid = uuid.UUID(bytes_le=table[off:off + 16])
+        start, length = struct.unpack_from("<II", table, off + 16)
+        if guid.int == 0:
+            return out
+        out[guid] = table[start:start + length]
+    return out
+
+
+def simulated_measurement() -> bytes:
+    """A stand-in launch digest: what the simulated VM 'measured'."""
+    return hashlib.sha384(b"cloister simulated launch measurement v1").digest()
+
+
+def snp_report(pki: SimulatedPki, report_data: bytes) -> bytes:
+    """An SNP ATTESTATION_REPORT version 3 over `report_data`, signed by the VCEK."""
+    raw = bytearray(snp.REPORT_SIZE)
+    tcb = bytes([SIMULATED_TCB.boot_loader, SIMULATED_TCB.tee, 0, 0, 0, 0, SIMULATED_TCB.snp,
+                 SIMULATED_TCB.microcode])
+    struct.pack_into("<IIQ", raw, 0, 3, 0, 0x30000)  # version 3; policy: SMT, no DEBUG
+    struct.pack_into("<II", raw, 0x30, 0, snp.SIG_ALGO_ECDSA_P384_SHA384)
+    raw[0x38:0x40] = tcb
+    raw[0x50:0x90] = report_data
+    raw[0x90:0xC0] = simulated_measurement()
+    raw[0x140:0x160] = hashlib.sha256(pki.chip_id).digest()  # report_id
+    for off in (0x180, 0x1E0, 0x1F0):
+        raw[off:off + 8] = tcb
+    raw[0x1A0:0x1E0] = pki.chip_id
+    der = pki.vcek_key.sign(bytes(raw[:snp.SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
+    r, s = decode_dss_signature(der)
+    raw[0x2A0:0x2E8] = r.to_bytes(72, "little")
+    raw[0x2E8:0x330] = s.to_bytes(72, "little")
+    return bytes(raw)
+
+
+SIMULATED_DRIVER_VERSION = b"550.90.07\x00"
+SIMULATED_VBIOS = bytes([0x00, 0x9F, 0x00, 0x96, 0x01, 0x00, 0x00, 0x00])
+
+
+def gpu_report(pki: SimulatedPki, nonce: bytes) -> bytes:
+    """SPDM 1.1 GET_MEASUREMENTS(nonce) and a signed MEASUREMENTS response."""
+    request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\x00"
+    blocks = b""
+    for index in range(1, 5):
+        digest = hashlib.sha384(b"simulated gpu measurement %d" % index).digest()
+        measurement = b"\x01" + struct.pack("<H", len(digest)) + digest
+        blocks += bytes([index, 0x01]) + struct.pack("<H", len(measurement)) + measurement
+    opaque = b""
+    for kind, value in ((3, SIMULATED_DRIVER_VERSION), (6, SIMULATED_VBIOS)):
+        opaque += struct.pack("<HH", kind, len(value)) + value
+    response = (bytes([0x11, 0x60, 0x00, 0x00, 4]) + len(blocks).to_bytes(3, "little") + blocks
+                + os.urandom(32) + struct.pack("<H", len(opaque)) + opaque)
+    der = pki.gpu_key.sign(request + response, ec.ECDSA(hashes.SHA384()))
+    r, s = decode_dss_signature(der)
+    return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")

@@ -1,0 +1,156 @@
+"""Simulated evidence end to end through the real parsers, binding and policy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from attestation import binding, simulated
+from attestation.errors import Reason, VerificationError
+from attestation.evidence import EvidenceDocument, collect
+from attestation.providers import (
+    ConfigfsTsmProvider,
+    ProviderError,
+    SimulatedGpuProvider,
+    SimulatedSnpProvider,
+)
+from attestation.verify import Policy, TrustRoots, verify_evidence
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> simulated.SimulatedPki:
+    return simulated.SimulatedPki.load_or_create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def roots(pki) -> TrustRoots:
+    return TrustRoots().with_simulated(pki.roots_pem())
+
+
+KEYS = {"ohttp": b"\x00\x29config-bytes"}
+
+
+def _doc(pki, nonce=b"n" * 32, keys=KEYS, expires_in=3600, now=None) -> bytes:
+    now = int(time.time()) if now is None else now
+    return collect(SimulatedSnpProvider(pki), SimulatedGpuProvider(pki), keys=keys,
+                   nonce=nonce, expires_at=now + expires_in, now=now).to_json()
+
+
+def _verify(doc, roots, nonce=b"n" * 32, policy=None, now=None):
+    now = now or dt.datetime.now(dt.UTC)
+    policy = policy or Policy()
+    return verify_evidence(doc, expected_nonce=nonce, roots=roots, policy=policy, now=now)
+
+
+def test_simulated_evidence_verifies_with_its_roots_named(pki, roots) -> None:
+    claims = _verify(_doc(pki), roots)
+    assert claims.platform == "simulated-sev-snp"
+    assert claims.keys == KEYS
+    assert claims.measurement == simulated.simulated_measurement().hex()
+    assert claims.gpus[0].driver_version == "550.90.07"
+    assert not claims.debug
+
+
+def test_production_roots_reject_simulated_evidence(pki) -> None:
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki), TrustRoots())
+    assert err.value.reason is Reason.UNTRUSTED_ROOT
+
+
+def test_swapped_key_is_a_binding_mismatch(pki, roots) -> None:
+    doc = json.loads(_doc(pki))
+    doc["keys"]["ohttp"] = "c3dhcHBlZA=="
+    with pytest.raises(VerificationError) as err:
+        _verify(json.dumps(doc).encode(), roots)
+    assert err.value.reason in (Reason.BINDING_MISMATCH, Reason.NONCE_MISMATCH)
+
+
+def test_stale_nonce_is_rejected(pki, roots) -> None:
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki, nonce=b"o" * 32), roots)
+    assert err.value.reason is Reason.NONCE_MISMATCH
+
+
+def test_replayed_report_with_a_rewritten_nonce_fails_the_binding(pki, roots) -> None:
+    doc = json.loads(_doc(pki, nonce=b"o" * 32))
+    doc["nonce"] = (b"n" * 32).hex()
+    with pytest.raises(VerificationError) as err:
+        _verify(json.dumps(doc).encode(), roots)
+    assert err.value.reason in (Reason.BINDING_MISMATCH, Reason.NONCE_MISMATCH)
+
+
+def test_expired_and_old_reports_are_rejected(pki, roots) -> None:
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki, expires_in=-1), roots)
+    assert err.value.reason is Reason.EXPIRED
+    old = _doc(pki, now=int(time.time()) - 3600)
+    with pytest.raises(VerificationError) as err:
+        _verify(old, roots)
+    assert err.value.reason is Reason.EXPIRED
+
+
+def test_policy_measurement_allow_list_and_vbios(pki, roots) -> None:
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki), roots, policy=Policy(measurements=frozenset({"00" * 48})))
+    assert err.value.reason is Reason.POLICY
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki), roots, policy=Policy(gpu_vbios=frozenset({"96.00.00.00.00"})))
+    assert err.value.reason is Reason.POLICY
+    ok = Policy(measurements=frozenset({simulated.simulated_measurement().hex()}),
+                gpu_vbios=frozenset({"96.00.9F.00.01"}), require_gpu=True)
+    assert _verify(_doc(pki), roots, policy=ok).platform == "simulated-sev-snp"
+
+
+def test_policy_file_loads_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text('measurements = ["AB"]\nallow_debug = false\nmax_age_seconds = 60\n'
+                    '[min_tcb]\nboot_loader = 1\ntee = 0\nsnp = 5\nmicrocode = 40\n')
+    policy = Policy.load(path)
+    assert policy.measurements == frozenset({"ab"}) and policy.max_age_seconds == 60
+    assert policy.min_tcb is not None and policy.min_tcb.snp == 5
+
+
+def test_tampered_gpu_report_fails(pki, roots) -> None:
+    doc = json.loads(_doc(pki))
+    raw = bytearray(__import__("base64").b64decode(doc["gpus"][0]["report"]))
+    raw[50] ^= 1
+    doc["gpus"][0]["report"] = __import__("base64").b64encode(bytes(raw)).decode()
+    with pytest.raises(VerificationError):
+        _verify(json.dumps(doc).encode(), roots)
+
+
+@pytest.mark.parametrize("junk", [b"", b"{}", b"[]", b'{"format": "other/9"}', b"\xff" * 10])
+def test_garbage_documents_are_malformed_not_exceptions(roots, junk) -> None:
+    with pytest.raises(VerificationError):
+        _verify(junk, roots)
+
+
+def test_pki_is_reused_from_its_folder(tmp_path: Path) -> None:
+    first = simulated.SimulatedPki.load_or_create(tmp_path)
+    again = simulated.SimulatedPki.load_or_create(tmp_path)
+    assert first.roots_pem() == again.roots_pem()
+    assert first.chip_id == again.chip_id
+    assert oct((tmp_path / "simulated-pki.pem").stat().st_mode)[-3:] == "600"
+
+
+def test_configfs_tsm_reports_missing_tree(tmp_path: Path) -> None:
+    with pytest.raises(ProviderError):
+        ConfigfsTsmProvider(tmp_path / "absent")
+
+
+def test_binding_report_data_depends_on_every_input() -> None:
+    base = dict(digest_of_keys=b"k" * 32, nonce=b"n" * 32, digest_of_gpus=b"g" * 32, expiry=1)
+    first = binding.report_data(**base)
+    for key, value in (("digest_of_keys", b"K" * 32), ("nonce", b"N" * 32),
+                       ("digest_of_gpus", b"G" * 32), ("expiry", 2)):
+        assert binding.report_data(**{**base, key: value}) != first
+    assert len(first) == 64
+
+
+def test_evidence_document_round_trips(pki) -> None:
+    doc = EvidenceDocument.from_json(_doc(pki))
+    assert EvidenceDocument.from_json(doc.to_json()) == doc
