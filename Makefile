@@ -4,6 +4,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# Real evidence where the kernel offers it; elsewhere the simulated TEE, which the
+# gateway announces loudly and no production verifier accepts.
+ATTESTATION ?= $(if $(wildcard /sys/kernel/config/tsm/report),auto,simulated)
 
 .PHONY: serve test unit lint env
 
@@ -11,7 +14,7 @@ env:
 	@./scripts/setup-env.sh
 
 serve: env
-	$(VENV)/bin/cloister serve $(ARGS)
+	$(VENV)/bin/cloister serve --attestation $(ATTESTATION) $(ARGS)
 
 test: env lint
 	$(PY) -m pytest -q $(ARGS)

@@ -14,9 +14,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from attestation.providers import CpuProvider, GpuProvider
 from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, EngineRequest
 from enclave.keys import KeyRing
-from gateway import metrics, ohttp_routes
+from gateway import attestation_routes, metrics, ohttp_routes
 from gateway.body import parse_json_object, read_body
 from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import ErrorCode, GatewayError, error_body, json_response
@@ -120,8 +121,13 @@ def create_app(
     engine_factory: EngineFactory,
     *,
     on_engine_failure: Callable[[], None] | None = None,
+    attestation: tuple[CpuProvider, GpuProvider] | None = None,
 ) -> Starlette:
-    """Build the gateway. The engine starts in the lifespan, in the background."""
+    """Build the gateway. The engine starts in the lifespan, in the background.
+
+    `attestation` is the evidence providers; without them the report endpoint answers
+    503 and no client that verifies will talk to this gateway.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -143,6 +149,7 @@ def create_app(
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route(ohttp_routes.PATH, ohttp_routes.key_configs, methods=["GET"]),
         Route(ohttp_routes.PATH, ohttp_routes.gateway, methods=["POST"]),
+        Route(attestation_routes.PATH, attestation_routes.report, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -158,6 +165,8 @@ def create_app(
     # been read; the engine's processes are spawned and never see them.
     app.state.keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
                                 grace_seconds=settings.key_grace_seconds)
+    app.state.reports = (attestation_routes.ReportService(*attestation, app.state.keyring)
+                         if attestation is not None else None)
     app.state.metrics = metrics.GatewayMetrics(app)
     app.add_middleware(RequestIdMiddleware)
     return app

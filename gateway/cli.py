@@ -2,14 +2,18 @@
 
     cloister serve [--host 127.0.0.1] [--port 8000] [--model PATH_OR_NAME]
                    [--embedding-model auto|none|PATH_OR_NAME] [-- VLLM_ENGINE_ARGS...]
-    cloister proxy --gateway URL [--host 127.0.0.1] [--port 8080] [--insecure-skip-attestation]
+    cloister proxy --gateway URL [--host 127.0.0.1] [--port 8080] [--policy FILE]
+                   [--simulated-roots FILE] [--insecure-skip-attestation]
+    cloister attest --gateway URL [--policy FILE] [--nonce HEX] [--simulated-roots FILE]
     cloister demo-model PATH
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="a new HPKE key (and key id) this often")
     serve.add_argument("--key-grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
                        help="how long the previous key is still accepted")
+    serve.add_argument("--attestation", choices=["auto", "snp", "tdx", "simulated"],
+                       default="auto", help="evidence source; auto refuses to start without "
+                                            "confidential hardware")
+    serve.add_argument("--state-dir", type=Path, default=None,
+                       help="where the gateway keeps state (simulated test PKI); default "
+                            "$CLOISTER_STATE or ~/.local/state/cloister")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("engine_args", nargs=argparse.REMAINDER,
                        help="after `--`: arguments for the vLLM engine (e.g. --max-model-len)")
@@ -71,9 +81,20 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--gateway", required=True, help="the gateway's base URL")
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, default=8080)
+    proxy.add_argument("--policy", type=Path, default=None,
+                       help="attestation policy (TOML or JSON)")
+    proxy.add_argument("--simulated-roots", type=Path, default=None,
+                       help="also trust this simulated test PKI (development only)")
     proxy.add_argument("--insecure-skip-attestation", action="store_true",
-                       help="trust the fetched key configuration without verifying the "
-                            "gateway's attestation (attestation lands with issue 4)")
+                       help="DEVELOPMENT ONLY: trust the fetched key configuration without "
+                            "verifying the gateway's attestation")
+
+    attest = sub.add_parser("attest", help="fetch and verify a gateway's attestation report")
+    attest.add_argument("--gateway", required=True)
+    attest.add_argument("--policy", type=Path, default=None)
+    attest.add_argument("--nonce", default=None, help="64 hex digits (default: random)")
+    attest.add_argument("--simulated-roots", type=Path, default=None,
+                        help="also trust this simulated test PKI (development only)")
     proxy.add_argument("--log-level", default="info")
 
     demo = sub.add_parser("demo-model", help="build the offline demo model into PATH")
@@ -108,6 +129,35 @@ def _generation_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return ModelSpec(args.model, args.served_model_name, "generate", extra)
 
 
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    base = os.environ.get("CLOISTER_STATE") or os.path.expanduser("~/.local/state/cloister")
+    return Path(base)
+
+
+def _attestation(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from attestation.providers import ProviderError, select_providers
+
+    state = _state_dir(args)
+    try:
+        providers = select_providers(args.attestation, state_dir=state)
+    except ProviderError as exc:
+        print(f"cloister serve: no attestation ({exc}). On a machine without confidential "
+              "hardware, pass --attestation simulated (development only).", file=sys.stderr)
+        return None
+    if args.attestation == "simulated":
+        from attestation.simulated import SimulatedPki
+
+        roots = state / "simulated-roots.pem"
+        roots.write_bytes(SimulatedPki.load_or_create(state).roots_pem())
+        print("*" * 78 + "\nWARNING: SIMULATED ATTESTATION. The evidence is signed by a test PKI "
+              "made on this\nmachine; it proves nothing about the hardware. Clients must name "
+              f"its roots\n({roots}) to accept it. Development only.\n" + "*" * 78,
+              file=sys.stderr)
+    return providers
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -120,6 +170,9 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(args.log_level)
     log = structlog.get_logger("cloister.cli")
+    attestation = _attestation(args)
+    if attestation is None:
+        return 2
     if args.insecure_plaintext:
         log.warning("insecure_plaintext_enabled",
                     detail="plaintext prompts are accepted: development only")
@@ -137,7 +190,7 @@ def serve(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     app = create_app(settings, lambda: open_vllm_engine(generate, embed),
-                     on_engine_failure=on_engine_failure)
+                     on_engine_failure=on_engine_failure, attestation=attestation)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=30)
     server = uvicorn.Server(config)
@@ -145,26 +198,67 @@ def serve(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _trust(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from attestation.verify import Policy, TrustRoots
+
+    roots = TrustRoots()
+    if args.simulated_roots is not None:
+        roots = roots.with_simulated(args.simulated_roots.read_bytes())
+    policy = Policy.load(args.policy) if args.policy is not None else Policy()
+    return roots, policy
+
+
 def run_proxy(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_proxy_app
+    from proxy.attestor import Attestor
     from proxy.ohttp_client import OHTTPClient
 
     configure_logging(args.log_level)
     log = structlog.get_logger("cloister.proxy")
-    if not args.insecure_skip_attestation:
-        print("cloister proxy: refusing to start: this build cannot yet verify the gateway's "
-              "attestation, so nothing would vouch for its keys. Pass "
-              "--insecure-skip-attestation to trust the key configuration it serves.",
-              file=sys.stderr)
-        return 2
-    log.warning("attestation_skipped", gateway=args.gateway,
-                detail="the gateway's keys are trusted without attestation: for development")
-    print("WARNING: --insecure-skip-attestation: requests are sealed to keys that no "
-          "attestation report vouches for.", file=sys.stderr)
-    app = create_proxy_app(OHTTPClient(args.gateway))
+    verifier = None
+    if args.insecure_skip_attestation:
+        log.warning("attestation_skipped", gateway=args.gateway,
+                    detail="the gateway's keys are trusted without attestation")
+        print("WARNING: --insecure-skip-attestation: requests are sealed to keys that no "
+              "attestation report vouches for. Development only.", file=sys.stderr)
+    else:
+        roots, policy = _trust(args)
+        verifier = Attestor(args.gateway, roots=roots, policy=policy)
+    app = create_proxy_app(OHTTPClient(args.gateway, verify_keys=verifier))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def run_attest(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import httpx
+
+    from proxy.attestor import GatewayNotAttested, fetch_and_verify
+
+    roots, policy = _trust(args)
+    nonce = bytes.fromhex(args.nonce) if args.nonce else None
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient(base_url=args.gateway.rstrip("/"), timeout=60) as http:
+            return await fetch_and_verify(http, roots=roots, policy=policy, nonce=nonce)
+
+    try:
+        claims = asyncio.run(go())
+    except GatewayNotAttested as exc:
+        print(f"NOT VERIFIED: {exc}", file=sys.stderr)
+        return 1
+    from enclave.ohttp import decode_key_configs
+
+    configs = decode_key_configs(claims.keys.get("ohttp", b""))
+    print(json.dumps({
+        "verified": True, "platform": claims.platform, "measurement": claims.measurement,
+        "tcb": claims.tcb, "debug": claims.debug,
+        "gpus": [{"driver": g.driver_version, "vbios": g.vbios_version} for g in claims.gpus],
+        "ohttp_key_ids": [c.key_id for c in configs], "expires_at": claims.expires_at,
+    }, indent=2))
     return 0
 
 
@@ -174,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "proxy":
         return run_proxy(args)
+    if args.command == "attest":
+        return run_attest(args)
     if args.command == "demo-model":
         from enclave.demo_model import build_demo_model
 

@@ -37,6 +37,8 @@ class ErrorCode(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"
     DECRYPTION_FAILED = "decryption_failed"
     UNKNOWN_KEY = "unknown_key"
+    RATE_LIMITED = "rate_limited"
+    ATTESTATION_UNAVAILABLE = "attestation_unavailable"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -55,6 +57,8 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.INTERNAL_ERROR: (500, "server_error"),
     ErrorCode.DECRYPTION_FAILED: (400, "invalid_request_error"),
     ErrorCode.UNKNOWN_KEY: (422, "invalid_request_error"),
+    ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorCode.ATTESTATION_UNAVAILABLE: (503, "server_error"),
 }
 
 

@@ -114,6 +114,9 @@ class OHTTPClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        closer = getattr(self._verify_keys, "aclose", None)
+        if closer is not None:
+            await closer()
 
     async def key_config(self, *, refresh: bool = False) -> KeyConfig:
         """The gateway's current key configuration (verified, if a verifier is set)."""

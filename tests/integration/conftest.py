@@ -30,21 +30,24 @@ class RunningGateway:
         self.url = url
         self.process = process
         self.log_path = log_path
+        self.simulated_roots = Path()
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
-def start_gateway(*args: str, log_path: Path) -> RunningGateway:
+def start_gateway(*args: str, log_path: Path, state_dir: Path) -> RunningGateway:
     port = free_port()
     env = dict(os.environ)
     env.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
+    env["CLOISTER_STATE"] = str(state_dir)
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     gateway = RunningGateway(f"http://127.0.0.1:{port}", process, log_path)
+    gateway.simulated_roots = state_dir / "simulated-roots.pem"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -70,9 +73,10 @@ def stop_gateway(gateway: RunningGateway) -> None:
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    log_path = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    folder = tmp_path_factory.mktemp("gateway")
     started = time.monotonic()
-    running = start_gateway("--insecure-plaintext", log_path=log_path)
+    running = start_gateway("--insecure-plaintext", "--attestation", "simulated",
+                            log_path=folder / "gateway.log", state_dir=folder / "state")
     print(f"\nreal gateway ready in {time.monotonic() - started:.1f}s at {running.url}")
     yield running
     stop_gateway(running)

@@ -1,5 +1,6 @@
-"""The official OpenAI SDK -> `cloister proxy` -> recording relay -> gateway with the real
-vLLM CPU engine. Nothing readable of the prompt or the completion crosses the wire."""
+"""The official OpenAI SDK -> `cloister proxy` (verifying the gateway's simulated
+attestation first) -> recording relay -> gateway with the real vLLM CPU engine. Nothing
+readable of the prompt or the completion crosses the wire."""
 
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ def relay(gateway: RunningGateway) -> Iterator[RecordingRelay]:
 
 
 @pytest.fixture(scope="module")
-def proxy_url(relay: RecordingRelay, tmp_path_factory) -> Iterator[str]:
+def proxy_url(relay: RecordingRelay, gateway: RunningGateway, tmp_path_factory
+              ) -> Iterator[str]:
     port = free_port()
     log = (tmp_path_factory.mktemp("proxy") / "proxy.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "proxy", "--gateway", f"http://127.0.0.1:{relay.port}",
-         "--port", str(port), "--insecure-skip-attestation"],
+         "--port", str(port), "--simulated-roots", str(gateway.simulated_roots)],
         cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -101,3 +103,19 @@ def test_canary_and_its_completion_never_cross_the_wire_in_plaintext(
         assert secret.encode() not in wire
         assert secret.encode("unicode_escape") not in wire
     assert b"Repeat after me" not in wire
+
+
+def test_cloister_attest_verifies_the_running_gateway(gateway: RunningGateway) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "gateway", "attest", "--gateway", gateway.url,
+         "--simulated-roots", str(gateway.simulated_roots)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    claims = __import__("json").loads(ok.stdout)
+    assert claims["platform"] == "simulated-sev-snp"
+    assert claims["gpus"][0]["driver"] == "550.90.07"
+    refused = subprocess.run(
+        [sys.executable, "-m", "gateway", "attest", "--gateway", gateway.url],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert "untrusted_root" in refused.stderr

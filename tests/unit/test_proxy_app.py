@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 
@@ -109,11 +107,3 @@ async def test_local_bad_json_is_refused_before_anything_is_sent(gateway_app, en
         r = await local.post("/v1/chat/completions", content=b"{nope")
     assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json")
     assert engine.seen_bodies == []
-
-
-def test_proxy_refuses_to_start_without_attestation_or_the_explicit_flag(capsys) -> None:
-    from gateway.cli import main
-
-    assert main(["proxy", "--gateway", "http://127.0.0.1:9"]) == 2
-    assert "--insecure-skip-attestation" in capsys.readouterr().err
-    _ = json
