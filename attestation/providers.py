@@ -5,14 +5,15 @@
 
 configfs-tsm (Linux `/sys/kernel/config/tsm/report`, SNP and TDX guests): make an entry,
 write exactly 64 bytes to `inblob`, read `outblob` (the report or quote), `auxblob` (SNP:
-the GHCB certificate table with VCEK/ASK/ARK) and `provider`, and check that
-`generation` moved by exactly one write (no other writer raced us). The base path is
-injectable so tests run the real code against a fake tree.
+the GHCB certificate table with VCEK/ASK/ARK) and `provider`; `generation`, which the
+kernel bumps on every write to the entry, must not move while we read (no other writer
+raced us). The base path is injectable so tests run the real code against a fake tree.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,30 +62,42 @@ class ConfigfsTsmProvider:
     def _probe(self) -> str:
         if not self.base.is_dir():
             raise ProviderError(f"{self.base} does not exist: no configfs-tsm")
-        entry = Path(tempfile.mkdtemp(prefix="cloister-probe-", dir=self.base))
+        entry = self._new_entry()
         try:
             return (entry / "provider").read_text().strip()
+        except OSError as exc:
+            raise ProviderError(f"configfs-tsm has no provider: {exc.strerror}") from exc
         finally:
-            os.rmdir(entry)
+            _remove_entry(entry)
+
+    def _new_entry(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="cloister-", dir=self.base))
 
     def get_report(self, report_data: bytes) -> CpuEvidence:
         if len(report_data) != 64:
             raise ValueError("configfs-tsm inblob takes exactly 64 bytes")
-        entry = Path(tempfile.mkdtemp(prefix="cloister-", dir=self.base))
+        entry = self._new_entry()
         try:
-            before = int((entry / "generation").read_text())
             (entry / "inblob").write_bytes(report_data)
+            before = (entry / "generation").read_text()
             report = (entry / "outblob").read_bytes()
             aux_path = entry / "auxblob"
             aux = aux_path.read_bytes() if aux_path.exists() else b""
-            after = int((entry / "generation").read_text())
-            if after != before + 1:
+            if (entry / "generation").read_text() != before:
                 raise ProviderError("configfs-tsm entry was written concurrently")
             return CpuEvidence(self.platform, report, aux)
         except OSError as exc:
             raise ProviderError(f"configfs-tsm refused the report: {exc.strerror}") from exc
         finally:
-            os.rmdir(entry)
+            _remove_entry(entry)
+
+
+def _remove_entry(entry: Path) -> None:
+    """configfs removes an entry's attributes with it; a plain folder needs them gone."""
+    try:
+        os.rmdir(entry)
+    except OSError:
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 class SimulatedSnpProvider:

@@ -124,16 +124,20 @@ def _verify_snp(doc: EvidenceDocument, roots: TrustRoots, policy: Policy, now: d
         raise VerificationError(Reason.MALFORMED, "VCEK, ASK or ARK missing") from None
     report = snp.verify_snp_report(doc.report, vcek=_cert(vcek), ask=_cert(ask), ark=_cert(ark),
                                    trusted_arks=roots.amd, now=now)
-    measurement = report.measurement.hex()
+    check_snp_policy(report, policy)
+    t = report.reported_tcb
+    tcb = f"bl={t.boot_loader} tee={t.tee} snp={t.snp} ucode={t.microcode}"
+    return report.report_data, report.measurement.hex(), tcb, report.debug_allowed
+
+
+def check_snp_policy(report: snp.SnpReport, policy: Policy) -> None:
+    """Debug forbidden unless the policy relaxes it; measurement and TCB as configured."""
     if report.debug_allowed and not policy.allow_debug:
         raise VerificationError(Reason.DEBUG, "the guest policy allows debugging")
-    if policy.measurements and measurement not in policy.measurements:
+    if policy.measurements and report.measurement.hex() not in policy.measurements:
         raise VerificationError(Reason.POLICY, "measurement not in the policy's allow-list")
     if policy.min_tcb is not None and not report.reported_tcb.at_least(policy.min_tcb):
         raise VerificationError(Reason.POLICY, "TCB below the policy's minimum")
-    t = report.reported_tcb
-    tcb = f"bl={t.boot_loader} tee={t.tee} snp={t.snp} ucode={t.microcode}"
-    return report.report_data, measurement, tcb, report.debug_allowed
 
 
 def _verify_tdx(doc: EvidenceDocument, roots: TrustRoots, policy: Policy, now: dt.datetime

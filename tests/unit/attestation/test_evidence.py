@@ -154,3 +154,42 @@ def test_binding_report_data_depends_on_every_input() -> None:
 def test_evidence_document_round_trips(pki) -> None:
     doc = EvidenceDocument.from_json(_doc(pki))
     assert EvidenceDocument.from_json(doc.to_json()) == doc
+
+
+class FakeConfigfsTsm(ConfigfsTsmProvider):
+    """configfs-tsm over a plain folder (a test double): `_new_entry` does what the
+    kernel's mkdir does, creating the attribute files; outblob is a simulated report."""
+
+    def __init__(self, base: Path, pki: simulated.SimulatedPki, provider: str = "sev_guest",
+                 unreadable_aux: bool = False) -> None:
+        self._pki, self._provider, self._unreadable = pki, provider, unreadable_aux
+        super().__init__(base)
+
+    def _new_entry(self) -> Path:
+        entry = super()._new_entry()
+        (entry / "provider").write_text(self._provider + "\n")
+        (entry / "generation").write_text("1\n")
+        (entry / "outblob").write_bytes(simulated.snp_report(self._pki, b"\x00" * 64))
+        (entry / "auxblob").write_bytes(self._pki.cert_table())
+        if self._unreadable:  # the kernel fails the read
+            (entry / "auxblob").unlink()
+            (entry / "auxblob").mkdir()
+        return entry
+
+
+def test_configfs_tsm_provider_reads_a_fake_tree(tmp_path: Path, pki) -> None:
+    provider = FakeConfigfsTsm(tmp_path, pki)
+    assert provider.platform == "sev-snp"
+    evidence = provider.get_report(b"r" * 64)
+    assert len(evidence.report) == 1184
+    assert evidence.aux == pki.cert_table()
+    assert list(tmp_path.iterdir()) == []  # entries are removed
+
+
+def test_configfs_tsm_provider_maps_tdx_and_reports_failures(tmp_path: Path, pki) -> None:
+    assert FakeConfigfsTsm(tmp_path, pki, provider="tdx_guest").platform == "tdx"
+    broken = FakeConfigfsTsm(tmp_path, pki, unreadable_aux=True)
+    with pytest.raises(ProviderError):
+        broken.get_report(b"r" * 64)
+    with pytest.raises(ValueError):
+        FakeConfigfsTsm(tmp_path, pki).get_report(b"short")

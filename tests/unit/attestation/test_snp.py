@@ -91,3 +91,18 @@ def test_unknown_version_and_signature_algorithm_are_unsupported(snp) -> None:
     with pytest.raises(VerificationError) as err:
         SnpReport.parse(raw[:0x34] + b"\x07" + raw[0x35:])
     assert err.value.reason is Reason.UNSUPPORTED
+
+
+def test_strict_policy_rejects_the_debug_vector_and_relaxed_policy_accepts_it(snp) -> None:
+    from attestation.verify import Policy, check_snp_policy
+
+    report = _verify(*snp)
+    with pytest.raises(VerificationError) as err:
+        check_snp_policy(report, Policy())
+    assert err.value.reason is Reason.DEBUG
+    measurement = report.measurement.hex()
+    check_snp_policy(report, Policy(allow_debug=True, measurements=frozenset({measurement})))
+    with pytest.raises(VerificationError) as err:
+        check_snp_policy(report, Policy(allow_debug=True, min_tcb=type(report.reported_tcb)(
+            boot_loader=2, tee=0, snp=9, microcode=0)))
+    assert err.value.reason is Reason.POLICY
