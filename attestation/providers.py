@@ -130,4 +130,11 @@ def select_providers(mode: str, *, state_dir: Path, configfs_base: Path = CONFIG
     provider = ConfigfsTsmProvider(configfs_base)
     if mode != "auto" and provider.platform != {"snp": "sev-snp", "tdx": "tdx"}[mode]:
         raise ProviderError(f"asked for {mode}, the hardware offers {provider.platform}")
-    return provider, NoGpus()
+    from attestation.nvml import NoGpuFound, NvmlGpuProvider
+
+    try:
+        gpus: GpuProvider = NvmlGpuProvider()
+    except NoGpuFound:
+        return provider, NoGpus()
+    gpus.verify_and_set_ready()  # type: ignore[attr-defined]
+    return provider, gpus
