@@ -121,13 +121,28 @@ class SimulatedGpuProvider:
                 for _ in range(self._count)]
 
 
+def _hardware_provider(mode: str, configfs_base: Path) -> CpuProvider:
+    """configfs-tsm first; /dev/sev-guest for SNP guests on older kernels."""
+    try:
+        return ConfigfsTsmProvider(configfs_base)
+    except ProviderError as first:
+        if mode not in ("auto", "snp"):
+            raise
+        from attestation.sev_guest import SevGuestProvider
+
+        try:
+            return SevGuestProvider()
+        except ProviderError:
+            raise first from None
+
+
 def select_providers(mode: str, *, state_dir: Path, configfs_base: Path = CONFIGFS_TSM_REPORT
                      ) -> tuple[CpuProvider, GpuProvider]:
     """`auto` finds hardware or fails; `simulated` must be asked for by name."""
     if mode == "simulated":
         pki = simulated.SimulatedPki.load_or_create(state_dir)
         return SimulatedSnpProvider(pki), SimulatedGpuProvider(pki)
-    provider = ConfigfsTsmProvider(configfs_base)
+    provider = _hardware_provider(mode, configfs_base)
     if mode != "auto" and provider.platform != {"snp": "sev-snp", "tdx": "tdx"}[mode]:
         raise ProviderError(f"asked for {mode}, the hardware offers {provider.platform}")
     from attestation.nvml import NoGpuFound, NvmlGpuProvider
