@@ -50,7 +50,7 @@ class _GuestRequest(ctypes.Structure):
 
 
 def _default_ioctl(fd: int, request: int, arg: bytearray) -> int:
-    return fcntl.ioctl(fd, request, arg, True)
+    return int(fcntl.ioctl(fd, request, arg, True))
 
 
 class SevGuestProvider:
@@ -92,7 +92,7 @@ class SevGuestProvider:
         except OSError as exc:
             done = _GuestRequest.from_buffer_copy(bytes(arg))
             if done.vmm_error == VMM_ERR_INVALID_LEN:
-                return _Request.from_address(ctypes.addressof(req)).certs_len
+                return int(_Request.from_address(ctypes.addressof(req)).certs_len)
             raise ProviderError(f"SNP_GET_EXT_REPORT failed (fw_error {done.fw_error}, "
                                 f"vmm_error {done.vmm_error})") from exc
         status, report_size = struct.unpack_from("<II", response.raw, 0)
