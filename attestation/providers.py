@@ -111,6 +111,16 @@ class SimulatedSnpProvider:
                            self._pki.cert_table())
 
 
+class SimulatedTdxProvider:
+    platform = "simulated-tdx"
+
+    def __init__(self, pki: simulated.SimulatedPki) -> None:
+        self._pki = pki
+
+    def get_report(self, report_data: bytes) -> CpuEvidence:
+        return CpuEvidence(self.platform, simulated.tdx_quote(self._pki, report_data))
+
+
 class SimulatedGpuProvider:
     def __init__(self, pki: simulated.SimulatedPki, count: int = 1) -> None:
         self._pki = pki
@@ -139,9 +149,11 @@ def _hardware_provider(mode: str, configfs_base: Path) -> CpuProvider:
 def select_providers(mode: str, *, state_dir: Path, configfs_base: Path = CONFIGFS_TSM_REPORT
                      ) -> tuple[CpuProvider, GpuProvider]:
     """`auto` finds hardware or fails; `simulated` must be asked for by name."""
-    if mode == "simulated":
+    if mode in ("simulated", "simulated-tdx"):
         pki = simulated.SimulatedPki.load_or_create(state_dir)
-        return SimulatedSnpProvider(pki), SimulatedGpuProvider(pki)
+        cpu: CpuProvider = (SimulatedTdxProvider(pki) if mode == "simulated-tdx"
+                            else SimulatedSnpProvider(pki))
+        return cpu, SimulatedGpuProvider(pki)
     provider = _hardware_provider(mode, configfs_base)
     if mode != "auto" and provider.platform != {"snp": "sev-snp", "tdx": "tdx"}[mode]:
         raise ProviderError(f"asked for {mode}, the hardware offers {provider.platform}")

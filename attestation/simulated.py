@@ -36,6 +36,7 @@ VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
 ASK_GUID = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782")
 ARK_GUID = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
 
+PKI_FILE = "simulated-pki-v2.pem"
 SIMULATED_TCB = snp.TcbVersion(boot_loader=4, tee=0, snp=22, microcode=213)
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 _VALIDITY = dt.timedelta(days=3650)
@@ -85,6 +86,11 @@ class SimulatedPki:
     gpu_root: x509.Certificate
     gpu_leaf: x509.Certificate
     gpu_key: ec.EllipticCurvePrivateKey
+    intel_root: x509.Certificate
+    pck_ca: x509.Certificate
+    pck_leaf: x509.Certificate
+    pck_key: ec.EllipticCurvePrivateKey
+    tdx_attestation_key: ec.EllipticCurvePrivateKey
 
     def __repr__(self) -> str:
         return "SimulatedPki([keys redacted])"
@@ -107,12 +113,23 @@ class SimulatedPki:
                          "Simulated NVIDIA Device Identity CA", gpu_root_key, ca=True, pss=False)
         gpu_leaf = _cert("Simulated GH100 Attestation", gpu_key.public_key(),
                          "Simulated NVIDIA Device Identity CA", gpu_root_key, ca=False, pss=False)
-        return cls(ark, ask, vcek, vcek_key, chip_id, gpu_root, gpu_leaf, gpu_key)
+        intel_key = ec.generate_private_key(ec.SECP256R1())
+        pck_ca_key = ec.generate_private_key(ec.SECP256R1())
+        pck_key = ec.generate_private_key(ec.SECP256R1())
+        intel_root = _cert("Simulated Intel SGX Root CA", intel_key.public_key(),
+                           "Simulated Intel SGX Root CA", intel_key, ca=True, pss=False)
+        pck_ca = _cert("Simulated Intel SGX PCK Platform CA", pck_ca_key.public_key(),
+                       "Simulated Intel SGX Root CA", intel_key, ca=True, pss=False)
+        pck_leaf = _cert("Simulated Intel SGX PCK Certificate", pck_key.public_key(),
+                         "Simulated Intel SGX PCK Platform CA", pck_ca_key, ca=False, pss=False)
+        att_key = ec.generate_private_key(ec.SECP256R1())
+        return cls(ark, ask, vcek, vcek_key, chip_id, gpu_root, gpu_leaf, gpu_key, intel_root,
+                   pck_ca, pck_leaf, pck_key, att_key)
 
     @classmethod
     def load_or_create(cls, folder: Path) -> SimulatedPki:
         """The PKI kept in `folder` (private keys 0600), made on first use."""
-        path = folder / "simulated-pki.pem"
+        path = folder / PKI_FILE
         if path.exists():
             return cls._load(path.read_bytes())
         pki = cls.generate()
@@ -127,9 +144,11 @@ class SimulatedPki:
     def _dump(self) -> bytes:
         pem = serialization.Encoding.PEM
         pkcs8, clear = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        keys = [k.private_bytes(pem, pkcs8, clear) for k in (self.vcek_key, self.gpu_key)]
+        keys = [k.private_bytes(pem, pkcs8, clear) for k in
+                (self.vcek_key, self.gpu_key, self.pck_key, self.tdx_attestation_key)]
         certs = [c.public_bytes(pem) for c in (self.ark, self.ask, self.vcek, self.gpu_root,
-                                               self.gpu_leaf)]
+                                               self.gpu_leaf, self.intel_root, self.pck_ca,
+                                               self.pck_leaf)]
         return b"".join(keys + certs) + b"CHIP-ID " + self.chip_id.hex().encode() + b"\n"
 
     @classmethod
@@ -137,17 +156,19 @@ class SimulatedPki:
         certs = x509.load_pem_x509_certificates(data)
         blocks = data.split(b"-----END PRIVATE KEY-----")
         keys = [serialization.load_pem_private_key(b + b"-----END PRIVATE KEY-----", None)
-                for b in blocks[:2]]
+                for b in blocks[:4]]
         chip = bytes.fromhex(data.rsplit(b"CHIP-ID ", 1)[1].strip().decode())
-        vcek_key, gpu_key = keys
-        assert isinstance(vcek_key, ec.EllipticCurvePrivateKey)
-        assert isinstance(gpu_key, ec.EllipticCurvePrivateKey)
-        return cls(certs[0], certs[1], certs[2], vcek_key, chip, certs[3], certs[4], gpu_key)
+        ec_keys = [k for k in keys if isinstance(k, ec.EllipticCurvePrivateKey)]
+        if len(ec_keys) != 4:
+            raise ValueError("damaged simulated PKI file")
+        vcek_key, gpu_key, pck_key, att_key = ec_keys
+        return cls(certs[0], certs[1], certs[2], vcek_key, chip, certs[3], certs[4], gpu_key,
+                   certs[5], certs[6], certs[7], pck_key, att_key)
 
     def roots_pem(self) -> bytes:
         """The roots a verifier must be handed, explicitly, to accept simulated evidence."""
         return b"".join(c.public_bytes(serialization.Encoding.PEM)
-                        for c in (self.ark, self.gpu_root))
+                        for c in (self.ark, self.gpu_root, self.intel_root))
 
     def gpu_chain_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM)
@@ -230,3 +251,36 @@ def gpu_report(pki: SimulatedPki, nonce: bytes) -> bytes:
     der = pki.gpu_key.sign(request + response, ec.ECDSA(hashes.SHA384()))
     r, s = decode_dss_signature(der)
     return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
+
+
+# Intel's QE vendor id (DCAP), as real quotes carry it.
+QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
+
+
+def _p256_raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def tdx_quote(pki: SimulatedPki, report_data: bytes) -> bytes:
+    """A TDX DCAP quote version 4 over `report_data`: quote signed by the attestation key,
+    QE report signed by the PCK leaf and binding that key, PCK chain (type 5) inside the
+    QE report certification data (type 6)."""
+    header = struct.pack("<HHIHH", 4, 2, 0x81, 0, 0) + QE_VENDOR_ID + b"\x00" * 20
+    body = bytearray(584)
+    body[136:184] = simulated_measurement()  # MRTD
+    body[520:584] = report_data
+    signed = header + bytes(body)
+    public = pki.tdx_attestation_key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
+    qe_auth = hashlib.sha256(b"simulated qe auth data").digest()
+    qe_report = bytearray(384)
+    qe_report[320:352] = hashlib.sha256(public + qe_auth).digest()
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM)
+                     for c in (pki.pck_leaf, pki.pck_ca, pki.intel_root))
+    cert6 = (bytes(qe_report) + _p256_raw_signature(pki.pck_key, bytes(qe_report))
+             + struct.pack("<H", len(qe_auth)) + qe_auth
+             + struct.pack("<HI", 5, len(chain)) + chain)
+    sig_data = (_p256_raw_signature(pki.tdx_attestation_key, signed) + public
+                + struct.pack("<HI", 6, len(cert6)) + cert6)
+    return signed + struct.pack("<I", len(sig_data)) + sig_data

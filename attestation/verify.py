@@ -103,7 +103,7 @@ def verify_evidence(document: bytes, *, expected_nonce: bytes, roots: TrustRoots
     if doc.platform in ("sev-snp", "simulated-sev-snp"):
         claims = _verify_snp(doc, roots, policy, now)
         got = claims[0]
-    elif doc.platform == "tdx":
+    elif doc.platform in ("tdx", "simulated-tdx"):
         claims = _verify_tdx(doc, roots, policy, now)
         got = claims[0]
     else:

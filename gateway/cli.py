@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="a new HPKE key (and key id) this often")
     serve.add_argument("--key-grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
                        help="how long the previous key is still accepted")
-    serve.add_argument("--attestation", choices=["auto", "snp", "tdx", "simulated"],
+    serve.add_argument("--attestation",
+                       choices=["auto", "snp", "tdx", "simulated", "simulated-tdx"],
                        default="auto", help="evidence source; auto refuses to start without "
                                             "confidential hardware")
     serve.add_argument("--state-dir", type=Path, default=None,
@@ -146,7 +147,7 @@ def _attestation(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         print(f"cloister serve: no attestation ({exc}). On a machine without confidential "
               "hardware, pass --attestation simulated (development only).", file=sys.stderr)
         return None
-    if args.attestation == "simulated":
+    if args.attestation.startswith("simulated"):
         from attestation.simulated import SimulatedPki
 
         roots = state / "simulated-roots.pem"

@@ -134,7 +134,7 @@ def test_pki_is_reused_from_its_folder(tmp_path: Path) -> None:
     again = simulated.SimulatedPki.load_or_create(tmp_path)
     assert first.roots_pem() == again.roots_pem()
     assert first.chip_id == again.chip_id
-    assert oct((tmp_path / "simulated-pki.pem").stat().st_mode)[-3:] == "600"
+    assert oct((tmp_path / simulated.PKI_FILE).stat().st_mode)[-3:] == "600"
 
 
 def test_configfs_tsm_reports_missing_tree(tmp_path: Path) -> None:
@@ -193,3 +193,20 @@ def test_configfs_tsm_provider_maps_tdx_and_reports_failures(tmp_path: Path, pki
         broken.get_report(b"r" * 64)
     with pytest.raises(ValueError):
         FakeConfigfsTsm(tmp_path, pki).get_report(b"short")
+
+
+def test_simulated_tdx_evidence_verifies_through_the_real_quote_parser(pki, roots) -> None:
+    from attestation.providers import SimulatedTdxProvider
+
+    now = int(time.time())
+    doc = collect(SimulatedTdxProvider(pki), SimulatedGpuProvider(pki), keys=KEYS,
+                  nonce=b"n" * 32, expires_at=now + 60, now=now).to_json()
+    claims = _verify(doc, roots)
+    assert claims.platform == "simulated-tdx"
+    assert claims.measurement == simulated.simulated_measurement().hex()
+    with pytest.raises(VerificationError) as err:
+        _verify(doc, TrustRoots())
+    assert err.value.reason is Reason.UNTRUSTED_ROOT
+    with pytest.raises(VerificationError) as err:
+        _verify(doc, roots, policy=Policy(mrtd=frozenset({"00" * 48})))
+    assert err.value.reason is Reason.POLICY
