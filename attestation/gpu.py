@@ -18,13 +18,11 @@ import datetime as dt
 import struct
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation.errors import Reason, VerificationError
-from attestation.x509chain import load_pem_chain, verify_chain
+from attestation.x509chain import load_pem_chain, verify_chain, verify_ecdsa
 
 REQUEST_SIZE = 37
 SIGNATURE_SIZE = 96
@@ -129,11 +127,8 @@ def verify_gpu_report(
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise VerificationError(Reason.UNSUPPORTED, "GPU attestation key is not P-384")
     sig = report.signature
-    der = encode_dss_signature(int.from_bytes(sig[:48], "big"), int.from_bytes(sig[48:], "big"))
-    try:
-        key.verify(der, report.signed_bytes, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        raise VerificationError(Reason.BAD_SIGNATURE, "GPU report signature") from None
+    verify_ecdsa(key, int.from_bytes(sig[:48], "big"), int.from_bytes(sig[48:], "big"),
+                 report.signed_bytes, hashes.SHA384(), what="GPU report signature")
     if report.request_nonce != expected_nonce:
         raise VerificationError(Reason.NONCE_MISMATCH, "GPU report answers another nonce")
     return report

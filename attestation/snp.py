@@ -15,13 +15,11 @@ import struct
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation.errors import Reason, VerificationError
-from attestation.x509chain import verify_chain
+from attestation.x509chain import verify_chain, verify_ecdsa
 
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
@@ -147,10 +145,7 @@ def verify_snp_report(
     key = vcek.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise VerificationError(Reason.UNSUPPORTED, "VCEK is not an ECDSA P-384 key")
-    signature = encode_dss_signature(report.signature_r, report.signature_s)
-    try:
-        key.verify(signature, report.signed_bytes, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        raise VerificationError(Reason.BAD_SIGNATURE, "SNP report signature") from None
+    verify_ecdsa(key, report.signature_r, report.signature_s, report.signed_bytes,
+                 hashes.SHA384(), what="SNP report signature")
     check_vcek_matches(report, vcek)
     return report

@@ -23,13 +23,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation.errors import Reason, VerificationError
-from attestation.x509chain import load_pem_chain, verify_chain
+from attestation.x509chain import load_pem_chain, verify_chain, verify_ecdsa
 
 HEADER_SIZE = 48
 TEE_TYPE_TDX = 0x81
@@ -141,11 +139,9 @@ def _p256(point: bytes) -> ec.EllipticCurvePublicKey:
 
 
 def _verify_raw(key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes, what: str) -> None:
-    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
-    try:
-        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise VerificationError(Reason.BAD_SIGNATURE, what) from None
+    """Intel's raw P-256 signature: r || s, 32 bytes each, big-endian."""
+    verify_ecdsa(key, int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"), data,
+                 hashes.SHA256(), what=what)
 
 
 def verify_tdx_quote(raw: bytes, *, trusted_roots: frozenset[str], now: dt.datetime) -> TdxQuote:

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from attestation.errors import Reason, VerificationError
@@ -94,6 +96,17 @@ def verify_chain(chain: Sequence[x509.Certificate], *, trusted_roots: frozenset[
         check_signed_by(cert, issuer)
     for cert in chain:
         check_valid_at(cert, now)
+
+
+def verify_ecdsa(key: object, r: int, s: int, data: bytes, algorithm: hashes.HashAlgorithm,
+                 *, what: str) -> None:
+    """An ECDSA signature given as the integers (r, s), as hardware reports carry it."""
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise VerificationError(Reason.UNSUPPORTED, f"{what}: not an ECDSA key")
+    try:
+        key.verify(encode_dss_signature(r, s), data, ec.ECDSA(algorithm))
+    except InvalidSignature:
+        raise VerificationError(Reason.BAD_SIGNATURE, what) from None
 
 
 def _cn(cert: x509.Certificate) -> str:
