@@ -33,6 +33,7 @@ EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20))
 def configure_logging(level: str = "info") -> None:
     """JSON lines on stderr, for the gateway's own loggers and the standard library's."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
