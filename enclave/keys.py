@@ -107,6 +107,12 @@ class KeyRing:
             return prev
         return None
 
+    def honoured_keys(self) -> list[HpkeKeyPair]:
+        """The current key, then the previous one while its grace window lasts."""
+        current = self.current()
+        previous = self.lookup(self._previous.key_id) if self._previous is not None else None
+        return [current] if previous is None or previous is current else [current, previous]
+
     def key_configs(self) -> list[KeyConfig]:
         """Published configurations: the current key only (the previous one is honoured,
         not advertised)."""

@@ -15,9 +15,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from attestation.providers import CpuProvider, GpuProvider
+from enclave import ehbp
 from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, EngineRequest
 from enclave.keys import KeyRing
-from gateway import attestation_routes, metrics, ohttp_routes
+from gateway import attestation_routes, ehbp_routes, metrics, ohttp_routes
 from gateway.body import parse_json_object, read_body
 from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import ErrorCode, GatewayError, error_body, json_response
@@ -50,13 +51,18 @@ async def ready(request: Request) -> Response:
 
 async def list_models(request: Request) -> ASGIApp:
     """`GET /v1/models`: plaintext by design (model metadata is not confidential)."""
+    if ehbp_routes.has_ehbp(request):
+        return await ehbp_routes.serve(request)
     engine = _slot(request).get()
     answer = await forward(engine, request, EngineRequest(*MODELS))
     return await relay_plaintext(request, answer)
 
 
 async def openai_plaintext(request: Request) -> ASGIApp:
-    """The plaintext OpenAI routes: refused unless `--insecure-plaintext` (development)."""
+    """The OpenAI routes: EHBP-encrypted bodies, or plaintext (refused unless
+    `--insecure-plaintext`, for development)."""
+    if ehbp_routes.has_ehbp(request):
+        return await ehbp_routes.serve(request)
     settings: Settings = request.app.state.settings
     if not settings.insecure_plaintext:
         raise GatewayError(
@@ -150,6 +156,7 @@ def create_app(
         Route(ohttp_routes.PATH, ohttp_routes.key_configs, methods=["GET"]),
         Route(ohttp_routes.PATH, ohttp_routes.gateway, methods=["POST"]),
         Route(attestation_routes.PATH, attestation_routes.report, methods=["GET"]),
+        Route(ehbp.KEYS_PATH, ehbp_routes.keys, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from attestation import binding, evidence
 from attestation.providers import CpuProvider, GpuProvider, ProviderError
+from enclave import ehbp
 from enclave.keys import KeyRing
 from enclave.ohttp import encode_key_configs
 from gateway.errors import ErrorCode, GatewayError
@@ -43,7 +44,9 @@ class ReportService:
 
     def bound_keys(self) -> dict[str, bytes]:
         """Every public key the gateway accepts traffic for."""
-        return {"ohttp": encode_key_configs(self._keyring.key_configs())}
+        current = self._keyring.current()
+        return {"ohttp": encode_key_configs(self._keyring.key_configs()),
+                "ehbp": encode_key_configs([ehbp.key_config(current)])}
 
     async def _collect(self, nonce: bytes | None) -> bytes:
         keys = self.bound_keys()

@@ -2,7 +2,8 @@
 
     cloister serve [--host 127.0.0.1] [--port 8000] [--model PATH_OR_NAME]
                    [--embedding-model auto|none|PATH_OR_NAME] [-- VLLM_ENGINE_ARGS...]
-    cloister proxy --gateway URL [--host 127.0.0.1] [--port 8080] [--policy FILE]
+    cloister proxy --gateway URL [--host 127.0.0.1] [--port 8080] [--protocol ohttp|ehbp]
+                   [--policy FILE]
                    [--simulated-roots FILE] [--insecure-skip-attestation]
     cloister attest --gateway URL [--policy FILE] [--nonce HEX] [--simulated-roots FILE]
     cloister demo-model PATH
@@ -83,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--gateway", required=True, help="the gateway's base URL")
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, default=8080)
+    proxy.add_argument("--protocol", choices=["ohttp", "ehbp"], default="ohttp",
+                       help="how requests are encrypted to the gateway")
     proxy.add_argument("--policy", type=Path, default=None,
                        help="attestation policy (TOML or JSON)")
     proxy.add_argument("--simulated-roots", type=Path, default=None,
@@ -215,6 +218,7 @@ def run_proxy(args: argparse.Namespace) -> int:
 
     from proxy.app import create_proxy_app
     from proxy.attestor import Attestor
+    from proxy.ehbp_client import EHBPClient
     from proxy.ohttp_client import OHTTPClient
 
     configure_logging(args.log_level)
@@ -227,8 +231,9 @@ def run_proxy(args: argparse.Namespace) -> int:
               "attestation report vouches for. Development only.", file=sys.stderr)
     else:
         roots, policy = _trust(args)
-        verifier = Attestor(args.gateway, roots=roots, policy=policy)
-    app = create_proxy_app(OHTTPClient(args.gateway, verify_keys=verifier))
+        verifier = Attestor(args.gateway, roots=roots, policy=policy, key_name=args.protocol)
+    client_class = EHBPClient if args.protocol == "ehbp" else OHTTPClient
+    app = create_proxy_app(client_class(args.gateway, verify_keys=verifier))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 

@@ -13,19 +13,30 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from typing import Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy.ohttp_client import GatewayError, OHTTPClient
+from proxy.ohttp_client import GatewayError, InnerResponse, InnerStream
 
 # Local bodies are bounded like the gateway's: nothing larger would be accepted there.
 MAX_LOCAL_BODY = 4 * 1024 * 1024
 MODELS_TTL_SECONDS = 60.0
+
+
+class GatewayClient(Protocol):
+    """What the proxy needs of a dialect's client (OHTTP, EHBP, ...)."""
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> InnerResponse: ...
+
+    def stream(self, method: str, path: str, body: bytes = b""
+               ) -> AbstractAsyncContextManager[InnerStream]: ...
+
+    async def aclose(self) -> None: ...
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -40,7 +51,7 @@ def _gateway_error(exc: GatewayError) -> JSONResponse:
 class ModelResolver:
     """Resolves model `latest` from the gateway's model list (cached briefly)."""
 
-    def __init__(self, client: OHTTPClient) -> None:
+    def __init__(self, client: GatewayClient) -> None:
         self._client = client
         self._models: list[str] = []
         self._fetched = 0.0
@@ -63,7 +74,7 @@ class ModelResolver:
 
 
 async def _forward(request: Request) -> Response:
-    client: OHTTPClient = request.app.state.client
+    client: GatewayClient = request.app.state.client
     body = await request.body()
     if len(body) > MAX_LOCAL_BODY:
         return _error(413, "body_too_large", f"request body exceeds {MAX_LOCAL_BODY} bytes")
@@ -85,7 +96,7 @@ async def _forward(request: Request) -> Response:
     return Response(r.content, status_code=r.status, media_type=r.content_type)
 
 
-async def _forward_stream(request: Request, client: OHTTPClient, inner: bytes) -> Response:
+async def _forward_stream(request: Request, client: GatewayClient, inner: bytes) -> Response:
     stack = AsyncExitStack()
     stream = await stack.enter_async_context(client.stream("POST", request.url.path, inner))
     media_type = dict(stream.headers).get("content-type", "text/event-stream")
@@ -112,7 +123,7 @@ async def _models(request: Request) -> Response:
     return Response(r.content, status_code=r.status, media_type=r.content_type)
 
 
-def create_proxy_app(client: OHTTPClient) -> Starlette:
+def create_proxy_app(client: GatewayClient) -> Starlette:
     routes = [
         Route("/v1/models", _models, methods=["GET"]),
         Route("/v1/chat/completions", _forward, methods=["POST"]),

@@ -46,7 +46,9 @@ class Attestor:
     """The `verify_keys` hook of `OHTTPClient`."""
 
     def __init__(self, gateway_url: str, *, roots: TrustRoots, policy: Policy,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, key_name: str = "ohttp"
+                 ) -> None:
+        self._key_name = key_name
         self._http = httpx.AsyncClient(base_url=gateway_url.rstrip("/"), transport=transport,
                                        timeout=60)
         self._roots, self._policy = roots, policy
@@ -54,7 +56,7 @@ class Attestor:
 
     async def __call__(self, configs: list[KeyConfig]) -> None:
         claims = await fetch_and_verify(self._http, roots=self._roots, policy=self._policy)
-        attested = decode_key_configs(claims.keys.get("ohttp", b""))
+        attested = decode_key_configs(claims.keys.get(self._key_name, b""))
         if configs[0] not in attested:
             raise GatewayNotAttested("the gateway's key configuration is not the attested one")
         self.last = claims

@@ -120,23 +120,8 @@ class OHTTPClient:
 
     async def key_config(self, *, refresh: bool = False) -> KeyConfig:
         """The gateway's current key configuration (verified, if a verifier is set)."""
-        if self._config is not None and not refresh:
-            return self._config
-        try:
-            r = await self._http.get(WELL_KNOWN)
-        except httpx.TransportError as exc:
-            raise GatewayUnreachable(f"cannot reach {self.gateway_url}") from exc
-        if r.status_code != 200:
-            raise GatewayRejected("key configuration unavailable", status=r.status_code)
-        try:
-            configs = [c for c in decode_key_configs(r.content) if _usable(c)]
-        except KeyConfigError as exc:
-            raise GatewayResponseError("malformed key configuration") from exc
-        if not configs:
-            raise UnknownGatewayKey("the gateway offers no usable key configuration")
-        if self._verify_keys is not None:
-            await self._verify_keys(configs)
-        self._config = configs[0]
+        if self._config is None or refresh:
+            self._config = await fetch_key_config(self._http, WELL_KNOWN, self._verify_keys)
         return self._config
 
     async def request(self, method: str, path: str, body: bytes = b"") -> InnerResponse:
@@ -195,6 +180,26 @@ class OHTTPClient:
             code = _outer_code(r)
             raise GatewayRejected(f"the gateway refused the request ({code})",
                                   status=r.status_code)
+
+
+async def fetch_key_config(http: httpx.AsyncClient, path: str, verify: KeyVerifier | None
+                           ) -> KeyConfig:
+    """Fetch `application/ohttp-keys` from `path`, keep the usable ones, verify them."""
+    try:
+        r = await http.get(path)
+    except httpx.TransportError as exc:
+        raise GatewayUnreachable(f"cannot reach {http.base_url}") from exc
+    if r.status_code != 200:
+        raise GatewayRejected("key configuration unavailable", status=r.status_code)
+    try:
+        configs = [c for c in decode_key_configs(r.content) if _usable(c)]
+    except KeyConfigError as exc:
+        raise GatewayResponseError("malformed key configuration") from exc
+    if not configs:
+        raise UnknownGatewayKey("the gateway offers no usable key configuration")
+    if verify is not None:
+        await verify(configs)
+    return configs[0]
 
 
 async def _open_stream(response: httpx.Response, sealer: ChunkedRequestSealer) -> InnerStream:
@@ -270,6 +275,10 @@ def _outer_code(r: httpx.Response) -> str:
 
 def _is_key_problem(r: httpx.Response) -> bool:
     return r.status_code == 422 and _outer_code(r) == "unknown_key"
+
+
+is_key_problem = _is_key_problem
+outer_code = _outer_code
 
 
 __all__ = ["InnerResponse", "InnerStream", "OHTTPClient", "ResponseEnd"]
