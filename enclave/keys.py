@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pyhpke import KEMKeyInterface
 
 from enclave.ohttp.keyconfig import KeyConfig
@@ -34,19 +34,24 @@ class HpkeKeyPair:
     public_key: bytes
     created_at: float
     _private: KEMKeyInterface = field(compare=False)
+    _x25519: X25519PrivateKey = field(compare=False)
 
     @classmethod
     def generate(cls, key_id: int, *, now: float, private_bytes: bytes | None = None
                  ) -> HpkeKeyPair:
         raw = private_bytes if private_bytes is not None else os.urandom(32)
-        public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
+        x25519 = X25519PrivateKey.from_private_bytes(raw)
         private = hpke_suite(OFFERED_SUITES[0]).kem.deserialize_private_key(raw)
-        return cls(key_id, public, now, private)
+        return cls(key_id, x25519.public_key().public_bytes_raw(), now, private, x25519)
 
     @property
     def private_key(self) -> KEMKeyInterface:
         """For the enclave's own HPKE contexts only."""
         return self._private
+
+    def exchange(self, peer_public_key: bytes) -> bytes:
+        """Raw X25519 with a peer's public key (for dialects that do their own KDF)."""
+        return self._x25519.exchange(X25519PublicKey.from_public_bytes(peer_public_key))
 
     def key_config(self) -> KeyConfig:
         return KeyConfig(self.key_id, KEM_X25519_HKDF_SHA256, self.public_key, OFFERED_SUITES)

@@ -15,10 +15,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from attestation.providers import CpuProvider, GpuProvider
-from enclave import ehbp
+from enclave import atoma, ehbp
 from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, EngineRequest
 from enclave.keys import KeyRing
-from gateway import attestation_routes, ehbp_routes, metrics, ohttp_routes
+from gateway import atoma_routes, attestation_routes, ehbp_routes, metrics, ohttp_routes
 from gateway.body import parse_json_object, read_body
 from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import ErrorCode, GatewayError, error_body, json_response
@@ -157,6 +157,9 @@ def create_app(
         Route(ohttp_routes.PATH, ohttp_routes.gateway, methods=["POST"]),
         Route(attestation_routes.PATH, attestation_routes.report, methods=["GET"]),
         Route(ehbp.KEYS_PATH, ehbp_routes.keys, methods=["GET"]),
+        Route(f"{atoma_routes.PREFIX}/node", atoma_routes.node, methods=["GET"]),
+        *[Route(path, atoma_routes.confidential, methods=["POST"])
+          for path in atoma_routes.ENGINE_PATHS],
     ]
     app = Starlette(
         routes=routes,
@@ -172,7 +175,9 @@ def create_app(
     # been read; the engine's processes are spawned and never see them.
     app.state.keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
                                 grace_seconds=settings.key_grace_seconds)
-    app.state.reports = (attestation_routes.ReportService(*attestation, app.state.keyring)
+    app.state.node_signer = atoma.NodeSigner()
+    app.state.reports = (attestation_routes.ReportService(*attestation, app.state.keyring,
+                                                          app.state.node_signer)
                          if attestation is not None else None)
     app.state.metrics = metrics.GatewayMetrics(app)
     app.add_middleware(RequestIdMiddleware)

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from attestation import binding, evidence
 from attestation.providers import CpuProvider, GpuProvider, ProviderError
 from enclave import ehbp
+from enclave.atoma import NodeSigner
 from enclave.keys import KeyRing
 from enclave.ohttp import encode_key_configs
 from gateway.errors import ErrorCode, GatewayError
@@ -28,10 +29,12 @@ FRESH_BURST = 5
 
 
 class ReportService:
-    def __init__(self, cpu: CpuProvider, gpu: GpuProvider, keyring: KeyRing, *,
+    def __init__(self, cpu: CpuProvider, gpu: GpuProvider, keyring: KeyRing,
+                 signer: NodeSigner | None = None, *,
                  fresh_per_second: float = FRESH_PER_SECOND, burst: int = FRESH_BURST,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._cpu, self._gpu, self._keyring = cpu, gpu, keyring
+        self._signer = signer
         self._rate, self._burst, self._clock = fresh_per_second, burst, clock
         self._tokens = float(burst)
         self._last = clock()
@@ -45,8 +48,12 @@ class ReportService:
     def bound_keys(self) -> dict[str, bytes]:
         """Every public key the gateway accepts traffic for."""
         current = self._keyring.current()
-        return {"ohttp": encode_key_configs(self._keyring.key_configs()),
-                "ehbp": encode_key_configs([ehbp.key_config(current)])}
+        keys = {"ohttp": encode_key_configs(self._keyring.key_configs()),
+                "ehbp": encode_key_configs([ehbp.key_config(current)]),
+                "atoma-node-x25519": current.public_key}
+        if self._signer is not None:
+            keys["atoma-signing-ed25519"] = self._signer.public_key
+        return keys
 
     async def _collect(self, nonce: bytes | None) -> bytes:
         keys = self.bound_keys()

@@ -63,3 +63,15 @@ class Attestor:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+class AtomaNodeAttestor(Attestor):
+    """The `verify_node` hook of `AtomaClient`: both node keys must be the attested ones."""
+
+    async def __call__(self, node_dh_public_key: bytes,  # type: ignore[override]
+                       signing_public_key: bytes) -> None:
+        claims = await fetch_and_verify(self._http, roots=self._roots, policy=self._policy)
+        if (claims.keys.get("atoma-node-x25519") != node_dh_public_key
+                or claims.keys.get("atoma-signing-ed25519") != signing_public_key):
+            raise GatewayNotAttested("the node's keys are not the attested ones")
+        self.last = claims
