@@ -15,10 +15,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from attestation.providers import CpuProvider, GpuProvider
-from enclave import atoma, ehbp
+from enclave import atoma, continuum, ehbp
 from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, EngineRequest
 from enclave.keys import KeyRing
-from gateway import atoma_routes, attestation_routes, ehbp_routes, metrics, ohttp_routes
+from gateway import (
+    atoma_routes,
+    attestation_routes,
+    continuum_routes,
+    ehbp_routes,
+    metrics,
+    ohttp_routes,
+)
 from gateway.body import parse_json_object, read_body
 from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import ErrorCode, GatewayError, error_body, json_response
@@ -64,6 +71,10 @@ async def openai_plaintext(request: Request) -> ASGIApp:
     if ehbp_routes.has_ehbp(request):
         return await ehbp_routes.serve(request)
     settings: Settings = request.app.state.settings
+    body = await read_body(request, settings.max_body_bytes)
+    payload = parse_json_object(body)
+    if continuum_routes.is_continuum(request.url.path, payload):
+        return await continuum_routes.serve(request, payload)
     if not settings.insecure_plaintext:
         raise GatewayError(
             ErrorCode.PLAINTEXT_REFUSED,
@@ -71,8 +82,6 @@ async def openai_plaintext(request: Request) -> ASGIApp:
             "(for example `cloister proxy`)",
         )
     engine = _slot(request).get()
-    body = await read_body(request, settings.max_body_bytes)
-    parse_json_object(body)
     inner = EngineRequest("POST", request.url.path, body, request_id=request.state.request_id)
     answer = await forward(engine, request, inner)
     return await relay_plaintext(request, answer)
@@ -157,6 +166,7 @@ def create_app(
         Route(ohttp_routes.PATH, ohttp_routes.gateway, methods=["POST"]),
         Route(attestation_routes.PATH, attestation_routes.report, methods=["GET"]),
         Route(ehbp.KEYS_PATH, ehbp_routes.keys, methods=["GET"]),
+        Route("/v1/secrets", continuum_routes.register_secret, methods=["POST"]),
         Route(f"{atoma_routes.PREFIX}/node", atoma_routes.node, methods=["GET"]),
         *[Route(path, atoma_routes.confidential, methods=["POST"])
           for path in atoma_routes.ENGINE_PATHS],
@@ -176,6 +186,7 @@ def create_app(
     app.state.keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
                                 grace_seconds=settings.key_grace_seconds)
     app.state.node_signer = atoma.NodeSigner()
+    app.state.continuum_secrets = continuum.SecretStore()
     app.state.reports = (attestation_routes.ReportService(*attestation, app.state.keyring,
                                                           app.state.node_signer)
                          if attestation is not None else None)

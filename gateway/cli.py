@@ -2,8 +2,8 @@
 
     cloister serve [--host 127.0.0.1] [--port 8000] [--model PATH_OR_NAME]
                    [--embedding-model auto|none|PATH_OR_NAME] [-- VLLM_ENGINE_ARGS...]
-    cloister proxy --gateway URL [--host 127.0.0.1] [--port 8080] [--protocol ohttp|ehbp|atoma]
-                   [--policy FILE]
+    cloister proxy --gateway URL [--host 127.0.0.1] [--port 8080]
+                   [--protocol ohttp|ehbp|atoma|continuum] [--policy FILE]
                    [--simulated-roots FILE] [--insecure-skip-attestation]
     cloister attest --gateway URL [--policy FILE] [--nonce HEX] [--simulated-roots FILE]
     cloister demo-model PATH
@@ -84,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--gateway", required=True, help="the gateway's base URL")
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, default=8080)
-    proxy.add_argument("--protocol", choices=["ohttp", "ehbp", "atoma"], default="ohttp",
-                       help="how requests are encrypted to the gateway")
+    proxy.add_argument("--protocol", choices=["ohttp", "ehbp", "atoma", "continuum"],
+                       default="ohttp", help="how requests are encrypted to the gateway")
     proxy.add_argument("--policy", type=Path, default=None,
                        help="attestation policy (TOML or JSON)")
     proxy.add_argument("--simulated-roots", type=Path, default=None,
@@ -219,6 +219,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     from proxy.app import create_proxy_app
     from proxy.atoma_client import AtomaClient
     from proxy.attestor import AtomaNodeAttestor, Attestor
+    from proxy.continuum_client import ContinuumClient
     from proxy.ehbp_client import EHBPClient
     from proxy.ohttp_client import OHTTPClient
 
@@ -232,12 +233,14 @@ def run_proxy(args: argparse.Namespace) -> int:
               "attestation report vouches for. Development only.", file=sys.stderr)
     else:
         roots, policy = _trust(args)
+        key_name = "ohttp" if args.protocol == "continuum" else args.protocol
         verifier = (AtomaNodeAttestor if args.protocol == "atoma" else Attestor)(
-            args.gateway, roots=roots, policy=policy, key_name=args.protocol)
+            args.gateway, roots=roots, policy=policy, key_name=key_name)
     if args.protocol == "atoma":
         client = AtomaClient(args.gateway, verify_node=verifier)
     else:
-        client_class = EHBPClient if args.protocol == "ehbp" else OHTTPClient
+        client_class = {"ehbp": EHBPClient, "continuum": ContinuumClient}.get(
+            args.protocol, OHTTPClient)
         client = client_class(args.gateway, verify_keys=verifier)
     app = create_proxy_app(client)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)

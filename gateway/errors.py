@@ -38,6 +38,7 @@ class ErrorCode(enum.StrEnum):
     DECRYPTION_FAILED = "decryption_failed"
     UNKNOWN_KEY = "unknown_key"
     RATE_LIMITED = "rate_limited"
+    UNKNOWN_SECRET = "unknown_secret"
     ATTESTATION_UNAVAILABLE = "attestation_unavailable"
 
 
@@ -58,6 +59,7 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.DECRYPTION_FAILED: (400, "invalid_request_error"),
     ErrorCode.UNKNOWN_KEY: (422, "invalid_request_error"),
     ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorCode.UNKNOWN_SECRET: (400, "invalid_request_error"),
     ErrorCode.ATTESTATION_UNAVAILABLE: (503, "server_error"),
 }
 
