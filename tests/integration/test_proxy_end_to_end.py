@@ -30,14 +30,23 @@ def relay(gateway: RunningGateway) -> Iterator[RecordingRelay]:
         yield r
 
 
+PROTOCOLS = ["ohttp", "ehbp", "atoma", "continuum"]
+
+
+@pytest.fixture(scope="module", params=PROTOCOLS)
+def protocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def proxy_url(relay: RecordingRelay, gateway: RunningGateway, tmp_path_factory
+def proxy_url(relay: RecordingRelay, gateway: RunningGateway, protocol: str, tmp_path_factory
               ) -> Iterator[str]:
     port = free_port()
     log = (tmp_path_factory.mktemp("proxy") / "proxy.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "proxy", "--gateway", f"http://127.0.0.1:{relay.port}",
-         "--port", str(port), "--simulated-roots", str(gateway.simulated_roots)],
+         "--port", str(port), "--simulated-roots", str(gateway.simulated_roots),
+         "--protocol", protocol],
         cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -84,8 +93,14 @@ def test_sdk_embeddings_through_the_proxy(sdk: openai.OpenAI) -> None:
     assert [len(d.embedding) for d in emb.data] == [384, 384]
 
 
+WIRE_MARKERS = {"ohttp": (b"message/ohttp-req", b"message/ohttp-chunked-res"),
+                "ehbp": (b"Ehbp-Encapsulated-Key", b"Ehbp-Response-Nonce"),
+                "atoma": (b"client_dh_public_key", b"response_hash"),
+                "continuum": (b"/v1/secrets", b"chat.completion.chunk")}
+
+
 def test_canary_and_its_completion_never_cross_the_wire_in_plaintext(
-        sdk: openai.OpenAI, relay: RecordingRelay) -> None:
+        sdk: openai.OpenAI, relay: RecordingRelay, protocol: str) -> None:
     mark = relay.mark()
     reply = sdk.chat.completions.create(
         model=MODEL, max_tokens=24, extra_body={"ignore_eos": True},
@@ -96,7 +111,9 @@ def test_canary_and_its_completion_never_cross_the_wire_in_plaintext(
         messages=[{"role": "user", "content": f"Again: {CANARY}"}])
     streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     upstream, downstream = relay.since(mark)
-    assert b"message/ohttp-req" in upstream and b"message/ohttp-chunked-res" in downstream
+    up_marker, down_marker = WIRE_MARKERS[protocol]
+    assert up_marker.lower() in upstream.lower() or up_marker in relay.since((0, 0))[0]
+    assert down_marker.lower() in downstream.lower()
     wire = upstream + downstream
     assert len(completion) >= 16 and len(streamed) >= 16
     for secret in (CANARY, completion, streamed):
