@@ -18,6 +18,8 @@ FORCED_ENV = {
     "DO_NOT_TRACK": "1",
     "VLLM_DO_NOT_TRACK": "1",
     "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+    # vLLM's loggers propagate to the gateway's JSON handler and its allow-list.
+    "VLLM_CONFIGURE_LOGGING": "0",
 }
 
 # Environment variables that must never reach a child process: anything that could

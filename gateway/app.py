@@ -89,6 +89,7 @@ async def openai_plaintext(request: Request) -> ASGIApp:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    request.app.state.metrics.rejected.labels(exc.code.value).inc()
     return exc.response()
 
 
@@ -181,15 +182,17 @@ def create_app(
         },
     )
     app.state.settings = settings
+    app.state.metrics = metrics.GatewayMetrics(app)
     # Keys are made here, in the gateway process, after nothing but configuration has
     # been read; the engine's processes are spawned and never see them.
     app.state.keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
-                                grace_seconds=settings.key_grace_seconds)
+                                grace_seconds=settings.key_grace_seconds,
+                                on_rotate=lambda _key: app.state.metrics.key_rotations.inc())
     app.state.node_signer = atoma.NodeSigner()
     app.state.continuum_secrets = continuum.SecretStore()
     app.state.reports = (attestation_routes.ReportService(*attestation, app.state.keyring,
                                                           app.state.node_signer)
                          if attestation is not None else None)
-    app.state.metrics = metrics.GatewayMetrics(app)
+    app.add_middleware(metrics.MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

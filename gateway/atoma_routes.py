@@ -21,6 +21,7 @@ from enclave.engine import EngineRequest
 from gateway.body import read_body
 from gateway.errors import json_response
 from gateway.forwarding import RelayResponse, forward
+from gateway.metrics import record_crypto_failure
 from gateway.settings import Settings
 
 PREFIX = "/v1/confidential"
@@ -62,8 +63,11 @@ async def confidential(request: Request) -> ASGIApp:
         if not isinstance(inner, dict):
             raise atoma.InvalidBody("the decrypted body must be a JSON object")
     except atoma.InvalidBody as exc:
+        record_crypto_failure(request, "open_request")
+        request.app.state.metrics.rejected.labels(atoma.InvalidBody.code).inc()
         return _invalid(str(exc))
     except ValueError:
+        request.app.state.metrics.rejected.labels(atoma.InvalidBody.code).inc()
         return _invalid("the body is not valid JSON")
     inner["stream"] = envelope.stream
     inner.setdefault("model", envelope.model_name)

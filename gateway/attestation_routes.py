@@ -97,8 +97,10 @@ async def report(request: Request) -> Response:
         raise GatewayError(ErrorCode.ATTESTATION_UNAVAILABLE,
                            "this gateway was started without attestation")
     nonce_hex = request.query_params.get("nonce")
+    metrics = request.app.state.metrics
     if nonce_hex is None:
         body = await service.cached()
+        metrics.attestation_reports.labels("cached").inc()
     else:
         try:
             nonce = bytes.fromhex(nonce_hex)
@@ -107,5 +109,7 @@ async def report(request: Request) -> Response:
         if len(nonce) != binding.NONCE_SIZE:
             raise GatewayError(ErrorCode.INVALID_REQUEST, "nonce must be 64 hex digits",
                                param="nonce")
-        body = await service.fresh(nonce)
+        with metrics.attestation_latency.time():
+            body = await service.fresh(nonce)
+        metrics.attestation_reports.labels("fresh").inc()
     return Response(body, media_type="application/json", headers={"cache-control": "no-store"})

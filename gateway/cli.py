@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from enclave.keys import DEFAULT_GRACE_SECONDS, DEFAULT_ROTATION_SECONDS
+from gateway.logs import configure_logging
 from gateway.settings import DEFAULT_MAX_BODY_BYTES, Settings
 
 DEMO_SERVED_NAME = "cloister-demo"
@@ -29,22 +29,6 @@ EMBEDDING_SERVED_NAME = "all-MiniLM-L6-v2"
 # The demo model is tiny: a short context and a small KV cache keep memory low on laptops.
 DEMO_ENGINE_ARGS = ("--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30))
 EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20))
-
-
-def configure_logging(level: str = "info") -> None:
-    """JSON lines on stderr, for the gateway's own loggers and the standard library's."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def _parser() -> argparse.ArgumentParser:

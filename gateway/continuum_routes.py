@@ -30,6 +30,7 @@ from gateway.errors import (
     normalize_engine_error,
 )
 from gateway.forwarding import RelayResponse, forward
+from gateway.metrics import record_crypto_failure, set_dialect
 
 # A sealed 32-byte secret with its framing is well under 1 KiB.
 MAX_SECRET_BODY = 4096
@@ -45,6 +46,7 @@ async def register_secret(request: Request) -> Response:
     try:
         secret = continuum.open_secret(request.app.state.keyring, parse_json_object(body))
     except EnclaveCryptoError as exc:
+        record_crypto_failure(request, "open_secret")
         raise from_crypto_error(exc) from None
     secret_id, expires = request.app.state.continuum_secrets.register(secret)
     return json_response(200, {"secret_id": secret_id, "expires_at": expires})
@@ -65,6 +67,7 @@ def _open_fields(request: Request, path: str, payload: dict[str, Any]
             try:
                 payload[name] = json.loads(cipher.open_request_field(name, value))
             except EnclaveCryptoError as exc:
+                record_crypto_failure(request, "open_request")
                 raise from_crypto_error(exc) from None
             except ValueError:
                 raise GatewayError(ErrorCode.INVALID_REQUEST,
@@ -73,6 +76,7 @@ def _open_fields(request: Request, path: str, payload: dict[str, Any]
 
 
 async def serve(request: Request, payload: dict[str, Any]) -> ASGIApp:
+    set_dialect(request, "continuum")
     engine = request.app.state.engine_slot.get()
     path = request.url.path
     cipher = _open_fields(request, path, payload)

@@ -17,6 +17,7 @@ from enclave.ohttp import encode_key_configs
 from gateway.body import parse_json_object, read_body
 from gateway.errors import GatewayError, from_crypto_error, normalize_engine_error
 from gateway.forwarding import RelayResponse, forward
+from gateway.metrics import record_crypto_failure, set_dialect
 from gateway.settings import Settings
 
 
@@ -31,6 +32,7 @@ async def keys(request: Request) -> Response:
 
 
 async def serve(request: Request) -> ASGIApp:
+    set_dialect(request, "ehbp")
     settings: Settings = request.app.state.settings
     engine = request.app.state.engine_slot.get()
     body = await read_body(request, settings.max_body_bytes)
@@ -38,6 +40,7 @@ async def serve(request: Request) -> ASGIApp:
         plaintext, sealer = ehbp.open_request(
             request.app.state.keyring, request.headers[ehbp.ENCAPSULATED_KEY_HEADER], body)
     except EnclaveCryptoError as exc:
+        record_crypto_failure(request, "open_request")
         raise from_crypto_error(exc, problem_type=ehbp.KEY_CONFIG_PROBLEM_TYPE) from None
     nonce = {ehbp.RESPONSE_NONCE_HEADER: sealer.nonce_header, "cache-control": "no-store"}
     if request.method == "POST":

@@ -12,6 +12,7 @@ well as mid-stream, and the engine request is aborted.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from enclave.engine import Engine, EngineRequest, EngineResponse, call_engine
 from gateway.errors import normalize_engine_error
+from gateway.metrics import dialect_of
 
 # Headers of the engine's answer that describe its own framing and must not be relayed.
 _HOP_HEADERS = {b"content-length", b"transfer-encoding", b"connection"}
@@ -72,6 +74,10 @@ class RelayResponse:
         self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics = scope["app"].state.metrics
+        dialect = dialect_of(scope)
+        started = (scope.get("state") or {}).get("started_at", time.perf_counter())
+        first = True
         try:
             await send({"type": "http.response.start", "status": self.status,
                         "headers": self.headers})
@@ -83,6 +89,10 @@ class RelayResponse:
                     break
                 await send({"type": "http.response.body", "body": self.seal_chunk(chunk),
                             "more_body": True})
+                metrics.chunks.labels(dialect).inc()
+                if first:
+                    metrics.ttft.labels(dialect).observe(time.perf_counter() - started)
+                    first = False
             if not self.watcher.gone.is_set():
                 await send({"type": "http.response.body", "body": self.seal_end()})
         except OSError:

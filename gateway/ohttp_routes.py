@@ -54,6 +54,7 @@ from enclave.ohttp.protocol import (
 from gateway.body import parse_json_object, read_body
 from gateway.errors import ErrorCode, GatewayError, from_crypto_error, normalize_engine_error
 from gateway.forwarding import RelayResponse, forward
+from gateway.metrics import record_crypto_failure
 from gateway.settings import Settings
 
 PATH = "/.well-known/ohttp-gateway"
@@ -123,7 +124,12 @@ async def gateway(request: Request) -> ASGIApp:
                            f"expected {REQUEST_MEDIA_TYPE} or {CHUNKED_REQUEST_MEDIA_TYPE}")
     engine = request.app.state.engine_slot.get()
     body = await read_body(request, settings.max_body_bytes)
-    inner, responder = _open(_keyring(request), body, media_type == CHUNKED_REQUEST_MEDIA_TYPE)
+    try:
+        inner, responder = _open(_keyring(request), body,
+                                 media_type == CHUNKED_REQUEST_MEDIA_TYPE)
+    except GatewayError:
+        record_crypto_failure(request, "open_request")
+        raise
     refusal = _refuse_inner(inner, settings)
     if refusal is not None:
         return responder.whole(refusal[0], _JSON, refusal[1])
