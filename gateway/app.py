@@ -16,13 +16,14 @@ from starlette.types import ASGIApp
 
 from attestation.providers import CpuProvider, GpuProvider
 from enclave import atoma, continuum, ehbp
-from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, EngineRequest
+from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, Engine, EngineRequest
 from enclave.keys import KeyRing
 from gateway import (
     atoma_routes,
     attestation_routes,
     continuum_routes,
     ehbp_routes,
+    limits,
     metrics,
     ohttp_routes,
 )
@@ -132,6 +133,18 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
 
 
+def _limited(factory: EngineFactory, settings: Settings) -> EngineFactory:
+    if settings.max_tokens is None:
+        return factory
+
+    @contextlib.asynccontextmanager
+    async def limited() -> AsyncIterator[Engine]:
+        async with factory() as engine:
+            yield limits.TokenLimitedEngine(engine, settings.max_tokens)  # type: ignore[arg-type]
+
+    return limited
+
+
 def create_app(
     settings: Settings,
     engine_factory: EngineFactory,
@@ -147,7 +160,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        slot = EngineSlot(engine_factory, on_failure=on_engine_failure)
+        slot = EngineSlot(_limited(engine_factory, settings), on_failure=on_engine_failure)
         app.state.engine_slot = slot
         slot.start()
         try:
@@ -193,6 +206,9 @@ def create_app(
     app.state.reports = (attestation_routes.ReportService(*attestation, app.state.keyring,
                                                           app.state.node_signer)
                          if attestation is not None else None)
+    app.add_middleware(limits.AdmissionMiddleware, max_in_flight=settings.max_in_flight,
+                       max_per_client=settings.max_per_client,
+                       max_engine_queue=settings.max_engine_queue)
     app.add_middleware(metrics.MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -10,8 +11,20 @@ from starlette.requests import ClientDisconnect, Request
 from gateway.errors import ErrorCode, GatewayError
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it would exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, *, timeout: float | None = None) -> bytes:
+    """The whole body, refusing (413) as soon as it would exceed `limit` bytes, and (408)
+    if it has not all arrived within `timeout` seconds (default: the app's setting)."""
+    if timeout is None:
+        timeout = request.app.state.settings.body_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise GatewayError(ErrorCode.REQUEST_TIMEOUT,
+                           f"the request body did not arrive within {timeout:g} s") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():

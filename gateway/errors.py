@@ -39,6 +39,8 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_KEY = "unknown_key"
     RATE_LIMITED = "rate_limited"
     UNKNOWN_SECRET = "unknown_secret"
+    OVERLOADED = "overloaded"
+    REQUEST_TIMEOUT = "request_timeout"
     ATTESTATION_UNAVAILABLE = "attestation_unavailable"
 
 
@@ -60,6 +62,8 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.UNKNOWN_KEY: (422, "invalid_request_error"),
     ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
     ErrorCode.UNKNOWN_SECRET: (400, "invalid_request_error"),
+    ErrorCode.OVERLOADED: (503, "server_error"),
+    ErrorCode.REQUEST_TIMEOUT: (408, "invalid_request_error"),
     ErrorCode.ATTESTATION_UNAVAILABLE: (503, "server_error"),
 }
 

@@ -21,3 +21,12 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     key_rotation_seconds: float = DEFAULT_ROTATION_SECONDS
     key_grace_seconds: float = DEFAULT_GRACE_SECONDS
+    # Concurrency: requests being served at once, gateway-wide and per client address,
+    # and the engine queue depth past which new work is refused (503, Retry-After).
+    max_in_flight: int = 256
+    max_per_client: int = 64
+    max_engine_queue: int = 512
+    # A client must deliver its whole body within this many seconds (slow-body attacks).
+    body_timeout_seconds: float = 30.0
+    # Output tokens a request may ask for; None leaves it to the model's context length.
+    max_tokens: int | None = None
