@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -59,6 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", type=Path, default=None,
                        help="where the gateway keeps state (simulated test PKI); default "
                             "$CLOISTER_STATE or ~/.local/state/cloister")
+    serve.add_argument("--max-in-flight", type=int, default=256,
+                       help="requests served at once before 503 overloaded")
+    serve.add_argument("--max-per-client", type=int, default=64,
+                       help="concurrent requests per client address before 429")
+    serve.add_argument("--max-engine-queue", type=int, default=512,
+                       help="engine backlog past which new work gets 503")
+    serve.add_argument("--body-timeout", type=float, default=30.0,
+                       help="seconds a client has to send its whole body (408 after)")
+    serve.add_argument("--max-tokens", type=int, default=None,
+                       help="cap on max_tokens a request may ask for")
+    serve.add_argument("--metrics-port", type=int, default=None,
+                       help="also serve /metrics on this port (for a scrape-only listener)")
+    serve.add_argument("--shutdown-grace", type=float, default=30.0,
+                       help="seconds in-flight streams get to finish on SIGTERM")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("engine_args", nargs=argparse.REMAINDER,
                        help="after `--`: arguments for the vLLM engine (e.g. --max-model-len)")
@@ -170,7 +185,10 @@ def serve(args: argparse.Namespace) -> int:
                         insecure_plaintext=args.insecure_plaintext,
                         max_body_bytes=args.max_body_bytes,
                         key_rotation_seconds=args.key_rotation_seconds,
-                        key_grace_seconds=args.key_grace_seconds)
+                        key_grace_seconds=args.key_grace_seconds,
+                        max_in_flight=args.max_in_flight, max_per_client=args.max_per_client,
+                        max_engine_queue=args.max_engine_queue,
+                        body_timeout_seconds=args.body_timeout, max_tokens=args.max_tokens)
     failed = False
 
     def on_engine_failure() -> None:
@@ -181,9 +199,26 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(settings, lambda: open_vllm_engine(generate, embed),
                      on_engine_failure=on_engine_failure, attestation=attestation)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
-                            access_log=False, lifespan="on", timeout_graceful_shutdown=30)
+                            access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=int(args.shutdown_grace))
     server = uvicorn.Server(config)
-    server.run()
+    if args.metrics_port is None:
+        server.run()
+        return 1 if failed else 0
+    from gateway.metrics import metrics_only_app
+
+    scrape = uvicorn.Server(uvicorn.Config(metrics_only_app(app), host=args.host,
+                                           port=args.metrics_port, log_config=None,
+                                           access_log=False, lifespan="off"))
+
+    async def both() -> None:
+        main = asyncio.create_task(server.serve())
+        side = asyncio.create_task(scrape.serve())
+        await main
+        scrape.should_exit = True
+        await side
+
+    asyncio.run(both())
     return 1 if failed else 0
 
 

@@ -157,3 +157,16 @@ async def endpoint(request: Request) -> Response:
 
 def record_crypto_failure(request: Request, stage: str) -> None:
     request.app.state.metrics.crypto_failures.labels(dialect_of(request.scope), stage).inc()
+
+
+def metrics_only_app(main_app: Any) -> ASGIApp:
+    """`/metrics` of `main_app` on a listener of its own (e.g. a scrape-only port)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    async def scrape(request: Request) -> Response:
+        own: GatewayMetrics = main_app.state.metrics
+        return Response(generate_latest(own.registry) + generate_latest(REGISTRY),
+                        media_type=CONTENT_TYPE)
+
+    return Starlette(routes=[Route("/metrics", scrape, methods=["GET"])])
