@@ -1,0 +1,92 @@
+"""Deployment files: the Kubernetes manifests pass a real schema validator, and the
+dashboard, scrape config and units refer to what the gateway actually serves."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.doubles import DeterministicTestEngine
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S_VERSION = "1.30.0"
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[dict]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "k8s/cloister.yaml").read_text()) if d]
+
+
+def test_every_manifest_validates_against_the_kubernetes_schema(manifests) -> None:
+    assert {m["kind"] for m in manifests} == {"RuntimeClass", "Deployment", "Service",
+                                               "PodDisruptionBudget"}
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_a_broken_manifest_is_caught_by_the_validator(manifests) -> None:
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["replicas"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_deployment_is_confidential_gpu_backed_replicated_and_probed(manifests) -> None:
+    runtime = next(m for m in manifests if m["kind"] == "RuntimeClass")
+    spec = next(m for m in manifests if m["kind"] == "Deployment")["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert spec["replicas"] >= 2
+    assert pod["runtimeClassName"] == runtime["metadata"]["name"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+
+
+def _exported_metric_names() -> set[str]:
+    app = create_app(Settings(), DeterministicTestEngine().running)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                "gauge": ("",)}
+    names = {"cloister_engine_requests_unfinished", "cloister_engine_ready"}
+    for family in app.state.metrics.registry.collect():
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+    # vLLM's metric names, read from its source without importing it
+    spec = importlib.util.find_spec("vllm")
+    assert spec is not None and spec.submodule_search_locations
+    source = (Path(spec.submodule_search_locations[0]) / "v1/metrics/loggers.py").read_text()
+    names.update(n + s for n in re.findall(r'name="(vllm:[a-z_]+)"', source)
+                 for s in ("", "_total", "_bucket"))
+    return names
+
+
+def test_dashboard_queries_only_metrics_the_gateway_exports() -> None:
+    dashboard = json.loads((DEPLOY / "grafana/cloister-dashboard.json").read_text())
+    exported = _exported_metric_names()
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"\b(?:cloister_[a-z_]+|vllm:[a-z_]+)", target["expr"])}
+    assert used and used <= exported, used - exported
+    assert len(dashboard["panels"]) >= 10
+
+
+def test_scrape_config_and_units_point_at_the_metrics_port() -> None:
+    prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    assert jobs["cloister-cvm"]["static_configs"][0]["targets"][0].endswith(":9100")
+    assert jobs["cloister-k8s"]["kubernetes_sd_configs"][0]["role"] == "pod"
+    unit = (DEPLOY / "cvm/cloister.service").read_text()
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    for text in (unit, dockerfile):
+        assert "--attestation" in text and "auto" in text and "9100" in text
+    assert "VLLM_NO_USAGE_STATS=1" in unit and "RuntimeDirectoryMode=0700" in unit
