@@ -80,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
     proxy = sub.add_parser("proxy", help="run the local encrypting proxy (plaintext OpenAI API "
                                          "on localhost, OHTTP to the gateway)")
-    proxy.add_argument("--gateway", required=True, help="the gateway's base URL")
+    proxy.add_argument("--gateway", required=True, action="append",
+                       help="a gateway's base URL; repeat it to spread requests over "
+                            "several gateways (each verified separately, with failover)")
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, default=8080)
     proxy.add_argument("--protocol", choices=["ohttp", "ehbp", "atoma", "continuum"],
@@ -232,36 +234,42 @@ def _trust(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return roots, policy
 
 
-def run_proxy(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from proxy.app import create_proxy_app
+def _dialect_client(args: argparse.Namespace, url: str):  # type: ignore[no-untyped-def]
+    """One gateway's client in the chosen dialect, with its own attestation check."""
     from proxy.atoma_client import AtomaClient
     from proxy.attestor import AtomaNodeAttestor, Attestor
     from proxy.continuum_client import ContinuumClient
     from proxy.ehbp_client import EHBPClient
     from proxy.ohttp_client import OHTTPClient
 
-    configure_logging(args.log_level)
-    log = structlog.get_logger("cloister.proxy")
     verifier = None
-    if args.insecure_skip_attestation:
-        log.warning("attestation_skipped", gateway=args.gateway,
-                    detail="the gateway's keys are trusted without attestation")
-        print("WARNING: --insecure-skip-attestation: requests are sealed to keys that no "
-              "attestation report vouches for. Development only.", file=sys.stderr)
-    else:
+    if not args.insecure_skip_attestation:
         roots, policy = _trust(args)
         key_name = "ohttp" if args.protocol == "continuum" else args.protocol
         verifier = (AtomaNodeAttestor if args.protocol == "atoma" else Attestor)(
-            args.gateway, roots=roots, policy=policy, key_name=key_name)
+            url, roots=roots, policy=policy, key_name=key_name)
     if args.protocol == "atoma":
-        client = AtomaClient(args.gateway, verify_node=verifier)
-    else:
-        client_class = {"ehbp": EHBPClient, "continuum": ContinuumClient}.get(
-            args.protocol, OHTTPClient)
-        client = client_class(args.gateway, verify_keys=verifier)
-    app = create_proxy_app(client)
+        return AtomaClient(url, verify_node=verifier)
+    client_class = {"ehbp": EHBPClient, "continuum": ContinuumClient}.get(
+        args.protocol, OHTTPClient)
+    return client_class(url, verify_keys=verifier)
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import create_proxy_app
+    from proxy.multi import MultiGatewayClient
+
+    configure_logging(args.log_level)
+    log = structlog.get_logger("cloister.proxy")
+    if args.insecure_skip_attestation:
+        log.warning("attestation_skipped", gateway=",".join(args.gateway),
+                    detail="the gateways' keys are trusted without attestation")
+        print("WARNING: --insecure-skip-attestation: requests are sealed to keys that no "
+              "attestation report vouches for. Development only.", file=sys.stderr)
+    clients = [_dialect_client(args, url) for url in args.gateway]
+    app = create_proxy_app(clients[0] if len(clients) == 1 else MultiGatewayClient(clients))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
