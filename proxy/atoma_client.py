@@ -20,6 +20,7 @@ from enclave import atoma
 from enclave.errors import DecryptError
 from proxy.ohttp_client import (
     DEFAULT_TIMEOUT,
+    GatewayClientBase,
     GatewayRejected,
     GatewayResponseError,
     GatewayUnreachable,
@@ -31,21 +32,13 @@ NodeVerifier = Callable[[bytes, bytes], Awaitable[None]]
 _JSON = (("content-type", "application/json"),)
 
 
-class AtomaClient:
+class AtomaClient(GatewayClientBase):
     def __init__(self, gateway_url: str, *, transport: httpx.AsyncBaseTransport | None = None,
                  verify_node: NodeVerifier | None = None,
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
-        self.gateway_url = gateway_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.gateway_url, transport=transport,
-                                       timeout=timeout)
-        self._verify_node = verify_node
+        super().__init__(gateway_url, transport=transport, verify_keys=verify_node,
+                         timeout=timeout)
         self._node: tuple[bytes, bytes] | None = None
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-        closer = getattr(self._verify_node, "aclose", None)
-        if closer is not None:
-            await closer()
 
     async def node_keys(self, *, refresh: bool = False) -> tuple[bytes, bytes]:
         if self._node is None or refresh:
@@ -56,8 +49,8 @@ class AtomaClient:
                         atoma._b64(info, "signing_public_key", 32))
             except (ValueError, atoma.InvalidBody) as exc:
                 raise GatewayResponseError("malformed node keys") from exc
-            if self._verify_node is not None:
-                await self._verify_node(*keys)
+            if self._verify_keys is not None:
+                await self._verify_keys(*keys)
             self._node = keys
         return self._node
 

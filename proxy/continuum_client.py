@@ -20,15 +20,12 @@ import httpx
 from enclave import continuum
 from enclave.errors import DecryptError
 from proxy.ohttp_client import (
-    DEFAULT_TIMEOUT,
-    WELL_KNOWN,
+    GatewayClientBase,
     GatewayRejected,
     GatewayResponseError,
     GatewayUnreachable,
     InnerResponse,
     InnerStream,
-    KeyVerifier,
-    fetch_key_config,
     outer_code,
 )
 
@@ -37,21 +34,10 @@ _JSON = (("content-type", "application/json"),)
 RENEW_MARGIN_SECONDS = 60
 
 
-class ContinuumClient:
-    def __init__(self, gateway_url: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 verify_keys: KeyVerifier | None = None,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
-        self.gateway_url = gateway_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.gateway_url, transport=transport,
-                                       timeout=timeout)
-        self._verify_keys = verify_keys
-        self._secret: tuple[str, bytes, int] | None = None
+class ContinuumClient(GatewayClientBase):
+    """Secrets are sealed to the OHTTP key configuration, which attestation vouches for."""
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
-        closer = getattr(self._verify_keys, "aclose", None)
-        if closer is not None:
-            await closer()
+    _secret: tuple[str, bytes, int] | None = None
 
     async def _post_json(self, path: str, payload: Any, *, stream: bool = False
                          ) -> httpx.Response:
@@ -64,7 +50,7 @@ class ContinuumClient:
     async def secret(self, *, renew: bool = False) -> tuple[str, bytes]:
         held = self._secret
         if held is None or renew or held[2] - time.time() < RENEW_MARGIN_SECONDS:
-            config = await fetch_key_config(self._http, WELL_KNOWN, self._verify_keys)
+            config = await self.key_config(refresh=True)
             secret = os.urandom(continuum.SECRET_SIZE)
             r = await self._post_json("/v1/secrets", continuum.seal_secret(config, secret))
             if r.status_code != 200:

@@ -15,42 +15,21 @@ import httpx
 
 from enclave import ehbp
 from enclave.errors import EnclaveCryptoError
-from enclave.ohttp import KeyConfig
 from proxy.ohttp_client import (
-    DEFAULT_TIMEOUT,
+    GatewayClientBase,
     GatewayRejected,
     GatewayResponseError,
     GatewayUnreachable,
     InnerResponse,
     InnerStream,
-    KeyVerifier,
     UnknownGatewayKey,
-    fetch_key_config,
     is_key_problem,
     outer_code,
 )
 
 
-class EHBPClient:
-    def __init__(self, gateway_url: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 verify_keys: KeyVerifier | None = None,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
-        self.gateway_url = gateway_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.gateway_url, transport=transport,
-                                       timeout=timeout)
-        self._verify_keys = verify_keys
-        self._config: KeyConfig | None = None
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-        closer = getattr(self._verify_keys, "aclose", None)
-        if closer is not None:
-            await closer()
-
-    async def key_config(self, *, refresh: bool = False) -> KeyConfig:
-        if self._config is None or refresh:
-            self._config = await fetch_key_config(self._http, ehbp.KEYS_PATH, self._verify_keys)
-        return self._config
+class EHBPClient(GatewayClientBase):
+    keys_path = ehbp.KEYS_PATH
 
     async def _send(self, method: str, path: str, body: bytes, *, stream: bool
                     ) -> tuple[httpx.Response, ehbp.RequestSealer]:

@@ -15,6 +15,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -97,13 +98,18 @@ class InnerStream:
     chunks: Callable[[], AsyncIterator[bytes]]
 
 
-class OHTTPClient:
+class GatewayClientBase:
+    """What every dialect's client shares: a connection pool to one gateway, and the
+    check (attestation) that must vouch for the gateway's keys before they are used."""
+
+    keys_path = WELL_KNOWN
+
     def __init__(
         self,
         gateway_url: str,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        verify_keys: KeyVerifier | None = None,
+        verify_keys: Any = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.gateway_url = gateway_url.rstrip("/")
@@ -121,8 +127,12 @@ class OHTTPClient:
     async def key_config(self, *, refresh: bool = False) -> KeyConfig:
         """The gateway's current key configuration (verified, if a verifier is set)."""
         if self._config is None or refresh:
-            self._config = await fetch_key_config(self._http, WELL_KNOWN, self._verify_keys)
+            self._config = await fetch_key_config(self._http, self.keys_path,
+                                                  self._verify_keys)
         return self._config
+
+
+class OHTTPClient(GatewayClientBase):
 
     async def request(self, method: str, path: str, body: bytes = b"") -> InnerResponse:
         """One whole request and response (`message/ohttp-req`)."""
