@@ -108,6 +108,30 @@ def _sse_tokens(event: bytes) -> int:
     return sum(1 for c in choices if (c.get("delta") or {}).get("content"))
 
 
+class _TokenClock:
+    """Time to first token and inter-token gaps, from SSE events as they arrive."""
+
+    def __init__(self, start: float) -> None:
+        self.start = self.last = start
+        self.ttft: float | None = None
+        self.itls: list[float] = []
+        self.tokens = 0
+
+    def events(self, events: list[bytes]) -> None:
+        for event in events:
+            n = _sse_tokens(event)
+            if n:
+                now = time.perf_counter()
+                if self.ttft is None:
+                    self.ttft = now - self.start
+                else:
+                    self.itls.append(now - self.last)
+                self.last, self.tokens = now, self.tokens + n
+
+    def sample(self) -> Sample:
+        return Sample(time.perf_counter() - self.start, self.ttft, self.itls, self.tokens)
+
+
 async def _http_one(client: httpx.AsyncClient, body: bytes, stream: bool) -> Sample:
     start = time.perf_counter()
     if not stream:
@@ -116,7 +140,7 @@ async def _http_one(client: httpx.AsyncClient, body: bytes, stream: bool) -> Sam
         r.raise_for_status()
         return Sample(time.perf_counter() - start, None, [],
                       r.json()["usage"]["completion_tokens"])
-    ttft, last, itls, tokens = None, start, [], 0
+    clock = _TokenClock(start)
     async with client.stream("POST", "/v1/chat/completions", content=body,
                              headers={"content-type": "application/json"}) as r:
         r.raise_for_status()
@@ -124,16 +148,8 @@ async def _http_one(client: httpx.AsyncClient, body: bytes, stream: bool) -> Sam
         async for data in r.aiter_bytes():
             buffer += data
             *events, buffer = buffer.split(b"\n\n")
-            for event in events:
-                n = _sse_tokens(event)
-                if n:
-                    now = time.perf_counter()
-                    if ttft is None:
-                        ttft = now - start
-                    else:
-                        itls.append(now - last)
-                    last, tokens = now, tokens + n
-    return Sample(time.perf_counter() - start, ttft, itls, tokens)
+            clock.events(events)
+    return clock.sample()
 
 
 async def _ohttp_one(client: OHTTPClient, body: bytes, stream: bool) -> Sample:
@@ -142,19 +158,11 @@ async def _ohttp_one(client: OHTTPClient, body: bytes, stream: bool) -> Sample:
         r = await client.request("POST", "/v1/chat/completions", body)
         return Sample(time.perf_counter() - start, None, [],
                       json.loads(r.content)["usage"]["completion_tokens"])
-    ttft, last, itls, tokens = None, start, [], 0
+    clock = _TokenClock(start)
     async with client.stream("POST", "/v1/chat/completions", body) as s:
         async for chunk in s.chunks():
-            for event in chunk.split(b"\n\n"):
-                n = _sse_tokens(event)
-                if n:
-                    now = time.perf_counter()
-                    if ttft is None:
-                        ttft = now - start
-                    else:
-                        itls.append(now - last)
-                    last, tokens = now, tokens + n
-    return Sample(time.perf_counter() - start, ttft, itls, tokens)
+            clock.events(chunk.split(b"\n\n"))
+    return clock.sample()
 
 
 async def run_level(target: str, one: Callable[[bytes, bool], Awaitable[Sample]], *,
