@@ -26,11 +26,13 @@ from gateway import (
     limits,
     metrics,
     ohttp_routes,
+    platform_routes,
 )
 from gateway.body import parse_json_object, read_body
 from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import ErrorCode, GatewayError, error_body, json_response
 from gateway.forwarding import forward, relay_plaintext
+from gateway.platform_store import PlatformStore
 from gateway.settings import Settings
 
 log = structlog.get_logger("cloister.gateway")
@@ -151,6 +153,8 @@ def create_app(
     *,
     on_engine_failure: Callable[[], None] | None = None,
     attestation: tuple[CpuProvider, GpuProvider] | None = None,
+    platform_store: PlatformStore | None = None,
+    tls_spki_sha256: bytes | None = None,
 ) -> Starlette:
     """Build the gateway. The engine starts in the lifespan, in the background.
 
@@ -179,6 +183,7 @@ def create_app(
         Route(ohttp_routes.PATH, ohttp_routes.key_configs, methods=["GET"]),
         Route(ohttp_routes.PATH, ohttp_routes.gateway, methods=["POST"]),
         Route(attestation_routes.PATH, attestation_routes.report, methods=["GET"]),
+        *platform_routes.ROUTES,
         Route(ehbp.KEYS_PATH, ehbp_routes.keys, methods=["GET"]),
         Route("/v1/secrets", continuum_routes.register_secret, methods=["POST"]),
         Route(f"{atoma_routes.PREFIX}/node", atoma_routes.node, methods=["GET"]),
@@ -201,10 +206,13 @@ def create_app(
     app.state.keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
                                 grace_seconds=settings.key_grace_seconds,
                                 on_rotate=lambda _key: app.state.metrics.key_rotations.inc())
+    app.state.platform_store = platform_store
+    app.state.tls_spki_sha256 = tls_spki_sha256
     app.state.node_signer = atoma.NodeSigner()
     app.state.continuum_secrets = continuum.SecretStore()
     app.state.reports = (attestation_routes.ReportService(*attestation, app.state.keyring,
-                                                          app.state.node_signer)
+                                                          app.state.node_signer,
+                                                          tls_spki_sha256=tls_spki_sha256)
                          if attestation is not None else None)
     app.add_middleware(limits.AdmissionMiddleware, max_in_flight=settings.max_in_flight,
                        max_per_client=settings.max_per_client,

@@ -30,11 +30,12 @@ FRESH_BURST = 5
 
 class ReportService:
     def __init__(self, cpu: CpuProvider, gpu: GpuProvider, keyring: KeyRing,
-                 signer: NodeSigner | None = None, *,
+                 signer: NodeSigner | None = None, *, tls_spki_sha256: bytes | None = None,
                  fresh_per_second: float = FRESH_PER_SECOND, burst: int = FRESH_BURST,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._cpu, self._gpu, self._keyring = cpu, gpu, keyring
         self._signer = signer
+        self._tls_spki = tls_spki_sha256
         self._rate, self._burst, self._clock = fresh_per_second, burst, clock
         self._tokens = float(burst)
         self._last = clock()
@@ -53,6 +54,8 @@ class ReportService:
                 "atoma-node-x25519": current.public_key}
         if self._signer is not None:
             keys["atoma-signing-ed25519"] = self._signer.public_key
+        if self._tls_spki is not None:
+            keys["tls-spki-sha256"] = self._tls_spki
         return keys
 
     async def _collect(self, nonce: bytes | None) -> bytes:

@@ -32,6 +32,21 @@ DEMO_ENGINE_ARGS = ("--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 
 EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20))
 
 
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    if any(a.dest == "database" for a in parser._actions):
+        return
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="state folder (default $CLOISTER_STATE or "
+                             "~/.local/state/cloister)")
+    parser.add_argument("--database", default=None,
+                        help="SQLAlchemy URL (default: SQLite in the state folder; a "
+                             "PostgreSQL URL for several replicas)")
+    parser.add_argument("--data-key", default="auto",
+                        help="what seals stored conversations: 'snp' (the firmware's "
+                             "derived key), 'file:PATH', or 'auto' (snp on SNP, else the "
+                             "simulated TEE's key file)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloister", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,9 +72,6 @@ def _parser() -> argparse.ArgumentParser:
                        choices=["auto", "snp", "tdx", "simulated", "simulated-tdx"],
                        default="auto", help="evidence source; auto refuses to start without "
                                             "confidential hardware")
-    serve.add_argument("--state-dir", type=Path, default=None,
-                       help="where the gateway keeps state (simulated test PKI); default "
-                            "$CLOISTER_STATE or ~/.local/state/cloister")
     serve.add_argument("--max-in-flight", type=int, default=256,
                        help="requests served at once before 503 overloaded")
     serve.add_argument("--max-per-client", type=int, default=64,
@@ -74,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="also serve /metrics on this port (for a scrape-only listener)")
     serve.add_argument("--shutdown-grace", type=float, default=30.0,
                        help="seconds in-flight streams get to finish on SIGTERM")
+    serve.add_argument("--tls", action="store_true",
+                       help="also serve HTTPS on --tls-port with a key made in the enclave "
+                            "and bound in the attestation report; the /api/v1/ platform API "
+                            "exists only there")
+    serve.add_argument("--tls-port", type=int, default=8443)
+    serve.add_argument("--tls-host", action="append", default=None,
+                       help="name or address the TLS certificate is for (repeatable)")
+    _add_store_arguments(serve)
     serve.add_argument("--log-level", default="info")
     serve.add_argument("engine_args", nargs=argparse.REMAINDER,
                        help="after `--`: arguments for the vLLM engine (e.g. --max-model-len)")
@@ -101,7 +121,30 @@ def _parser() -> argparse.ArgumentParser:
     attest.add_argument("--nonce", default=None, help="64 hex digits (default: random)")
     attest.add_argument("--simulated-roots", type=Path, default=None,
                         help="also trust this simulated test PKI (development only)")
+    attest.add_argument("--write-cert", type=Path, default=None,
+                        help="for an https:// gateway: check that the certificate it presents "
+                             "is the attested one and write it here, for pinning")
     proxy.add_argument("--log-level", default="info")
+
+    apikey = sub.add_parser("apikey", help="manage the platform API's keys")
+    apikey_sub = apikey.add_subparsers(dest="action", required=True)
+    create = apikey_sub.add_parser("create", help="make a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--budget-tokens", type=int, default=None)
+    apikey_sub.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = apikey_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    for sub_parser in (create, *apikey_sub.choices.values()):
+        _add_store_arguments(sub_parser)
+
+    chatbot = sub.add_parser("chatbot", help="manage the platform API's chatbots")
+    chatbot_sub = chatbot.add_subparsers(dest="action", required=True)
+    bot_create = chatbot_sub.add_parser("create")
+    bot_create.add_argument("--name", required=True)
+    bot_create.add_argument("--model", required=True)
+    bot_create.add_argument("--system-prompt", required=True)
+    bot_create.add_argument("--description", default="")
+    _add_store_arguments(bot_create)
 
     demo = sub.add_parser("demo-model", help="build the offline demo model into PATH")
     demo.add_argument("path", type=Path)
@@ -164,6 +207,51 @@ def _attestation(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return providers
 
 
+def _platform_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from enclave.sealed_state import SEV_GUEST, DataKey
+    from gateway.platform_store import PlatformStore
+
+    state = _state_dir(args)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    choice = args.data_key
+    if choice == "auto":
+        choice = "snp" if os.path.exists(SEV_GUEST) else f"file:{state / 'data-key'}"
+    key = DataKey.from_snp() if choice == "snp" else DataKey.from_key_file(
+        Path(choice.removeprefix("file:")))
+    return PlatformStore(args.database or f"sqlite:///{state / 'cloister.db'}", key)
+
+
+def run_apikey(args: argparse.Namespace) -> int:
+    store = _platform_store(args)
+    try:
+        if args.action == "create":
+            secret, key = store.create_api_key(args.name, budget_tokens=args.budget_tokens)
+            print(f"{secret}\n(id {key.id}; shown once: it is stored only as a hash)")
+        elif args.action == "list":
+            for key in store.list_api_keys():
+                state = "revoked" if key.revoked else "active"
+                print(f"{key.id}  {key.name}  {key.lookup}...  {state}  "
+                      f"used {key.used_tokens} / budget {key.budget_tokens or 'none'}")
+        elif args.action == "revoke":
+            if not store.revoke_api_key(args.key_id):
+                print(f"no active key with id {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+    finally:
+        store.close()
+    return 0
+
+
+def run_chatbot(args: argparse.Namespace) -> int:
+    store = _platform_store(args)
+    try:
+        bot = store.create_chatbot(args.name, args.model, args.system_prompt, args.description)
+        print(bot.id)
+    finally:
+        store.close()
+    return 0
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -198,29 +286,44 @@ def serve(args: argparse.Namespace) -> int:
         failed = True
         server.should_exit = True
 
+    tls = None
+    store = None
+    if args.tls:
+        from gateway.tls import make_tls_identity
+
+        tls = make_tls_identity(args.tls_host or [args.host, "localhost"])
+        store = _platform_store(args)
     app = create_app(settings, lambda: open_vllm_engine(generate, embed),
-                     on_engine_failure=on_engine_failure, attestation=attestation)
+                     on_engine_failure=on_engine_failure, attestation=attestation,
+                     platform_store=store,
+                     tls_spki_sha256=tls.spki_sha256 if tls is not None else None)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                             access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(args.shutdown_grace))
     server = uvicorn.Server(config)
-    if args.metrics_port is None:
-        server.run()
-        return 1 if failed else 0
-    from gateway.metrics import metrics_only_app
+    extra: list[uvicorn.Server] = []
+    if tls is not None:
+        extra.append(uvicorn.Server(uvicorn.Config(
+            app, host=args.host, port=args.tls_port, log_config=None, access_log=False,
+            lifespan="off", ssl_certfile=str(tls.certfile), ssl_keyfile=str(tls.keyfile),
+            timeout_graceful_shutdown=int(args.shutdown_grace))))
+    if args.metrics_port is not None:
+        from gateway.metrics import metrics_only_app
 
-    scrape = uvicorn.Server(uvicorn.Config(metrics_only_app(app), host=args.host,
-                                           port=args.metrics_port, log_config=None,
-                                           access_log=False, lifespan="off"))
+        extra.append(uvicorn.Server(uvicorn.Config(
+            metrics_only_app(app), host=args.host, port=args.metrics_port, log_config=None,
+            access_log=False, lifespan="off")))
 
-    async def both() -> None:
-        main = asyncio.create_task(server.serve())
-        side = asyncio.create_task(scrape.serve())
-        await main
-        scrape.should_exit = True
-        await side
+    async def all_listeners() -> None:
+        side = [asyncio.create_task(s.serve()) for s in extra]
+        await server.serve()  # the main listener owns the lifespan (engine, keys)
+        for s in extra:
+            s.should_exit = True
+        await asyncio.gather(*side)
 
-    asyncio.run(both())
+    asyncio.run(all_listeners())
+    if store is not None:
+        store.close()
     return 1 if failed else 0
 
 
@@ -274,6 +377,27 @@ def run_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_attested_cert(gateway: str, attested: bytes | None, path: Path) -> str | None:
+    """Fetch the certificate the TLS listener presents; write it if it is the bound one."""
+    import ssl
+    from urllib.parse import urlsplit
+
+    from cryptography import x509
+
+    from gateway.tls import spki_sha256
+
+    url = urlsplit(gateway)
+    if url.scheme != "https":
+        return "--write-cert needs an https:// gateway"
+    if attested is None:
+        return "the report binds no TLS key"
+    pem = ssl.get_server_certificate((url.hostname or "", url.port or 443))
+    if spki_sha256(x509.load_pem_x509_certificate(pem.encode())) != attested:
+        return "the certificate presented is not the one the report binds"
+    path.write_text(pem)
+    return None
+
+
 def run_attest(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -285,7 +409,9 @@ def run_attest(args: argparse.Namespace) -> int:
     nonce = bytes.fromhex(args.nonce) if args.nonce else None
 
     async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient(base_url=args.gateway.rstrip("/"), timeout=60) as http:
+        # Over https the certificate is not trusted yet: the report is what vouches for it.
+        async with httpx.AsyncClient(base_url=args.gateway.rstrip("/"), timeout=60,
+                                     verify=False) as http:
             return await fetch_and_verify(http, roots=roots, policy=policy, nonce=nonce)
 
     try:
@@ -293,6 +419,12 @@ def run_attest(args: argparse.Namespace) -> int:
     except GatewayNotAttested as exc:
         print(f"NOT VERIFIED: {exc}", file=sys.stderr)
         return 1
+    if args.write_cert is not None:
+        problem = _write_attested_cert(args.gateway, claims.keys.get("tls-spki-sha256"),
+                                       args.write_cert)
+        if problem:
+            print(f"NOT VERIFIED: {problem}", file=sys.stderr)
+            return 1
     from enclave.ohttp import decode_key_configs
 
     configs = decode_key_configs(claims.keys.get("ohttp", b""))
@@ -313,6 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_proxy(args)
     if args.command == "attest":
         return run_attest(args)
+    if args.command == "apikey":
+        return run_apikey(args)
+    if args.command == "chatbot":
+        return run_chatbot(args)
     if args.command == "demo-model":
         from enclave.demo_model import build_demo_model
 

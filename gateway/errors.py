@@ -40,6 +40,10 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     UNKNOWN_SECRET = "unknown_secret"
     OVERLOADED = "overloaded"
+    UNAUTHORIZED = "invalid_api_key"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    CHATBOT_NOT_FOUND = "chatbot_not_found"
+    CONVERSATION_NOT_FOUND = "conversation_not_found"
     REQUEST_TIMEOUT = "request_timeout"
     ATTESTATION_UNAVAILABLE = "attestation_unavailable"
 
@@ -63,6 +67,10 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
     ErrorCode.UNKNOWN_SECRET: (400, "invalid_request_error"),
     ErrorCode.OVERLOADED: (503, "server_error"),
+    ErrorCode.UNAUTHORIZED: (401, "authentication_error"),
+    ErrorCode.BUDGET_EXHAUSTED: (402, "insufficient_quota"),
+    ErrorCode.CHATBOT_NOT_FOUND: (404, "invalid_request_error"),
+    ErrorCode.CONVERSATION_NOT_FOUND: (404, "invalid_request_error"),
     ErrorCode.REQUEST_TIMEOUT: (408, "invalid_request_error"),
     ErrorCode.ATTESTATION_UNAVAILABLE: (503, "server_error"),
 }

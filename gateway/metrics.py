@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 access_log = structlog.get_logger("cloister.access")
-DIALECTS = ("ohttp", "ehbp", "atoma", "continuum", "plaintext", "control")
+DIALECTS = ("ohttp", "ehbp", "atoma", "continuum", "enclava", "plaintext", "control")
 # Latency buckets for LLM serving: milliseconds of framing up to minutes of generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -106,6 +106,8 @@ def dialect_of(scope: Scope) -> str:
         return "atoma"
     if path == "/v1/secrets":
         return "continuum"
+    if path.startswith("/api/v1/"):
+        return "enclava"
     if path.startswith("/v1/") and path != "/v1/attestation/report":
         return "plaintext"
     return "control"

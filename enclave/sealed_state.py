@@ -1,0 +1,107 @@
+"""Sealed state: what the enclave writes to disk is AES-256-GCM under a data key that
+never reaches disk in plaintext.
+
+The data key comes from the SEV-SNP firmware (SNP_GET_DERIVED_KEY on `/dev/sev-guest`:
+the same guest measurement on the same chip gets the same key, and nothing else does),
+or, with the simulated TEE, from a key file made on first use (0600). Each sealed value
+is `nonce(12) || AES-256-GCM(data_key, nonce, value, aad=purpose)`: the AAD names what
+the value is (for example "conversation-message:<id>"), so a value moved to another row
+does not open.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from enclave.errors import DecryptError
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+SEV_GUEST = "/dev/sev-guest"
+SNP_GET_DERIVED_KEY = (3 << 30) | (32 << 16) | (ord("S") << 8) | 0x1
+# Mix the measurement and the guest policy into the derived key (GUEST_FIELD_SELECT).
+_FIELD_MEASUREMENT = 1 << 3
+_FIELD_POLICY = 1 << 0
+
+
+class DataKey:
+    """The key that seals state; its repr never shows it."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_SIZE:
+            raise ValueError(f"expected a {KEY_SIZE}-byte data key, got {len(key)}")
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return "DataKey([redacted])"
+
+    def seal(self, value: bytes, *, purpose: str) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, value, purpose.encode())
+
+    def open(self, sealed: bytes, *, purpose: str) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], purpose.encode())
+        except Exception:  # noqa: BLE001
+            raise DecryptError() from None
+
+    @classmethod
+    def from_key_file(cls, path: Path) -> DataKey:
+        """The simulated TEE's data key: a 0600 file, made on first use."""
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(KEY_SIZE))
+        return cls(path.read_bytes())
+
+    @classmethod
+    def from_snp(cls, *, device: str = SEV_GUEST,
+                 ioctl: Callable[[int, int, bytearray], int] | None = None,
+                 opener: Callable[[str], int] | None = None) -> DataKey:
+        """SNP_GET_DERIVED_KEY, bound to this guest's measurement and policy."""
+        return cls(_snp_derived_key(device, ioctl or _ioctl, opener or _open_rw))
+
+
+class _KeyRequest(ctypes.Structure):
+    _fields_ = [("root_key_select", ctypes.c_uint32), ("rsvd", ctypes.c_uint32),
+                ("guest_field_select", ctypes.c_uint64), ("vmpl", ctypes.c_uint32),
+                ("guest_svn", ctypes.c_uint32), ("tcb_version", ctypes.c_uint64)]
+
+
+class _GuestRequest(ctypes.Structure):
+    _fields_ = [("msg_version", ctypes.c_uint8), ("req_data", ctypes.c_uint64),
+                ("resp_data", ctypes.c_uint64), ("fw_error", ctypes.c_uint32),
+                ("vmm_error", ctypes.c_uint32)]
+
+
+def _ioctl(fd: int, request: int, arg: bytearray) -> int:
+    return int(fcntl.ioctl(fd, request, arg, True))
+
+
+def _open_rw(path: str) -> int:
+    return os.open(path, os.O_RDWR)
+
+
+def _snp_derived_key(device: str, ioctl: Callable[[int, int, bytearray], int],
+                     opener: Callable[[str], int]) -> bytes:
+    request = _KeyRequest(root_key_select=0,
+                          guest_field_select=_FIELD_MEASUREMENT | _FIELD_POLICY)
+    response = ctypes.create_string_buffer(64)  # MSG_KEY_RSP: status u32, rsvd[28], key[32]
+    guest = _GuestRequest(msg_version=1, req_data=ctypes.addressof(request),
+                          resp_data=ctypes.addressof(response))
+    fd = opener(device)
+    try:
+        ioctl(fd, SNP_GET_DERIVED_KEY, bytearray(bytes(guest)))
+    finally:
+        os.close(fd)
+    status = int.from_bytes(response.raw[:4], "little")
+    if status != 0:
+        raise OSError(f"SNP_GET_DERIVED_KEY failed with status {status}")
+    return response.raw[32:64]

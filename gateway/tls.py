@@ -1,0 +1,68 @@
+"""Attested TLS: a key and certificate made inside the gateway process at start.
+
+The certificate is self-signed; what makes it trustworthy is that the attestation report
+binds the SHA-256 of its SubjectPublicKeyInfo (`tls-spki-sha256`), so a client that has
+verified the report pins exactly this certificate (`cloister attest --write-cert`).
+uvicorn wants files, so key and certificate go to a private 0700 runtime folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+# A new key every start; the certificate outlives no realistic uptime.
+VALIDITY = dt.timedelta(days=30)
+
+
+def spki_sha256(cert: x509.Certificate) -> bytes:
+    return hashlib.sha256(cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
+
+
+@dataclass(frozen=True, repr=False)
+class TlsIdentity:
+    certfile: Path
+    keyfile: Path
+    spki_sha256: bytes
+
+    def __repr__(self) -> str:
+        return f"TlsIdentity(spki_sha256={self.spki_sha256.hex()}, key=[redacted])"
+
+
+def make_tls_identity(hosts: list[str]) -> TlsIdentity:
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloister attested TLS")])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + VALIDITY)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    folder = Path(tempfile.mkdtemp(prefix="cloister-tls-"))
+    os.chmod(folder, 0o700)
+    keyfile, certfile = folder / "key.pem", folder / "cert.pem"
+    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return TlsIdentity(certfile, keyfile, spki_sha256(cert))

@@ -1,0 +1,178 @@
+"""The Enclava platform API: TLS-only routes, API keys, budgets, chatbots with sealed
+conversations, and a store that survives a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from enclave.errors import DecryptError
+from enclave.sealed_state import DataKey
+from gateway.app import create_app
+from gateway.platform_store import PlatformStore
+from gateway.settings import Settings
+from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, DeterministicTestEngine
+from tests.unit.conftest import start
+
+CANARY = "CANARY-platform-3f9a"
+
+
+@pytest.fixture
+def store_factory(tmp_path: Path):
+    def make() -> PlatformStore:
+        return PlatformStore(f"sqlite:///{tmp_path / 'cloister.db'}",
+                             DataKey.from_key_file(tmp_path / "data-key"))
+    return make
+
+
+@contextlib.asynccontextmanager
+async def platform(store: PlatformStore, engine: DeterministicTestEngine, scheme="https"):
+    app = create_app(Settings(), engine.running, platform_store=store)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url=f"{scheme}://gw") as client:
+            yield client
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def test_routes_exist_only_on_the_tls_listener(store_factory) -> None:
+    store = store_factory()
+    key, _ = store.create_api_key("k")
+    async with platform(store, DeterministicTestEngine(), scheme="http") as client:
+        r = await client.get("/api/v1/models", headers=_auth(key))
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+
+
+async def test_openai_routes_with_a_valid_key_record_usage(store_factory) -> None:
+    store = store_factory()
+    key, record = store.create_api_key("team", budget_tokens=1000)
+    assert key.startswith("clst_") and len(key) > 40
+    async with platform(store, DeterministicTestEngine()) as client:
+        chat = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "a b"}],
+                "max_tokens": 3, "temperature": 0.7, "stop": ["zz"], "presence_penalty": 0.1}
+        r = await client.post("/api/v1/chat/completions", json=chat, headers=_auth(key))
+        assert r.status_code == 200 and r.json()["usage"]["total_tokens"] == 5
+        s = await client.post("/api/v1/chat/completions", json={**chat, "stream": True},
+                              headers=_auth(key))
+        assert s.text.endswith("data: [DONE]\n\n")
+        e = await client.post("/api/v1/embeddings", json={"model": EMBEDDING_MODEL,
+                                                           "input": ["x"]}, headers=_auth(key))
+        assert len(e.json()["data"][0]["embedding"]) == 384
+        models = await client.get("/api/v1/models", headers=_auth(key))
+        assert models.json()["data"][0]["id"] == CHAT_MODEL
+        usage = (await client.get("/api/v1/usage", headers=_auth(key))).json()
+        budget = (await client.get("/api/v1/budget/status", headers=_auth(key))).json()
+    assert usage["usage"]["requests"] == 3 and usage["usage"]["total_tokens"] == 11
+    assert budget == {"budget_tokens": 1000, "used_tokens": 11, "remaining_tokens": 989,
+                      "exhausted": False}
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer clst_nope", "Basic abc"])
+async def test_missing_unknown_or_malformed_keys_get_401(store_factory, header) -> None:
+    headers = {"authorization": header} if header else {}
+    async with platform(store_factory(), DeterministicTestEngine()) as client:
+        r = await client.get("/api/v1/models", headers=headers)
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_api_key")
+
+
+async def test_revoked_key_and_exhausted_budget(store_factory) -> None:
+    store = store_factory()
+    revoked, record = store.create_api_key("old")
+    store.revoke_api_key(record.id)
+    small, _ = store.create_api_key("small", budget_tokens=4)
+    chat = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "a b"}],
+            "max_tokens": 3}
+    async with platform(store, DeterministicTestEngine()) as client:
+        r = await client.post("/api/v1/chat/completions", json=chat, headers=_auth(revoked))
+        assert r.status_code == 401
+        assert (await client.post("/api/v1/chat/completions", json=chat,
+                                  headers=_auth(small))).status_code == 200
+        r = await client.post("/api/v1/chat/completions", json=chat, headers=_auth(small))
+    assert (r.status_code, r.json()["error"]["code"]) == (402, "budget_exhausted")
+
+
+async def test_chatbot_remembers_the_conversation_and_seals_it(store_factory, tmp_path) -> None:
+    store = store_factory()
+    key, _ = store.create_api_key("bots")
+    bot = store.create_chatbot("Support", CHAT_MODEL, f"system says {CANARY}", "helps")
+    engine = DeterministicTestEngine()
+    async with platform(store, engine) as client:
+        listed = (await client.get("/api/v1/chatbot/list", headers=_auth(key))).json()
+        assert listed["chatbots"][0]["id"] == bot.id
+        assert listed["chatbots"][0]["model"] == CHAT_MODEL
+        url = f"/api/v1/chatbot/external/{bot.id}/chat"
+        first = (await client.post(url, json={"message": f"first {CANARY}"},
+                                   headers=_auth(key))).json()
+        second = (await client.post(url, json={"message": "second",
+                                               "conversation_id": first["conversation_id"]},
+                                    headers=_auth(key))).json()
+        assert second["conversation_id"] == first["conversation_id"]
+        assert first["timestamp"].endswith("Z")
+        sent = engine.seen_bodies[-1]["messages"]
+        assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+        assert CANARY in sent[0]["content"] and CANARY in sent[1]["content"]
+        compat = await client.post(f"/api/v1/chatbot/external/{bot.id}/chat/completions",
+                                   json={"model": "any", "messages": [
+                                       {"role": "user", "content": "hi"}]},
+                                   headers=_auth(key))
+        assert compat.status_code == 200 and engine.seen_bodies[-1]["model"] == CHAT_MODEL
+    raw = (tmp_path / "cloister.db").read_bytes()
+    assert CANARY.encode() not in raw and b"first" not in raw
+
+
+async def test_unknown_chatbot_and_conversation_and_bad_bodies(store_factory) -> None:
+    store = store_factory()
+    key, _ = store.create_api_key("k")
+    other_key, _ = store.create_api_key("other")
+    bot = store.create_chatbot("b", CHAT_MODEL, "p")
+    async with platform(store, DeterministicTestEngine()) as client:
+        r = await client.post("/api/v1/chatbot/external/nope/chat", json={"message": "x"},
+                              headers=_auth(key))
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "chatbot_not_found")
+        url = f"/api/v1/chatbot/external/{bot.id}/chat"
+        r = await client.post(url, json={"message": "x", "conversation_id": "zzz"},
+                              headers=_auth(key))
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "conversation_not_found")
+        mine = (await client.post(url, json={"message": "x"}, headers=_auth(key))).json()
+        r = await client.post(url, json={"message": "y", "conversation_id":
+                                         mine["conversation_id"]}, headers=_auth(other_key))
+        assert r.status_code == 404  # another key's conversation is not yours
+        for bad in (b"{", b"[]", json.dumps({"message": ""}).encode()):
+            r = await client.post(url, content=bad, headers=_auth(key))
+            assert r.status_code == 400
+
+
+async def test_restart_with_the_same_data_key_loses_nothing(store_factory) -> None:
+    store = store_factory()
+    key, record = store.create_api_key("persist", budget_tokens=50)
+    bot = store.create_chatbot("b", CHAT_MODEL, f"prompt {CANARY}")
+    async with platform(store, DeterministicTestEngine()) as client:
+        first = (await client.post(f"/api/v1/chatbot/external/{bot.id}/chat",
+                                   json={"message": "remember me"}, headers=_auth(key))).json()
+    store.close()
+    again = store_factory()  # a new process: same database, same key file
+    assert again.authenticate(key) is not None
+    assert again.get_chatbot(bot.id).system_prompt == f"prompt {CANARY}"
+    history = again.conversation_history(first["conversation_id"], chatbot_id=bot.id,
+                                         api_key_id=record.id)
+    assert history and history[0] == {"role": "user", "content": "remember me"}
+    assert again.get_api_key(record.id).used_tokens > 0
+
+
+def test_another_data_key_cannot_open_sealed_rows(store_factory, tmp_path) -> None:
+    store = store_factory()
+    bot = store.create_chatbot("b", CHAT_MODEL, "secret prompt")
+    store.close()
+    stranger = PlatformStore(f"sqlite:///{tmp_path / 'cloister.db'}", DataKey(os.urandom(32)))
+    with pytest.raises(DecryptError):
+        stranger.get_chatbot(bot.id)
+    assert "[redacted]" in repr(DataKey(os.urandom(32)))
