@@ -31,23 +31,28 @@ class RunningGateway:
         self.process = process
         self.log_path = log_path
         self.simulated_roots = Path()
+        self.tls_url = ""
+        self.state_dir = Path()
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
 def start_gateway(*args: str, log_path: Path, state_dir: Path) -> RunningGateway:
-    port = free_port()
+    port, tls_port = free_port(), free_port()
     env = dict(os.environ)
     env.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
     env["CLOISTER_STATE"] = str(state_dir)
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args],
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--tls",
+         "--tls-port", str(tls_port), "--tls-host", "127.0.0.1", *args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     gateway = RunningGateway(f"http://127.0.0.1:{port}", process, log_path)
     gateway.simulated_roots = state_dir / "simulated-roots.pem"
+    gateway.tls_url = f"https://127.0.0.1:{tls_port}"
+    gateway.state_dir = state_dir
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
