@@ -31,6 +31,7 @@ COMPLETIONS = ("POST", "/v1/completions")
 EMBEDDINGS = ("POST", "/v1/embeddings")
 MODELS = ("GET", "/v1/models")
 ENGINE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, MODELS})
+ENGINE_AHEAD = 32
 
 
 class Engine(Protocol):
@@ -107,16 +108,33 @@ class EngineResponse:
         return self.content_type.startswith("text/event-stream")
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield body chunks until the engine says there are no more."""
+        """Yield body chunks until the engine says there are no more.
+
+        When the engine has run ahead of the client, everything already queued is yielded
+        as one chunk (in order): under load a dialect then seals and sends several SSE
+        events in one AEAD operation and one write instead of one each.
+        """
+        pending: BaseException | None = None
         try:
             while not self._done:
-                item = await self._queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                self._done = not item.get("more_body", False)
-                body = item.get("body", b"")
+                if pending is not None:
+                    raise pending
+                parts = []
+                item: Message | BaseException = await self._queue.get()
+                while True:
+                    if isinstance(item, BaseException):
+                        pending = item
+                        break
+                    self._done = not item.get("more_body", False)
+                    parts.append(item.get("body", b""))
+                    if self._done or self._queue.empty():
+                        break
+                    item = self._queue.get_nowait()
+                body = b"".join(parts)
                 if body:
                     yield body
+            if pending is not None:
+                raise pending
         finally:
             if not self._done:
                 await self.aclose()
@@ -145,9 +163,9 @@ async def call_engine(
     then sees `http.disconnect` and aborts the engine request (vLLM's own cancellation
     path). Without it the request runs to completion unless the response is closed.
     """
-    # One message of slack: the engine produces the next event while the dialect seals
-    # and sends this one, and can never run further ahead than that.
-    queue: asyncio.Queue[Message | BaseException] = asyncio.Queue(maxsize=1)
+    # The engine may run this many messages (SSE events) ahead of the client: enough to
+    # coalesce events under load (see `EngineResponse.chunks`), few enough to bound memory.
+    queue: asyncio.Queue[Message | BaseException] = asyncio.Queue(maxsize=ENGINE_AHEAD)
     started: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
     body_sent = False
 

@@ -23,7 +23,41 @@ async def test_chunks_arrive_in_order_and_end() -> None:
     answer = await call_engine(_streaming_app, EngineRequest("POST", "/v1/chat/completions"))
     assert answer.status == 200
     assert answer.is_event_stream
-    assert [c async for c in answer.chunks()] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+    assert b"".join([c async for c in answer.chunks()]) == (
+        b"data: 0\n\ndata: 1\n\ndata: 2\n\n")
+
+
+async def test_events_already_queued_are_coalesced_and_fresh_ones_are_not() -> None:
+    release = asyncio.Event()
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(3):  # three at once: the engine ran ahead of the client
+            await send({"type": "http.response.body", "body": b"a%d" % i, "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"late", "more_body": False})
+
+    answer = await call_engine(app, EngineRequest("POST", "/v1/chat/completions"))
+    chunks = answer.chunks()
+    await asyncio.sleep(0.01)
+    assert await chunks.__anext__() == b"a0a1a2"
+    release.set()
+    assert [c async for c in chunks] == [b"late"]
+
+
+async def test_error_after_queued_data_still_delivers_the_data_first() -> None:
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"kept", "more_body": True})
+        raise RuntimeError("engine died")
+
+    answer = await call_engine(app, EngineRequest("POST", "/v1/chat/completions"))
+    await asyncio.sleep(0.01)
+    got = []
+    with pytest.raises(RuntimeError):
+        async for chunk in answer.chunks():
+            got.append(chunk)
+    assert got == [b"kept"]
 
 
 async def test_request_body_and_scope_reach_the_app() -> None:
