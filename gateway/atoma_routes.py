@@ -20,7 +20,7 @@ from enclave import atoma
 from enclave.engine import EngineRequest
 from gateway.body import read_body
 from gateway.errors import json_response
-from gateway.forwarding import RelayResponse, forward
+from gateway.forwarding import RelayResponse, forward, read_whole
 from gateway.metrics import record_crypto_failure
 from gateway.settings import Settings
 
@@ -79,10 +79,7 @@ async def confidential(request: Request) -> ASGIApp:
         request.state.disconnect_watcher.close()
         return _internal()
     if not answer.is_event_stream:
-        try:
-            content = await answer.read()
-        finally:
-            request.state.disconnect_watcher.close()
+        content = await read_whole(request, answer)
         return json_response(answer.status, sealer.seal(content, usage=_usage(content)))
     return RelayResponse(answer, request.state.disconnect_watcher,
                          headers=[(b"content-type", b"text/event-stream")],

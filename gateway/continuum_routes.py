@@ -29,7 +29,7 @@ from gateway.errors import (
     json_response,
     normalize_engine_error,
 )
-from gateway.forwarding import RelayResponse, forward
+from gateway.forwarding import RelayResponse, forward, read_whole
 from gateway.metrics import record_crypto_failure, set_dialect
 
 # A sealed 32-byte secret with its framing is well under 1 KiB.
@@ -84,10 +84,7 @@ async def serve(request: Request, payload: dict[str, Any]) -> ASGIApp:
         "POST", path, json.dumps(payload).encode(), request_id=request.state.request_id))
     result = continuum.RESULT_FIELDS[path]
     if not answer.is_event_stream:
-        try:
-            content = await answer.read()
-        finally:
-            request.state.disconnect_watcher.close()
+        content = await read_whole(request, answer)
         if answer.status >= 400:
             return Response(_redacted(answer.status, content), status_code=answer.status,
                             media_type="application/json")

@@ -16,7 +16,7 @@ from enclave.errors import EnclaveCryptoError
 from enclave.ohttp import encode_key_configs
 from gateway.body import parse_json_object, read_body
 from gateway.errors import GatewayError, from_crypto_error, normalize_engine_error
-from gateway.forwarding import RelayResponse, forward
+from gateway.forwarding import RelayResponse, forward, read_whole
 from gateway.metrics import record_crypto_failure, set_dialect
 from gateway.settings import Settings
 
@@ -52,10 +52,7 @@ async def serve(request: Request) -> ASGIApp:
     answer = await forward(engine, request, EngineRequest(
         request.method, request.url.path, plaintext, request_id=request.state.request_id))
     if answer.status >= 400 and not answer.is_event_stream:
-        try:
-            content = normalize_engine_error(answer.status, await answer.read())
-        finally:
-            request.state.disconnect_watcher.close()
+        content = normalize_engine_error(answer.status, await read_whole(request, answer))
         return Response(sealer.seal(content), status_code=answer.status,
                         media_type="application/json", headers=nonce)
     headers = [(b"content-type", (answer.content_type or "application/json").encode())]

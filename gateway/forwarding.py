@@ -113,13 +113,19 @@ async def forward(engine: Engine, request: Request, inner: EngineRequest) -> Eng
         raise
 
 
+async def read_whole(request: Request, answer: EngineResponse) -> bytes:
+    """The engine's whole answer, for dialects that send one message; stops watching
+    the client afterwards (there is nothing left to abort)."""
+    try:
+        return await answer.read()
+    finally:
+        request.state.disconnect_watcher.close()
+
+
 async def relay_plaintext(request: Request, answer: EngineResponse) -> ASGIApp:
     """The development plaintext channel: the engine's answer as it is, errors normalized."""
     watcher: DisconnectWatcher = request.state.disconnect_watcher
     if answer.status >= 400 and not answer.is_event_stream:
-        try:
-            body = normalize_engine_error(answer.status, await answer.read())
-        finally:
-            watcher.close()
+        body = normalize_engine_error(answer.status, await read_whole(request, answer))
         return Response(body, status_code=answer.status, media_type="application/json")
     return RelayResponse(answer, watcher)

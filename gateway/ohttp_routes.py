@@ -53,7 +53,7 @@ from enclave.ohttp.protocol import (
 )
 from gateway.body import parse_json_object, read_body
 from gateway.errors import ErrorCode, GatewayError, from_crypto_error, normalize_engine_error
-from gateway.forwarding import RelayResponse, forward
+from gateway.forwarding import RelayResponse, forward, read_whole
 from gateway.metrics import record_crypto_failure
 from gateway.settings import Settings
 
@@ -179,10 +179,7 @@ def _content_type(answer: EngineResponse) -> Fields:
 
 async def _read_answer(request: Request, answer: EngineResponse) -> tuple[int, Fields, bytes]:
     """The whole engine answer (a stream is gathered: the client asked for one message)."""
-    try:
-        content = await answer.read()
-    finally:
-        request.state.disconnect_watcher.close()
+    content = await read_whole(request, answer)
     if answer.status >= 400 and not answer.is_event_stream:
         content = normalize_engine_error(answer.status, content)
     return answer.status, _content_type(answer), content

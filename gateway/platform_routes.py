@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 from enclave.engine import EngineRequest, EngineResponse
 from gateway.body import parse_json_object, read_body
 from gateway.errors import ErrorCode, GatewayError, json_response, normalize_engine_error
-from gateway.forwarding import RelayResponse, forward
+from gateway.forwarding import RelayResponse, forward, read_whole
 from gateway.metrics import set_dialect
 from gateway.platform_store import ApiKey, PlatformStore
 
@@ -86,10 +86,7 @@ async def _run(request: Request, store: PlatformStore, key: ApiKey, path: str,
 
 async def _whole(request: Request, answer: EngineResponse, store: PlatformStore | None,
                  key: ApiKey | None) -> Response:
-    try:
-        content = await answer.read()
-    finally:
-        request.state.disconnect_watcher.close()
+    content = await read_whole(request, answer)
     if answer.status >= 400:
         return Response(normalize_engine_error(answer.status, content),
                         status_code=answer.status, media_type="application/json")
@@ -185,10 +182,7 @@ async def chatbot_chat(request: Request) -> Response:
     answer = await forward(engine, request, EngineRequest(
         "POST", "/v1/chat/completions", json.dumps(payload).encode(),
         request_id=request.state.request_id))
-    try:
-        content = await answer.read()
-    finally:
-        request.state.disconnect_watcher.close()
+    content = await read_whole(request, answer)
     if answer.status >= 400:
         return Response(normalize_engine_error(answer.status, content),
                         status_code=answer.status, media_type="application/json")
