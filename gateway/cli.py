@@ -289,7 +289,14 @@ def serve(args: argparse.Namespace) -> int:
     tls = None
     store = None
     if args.tls:
+        from enclave.sealed_state import SEV_GUEST
         from gateway.tls import make_tls_identity
+
+        hardware = not args.attestation.startswith("simulated")
+        if hardware and args.data_key == "auto" and not os.path.exists(SEV_GUEST):
+            print("cloister serve: this TEE has no firmware-derived sealing key; name one with "
+                  "--data-key file:PATH (on a measured, encrypted disk)", file=sys.stderr)
+            return 2
 
         tls = make_tls_identity(args.tls_host or [args.host, "localhost"])
         store = _platform_store(args)
