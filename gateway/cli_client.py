@@ -1,0 +1,124 @@
+"""`cloister proxy` and `cloister attest`: the commands a user runs on their own machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import structlog
+
+from gateway.logs import configure_logging
+
+
+def _trust(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from attestation.verify import Policy, TrustRoots
+
+    roots = TrustRoots()
+    if args.simulated_roots is not None:
+        roots = roots.with_simulated(args.simulated_roots.read_bytes())
+    policy = Policy.load(args.policy) if args.policy is not None else Policy()
+    return roots, policy
+
+
+def _dialect_client(args: argparse.Namespace, url: str):  # type: ignore[no-untyped-def]
+    """One gateway's client in the chosen dialect, with its own attestation check."""
+    from proxy.atoma_client import AtomaClient
+    from proxy.attestor import AtomaNodeAttestor, Attestor
+    from proxy.continuum_client import ContinuumClient
+    from proxy.ehbp_client import EHBPClient
+    from proxy.ohttp_client import OHTTPClient
+
+    verifier = None
+    if not args.insecure_skip_attestation:
+        roots, policy = _trust(args)
+        key_name = "ohttp" if args.protocol == "continuum" else args.protocol
+        verifier = (AtomaNodeAttestor if args.protocol == "atoma" else Attestor)(
+            url, roots=roots, policy=policy, key_name=key_name)
+    if args.protocol == "atoma":
+        return AtomaClient(url, verify_node=verifier)
+    client_class = {"ehbp": EHBPClient, "continuum": ContinuumClient}.get(
+        args.protocol, OHTTPClient)
+    return client_class(url, verify_keys=verifier)
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import create_proxy_app
+    from proxy.multi import MultiGatewayClient
+
+    configure_logging(args.log_level)
+    log = structlog.get_logger("cloister.proxy")
+    if args.insecure_skip_attestation:
+        log.warning("attestation_skipped", gateway=",".join(args.gateway),
+                    detail="the gateways' keys are trusted without attestation")
+        print("WARNING: --insecure-skip-attestation: requests are sealed to keys that no "
+              "attestation report vouches for. Development only.", file=sys.stderr)
+    clients = [_dialect_client(args, url) for url in args.gateway]
+    app = create_proxy_app(clients[0] if len(clients) == 1 else MultiGatewayClient(clients))
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def _write_attested_cert(gateway: str, attested: bytes | None, path: Path) -> str | None:
+    """Fetch the certificate the TLS listener presents; write it if it is the bound one."""
+    import ssl
+    from urllib.parse import urlsplit
+
+    from cryptography import x509
+
+    from gateway.tls import spki_sha256
+
+    url = urlsplit(gateway)
+    if url.scheme != "https":
+        return "--write-cert needs an https:// gateway"
+    if attested is None:
+        return "the report binds no TLS key"
+    pem = ssl.get_server_certificate((url.hostname or "", url.port or 443))
+    if spki_sha256(x509.load_pem_x509_certificate(pem.encode())) != attested:
+        return "the certificate presented is not the one the report binds"
+    path.write_text(pem)
+    return None
+
+
+def run_attest(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import httpx
+
+    from proxy.attestor import GatewayNotAttested, fetch_and_verify
+
+    roots, policy = _trust(args)
+    nonce = bytes.fromhex(args.nonce) if args.nonce else None
+
+    async def go():  # type: ignore[no-untyped-def]
+        # Over https the certificate is not trusted yet: the report is what vouches for it.
+        async with httpx.AsyncClient(base_url=args.gateway.rstrip("/"), timeout=60,
+                                     verify=False) as http:
+            return await fetch_and_verify(http, roots=roots, policy=policy, nonce=nonce)
+
+    try:
+        claims = asyncio.run(go())
+    except GatewayNotAttested as exc:
+        print(f"NOT VERIFIED: {exc}", file=sys.stderr)
+        return 1
+    if args.write_cert is not None:
+        problem = _write_attested_cert(args.gateway, claims.keys.get("tls-spki-sha256"),
+                                       args.write_cert)
+        if problem:
+            print(f"NOT VERIFIED: {problem}", file=sys.stderr)
+            return 1
+    from enclave.ohttp import decode_key_configs
+
+    configs = decode_key_configs(claims.keys.get("ohttp", b""))
+    print(json.dumps({
+        "verified": True, "platform": claims.platform, "measurement": claims.measurement,
+        "tcb": claims.tcb, "debug": claims.debug,
+        "gpus": [{"driver": g.driver_version, "vbios": g.vbios_version} for g in claims.gpus],
+        "ohttp_key_ids": [c.key_id for c in configs], "expires_at": claims.expires_at,
+    }, indent=2))
+    return 0
+
+

