@@ -95,8 +95,8 @@ def run_apikey(args: argparse.Namespace) -> int:
     store = _platform_store(args)
     try:
         if args.action == "create":
-            secret, key = store.create_api_key(args.name, budget_tokens=args.budget_tokens)
-            print(f"{secret}\n(id {key.id}; shown once: it is stored only as a hash)")
+            api_key, key = store.create_api_key(args.name, budget_tokens=args.budget_tokens)
+            print(f"{api_key}\n(id {key.id}; shown once: it is stored only as a hash)")
         elif args.action == "list":
             for key in store.list_api_keys():
                 state = "revoked" if key.revoked else "active"
