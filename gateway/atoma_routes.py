@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from enclave import atoma
+from enclave import atoma, sse
 from enclave.engine import EngineRequest
 from gateway.body import read_body
 from gateway.errors import json_response
@@ -96,13 +96,10 @@ def _usage(content: bytes) -> Any:
 def _seal_event(sealer: atoma.ResponseSealer, chunk: bytes) -> bytes:
     """Each SSE event's JSON is sealed into an Atoma response object; [DONE] stays."""
     out = []
-    for event in chunk.split(b"\n\n"):
-        if not event.startswith(b"data: "):
-            continue
-        data = event[len(b"data: "):]
-        if data == b"[DONE]":
-            out.append(b"data: [DONE]\n\n")
+    for data in sse.data_of(chunk):
+        if data == sse.DONE:
+            out.append(sse.event(sse.DONE))
             continue
         sealed = sealer.seal(data, usage=_usage(data))
-        out.append(b"data: " + json.dumps(sealed).encode() + b"\n\n")
+        out.append(sse.event(json.dumps(sealed).encode()))
     return b"".join(out)

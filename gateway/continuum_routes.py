@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from enclave import continuum
+from enclave import continuum, sse
 from enclave.engine import EngineRequest
 from enclave.errors import EnclaveCryptoError
 from gateway.body import parse_json_object, read_body
@@ -115,13 +115,10 @@ class _StreamSealer:
 
     def __call__(self, chunk: bytes) -> bytes:
         out = []
-        for event in chunk.split(b"\n\n"):
-            if not event.startswith(b"data: "):
-                continue
-            data = event[len(b"data: "):]
-            if data == b"[DONE]":
+        for data in sse.data_of(chunk):
+            if data == sse.DONE:
                 out.append(self._event({**self._last, self._field: []}, final=True))
-                out.append(b"data: [DONE]\n\n")
+                out.append(sse.event(sse.DONE))
                 continue
             obj = json.loads(data)
             self._last = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
@@ -133,4 +130,4 @@ class _StreamSealer:
         obj = {**obj, self._field: self._cipher.seal_response(self._field, self._seq, plaintext,
                                                               final=final)}
         self._seq += 1
-        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+        return sse.event(json.dumps(obj).encode())

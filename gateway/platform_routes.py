@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from enclave import sse
 from enclave.engine import EngineRequest, EngineResponse
 from gateway.body import parse_json_object, read_body
 from gateway.errors import ErrorCode, GatewayError, json_response, normalize_engine_error
@@ -113,9 +114,9 @@ class _StreamMeter:
 
     def see(self, chunk: bytes) -> bytes:
         if b'"usage"' in chunk:
-            for event in chunk.split(b"\n\n"):
-                if event.startswith(b"data: {"):
-                    self._tokens = _total_tokens(event[6:]) or self._tokens
+            for data in sse.data_of(chunk):
+                if data.startswith(b"{"):
+                    self._tokens = _total_tokens(data) or self._tokens
         return chunk
 
     def finish(self) -> bytes:

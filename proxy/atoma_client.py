@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 
-from enclave import atoma
+from enclave import atoma, sse
 from enclave.errors import DecryptError
 from proxy.ohttp_client import (
     DEFAULT_TIMEOUT,
@@ -110,22 +110,19 @@ class AtomaClient(GatewayClientBase):
                 return
 
             async def chunks() -> AsyncIterator[bytes]:
-                buffer, done = b"", False
+                reader, done = sse.EventReader(), False
                 async for data in response.aiter_raw():
-                    buffer += data
-                    *events, buffer = buffer.split(b"\n\n")
-                    for event in events:
-                        payload = event.removeprefix(b"data: ")
-                        if payload == b"[DONE]":
+                    for payload in reader.push(data):
+                        if payload == sse.DONE:
                             done = True
-                            yield b"data: [DONE]\n\n"
+                            yield sse.event(sse.DONE)
                             continue
                         try:
                             plain = session.open_response(json.loads(payload))
                         except (DecryptError, ValueError) as exc:
                             raise GatewayResponseError("a streamed chunk failed to open") from exc
-                        yield b"data: " + plain + b"\n\n"
-                if not done or buffer.strip():
+                        yield sse.event(plain)
+                if not done or reader.pending.strip():
                     raise GatewayResponseError("the stream ended without [DONE] (truncated)")
 
             yield InnerStream(200, (("content-type", "text/event-stream"),), chunks)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from enclave import continuum
+from enclave import continuum, sse
 from enclave.errors import DecryptError
 from proxy.ohttp_client import (
     GatewayClientBase,
@@ -115,23 +115,20 @@ class ContinuumClient(GatewayClientBase):
             field = continuum.RESULT_FIELDS[path]
 
             async def chunks() -> AsyncIterator[bytes]:
-                buffer, seq, final_seen = b"", 0, False
+                reader, seq, final_seen = sse.EventReader(), 0, False
                 async for data in response.aiter_raw():
-                    buffer += data
-                    *events, buffer = buffer.split(b"\n\n")
-                    for event in events:
-                        payload = event.removeprefix(b"data: ")
-                        if payload == b"[DONE]":
+                    for payload in reader.push(data):
+                        if payload == sse.DONE:
                             if not final_seen:
                                 raise GatewayResponseError("the stream is truncated")
-                            yield b"data: [DONE]\n\n"
+                            yield sse.event(sse.DONE)
                             continue
                         if final_seen:
                             raise GatewayResponseError("data after the final message")
                         obj, final_seen = _open_chunk(cipher, field, seq, payload)
                         seq += 1
                         if not final_seen:
-                            yield b"data: " + json.dumps(obj).encode() + b"\n\n"
+                            yield sse.event(json.dumps(obj).encode())
                 if not final_seen:
                     raise GatewayResponseError("the stream is truncated")
 
