@@ -13,9 +13,10 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -169,3 +170,27 @@ class DeterministicTestEngine:
 
 def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
+
+
+Damage = Callable[[httpx.Request, httpx.Response, bytes], bytes]
+
+
+class InterceptingTransport(httpx.AsyncBaseTransport):
+    """Stands between a client and an in-process gateway: keeps every request and response
+    body that crosses (`wire`), and lets a test damage response bodies on the way back."""
+
+    def __init__(self, app: Any, *, damage: Damage | None = None) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.damage = damage
+        self.wire: list[bytes] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.wire.append(request.content)
+        response = await self.inner.handle_async_request(request)
+        body = await response.aread()
+        if self.damage is not None:
+            body = self.damage(request, response, body)
+        self.wire.append(body)
+        headers = [(k, v) for k, v in response.headers.items() if k != "content-length"]
+        return httpx.Response(response.status_code, headers=headers,
+                              stream=httpx.ByteStream(body))

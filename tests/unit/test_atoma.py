@@ -14,7 +14,7 @@ from enclave.keys import KeyRing
 from proxy.app import create_proxy_app
 from proxy.atoma_client import AtomaClient
 from proxy.ohttp_client import GatewayResponseError
-from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL
+from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, InterceptingTransport
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "atoma canary"}],
         "max_tokens": 3}
@@ -118,18 +118,12 @@ async def test_gateway_errors_are_named_like_the_seed(gateway_app) -> None:
 
 
 async def test_stream_without_done_is_reported_truncated(gateway_app) -> None:
-    class Cut(httpx.AsyncBaseTransport):
-        inner = httpx.ASGITransport(app=gateway_app)
+    def cut(request, response, body: bytes) -> bytes:
+        if request.url.path.endswith("chat/completions"):
+            return body.replace(b"data: [DONE]\n\n", b"")
+        return body
 
-        async def handle_async_request(self, request):
-            response = await self.inner.handle_async_request(request)
-            body = await response.aread()
-            if request.url.path.endswith("chat/completions"):
-                body = body.replace(b"data: [DONE]\n\n", b"")
-            return httpx.Response(response.status_code, headers=response.headers,
-                                  stream=httpx.ByteStream(body))
-
-    c = AtomaClient("http://gw", transport=Cut())
+    c = AtomaClient("http://gw", transport=InterceptingTransport(gateway_app, damage=cut))
     with pytest.raises(GatewayResponseError, match="truncated"):
         async with c.stream("POST", "/v1/chat/completions",
                             json.dumps({**CHAT, "stream": True}).encode()) as s:
@@ -138,20 +132,9 @@ async def test_stream_without_done_is_reported_truncated(gateway_app) -> None:
 
 
 async def test_proxy_speaks_atoma_and_nothing_readable_crosses(gateway_app) -> None:
-    wire: list[bytes] = []
-
-    class Recording(httpx.AsyncBaseTransport):
-        inner = httpx.ASGITransport(app=gateway_app)
-
-        async def handle_async_request(self, request):
-            wire.append(request.content)
-            response = await self.inner.handle_async_request(request)
-            body = await response.aread()
-            wire.append(body)
-            return httpx.Response(response.status_code, headers=response.headers,
-                                  stream=httpx.ByteStream(body))
-
-    app = create_proxy_app(AtomaClient("http://gw", transport=Recording()))
+    recording = InterceptingTransport(gateway_app)
+    wire = recording.wire
+    app = create_proxy_app(AtomaClient("http://gw", transport=recording))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://proxy") as local:
         r = await local.post("/v1/chat/completions", json={**CHAT, "model": "latest"})

@@ -14,7 +14,7 @@ from enclave.keys import KeyRing
 from proxy.app import create_proxy_app
 from proxy.continuum_client import ContinuumClient
 from proxy.ohttp_client import GatewayResponseError
-from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL
+from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, InterceptingTransport
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "continuum canary"}],
         "max_tokens": 3}
@@ -86,20 +86,9 @@ async def test_chat_stream_and_embeddings(client) -> None:
 
 
 async def test_wire_shape_keeps_metadata_plaintext_and_seals_the_rest(gateway_app) -> None:
-    wire: list[bytes] = []
-
-    class Recording(httpx.AsyncBaseTransport):
-        inner = httpx.ASGITransport(app=gateway_app)
-
-        async def handle_async_request(self, request):
-            wire.append(request.content)
-            response = await self.inner.handle_async_request(request)
-            body = await response.aread()
-            wire.append(body)
-            return httpx.Response(response.status_code, headers=response.headers,
-                                  stream=httpx.ByteStream(body))
-
-    c = ContinuumClient("http://gw", transport=Recording())
+    recording = InterceptingTransport(gateway_app)
+    wire = recording.wire
+    c = ContinuumClient("http://gw", transport=recording)
     await c.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
     await c.aclose()
     sent, answer = json.loads(wire[-2]), json.loads(wire[-1])
@@ -135,18 +124,13 @@ async def test_truncated_or_reordered_stream_is_refused(gateway_app) -> None:
         return b"\n\n".join(events)
 
     for damage in (cut, swap):
-        class Damage(httpx.AsyncBaseTransport):
-            inner = httpx.ASGITransport(app=gateway_app)
+        def on_streams(request, response, body: bytes, damage=damage) -> bytes:
+            if "text/event-stream" in response.headers.get("content-type", ""):
+                return damage(body)
+            return body
 
-            async def handle_async_request(self, request, damage=damage):
-                response = await self.inner.handle_async_request(request)
-                body = await response.aread()
-                if b"text/event-stream" in response.headers.get("content-type", "").encode():
-                    body = damage(body)
-                return httpx.Response(response.status_code, headers=response.headers,
-                                      stream=httpx.ByteStream(body))
-
-        c = ContinuumClient("http://gw", transport=Damage())
+        c = ContinuumClient("http://gw",
+                            transport=InterceptingTransport(gateway_app, damage=on_streams))
         with pytest.raises(GatewayResponseError):
             async with c.stream("POST", "/v1/chat/completions",
                                 json.dumps({**CHAT, "stream": True}).encode()) as s:

@@ -15,7 +15,7 @@ from enclave.ohttp import decode_key_configs
 from proxy.app import create_proxy_app
 from proxy.ehbp_client import EHBPClient
 from proxy.ohttp_client import GatewayResponseError
-from tests.doubles import CHAT_MODEL
+from tests.doubles import CHAT_MODEL, InterceptingTransport
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "secret words"}],
         "max_tokens": 4}
@@ -101,19 +101,9 @@ async def test_chat_stream_models_and_errors_through_ehbp(client) -> None:
 
 
 async def test_secret_words_never_appear_on_the_ehbp_wire(gateway_app) -> None:
-    seen: list[bytes] = []
-
-    class Recording(httpx.AsyncBaseTransport):
-        inner = httpx.ASGITransport(app=gateway_app)
-
-        async def handle_async_request(self, request):
-            seen.append(request.content)
-            response = await self.inner.handle_async_request(request)
-            body = await response.aread()
-            seen.append(body)
-            return httpx.Response(response.status_code, headers=response.headers, content=body)
-
-    c = EHBPClient("http://gw", transport=Recording())
+    recording = InterceptingTransport(gateway_app)
+    seen = recording.wire
+    c = EHBPClient("http://gw", transport=recording)
     r = await c.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
     await c.aclose()
     assert b"secret words" in r.content
@@ -152,18 +142,12 @@ async def test_proxy_speaks_ehbp(gateway_app) -> None:
 
 
 async def test_tampered_ehbp_response_is_refused(gateway_app) -> None:
-    class Tamper(httpx.AsyncBaseTransport):
-        inner = httpx.ASGITransport(app=gateway_app)
+    def flip_last(request, response, body: bytes) -> bytes:
+        if request.method == "POST" and body:
+            return body[:-1] + bytes([body[-1] ^ 1])
+        return body
 
-        async def handle_async_request(self, request):
-            response = await self.inner.handle_async_request(request)
-            body = bytearray(await response.aread())
-            if request.method == "POST" and body:
-                body[-1] ^= 1
-            return httpx.Response(response.status_code, headers=response.headers,
-                                  content=bytes(body))
-
-    c = EHBPClient("http://gw", transport=Tamper())
+    c = EHBPClient("http://gw", transport=InterceptingTransport(gateway_app, damage=flip_last))
     with pytest.raises(GatewayResponseError):
         await c.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
     await c.aclose()

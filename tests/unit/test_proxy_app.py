@@ -7,31 +7,23 @@ import pytest
 
 from proxy.app import create_proxy_app
 from proxy.ohttp_client import GatewayResponseError, OHTTPClient
-from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL
+from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, Damage, InterceptingTransport
 
 CHAT = {"model": "latest", "messages": [{"role": "user", "content": "hi you"}],
         "max_tokens": 3}
 
 
-class TamperingTransport(httpx.AsyncBaseTransport):
-    """Flips one byte of every gateway response body to an OHTTP POST (a test double)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, *, truncate: bool = False) -> None:
-        self.inner = inner
-        self.truncate = truncate
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
+def tampering(*, truncate: bool) -> Damage:
+    """Flip one byte of, or cut, every gateway response body to a POST."""
+    def damage(request: httpx.Request, response: httpx.Response, body: bytes) -> bytes:
         if request.method != "POST":
-            return response
-        body = bytearray(await response.aread())
-        if self.truncate:
-            body = body[:-20]
-        else:
-            body[len(body) // 2] ^= 0x01
-        headers = [(k, v) for k, v in response.headers.items() if k != "content-length"]
-        return httpx.Response(response.status_code, headers=headers,
-                              stream=httpx.ByteStream(bytes(body)))
+            return body
+        if truncate:
+            return body[:-20]
+        flipped = bytearray(body)
+        flipped[len(flipped) // 2] ^= 0x01
+        return bytes(flipped)
+    return damage
 
 
 async def _proxy(gateway_app, transport=None):
@@ -74,7 +66,7 @@ async def test_models_and_gateway_errors_pass_through(gateway_app) -> None:
 
 @pytest.mark.parametrize("truncate", [False, True])
 async def test_tampered_or_truncated_response_is_refused(gateway_app, truncate) -> None:
-    tamper = TamperingTransport(httpx.ASGITransport(app=gateway_app), truncate=truncate)
+    tamper = InterceptingTransport(gateway_app, damage=tampering(truncate=truncate))
     async with await _proxy(gateway_app, tamper) as local:
         r = await local.post("/v1/chat/completions", json={**CHAT, "model": CHAT_MODEL})
     assert r.status_code == 502
@@ -83,7 +75,7 @@ async def test_tampered_or_truncated_response_is_refused(gateway_app, truncate) 
 
 @pytest.mark.parametrize("truncate", [False, True])
 async def test_tampered_or_truncated_stream_never_ends_cleanly(gateway_app, truncate) -> None:
-    tamper = TamperingTransport(httpx.ASGITransport(app=gateway_app), truncate=truncate)
+    tamper = InterceptingTransport(gateway_app, damage=tampering(truncate=truncate))
     async with await _proxy(gateway_app, tamper) as local:
         try:
             r = await local.post("/v1/chat/completions",
