@@ -140,7 +140,7 @@ class OHTTPClient(GatewayClientBase):
         for attempt in (0, 1):
             sealed = ClientRequest(await self.key_config(refresh=attempt == 1), inner)
             r = await self._post(sealed.data, REQUEST_MEDIA_TYPE)
-            if _is_key_problem(r) and attempt == 0:
+            if is_key_problem(r) and attempt == 0:
                 continue
             self._check_outer(r, RESPONSE_MEDIA_TYPE)
             try:
@@ -165,7 +165,7 @@ class OHTTPClient(GatewayClientBase):
             except httpx.TransportError as exc:
                 raise GatewayUnreachable(f"cannot reach {self.gateway_url}") from exc
             try:
-                if _is_key_problem(response) and attempt == 0:
+                if is_key_problem(response) and attempt == 0:
                     await response.aread()
                     continue
                 if response.status_code != 200:
@@ -187,7 +187,7 @@ class OHTTPClient(GatewayClientBase):
     @staticmethod
     def _check_outer(r: httpx.Response, media_type: str) -> None:
         if r.status_code != 200 or not r.headers.get("content-type", "").startswith(media_type):
-            code = _outer_code(r)
+            code = outer_code(r)
             raise GatewayRejected(f"the gateway refused the request ({code})",
                                   status=r.status_code)
 
@@ -275,7 +275,7 @@ def _usable(config: KeyConfig) -> bool:
     return True
 
 
-def _outer_code(r: httpx.Response) -> str:
+def outer_code(r: httpx.Response) -> str:
     try:
         payload = json.loads(r.content)
         return str(payload.get("code") or payload["error"]["code"])
@@ -283,12 +283,9 @@ def _outer_code(r: httpx.Response) -> str:
         return f"HTTP {r.status_code}"
 
 
-def _is_key_problem(r: httpx.Response) -> bool:
-    return r.status_code == 422 and _outer_code(r) == "unknown_key"
+def is_key_problem(r: httpx.Response) -> bool:
+    return r.status_code == 422 and outer_code(r) == "unknown_key"
 
-
-is_key_problem = _is_key_problem
-outer_code = _outer_code
 
 
 __all__ = ["InnerResponse", "InnerStream", "OHTTPClient", "ResponseEnd"]
