@@ -76,6 +76,8 @@ class RelayResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         metrics = scope["app"].state.metrics
         dialect = dialect_of(scope)
+        # Labelled children looked up once per response, not once per chunk (hot path).
+        chunk_count, ttft = metrics.chunks.labels(dialect), metrics.ttft.labels(dialect)
         started = (scope.get("state") or {}).get("started_at", time.perf_counter())
         first = True
         try:
@@ -89,9 +91,9 @@ class RelayResponse:
                     break
                 await send({"type": "http.response.body", "body": self.seal_chunk(chunk),
                             "more_body": True})
-                metrics.chunks.labels(dialect).inc()
+                chunk_count.inc()
                 if first:
-                    metrics.ttft.labels(dialect).observe(time.perf_counter() - started)
+                    ttft.observe(time.perf_counter() - started)
                     first = False
             if not self.watcher.gone.is_set():
                 await send({"type": "http.response.body", "body": self.seal_end()})
