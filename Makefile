@@ -24,4 +24,4 @@ unit: env
 
 lint: env
 	$(VENV)/bin/ruff check gateway enclave attestation proxy tests benchmarks
-	$(VENV)/bin/mypy enclave attestation
+	$(VENV)/bin/mypy enclave attestation gateway proxy

@@ -15,6 +15,9 @@ import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 KEYS_TAG = b"cloister-keys-v1"
 GPU_NONCE_TAG = b"cloister-gpu-v1"
 GPUS_TAG = b"cloister-gpus-v1"
@@ -48,3 +51,10 @@ def report_data(*, digest_of_keys: bytes, nonce: bytes, digest_of_gpus: bytes,
         raise ValueError(f"expected a {NONCE_SIZE}-byte nonce, got {len(nonce)}")
     return hashlib.sha512(ATTEST_TAG + _lp(digest_of_keys) + _lp(nonce) + _lp(digest_of_gpus)
                           + struct.pack("!Q", expiry)).digest()
+
+
+def spki_sha256(cert: x509.Certificate) -> bytes:
+    """What the report binds of a TLS certificate (`tls-spki-sha256`): the SHA-256 of its
+    DER SubjectPublicKeyInfo, so a client pins the key it verified."""
+    return hashlib.sha256(cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()

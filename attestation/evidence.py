@@ -17,7 +17,7 @@ from typing import Any
 
 from attestation import binding
 from attestation.errors import Reason, VerificationError
-from attestation.providers import CpuProvider, GpuProvider
+from attestation.types import CpuProvider, GpuProvider
 
 FORMAT = "cloister-evidence/1"
 # A document is a few KiB per GPU; anything near this is not one.

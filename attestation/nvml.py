@@ -20,8 +20,8 @@ from typing import Any
 
 from attestation import gpu as gpu_report
 from attestation.errors import VerificationError
-from attestation.providers import ProviderError
 from attestation.roots import PRODUCTION_NVIDIA_ROOTS
+from attestation.types import ProviderError
 from attestation.x509chain import load_pem_chain
 
 NVIDIA_ROOT_PEM = "nvidia-device-identity-ca.pem"

@@ -15,35 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from attestation import simulated
+from attestation.types import CpuEvidence, CpuProvider, GpuProvider, ProviderError
 
 CONFIGFS_TSM_REPORT = Path("/sys/kernel/config/tsm/report")
 _PLATFORMS = {"sev_guest": "sev-snp", "tdx_guest": "tdx"}
-
-
-class ProviderError(RuntimeError):
-    """Evidence could not be collected (no hardware, kernel refused, raced)."""
-
-
-@dataclass(frozen=True)
-class CpuEvidence:
-    platform: str  # "sev-snp", "tdx", "simulated-sev-snp"
-    report: bytes
-    aux: bytes = b""
-
-
-class CpuProvider(Protocol):
-    platform: str
-
-    def get_report(self, report_data: bytes) -> CpuEvidence: ...
-
-
-class GpuProvider(Protocol):
-    def get_reports(self, nonce: bytes) -> list[tuple[bytes, bytes]]: ...
 
 
 class NoGpus:
@@ -165,3 +143,7 @@ def select_providers(mode: str, *, state_dir: Path, configfs_base: Path = CONFIG
         return provider, NoGpus()
     gpus.verify_and_set_ready()  # type: ignore[attr-defined]
     return provider, gpus
+
+
+__all__ = ["CpuEvidence", "CpuProvider", "GpuProvider", "NoGpus", "ProviderError",
+           "select_providers"]

@@ -23,7 +23,7 @@ import os
 import struct
 from collections.abc import Callable
 
-from attestation.providers import CpuEvidence, ProviderError
+from attestation.types import CpuEvidence, ProviderError
 
 DEVICE = "/dev/sev-guest"
 SNP_GET_EXT_REPORT = (3 << 30) | (32 << 16) | (ord("S") << 8) | 0x2
@@ -43,23 +43,29 @@ class _Request(ctypes.Structure):
                 ("certs_len", ctypes.c_uint32)]
 
 
-class _GuestRequest(ctypes.Structure):
+class GuestRequest(ctypes.Structure):
+    """struct snp_guest_request_ioctl: the argument of every /dev/sev-guest ioctl."""
+
     _fields_ = [("msg_version", ctypes.c_uint8), ("req_data", ctypes.c_uint64),
                 ("resp_data", ctypes.c_uint64), ("fw_error", ctypes.c_uint32),
                 ("vmm_error", ctypes.c_uint32)]
 
 
-def _default_ioctl(fd: int, request: int, arg: bytearray) -> int:
+def default_ioctl(fd: int, request: int, arg: bytearray) -> int:
     return int(fcntl.ioctl(fd, request, arg, True))
+
+
+def open_device(path: str) -> int:
+    return os.open(path, os.O_RDWR)
 
 
 class SevGuestProvider:
     platform = "sev-snp"
 
-    def __init__(self, device: str = DEVICE, *, ioctl: Ioctl = _default_ioctl,
+    def __init__(self, device: str = DEVICE, *, ioctl: Ioctl = default_ioctl,
                  opener: Callable[[str], int] | None = None) -> None:
         self._device, self._ioctl = device, ioctl
-        self._open = opener or (lambda path: os.open(path, os.O_RDWR))
+        self._open = opener or open_device
         if opener is None and not os.path.exists(device):
             raise ProviderError(f"{device} does not exist: not an SNP guest")
 
@@ -84,13 +90,13 @@ class SevGuestProvider:
         response = ctypes.create_string_buffer(RESPONSE_SIZE)
         req = _Request(vmpl=vmpl, certs_address=ctypes.addressof(certs), certs_len=certs_size)
         ctypes.memmove(req.user_data, report_data, 64)
-        guest = _GuestRequest(msg_version=MSG_VERSION, req_data=ctypes.addressof(req),
+        guest = GuestRequest(msg_version=MSG_VERSION, req_data=ctypes.addressof(req),
                               resp_data=ctypes.addressof(response))
         arg = bytearray(bytes(guest))
         try:
             self._ioctl(fd, SNP_GET_EXT_REPORT, arg)
         except OSError as exc:
-            done = _GuestRequest.from_buffer_copy(bytes(arg))
+            done = GuestRequest.from_buffer_copy(bytes(arg))
             if done.vmm_error == VMM_ERR_INVALID_LEN:
                 return int(_Request.from_address(ctypes.addressof(req)).certs_len)
             raise ProviderError(f"SNP_GET_EXT_REPORT failed (fw_error {done.fw_error}, "

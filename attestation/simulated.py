@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import os
 import struct
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from attestation import snp
-
-# GHCB certificate table GUIDs (GHCB specification, "SNP Extended Guest Request").
-VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
-ASK_GUID = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782")
-ARK_GUID = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
+from attestation.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, build_cert_table
 
 PKI_FILE = "simulated-pki-v2.pem"
 SIMULATED_TCB = snp.TcbVersion(boot_loader=4, tee=0, snp=22, microcode=213)
@@ -182,27 +177,6 @@ class SimulatedPki:
 
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
-
-
-def build_cert_table(entries: dict[uuid.UUID, bytes]) -> bytes:
-    header_size = 24 * (len(entries) + 1)
-    header, blob, offset = b"", b"", header_size
-    for guid, data in entries.items():
-        header += guid.bytes_le + struct.pack("<II", offset, len(data))
-        blob += data
-        offset += len(data)
-    return header + b"\x00" * 24 + blob
-
-
-def parse_cert_table(table: bytes) -> dict[uuid.UUID, bytes]:
-    out: dict[uuid.UUID, bytes] = {}
-    for off in range(0, len(table) - 23, 24):
-        guid = uuid.UUID(bytes_le=table[off:off + 16])
-        start, length = struct.unpack_from("<II", table, off + 16)
-        if guid.int == 0:
-            return out
-        out[guid] = table[start:start + length]
-    return out
 
 
 def simulated_measurement() -> bytes:

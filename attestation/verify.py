@@ -16,10 +16,10 @@ from pathlib import Path
 from cryptography import x509
 
 from attestation import binding, gpu, snp, tdx
+from attestation.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, parse_cert_table
 from attestation.errors import Reason, VerificationError
 from attestation.evidence import EvidenceDocument
 from attestation.roots import PRODUCTION_AMD_ARKS, PRODUCTION_INTEL_ROOTS, PRODUCTION_NVIDIA_ROOTS
-from attestation.simulated import ARK_GUID, ASK_GUID, VCEK_GUID, parse_cert_table
 from attestation.x509chain import fingerprint, load_der, load_pem_chain
 
 

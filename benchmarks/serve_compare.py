@@ -42,8 +42,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from attestation.verify import Policy, TrustRoots  # noqa: E402
 from enclave.demo_model import ensure_demo_model  # noqa: E402
-from proxy.ohttp_client import OHTTPClient  # noqa: E402
+from proxy.attestor import Attestor  # noqa: E402
+from proxy.client import GatewayClient  # noqa: E402
+from proxy.dialects import make_client  # noqa: E402
 
 SERVED = "cloister-demo"
 ENGINE_ARGS = ["--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30)]
@@ -152,12 +155,12 @@ async def _http_one(client: httpx.AsyncClient, body: bytes, stream: bool) -> Sam
     return clock.sample()
 
 
-async def _ohttp_one(client: OHTTPClient, body: bytes, stream: bool) -> Sample:
+async def _ohttp_one(client: GatewayClient, body: bytes, stream: bool) -> Sample:
     start = time.perf_counter()
     if not stream:
         r = await client.request("POST", "/v1/chat/completions", body)
         return Sample(time.perf_counter() - start, None, [],
-                      json.loads(r.content)["usage"]["completion_tokens"])
+                      json.loads(r.body)["usage"]["completion_tokens"])
     clock = _TokenClock(start)
     async with client.stream("POST", "/v1/chat/completions", body) as s:
         async for chunk in s.chunks():
@@ -210,12 +213,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-async def sweep(args: argparse.Namespace, urls: dict[str, str]) -> list[Result]:
+async def sweep(args: argparse.Namespace, urls: dict[str, str], roots_pem: bytes
+                ) -> list[Result]:
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     vllm = httpx.AsyncClient(base_url=urls["vllm"], timeout=600, limits=limits)
     proxied = httpx.AsyncClient(base_url=urls["proxy"], timeout=600, limits=limits)
-    ohttp = OHTTPClient(urls["cloister"])
-    ohttp._http = httpx.AsyncClient(base_url=urls["cloister"], timeout=600, limits=limits)
+    attestor = Attestor(urls["cloister"], roots=TrustRoots().with_simulated(roots_pem),
+                        policy=Policy())
+    ohttp = make_client(urls["cloister"], "ohttp", attestation=attestor,
+                        transport=httpx.AsyncHTTPTransport(limits=limits))
     targets: dict[str, Callable[[bytes, bool], Awaitable[Sample]]] = {
         "vllm": lambda b, s: _http_one(vllm, b, s),
         "cloister": lambda b, s: _ohttp_one(ohttp, b, s),
@@ -313,7 +319,8 @@ def main() -> None:
                         "--port", str(ports["proxy"]), "--simulated-roots",
                         str(work / "state" / "simulated-roots.pem")], work / "proxy.log", env)
         _wait(urls["proxy"] + "/v1/models", proxy, timeout=60)
-        results = asyncio.run(sweep(args, urls))
+        roots = (work / "state" / "simulated-roots.pem").read_bytes()
+        results = asyncio.run(sweep(args, urls, roots))
     finally:
         for proc in (proxy, gateway, vllm):
             if proc is not None:

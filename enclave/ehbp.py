@@ -10,24 +10,51 @@ Constants MUST NOT diverge from Tinfoil's ehbp `protocol.py` (DESIGN section 4):
              key = Expand(prk, "key", 32); base = Expand(prk, "nonce", 12);
              frame i = u32 BE length || Seal(key, base XOR i, "", chunk)
     stale key  422 application/problem+json, type urn:ietf:params:ehbp:error:key-config
-Known weakness, kept for compatibility: there is no authenticated end of stream, so a
-response cut at a frame boundary cannot be told from a complete one. Our own dialects
-(OHTTP, Continuum) do not share it.
+Known weaknesses, kept for compatibility: status and headers travel in the clear, so a
+man in the middle can change the status of a sealed answer (the client refuses a
+non-200 status unless the sealed body is an error object), and there is no
+authenticated end of stream, so a response cut at a frame boundary cannot be told from
+a complete one. A response with no frame at all is refused. Our own dialects (OHTTP,
+Continuum, Atoma with its sequence numbers) do not share these.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from enclave.errors import DecryptError, MessageTooLargeError, UnknownKeyError
-from enclave.ohttp.keyconfig import KeyConfig
-from enclave.ohttp.protocol import KEM_X25519_HKDF_SHA256, Aead, Kdf, SymmetricSuite
+from enclave.dialect import (
+    NO_STORE,
+    Headers,
+    InnerHead,
+    InnerRequest,
+    InnerResponse,
+    OuterRequest,
+    OuterResponse,
+    StreamStart,
+    header,
+    plain_refusal,
+    refusal,
+)
+from enclave.errors import (
+    DecryptError,
+    MessageTooLargeError,
+    RequestRefused,
+    UnauthenticatedAnswer,
+    UnknownKeyError,
+)
+from enclave.keys import HpkeKeyPair, KeyRing
+from enclave.ohttp.keyconfig import KeyConfig, encode_key_configs
+from enclave.ohttp.protocol import (
+    KEM_X25519_HKDF_SHA256,
+    KEYS_MEDIA_TYPE,
+    Aead,
+    Kdf,
+    SymmetricSuite,
+)
 from enclave.ohttp.suites import aead_cipher, hkdf_expand, hkdf_extract, hpke_suite
-
-if TYPE_CHECKING:
-    from enclave.keys import HpkeKeyPair, KeyRing
+from enclave.wire_errors import ErrorCode, code_of
 
 KEYS_PATH = "/.well-known/hpke-keys"
 ENCAPSULATED_KEY_HEADER = "Ehbp-Encapsulated-Key"
@@ -189,3 +216,146 @@ def open_request(keyring: KeyRing, encapsulated_key: str, body: bytes
             continue
         return plaintext, ResponseSealer(context, enc)
     raise UnknownKeyError()
+
+
+# --- the dialect -------------------------------------------------------------------------
+
+NAME = "ehbp"
+
+
+class EhbpResponder:
+    """Seals the answer to one EHBP request: one frame per whole body or streamed chunk."""
+
+    streams = True
+
+    def __init__(self, sealer: ResponseSealer) -> None:
+        self._sealer = sealer
+
+    def _headers(self, content_type: str) -> Headers:
+        return (("content-type", content_type),
+                (RESPONSE_NONCE_HEADER.lower(), self._sealer.nonce_header), *NO_STORE)
+
+    def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
+        return OuterResponse(status, self._headers(content_type), self._sealer.seal(body))
+
+    def error(self, status: int, error: bytes) -> OuterResponse:
+        return self.whole(status, "application/json", error)
+
+    def start(self, status: int, content_type: str) -> StreamStart:
+        return StreamStart(status, self._headers(content_type))
+
+    def chunk(self, events: bytes) -> bytes:
+        return self._sealer.seal(events)
+
+    def end(self) -> bytes:
+        return b""
+
+
+class EhbpServer:
+    """The gateway side: any request that carries `Ehbp-Encapsulated-Key`."""
+
+    name = NAME
+    end_authenticated = False  # EHBP's design; see the module docstring
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self._keyring = keyring
+
+    def accepts(self, request: OuterRequest) -> bool:
+        return request.header(ENCAPSULATED_KEY_HEADER) is not None
+
+    def published_keys(self) -> dict[str, bytes]:
+        return {"ehbp": encode_key_configs([key_config(self._keyring.current())])}
+
+    def key_configs(self) -> OuterResponse:
+        """`GET /.well-known/hpke-keys`."""
+        return OuterResponse(200, (("content-type", KEYS_MEDIA_TYPE),
+                                   ("cache-control", "max-age=300")),
+                             self.published_keys()["ehbp"])
+
+    def open(self, request: OuterRequest) -> tuple[InnerRequest, EhbpResponder]:
+        plaintext, sealer = open_request(self._keyring,
+                                         request.header(ENCAPSULATED_KEY_HEADER) or "",
+                                         request.body)
+        return InnerRequest(request.method, request.path, plaintext), EhbpResponder(sealer)
+
+    def refuse(self, error: Exception) -> OuterResponse:
+        return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE
+                             if getattr(error, "code", None) == ErrorCode.UNKNOWN_KEY else None)
+
+
+class EhbpOpener:
+    """Opens the answer to one EHBP request; a sealed body needs at least one frame."""
+
+    def __init__(self, sealer: RequestSealer) -> None:
+        self._sealer = sealer
+        self._opener: ResponseOpener | None = None
+        self._head: InnerHead | None = None
+        self._frames = 0
+
+    def begin(self, status: int, headers: Headers) -> bool:
+        """A sealed 200 streams; a sealed error is read whole (`whole` checks it)."""
+        return status == 200 and self._sealed(status, headers)
+
+    def _sealed(self, status: int, headers: Headers) -> bool:
+        nonce = header(headers, RESPONSE_NONCE_HEADER)
+        if nonce is None:
+            return False
+        try:
+            self._opener = self._sealer.response_opener(nonce)
+        except RequestRefused as exc:
+            raise UnauthenticatedAnswer("the gateway's answer failed to open") from exc
+        self._head = InnerHead(status, header(headers, "content-type") or "application/json")
+        return True
+
+    def push(self, data: bytes) -> list[InnerHead | bytes]:
+        assert self._opener is not None, "begin() first"
+        out: list[InnerHead | bytes] = []
+        if self._head is not None:
+            out.append(self._head)
+            self._head = None
+        try:
+            frames = self._opener.push(data)
+        except RequestRefused as exc:
+            raise UnauthenticatedAnswer("the gateway's answer failed to open (tampered)"
+                                        ) from exc
+        self._frames += len(frames)
+        return out + list(frames)
+
+    def finish(self) -> list[InnerHead | bytes]:
+        out = self.push(b"")
+        assert self._opener is not None
+        try:
+            self._opener.finish()
+        except RequestRefused as exc:
+            raise UnauthenticatedAnswer("the gateway's answer was cut inside a frame"
+                                        ) from exc
+        if not self._frames:
+            raise UnauthenticatedAnswer("the gateway's answer carries no frame")
+        return out
+
+    def whole(self, response: OuterResponse) -> InnerResponse:
+        if not self._sealed(response.status, response.headers):
+            raise refusal(response)
+        events = [*self.push(response.body), *self.finish()]
+        head = next(e for e in events if isinstance(e, InnerHead))
+        body = b"".join(e for e in events if isinstance(e, bytes))
+        if head.status != 200 and code_of(body) is None:
+            raise UnauthenticatedAnswer(f"the gateway's answer came with HTTP {head.status} "
+                                        "but is not a sealed error")
+        return InnerResponse(head.status, head.content_type, body)
+
+
+class EhbpClient:
+    """The client side, for one verified key configuration."""
+
+    name = NAME
+
+    def __init__(self, config: KeyConfig) -> None:
+        self.config = config
+
+    def seal(self, request: InnerRequest, *, stream: bool) -> tuple[OuterRequest, EhbpOpener]:
+        sealer = RequestSealer(self.config)
+        headers = ((ENCAPSULATED_KEY_HEADER.lower(), sealer.encapsulated_key_header),
+                   ("content-type", "application/json"))
+        body = sealer.seal(request.body) if request.body else b""
+        return OuterRequest(request.method, request.path, headers, body), EhbpOpener(sealer)

@@ -93,6 +93,10 @@ class KeyRing:
     def rotation_seconds(self) -> float:
         return self._rotation
 
+    def now(self) -> float:
+        """The ring's clock (injected in tests)."""
+        return self._clock()
+
     def current(self) -> HpkeKeyPair:
         self.rotate_if_due()
         return self._current

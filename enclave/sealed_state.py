@@ -12,18 +12,18 @@ does not open.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from attestation.sev_guest import DEVICE, GuestRequest, default_ioctl, open_device
 from enclave.errors import DecryptError
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
-SEV_GUEST = "/dev/sev-guest"
+SEV_GUEST = DEVICE
 SNP_GET_DERIVED_KEY = (3 << 30) | (32 << 16) | (ord("S") << 8) | 0x1
 # Mix the measurement and the guest policy into the derived key (GUEST_FIELD_SELECT).
 _FIELD_MEASUREMENT = 1 << 3
@@ -66,7 +66,7 @@ class DataKey:
                  ioctl: Callable[[int, int, bytearray], int] | None = None,
                  opener: Callable[[str], int] | None = None) -> DataKey:
         """SNP_GET_DERIVED_KEY, bound to this guest's measurement and policy."""
-        return cls(_snp_derived_key(device, ioctl or _ioctl, opener or _open_rw))
+        return cls(_snp_derived_key(device, ioctl or default_ioctl, opener or open_device))
 
 
 class _KeyRequest(ctypes.Structure):
@@ -75,26 +75,12 @@ class _KeyRequest(ctypes.Structure):
                 ("guest_svn", ctypes.c_uint32), ("tcb_version", ctypes.c_uint64)]
 
 
-class _GuestRequest(ctypes.Structure):
-    _fields_ = [("msg_version", ctypes.c_uint8), ("req_data", ctypes.c_uint64),
-                ("resp_data", ctypes.c_uint64), ("fw_error", ctypes.c_uint32),
-                ("vmm_error", ctypes.c_uint32)]
-
-
-def _ioctl(fd: int, request: int, arg: bytearray) -> int:
-    return int(fcntl.ioctl(fd, request, arg, True))
-
-
-def _open_rw(path: str) -> int:
-    return os.open(path, os.O_RDWR)
-
-
 def _snp_derived_key(device: str, ioctl: Callable[[int, int, bytearray], int],
                      opener: Callable[[str], int]) -> bytes:
     request = _KeyRequest(root_key_select=0,
                           guest_field_select=_FIELD_MEASUREMENT | _FIELD_POLICY)
     response = ctypes.create_string_buffer(64)  # MSG_KEY_RSP: status u32, rsvd[28], key[32]
-    guest = _GuestRequest(msg_version=1, req_data=ctypes.addressof(request),
+    guest = GuestRequest(msg_version=1, req_data=ctypes.addressof(request),
                           resp_data=ctypes.addressof(response))
     fd = opener(device)
     try:

@@ -4,9 +4,13 @@ ending with `data: [DONE]`. Sans-IO framing shared by the dialects that seal per
 
 from __future__ import annotations
 
+from enclave.errors import MessageTooLargeError
+
 DONE = b"[DONE]"
 _DATA = b"data: "
 _END = b"\n\n"
+# One event is one token's chunk or a usage record: 1 MiB is far beyond either.
+MAX_EVENT_SIZE = 1 << 20
 
 
 def event(payload: bytes) -> bytes:
@@ -19,12 +23,31 @@ def data_of(chunk: bytes) -> list[bytes]:
 
 
 class EventReader:
-    """Events out of a byte stream that may split them anywhere."""
+    """Events out of a byte stream that may split them anywhere; linear in the input
+    (the search resumes where it stopped) and bounded (`MAX_EVENT_SIZE`)."""
 
-    def __init__(self) -> None:
-        self.pending = b""
+    def __init__(self, *, max_event: int = MAX_EVENT_SIZE) -> None:
+        self._buf = bytearray()
+        self._searched = 0
+        self._max = max_event
+
+    @property
+    def pending(self) -> bytes:
+        """What has arrived of an event not yet complete."""
+        return bytes(self._buf)
 
     def push(self, data: bytes) -> list[bytes]:
-        """Each completed event's payload (its `data: ` prefix removed)."""
-        *events, self.pending = (self.pending + data).split(_END)
-        return [e.removeprefix(_DATA) for e in events]
+        """Each completed `data:` event's payload (prefix removed; comments skipped)."""
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            end = self._buf.find(_END, max(0, self._searched - 1))
+            if end < 0:
+                self._searched = len(self._buf)
+                if len(self._buf) > self._max:
+                    raise MessageTooLargeError()
+                return out
+            if self._buf.startswith(_DATA):
+                out.append(bytes(self._buf[len(_DATA):end]))
+            del self._buf[:end + len(_END)]
+            self._searched = 0

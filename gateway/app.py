@@ -1,109 +1,137 @@
-"""The gateway's Starlette application: routes, error handling, engine lifecycle."""
+"""The gateway's Starlette application: the dialects, the route table built from them,
+error handling and the engine's lifecycle.
+
+Every engine-bound route is an `EngineEndpoint` over the dialects served at its path
+(`gateway.endpoint`); the keys each dialect publishes are what the attestation report
+binds. Control routes (key configurations, node keys, secret registration) are the
+dialects' own sans-IO answers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.routing import BaseRoute, Route
 
 from attestation.providers import CpuProvider, GpuProvider
 from enclave import atoma, continuum, ehbp
-from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, Engine, EngineRequest
+from enclave.dialect import OuterRequest, OuterResponse, ServerDialect
+from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, Engine
+from enclave.errors import RequestRefused
 from enclave.keys import KeyRing
-from gateway import (
-    atoma_routes,
-    attestation_routes,
-    continuum_routes,
-    ehbp_routes,
-    limits,
-    metrics,
-    ohttp_routes,
-    platform_routes,
-)
-from gateway.body import parse_json_object, read_body
+from enclave.ohttp.dialect import PATH as OHTTP_PATH
+from enclave.ohttp.dialect import OhttpServer
+from enclave.plaintext import plaintext_dialect
+from enclave.wire_errors import ErrorCode, error_body
+from gateway import attestation_routes, limits, metrics
+from gateway.body import read_body
+from gateway.context import RequestContext
+from gateway.endpoint import MAX_CONCURRENT_OPENS, EngineEndpoint, Mount, Services
 from gateway.engine_slot import EngineFactory, EngineSlot
-from gateway.errors import ErrorCode, GatewayError, error_body, json_response
-from gateway.forwarding import forward, relay_plaintext
+from gateway.errors import GatewayError, json_response
+from gateway.platform_routes import Platform
 from gateway.platform_store import PlatformStore
 from gateway.settings import Settings
 
 log = structlog.get_logger("cloister.gateway")
 
 
-def _slot(request: Request) -> EngineSlot:
-    return request.app.state.engine_slot
+@dataclass(frozen=True)
+class Dialects:
+    """The dialects this gateway serves, made with its keys at start."""
+
+    ohttp: OhttpServer
+    ehbp: ehbp.EhbpServer
+    atoma: atoma.AtomaServer
+    continuum: continuum.ContinuumServer
+    plaintext: ServerDialect
+
+    @classmethod
+    def create(cls, keyring: KeyRing, settings: Settings) -> Dialects:
+        return cls(OhttpServer(keyring), ehbp.EhbpServer(keyring),
+                   atoma.AtomaServer(keyring, atoma.NodeSigner()),
+                   continuum.ContinuumServer(keyring, continuum.SecretStore()),
+                   plaintext_dialect(insecure_plaintext=settings.insecure_plaintext))
+
+    def all(self) -> tuple[ServerDialect, ...]:
+        return (self.ohttp, self.ehbp, self.atoma, self.continuum, self.plaintext)
+
+    def published_keys(self) -> dict[str, bytes]:
+        keys: dict[str, bytes] = {}
+        for dialect in self.all():
+            keys.update(dialect.published_keys())
+        return keys
 
 
-async def health(request: Request) -> Response:
-    """Liveness: the process serves HTTP and its engine has not failed."""
-    if _slot(request).failed:
-        return GatewayError(ErrorCode.ENGINE_FAILED, "the inference engine failed").response()
-    return json_response(200, {"status": "ok"})
+def _to_response(outer: OuterResponse) -> Response:
+    return Response(outer.body, status_code=outer.status, headers=dict(outer.headers))
 
 
-async def ready(request: Request) -> Response:
-    """Readiness: 200 only once the engine answers a health check."""
-    engine = _slot(request).get()
-    try:
-        await engine.check_health()
-    except Exception:  # noqa: BLE001 - any failure means not ready
-        return GatewayError(ErrorCode.ENGINE_NOT_READY, "the engine is not healthy").response()
-    return json_response(200, {"status": "ready", "models": engine.model_names()})
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-async def list_models(request: Request) -> ASGIApp:
-    """`GET /v1/models`: plaintext by design (model metadata is not confidential)."""
-    if ehbp_routes.has_ehbp(request):
-        return await ehbp_routes.serve(request)
-    engine = _slot(request).get()
-    answer = await forward(engine, request, EngineRequest(*MODELS))
-    return await relay_plaintext(request, answer)
+def _control(answer: Callable[[], OuterResponse], dialect: str) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        RequestContext.of(request.scope).dialect = dialect
+        return _to_response(answer())
+    return endpoint
 
 
-async def openai_plaintext(request: Request) -> ASGIApp:
-    """The OpenAI routes: EHBP-encrypted bodies, or plaintext (refused unless
-    `--insecure-plaintext`, for development)."""
-    if ehbp_routes.has_ehbp(request):
-        return await ehbp_routes.serve(request)
-    settings: Settings = request.app.state.settings
-    body = await read_body(request, settings.max_body_bytes)
-    payload = parse_json_object(body)
-    if continuum_routes.is_continuum(request.url.path, payload):
-        return await continuum_routes.serve(request, payload)
-    if not settings.insecure_plaintext:
-        raise GatewayError(
-            ErrorCode.PLAINTEXT_REFUSED,
-            "plaintext prompts are refused: send requests through an encrypted channel "
-            "(for example `cloister proxy`)",
-        )
-    engine = _slot(request).get()
-    inner = EngineRequest("POST", request.url.path, body, request_id=request.state.request_id)
-    answer = await forward(engine, request, inner)
-    return await relay_plaintext(request, answer)
+def _secrets_endpoint(dialect: continuum.ContinuumServer, services: Services) -> Endpoint:
+    async def register(request: Request) -> Response:
+        RequestContext.of(request.scope).dialect = dialect.name
+        try:
+            body = await read_body(request, continuum.MAX_SECRET_BODY,
+                                   timeout=services.body_timeout)
+            outer = OuterRequest(request.method, request.url.path, (), body)
+            return _to_response(dialect.register_secret(outer))
+        except (RequestRefused, GatewayError) as err:
+            services.metrics.crypto_failures.labels(dialect.name, "open_secret").inc()
+            return _to_response(dialect.refuse(err))
+    return register
 
 
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    request.app.state.metrics.rejected.labels(exc.code.value).inc()
-    return exc.response()
+def _routes(dialects: Dialects, services: Services,
+            reports: attestation_routes.ReportService | None, platform: Platform | None
+            ) -> list[BaseRoute]:
+    openai = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.continuum),
+                             Mount(dialects.plaintext)], services)
+    models = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.plaintext)], services)
+    confidential = EngineEndpoint([Mount(dialects.atoma)], services)
+    routes: list[BaseRoute] = [
+        Route(MODELS[1], models, methods=["GET"]),
+        *[Route(path, openai, methods=["POST"]) for _, path in (CHAT, COMPLETIONS, EMBEDDINGS)],
+        Route(OHTTP_PATH, _control(dialects.ohttp.key_configs, "control"), methods=["GET"]),
+        Route(OHTTP_PATH, EngineEndpoint([Mount(dialects.ohttp)], services), methods=["POST"]),
+        Route(ehbp.KEYS_PATH, _control(dialects.ehbp.key_configs, "control"), methods=["GET"]),
+        Route(atoma.NODE_PATH, _control(dialects.atoma.node_info, "control"), methods=["GET"]),
+        *[Route(path, confidential, methods=["POST"]) for path in atoma.ENGINE_PATHS],
+        Route(continuum.SECRETS_PATH, _secrets_endpoint(dialects.continuum, services),
+              methods=["POST"]),
+        Route(attestation_routes.PATH, attestation_routes.report_endpoint(
+            reports, services.metrics), methods=["GET"]),
+        Route("/metrics", metrics.scrape_endpoint(services.metrics), methods=["GET"]),
+    ]
+    if platform is not None:
+        routes += platform.routes()
+    return routes
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
-        exc.status_code, ErrorCode.INVALID_REQUEST
-    )
+        exc.status_code, ErrorCode.INVALID_REQUEST)
     message = {404: "no such route", 405: "method not allowed on this route"}.get(
-        exc.status_code, "invalid request"
-    )
+        exc.status_code, "invalid request")
     return json_response(exc.status_code, error_body(code, message))
 
 
@@ -111,28 +139,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     # The type only: an exception's text may quote request content.
     log.error("unhandled_error", error_type=type(exc).__name__)
     return json_response(500, error_body(ErrorCode.INTERNAL_ERROR, "internal error"))
-
-
-class RequestIdMiddleware:
-    """Gives every request an id (`request.state.request_id`, `X-Request-Id`)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message):  # type: ignore[no-untyped-def]
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []),
-                                      (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
 
 
 def _limited(factory: EngineFactory, settings: Settings) -> EngineFactory:
@@ -161,62 +167,76 @@ def create_app(
     `attestation` is the evidence providers; without them the report endpoint answers
     503 and no client that verifies will talk to this gateway.
     """
+    slot = EngineSlot(_limited(engine_factory, settings), on_failure=on_engine_failure)
+    gateway_metrics = metrics.GatewayMetrics(slot.current)
+    # Keys are made here, in the gateway process, after nothing but configuration has
+    # been read; the engine's processes are spawned and never see them.
+    keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
+                      grace_seconds=settings.key_grace_seconds,
+                      on_rotate=lambda _key: gateway_metrics.key_rotations.inc())
+    dialects = Dialects.create(keyring, settings)
+    services = Services(
+        slot=slot, metrics=gateway_metrics, max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout_seconds, opens=asyncio.Semaphore(
+            MAX_CONCURRENT_OPENS),
+        admission=limits.Admission(max_in_flight=settings.max_in_flight,
+                                   max_per_client=settings.max_per_client,
+                                   max_engine_queue=settings.max_engine_queue))
+
+    def bound_keys() -> dict[str, bytes]:
+        keys = dialects.published_keys()
+        if tls_spki_sha256 is not None:
+            keys["tls-spki-sha256"] = tls_spki_sha256
+        return keys
+
+    reports = (attestation_routes.ReportService(*attestation, keyring, bound_keys)
+               if attestation is not None else None)
+    platform = Platform(platform_store, services) if platform_store is not None else None
+
+    async def health(request: Request) -> Response:
+        """Liveness: the process serves HTTP and its engine has not failed."""
+        if slot.failed:
+            return GatewayError(ErrorCode.ENGINE_FAILED, "the inference engine failed"
+                                ).response()
+        return json_response(200, {"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        """Readiness: 200 only once the engine answers a health check."""
+        engine = slot.get()
+        try:
+            await engine.check_health()
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return GatewayError(ErrorCode.ENGINE_NOT_READY, "the engine is not healthy"
+                                ).response()
+        return json_response(200, {"status": "ready", "models": engine.model_names()})
+
+    async def gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        gateway_metrics.rejected.labels(exc.code.value).inc()
+        return exc.response()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        slot = EngineSlot(_limited(engine_factory, settings), on_failure=on_engine_failure)
-        app.state.engine_slot = slot
         slot.start()
         try:
             yield
         finally:
             await slot.stop()
 
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route(MODELS[1], list_models, methods=["GET"]),
-        Route(CHAT[1], openai_plaintext, methods=["POST"]),
-        Route(COMPLETIONS[1], openai_plaintext, methods=["POST"]),
-        Route(EMBEDDINGS[1], openai_plaintext, methods=["POST"]),
-        Route("/metrics", metrics.endpoint, methods=["GET"]),
-        Route(ohttp_routes.PATH, ohttp_routes.key_configs, methods=["GET"]),
-        Route(ohttp_routes.PATH, ohttp_routes.gateway, methods=["POST"]),
-        Route(attestation_routes.PATH, attestation_routes.report, methods=["GET"]),
-        *platform_routes.ROUTES,
-        Route(ehbp.KEYS_PATH, ehbp_routes.keys, methods=["GET"]),
-        Route("/v1/secrets", continuum_routes.register_secret, methods=["POST"]),
-        Route(f"{atoma_routes.PREFIX}/node", atoma_routes.node, methods=["GET"]),
-        *[Route(path, atoma_routes.confidential, methods=["POST"])
-          for path in atoma_routes.ENGINE_PATHS],
-    ]
     app = Starlette(
-        routes=routes,
+        routes=[Route("/health", health, methods=["GET"]),
+                Route("/ready", ready, methods=["GET"]),
+                *_routes(dialects, services, reports, platform)],
         lifespan=lifespan,
-        exception_handlers={
-            GatewayError: _gateway_error,
-            HTTPException: _http_error,
-            Exception: _unexpected_error,
-        },
+        middleware=[Middleware(metrics.GatewayMiddleware, metrics=gateway_metrics)],
+        exception_handlers={GatewayError: gateway_error, HTTPException: _http_error,
+                            Exception: _unexpected_error},
     )
+    # What tests and the CLI look at; request handling never reads these.
     app.state.settings = settings
-    app.state.metrics = metrics.GatewayMetrics(app)
-    # Keys are made here, in the gateway process, after nothing but configuration has
-    # been read; the engine's processes are spawned and never see them.
-    app.state.keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
-                                grace_seconds=settings.key_grace_seconds,
-                                on_rotate=lambda _key: app.state.metrics.key_rotations.inc())
-    app.state.platform_store = platform_store
-    app.state.tls_spki_sha256 = tls_spki_sha256
-    app.state.node_signer = atoma.NodeSigner()
-    app.state.continuum_secrets = continuum.SecretStore()
-    app.state.reports = (attestation_routes.ReportService(*attestation, app.state.keyring,
-                                                          app.state.node_signer,
-                                                          tls_spki_sha256=tls_spki_sha256)
-                         if attestation is not None else None)
-    app.add_middleware(limits.AdmissionMiddleware, max_in_flight=settings.max_in_flight,
-                       max_per_client=settings.max_per_client,
-                       max_engine_queue=settings.max_engine_queue)
-    app.add_middleware(metrics.MetricsMiddleware)
-    app.add_middleware(RequestIdMiddleware)
+    app.state.metrics = gateway_metrics
+    app.state.engine_slot = slot
+    app.state.keyring = keyring
+    app.state.dialects = dialects
+    app.state.reports = reports
     return app

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from attestation import binding, evidence
 from attestation.providers import CpuProvider, GpuProvider, ProviderError
-from enclave import ehbp
-from enclave.atoma import NodeSigner
 from enclave.keys import KeyRing
-from enclave.ohttp import encode_key_configs
-from gateway.errors import ErrorCode, GatewayError
+from enclave.wire_errors import ErrorCode
+from gateway.errors import GatewayError
+from gateway.metrics import GatewayMetrics
 
 PATH = "/v1/attestation/report"
 # Fresh-nonce reports: one a second on average, bursts of five.
@@ -29,13 +28,15 @@ FRESH_BURST = 5
 
 
 class ReportService:
+    """`bound_keys` answers every public key the gateway accepts traffic for (the merge
+    of its dialects' published keys, and the TLS key's SPKI hash)."""
+
     def __init__(self, cpu: CpuProvider, gpu: GpuProvider, keyring: KeyRing,
-                 signer: NodeSigner | None = None, *, tls_spki_sha256: bytes | None = None,
+                 bound_keys: Callable[[], dict[str, bytes]], *,
                  fresh_per_second: float = FRESH_PER_SECOND, burst: int = FRESH_BURST,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._cpu, self._gpu, self._keyring = cpu, gpu, keyring
-        self._signer = signer
-        self._tls_spki = tls_spki_sha256
+        self.bound_keys = bound_keys
         self._rate, self._burst, self._clock = fresh_per_second, burst, clock
         self._tokens = float(burst)
         self._last = clock()
@@ -45,18 +46,6 @@ class ReportService:
     @property
     def platform(self) -> str:
         return self._cpu.platform
-
-    def bound_keys(self) -> dict[str, bytes]:
-        """Every public key the gateway accepts traffic for."""
-        current = self._keyring.current()
-        keys = {"ohttp": encode_key_configs(self._keyring.key_configs()),
-                "ehbp": encode_key_configs([ehbp.key_config(current)]),
-                "atoma-node-x25519": current.public_key}
-        if self._signer is not None:
-            keys["atoma-signing-ed25519"] = self._signer.public_key
-        if self._tls_spki is not None:
-            keys["tls-spki-sha256"] = self._tls_spki
-        return keys
 
     async def _collect(self, nonce: bytes | None) -> bytes:
         keys = self.bound_keys()
@@ -94,25 +83,28 @@ class ReportService:
         self._tokens -= 1
 
 
-async def report(request: Request) -> Response:
-    service: ReportService | None = request.app.state.reports
-    if service is None:
-        raise GatewayError(ErrorCode.ATTESTATION_UNAVAILABLE,
-                           "this gateway was started without attestation")
-    nonce_hex = request.query_params.get("nonce")
-    metrics = request.app.state.metrics
-    if nonce_hex is None:
-        body = await service.cached()
-        metrics.attestation_reports.labels("cached").inc()
-    else:
-        try:
-            nonce = bytes.fromhex(nonce_hex)
-        except ValueError:
-            nonce = b""
-        if len(nonce) != binding.NONCE_SIZE:
-            raise GatewayError(ErrorCode.INVALID_REQUEST, "nonce must be 64 hex digits",
-                               param="nonce")
-        with metrics.attestation_latency.time():
-            body = await service.fresh(nonce)
-        metrics.attestation_reports.labels("fresh").inc()
-    return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
+def report_endpoint(service: ReportService | None, metrics: GatewayMetrics
+                    ) -> Callable[[Request], Awaitable[Response]]:
+    async def report(request: Request) -> Response:
+        if service is None:
+            raise GatewayError(ErrorCode.ATTESTATION_UNAVAILABLE,
+                               "this gateway was started without attestation")
+        nonce_hex = request.query_params.get("nonce")
+        if nonce_hex is None:
+            body = await service.cached()
+            metrics.attestation_reports.labels("cached").inc()
+        else:
+            try:
+                nonce = bytes.fromhex(nonce_hex)
+            except ValueError:
+                nonce = b""
+            if len(nonce) != binding.NONCE_SIZE:
+                raise GatewayError(ErrorCode.INVALID_REQUEST, "nonce must be 64 hex digits",
+                                   param="nonce")
+            with metrics.attestation_latency.time():
+                body = await service.fresh(nonce)
+            metrics.attestation_reports.labels("fresh").inc()
+        return Response(body, media_type="application/json",
+                        headers={"cache-control": "no-store"})
+
+    return report

@@ -8,14 +8,13 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from gateway.errors import ErrorCode, GatewayError
+from enclave.wire_errors import ErrorCode
+from gateway.errors import GatewayError
 
 
-async def read_body(request: Request, limit: int, *, timeout: float | None = None) -> bytes:
+async def read_body(request: Request, limit: int, *, timeout: float) -> bytes:
     """The whole body, refusing (413) as soon as it would exceed `limit` bytes, and (408)
-    if it has not all arrived within `timeout` seconds (default: the app's setting)."""
-    if timeout is None:
-        timeout = request.app.state.settings.body_timeout_seconds
+    if it has not all arrived within `timeout` seconds."""
     try:
         async with asyncio.timeout(timeout):
             return await _read_body(request, limit)

@@ -10,7 +10,9 @@
     cloister apikey create|list|revoke ...      cloister chatbot create ...
     cloister demo-model PATH
 
-The gateway's commands live in `cli_serve.py`, the client's in `cli_client.py`.
+The gateway's commands live in `cli_serve.py`; the user-side ones (`proxy`, `attest`) in
+`proxy/cli.py`, the one place the server package reaches the client package (this entry
+point dispatches to both).
 """
 
 from __future__ import annotations
@@ -151,10 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"serve": cli_serve.serve, "apikey": cli_serve.run_apikey,
                 "chatbot": cli_serve.run_chatbot}[args.command](args)
     if args.command in ("proxy", "attest"):
-        from gateway import cli_client
+        from proxy import cli as client_cli
 
-        return (cli_client.run_proxy if args.command == "proxy"
-                else cli_client.run_attest)(args)
+        return (client_cli.run_proxy if args.command == "proxy"
+                else client_cli.run_attest)(args)
     if args.command == "demo-model":
         from enclave.demo_model import build_demo_model
 

@@ -8,11 +8,17 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
-from gateway.logs import configure_logging
+from enclave.logs import configure_logging
 from gateway.settings import Settings
+
+if TYPE_CHECKING:  # the engine's modules import vLLM: only `serve` loads them
+    from attestation.types import CpuProvider, GpuProvider
+    from enclave.vllm_engine import ModelSpec
+    from gateway.platform_store import PlatformStore
 
 DEMO_SERVED_NAME = "cloister-demo"
 EMBEDDING_SERVED_NAME = "all-MiniLM-L6-v2"
@@ -21,7 +27,7 @@ DEMO_ENGINE_ARGS = ("--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 
 EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20))
 
 
-def _embedding_spec(choice: str):  # type: ignore[no-untyped-def]
+def _embedding_spec(choice: str) -> ModelSpec | None:
     from enclave.vllm_engine import ModelSpec
 
     if choice == "none":
@@ -36,7 +42,7 @@ def _embedding_spec(choice: str):  # type: ignore[no-untyped-def]
     return ModelSpec(choice, None, "pooling")
 
 
-def _generation_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _generation_spec(args: argparse.Namespace) -> ModelSpec:
     from enclave.demo_model import ensure_demo_model
     from enclave.vllm_engine import ModelSpec
 
@@ -55,7 +61,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(base)
 
 
-def _attestation(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _attestation(args: argparse.Namespace) -> tuple[CpuProvider, GpuProvider] | None:
     from attestation.providers import ProviderError, select_providers
 
     state = _state_dir(args)
@@ -77,7 +83,7 @@ def _attestation(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return providers
 
 
-def _platform_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _platform_store(args: argparse.Namespace) -> PlatformStore:
     from enclave.sealed_state import SEV_GUEST, DataKey
     from gateway.platform_store import PlatformStore
 
@@ -188,8 +194,8 @@ def serve(args: argparse.Namespace) -> int:
         from gateway.metrics import metrics_only_app
 
         extra.append(uvicorn.Server(uvicorn.Config(
-            metrics_only_app(app), host=args.host, port=args.metrics_port, log_config=None,
-            access_log=False, lifespan="off")))
+            metrics_only_app(app.state.metrics), host=args.host, port=args.metrics_port,
+            log_config=None, access_log=False, lifespan="off")))
 
     async def all_listeners() -> None:
         side = [asyncio.create_task(s.serve()) for s in extra]

@@ -16,7 +16,8 @@ from contextlib import AbstractAsyncContextManager
 import structlog
 
 from enclave.engine import Engine
-from gateway.errors import ErrorCode, GatewayError
+from enclave.wire_errors import ErrorCode
+from gateway.errors import GatewayError
 
 EngineFactory = Callable[[], AbstractAsyncContextManager[Engine]]
 
@@ -69,6 +70,14 @@ class EngineSlot:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def current(self) -> Engine | None:
+        """The running engine, if there is one."""
+        return self._engine
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine has accepted and not finished (0 while there is none)."""
+        return self._engine.unfinished_requests() if self._engine is not None else 0
 
     def get(self) -> Engine:
         """The running engine, or a 503 error that says why there is none."""

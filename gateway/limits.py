@@ -1,7 +1,8 @@
 """Limits and overload: decided before any decryption work, so floods cost little.
 
-    AdmissionMiddleware  per-client concurrency (429) and gateway-wide capacity or a full
-                         engine queue (503 with Retry-After), for engine-bound requests
+    Admission            per-client concurrency (429) and gateway-wide capacity or a full
+                         engine queue (503 with Retry-After), asked by the engine endpoint
+                         before it reads a body
     TokenLimitedEngine   refuses max_tokens above the configured cap with an OpenAI-shaped
                          400 from the engine's side, so every dialect seals it like any
                          other engine answer
@@ -10,60 +11,55 @@ Body size and body read time are bounded in `gateway.body`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from enclave.engine import Engine
-from gateway.errors import ErrorCode, GatewayError
-from gateway.metrics import dialect_of
+from enclave.wire_errors import ErrorCode
+from gateway.errors import GatewayError
 
 # Seconds a refused client is asked to wait: long enough to shed a burst.
 RETRY_AFTER_SECONDS = 2
 
 
-class AdmissionMiddleware:
-    def __init__(self, app: ASGIApp, *, max_in_flight: int, max_per_client: int,
-                 max_engine_queue: int) -> None:
-        self.app = app
+class Admission:
+    """Counts engine-bound requests, gateway-wide and per client address."""
+
+    def __init__(self, *, max_in_flight: int, max_per_client: int, max_engine_queue: int
+                 ) -> None:
         self.max_in_flight = max_in_flight
         self.max_per_client = max_per_client
         self.max_engine_queue = max_engine_queue
         self.in_flight = 0
         self.per_client: Counter[str] = Counter()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or dialect_of(scope) == "control":
-            return await self.app(scope, receive, send)
-        client = (scope.get("client") or ("unknown", 0))[0]
-        refusal = self._refusal(scope, client)
-        if refusal is not None:
-            scope["app"].state.metrics.rejected.labels(refusal.code.value).inc()
-            return await refusal.response()(scope, receive, send)
+    def refusal(self, client: str, engine_queue: int) -> GatewayError | None:
+        """Why a new request from `client` is refused now, or None."""
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if self.per_client[client] >= self.max_per_client:
+            return GatewayError(ErrorCode.RATE_LIMITED,
+                                "too many concurrent requests from this client", headers=retry)
+        if self.in_flight >= self.max_in_flight or engine_queue >= self.max_engine_queue:
+            return GatewayError(ErrorCode.OVERLOADED, "the gateway is at capacity; retry later",
+                                headers=retry)
+        return None
+
+    @contextlib.contextmanager
+    def admitted(self, client: str) -> Iterator[None]:
         self.in_flight += 1
         self.per_client[client] += 1
         try:
-            await self.app(scope, receive, send)
+            yield
         finally:
             self.in_flight -= 1
             self.per_client[client] -= 1
             if not self.per_client[client]:
                 del self.per_client[client]
-
-    def _refusal(self, scope: Scope, client: str) -> GatewayError | None:
-        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        if self.per_client[client] >= self.max_per_client:
-            return GatewayError(ErrorCode.RATE_LIMITED,
-                                "too many concurrent requests from this client", headers=retry)
-        slot = getattr(scope["app"].state, "engine_slot", None)
-        engine = getattr(slot, "_engine", None)
-        queued = engine.unfinished_requests() if engine is not None else 0
-        if self.in_flight >= self.max_in_flight or queued >= self.max_engine_queue:
-            return GatewayError(ErrorCode.OVERLOADED, "the gateway is at capacity; retry later",
-                                headers=retry)
-        return None
 
 
 class TokenLimitedEngine:

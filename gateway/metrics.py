@@ -9,7 +9,7 @@ error codes, stages): nothing from request content, nothing unbounded.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import structlog
@@ -23,9 +23,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.context import RequestContext
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 access_log = structlog.get_logger("cloister.access")
@@ -38,12 +42,11 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 
 class _EngineCollector(Collector):
     """Reads the engine's own counters at scrape time."""
 
-    def __init__(self, app: Any) -> None:
-        self._app = app
+    def __init__(self, engine: Callable[[], Any]) -> None:
+        self._engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        slot = getattr(self._app.state, "engine_slot", None)
-        engine = getattr(slot, "_engine", None)
+        engine = self._engine()
         ready = GaugeMetricFamily("cloister_engine_ready", "1 once the engine is serving")
         ready.add_metric([], 1.0 if engine is not None else 0.0)
         yield ready
@@ -57,9 +60,10 @@ class _EngineCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, engine: Callable[[], Any]) -> None:
+        """`engine` answers the running engine (or None) at scrape time."""
         r = self.registry = CollectorRegistry(auto_describe=False)
-        r.register(_EngineCollector(app))
+        r.register(_EngineCollector(engine))
         self.requests = Counter("cloister_requests", "Requests by dialect, route and status",
                                 ["dialect", "route", "status"], registry=r)
         self.duration = Histogram("cloister_request_duration_seconds",
@@ -92,83 +96,52 @@ def route_template(scope: Scope) -> str:
     return getattr(route, "path", None) or "other"
 
 
-def dialect_of(scope: Scope) -> str:
-    state = scope.get("state") or {}
-    if state.get("dialect"):
-        return str(state["dialect"])
-    path = scope.get("path", "")
-    headers = dict(scope.get("headers") or [])
-    if b"ehbp-encapsulated-key" in headers:
-        return "ehbp"
-    if path == "/.well-known/ohttp-gateway" and scope.get("method") == "POST":
-        return "ohttp"
-    if path.startswith("/v1/confidential"):
-        return "atoma"
-    if path == "/v1/secrets":
-        return "continuum"
-    if path.startswith("/api/v1/"):
-        return "enclava"
-    if path.startswith("/v1/") and path != "/v1/attestation/report":
-        return "plaintext"
-    return "control"
+class GatewayMiddleware:
+    """The one middleware: every HTTP request gets its context (an id, sent back as
+    `X-Request-Id` and bound to every log line, and its start time); when it is done it
+    is counted, timed and logged under the dialect its endpoint chose."""
 
-
-def set_dialect(request: Request, dialect: str) -> None:
-    request.scope.setdefault("state", {})["dialect"] = dialect
-
-
-class MetricsMiddleware:
-    """Counts every request, its duration, and what is in flight."""
-
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        metrics: GatewayMetrics = scope["app"].state.metrics
-        start = time.perf_counter()
-        scope.setdefault("state", {})["started_at"] = start
+        context = RequestContext.attach(scope)
+        request_id = context.request_id.encode()
         status = 500
-        initial = dialect_of(scope)
-        metrics.in_flight.labels(initial).inc()
 
-        async def counting_send(message: Message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), (b"x-request-id",
+                                                                    request_id)]
             await send(message)
 
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            metrics.in_flight.labels(initial).dec()
-            dialect, route = dialect_of(scope), route_template(scope)
-            elapsed = time.perf_counter() - start
-            metrics.requests.labels(dialect, route, str(status)).inc()
-            metrics.duration.labels(dialect, route).observe(elapsed)
-            access_log.info("request", dialect=dialect, route=route, status=status,
-                            duration_ms=round(elapsed * 1000, 2))
+        with structlog.contextvars.bound_contextvars(request_id=context.request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                route = route_template(scope)
+                elapsed = time.perf_counter() - context.started_at
+                self.metrics.requests.labels(context.dialect, route, str(status)).inc()
+                self.metrics.duration.labels(context.dialect, route).observe(elapsed)
+                access_log.info("request", dialect=context.dialect, route=route,
+                                status=status, duration_ms=round(elapsed * 1000, 2))
 
 
-async def endpoint(request: Request) -> Response:
-    own: GatewayMetrics = request.app.state.metrics
-    body = generate_latest(own.registry) + generate_latest(REGISTRY)
-    return Response(body, media_type=CONTENT_TYPE)
-
-
-def record_crypto_failure(request: Request, stage: str) -> None:
-    request.app.state.metrics.crypto_failures.labels(dialect_of(request.scope), stage).inc()
-
-
-def metrics_only_app(main_app: Any) -> ASGIApp:
-    """`/metrics` of `main_app` on a listener of its own (e.g. a scrape-only port)."""
-    from starlette.applications import Starlette
-    from starlette.routing import Route
+def scrape_endpoint(metrics: GatewayMetrics) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /metrics`: the gateway's registry and vLLM's (the process default)."""
 
     async def scrape(request: Request) -> Response:
-        own: GatewayMetrics = main_app.state.metrics
-        return Response(generate_latest(own.registry) + generate_latest(REGISTRY),
-                        media_type=CONTENT_TYPE)
+        body = generate_latest(metrics.registry) + generate_latest(REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE)
 
-    return Starlette(routes=[Route("/metrics", scrape, methods=["GET"])])
+    return scrape
+
+
+def metrics_only_app(metrics: GatewayMetrics) -> ASGIApp:
+    """`/metrics` on a listener of its own (e.g. a scrape-only port)."""
+    return Starlette(routes=[Route("/metrics", scrape_endpoint(metrics), methods=["GET"])])

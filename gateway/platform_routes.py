@@ -1,8 +1,11 @@
 """The Enclava platform API (seed 002) under `/api/v1/`, only on the attested TLS listener.
 
 Plain OpenAI JSON, protected by TLS that terminates inside the enclave with a key whose
-SPKI hash the attestation report binds. Bearer API keys (`clst_...`), per-key usage and
-budgets, and chatbots whose conversations are sealed at rest (`platform_store.py`).
+SPKI hash the attestation report binds. The OpenAI routes go through the one engine
+endpoint as the `enclava` identity dialect, behind a gate (Bearer API keys, budgets)
+and a meter that records usage on every path, a client that hangs up mid-stream
+included (streams carry vLLM's running usage). Chatbot conversations are sealed at rest
+(`platform_store.py`).
 """
 
 from __future__ import annotations
@@ -10,217 +13,213 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.routing import BaseRoute, Route
 
-from enclave import sse
-from enclave.engine import EngineRequest, EngineResponse
+from enclave.dialect import InnerRequest
+from enclave.engine import EngineRequest
+from enclave.plaintext import platform_dialect
+from enclave.wire_errors import ErrorCode, normalize_engine_error
 from gateway.body import parse_json_object, read_body
-from gateway.errors import ErrorCode, GatewayError, json_response, normalize_engine_error
-from gateway.forwarding import RelayResponse, forward, read_whole
-from gateway.metrics import set_dialect
-from gateway.platform_store import ApiKey, PlatformStore
+from gateway.context import RequestContext
+from gateway.endpoint import EngineEndpoint, Mount, NoObserver, Observer, Services
+from gateway.engine_call import EngineCall
+from gateway.errors import GatewayError, json_response
+from gateway.platform_store import ApiKey, Chatbot, PlatformStore
 
 PREFIX = "/api/v1"
+NAME = "enclava"
 
 
-def _store(request: Request) -> PlatformStore:
-    store = getattr(request.app.state, "platform_store", None)
-    if store is None or request.url.scheme != "https":
-        # The plaintext platform routes exist only on the attested TLS listener.
-        raise GatewayError(ErrorCode.NOT_FOUND, "no such route")
-    return store
+class Meter:
+    """Records one request's usage against its API key, whatever way it ended."""
 
-
-async def _authenticate(request: Request) -> tuple[PlatformStore, ApiKey]:
-    set_dialect(request, "enclava")
-    store = _store(request)
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise GatewayError(ErrorCode.UNAUTHORIZED, "missing Bearer API key")
-    key = await asyncio.to_thread(store.authenticate, token.strip())
-    if key is None:
-        raise GatewayError(ErrorCode.UNAUTHORIZED, "unknown or revoked API key")
-    return store, key
-
-
-def _check_budget(key: ApiKey) -> None:
-    if key.exhausted:
-        raise GatewayError(ErrorCode.BUDGET_EXHAUSTED,
-                           "this API key's token budget is exhausted")
-
-
-async def models(request: Request) -> ASGIApp:
-    await _authenticate(request)
-    engine = request.app.state.engine_slot.get()
-    answer = await forward(engine, request, EngineRequest("GET", "/v1/models"))
-    return await _whole(request, answer, None, None)
-
-
-async def openai_route(request: Request) -> ASGIApp:
-    store, key = await _authenticate(request)
-    _check_budget(key)
-    payload = parse_json_object(await read_body(request, request.app.state.settings
-                                                .max_body_bytes))
-    path = "/v1" + request.url.path.removeprefix(PREFIX)
-    return await _run(request, store, key, path, payload)
-
-
-async def _run(request: Request, store: PlatformStore, key: ApiKey, path: str,
-               payload: dict[str, Any]) -> ASGIApp:
-    if payload.get("stream") is True and path != "/v1/embeddings":
-        payload.setdefault("stream_options", {})["include_usage"] = True
-    engine = request.app.state.engine_slot.get()
-    answer = await forward(engine, request, EngineRequest(
-        "POST", path, json.dumps(payload).encode(), request_id=request.state.request_id))
-    if answer.is_event_stream:
-        meter = _StreamMeter(store, key.id)
-        return RelayResponse(answer, request.state.disconnect_watcher,
-                             headers=[(b"content-type", b"text/event-stream")],
-                             seal_chunk=meter.see, seal_end=meter.finish)
-    return await _whole(request, answer, store, key)
-
-
-async def _whole(request: Request, answer: EngineResponse, store: PlatformStore | None,
-                 key: ApiKey | None) -> Response:
-    content = await read_whole(request, answer)
-    if answer.status >= 400:
-        return Response(normalize_engine_error(answer.status, content),
-                        status_code=answer.status, media_type="application/json")
-    if store is not None and key is not None:
-        tokens = _total_tokens(content)
-        await asyncio.to_thread(store.record_usage, key.id, tokens)
-    return Response(content, media_type="application/json")
-
-
-def _total_tokens(content: bytes) -> int:
-    try:
-        usage = json.loads(content).get("usage") or {}
-        return int(usage.get("total_tokens") or 0)
-    except (ValueError, AttributeError, TypeError):
-        return 0
-
-
-class _StreamMeter:
-    """Passes SSE events through untouched and records the final usage they report."""
+    wants_usage = True
 
     def __init__(self, store: PlatformStore, key_id: str) -> None:
         self._store, self._key_id = store, key_id
-        self._tokens = 0
 
-    def see(self, chunk: bytes) -> bytes:
-        if b'"usage"' in chunk:
-            for data in sse.data_of(chunk):
-                if data.startswith(b"{"):
-                    self._tokens = _total_tokens(data) or self._tokens
-        return chunk
-
-    def finish(self) -> bytes:
-        self._store.record_usage(self._key_id, self._tokens)
-        return b""
+    async def finish(self, usage: dict[str, Any] | None, completed: bool) -> None:
+        tokens = _tokens(usage)
+        await asyncio.to_thread(self._store.record_usage, self._key_id, tokens)
 
 
-async def usage(request: Request) -> Response:
-    _, key = await _authenticate(request)
-    return json_response(200, {
-        "api_key": {"id": key.id, "name": key.name, "prefix": key.lookup},
-        "usage": {"total_tokens": key.used_tokens, "requests": key.requests}})
-
-
-async def budget_status(request: Request) -> Response:
-    _, key = await _authenticate(request)
-    remaining = (None if key.budget_tokens is None
-                 else max(0, key.budget_tokens - key.used_tokens))
-    return json_response(200, {"budget_tokens": key.budget_tokens,
-                               "used_tokens": key.used_tokens,
-                               "remaining_tokens": remaining, "exhausted": key.exhausted})
+def _tokens(usage: dict[str, Any] | None) -> int:
+    try:
+        return int((usage or {}).get("total_tokens") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def chatbot_list(request: Request) -> Response:
-    store, _ = await _authenticate(request)
-    bots = await asyncio.to_thread(store.list_chatbots)
-    return json_response(200, {"chatbots": [
-        {"id": b.id, "name": b.name, "type": "chatbot", "model": b.model,
-         "description": b.description, "created_at": _iso(b.created_at)} for b in bots]})
+class Platform:
+    """The platform API's routes over one store."""
+
+    def __init__(self, store: PlatformStore, services: Services) -> None:
+        self._store = store
+        self._services = services
+
+    async def authenticate(self, request: Request) -> ApiKey:
+        if request.url.scheme != "https":
+            # The plaintext platform routes exist only on the attested TLS listener.
+            raise GatewayError(ErrorCode.NOT_FOUND, "no such route")
+        RequestContext.of(request.scope).dialect = NAME
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise GatewayError(ErrorCode.UNAUTHORIZED, "missing Bearer API key")
+        key = await asyncio.to_thread(self._store.authenticate, token.strip())
+        if key is None:
+            raise GatewayError(ErrorCode.UNAUTHORIZED, "unknown or revoked API key")
+        return key
+
+    async def _spender(self, request: Request) -> ApiKey:
+        key = await self.authenticate(request)
+        if key.exhausted:
+            raise GatewayError(ErrorCode.BUDGET_EXHAUSTED,
+                               "this API key's token budget is exhausted")
+        return key
+
+    # --- through the engine endpoint -------------------------------------------------------
+
+    async def openai_gate(self, request: Request, inner: InnerRequest
+                          ) -> tuple[InnerRequest, Observer]:
+        if inner.method == "GET":
+            await self.authenticate(request)
+            return inner, NoObserver()
+        key = await self._spender(request)
+        return _with_running_usage(inner), Meter(self._store, key.id)
+
+    async def chatbot_gate(self, request: Request, inner: InnerRequest
+                           ) -> tuple[InnerRequest, Observer]:
+        key = await self._spender(request)
+        bot = await self._chatbot(request)
+        payload = parse_json_object(inner.body)
+        messages = payload.get("messages")
+        if not isinstance(messages, list):
+            raise GatewayError(ErrorCode.INVALID_REQUEST, "`messages` must be a list",
+                               param="messages")
+        payload["model"] = bot.model  # the chatbot's model, whatever the client named
+        payload["messages"] = [{"role": "system", "content": bot.system_prompt}, *messages]
+        inner = InnerRequest("POST", "/v1/chat/completions", json.dumps(payload).encode())
+        return _with_running_usage(inner), Meter(self._store, key.id)
+
+    # --- answered here -----------------------------------------------------------------------
+
+    async def usage(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        return json_response(200, {
+            "api_key": {"id": key.id, "name": key.name, "prefix": key.lookup},
+            "usage": {"total_tokens": key.used_tokens, "requests": key.requests}})
+
+    async def budget_status(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        remaining = (None if key.budget_tokens is None
+                     else max(0, key.budget_tokens - key.used_tokens))
+        return json_response(200, {"budget_tokens": key.budget_tokens,
+                                   "used_tokens": key.used_tokens,
+                                   "remaining_tokens": remaining, "exhausted": key.exhausted})
+
+    async def chatbot_list(self, request: Request) -> Response:
+        await self.authenticate(request)
+        bots = await asyncio.to_thread(self._store.list_chatbots)
+        return json_response(200, {"chatbots": [
+            {"id": b.id, "name": b.name, "type": "chatbot", "model": b.model,
+             "description": b.description, "created_at": _iso(b.created_at)} for b in bots]})
+
+    async def _chatbot(self, request: Request) -> Chatbot:
+        bot = await asyncio.to_thread(self._store.get_chatbot,
+                                      request.path_params["chatbot_id"])
+        if bot is None:
+            raise GatewayError(ErrorCode.CHATBOT_NOT_FOUND, "no such chatbot")
+        return bot
+
+    async def chatbot_chat(self, request: Request) -> Response:
+        """`{message, conversation_id?}` -> `{conversation_id, response, timestamp}`."""
+        key = await self._spender(request)
+        bot = await self._chatbot(request)
+        body = parse_json_object(await read_body(request, self._services.max_body_bytes,
+                                                 timeout=self._services.body_timeout))
+        message, conversation_id = body.get("message"), body.get("conversation_id")
+        if not isinstance(message, str) or not message:
+            raise GatewayError(ErrorCode.INVALID_REQUEST, "`message` must be a non-empty string",
+                               param="message")
+        history: list[dict[str, str]] = []
+        if conversation_id is not None:
+            found = await asyncio.to_thread(self._store.conversation_history,
+                                            str(conversation_id), chatbot_id=bot.id,
+                                            api_key_id=key.id)
+            if found is None:
+                raise GatewayError(ErrorCode.CONVERSATION_NOT_FOUND, "no such conversation")
+            history = found
+        payload = {"model": bot.model, "messages": [
+            {"role": "system", "content": bot.system_prompt}, *history,
+            {"role": "user", "content": message}]}
+        status, content = await self._engine_answer(request, key, payload)
+        if status >= 400:
+            return Response(normalize_engine_error(status, content), status_code=status,
+                            media_type="application/json")
+        text = json.loads(content)["choices"][0]["message"].get("content") or ""
+        conversation_id = await asyncio.to_thread(
+            self._store.append_turn, conversation_id, chatbot_id=bot.id, api_key_id=key.id,
+            user=message, assistant=text)
+        return json_response(200, {"conversation_id": conversation_id, "response": text,
+                                   "timestamp": _iso(dt.datetime.now(dt.UTC).timestamp())})
+
+    async def _engine_answer(self, request: Request, key: ApiKey, payload: dict[str, Any]
+                             ) -> tuple[int, bytes]:
+        """One whole engine answer, metered whatever happens."""
+        meter, usage = Meter(self._store, key.id), None
+        call = EngineCall(self._services.slot.get(), request.receive)
+        try:
+            answer = await call.start(EngineRequest(
+                "POST", "/v1/chat/completions", json.dumps(payload).encode(),
+                request_id=RequestContext.of(request.scope).request_id))
+            content = await answer.read()
+            if answer.status < 400:
+                usage = json.loads(content).get("usage")
+            return answer.status, content
+        finally:
+            await call.close()
+            await asyncio.shield(meter.finish(usage, usage is not None))
+
+    def routes(self) -> list[BaseRoute]:
+        dialect = platform_dialect()
+        openai = EngineEndpoint([Mount(dialect, self.openai_gate)], self._services)
+        chatbot = EngineEndpoint([Mount(dialect, self.chatbot_gate)], self._services)
+        return [
+            Route(f"{PREFIX}/models", openai, methods=["GET"]),
+            Route(f"{PREFIX}/chat/completions", openai, methods=["POST"]),
+            Route(f"{PREFIX}/completions", openai, methods=["POST"]),
+            Route(f"{PREFIX}/embeddings", openai, methods=["POST"]),
+            Route(f"{PREFIX}/usage", self.usage, methods=["GET"]),
+            Route(f"{PREFIX}/budget/status", self.budget_status, methods=["GET"]),
+            Route(f"{PREFIX}/chatbot/list", self.chatbot_list, methods=["GET"]),
+            Route(f"{PREFIX}/chatbot/external/{{chatbot_id}}/chat", self.chatbot_chat,
+                  methods=["POST"]),
+            Route(f"{PREFIX}/chatbot/external/{{chatbot_id}}/chat/completions", chatbot,
+                  methods=["POST"]),
+        ]
 
 
-async def _chatbot(store: PlatformStore, request: Request) -> Any:
-    bot = await asyncio.to_thread(store.get_chatbot, request.path_params["chatbot_id"])
-    if bot is None:
-        raise GatewayError(ErrorCode.CHATBOT_NOT_FOUND, "no such chatbot")
-    return bot
-
-
-async def chatbot_chat(request: Request) -> Response:
-    store, key = await _authenticate(request)
-    _check_budget(key)
-    bot = await _chatbot(store, request)
-    body = parse_json_object(await read_body(request, request.app.state.settings
-                                             .max_body_bytes))
-    message, conversation_id = body.get("message"), body.get("conversation_id")
-    if not isinstance(message, str) or not message:
-        raise GatewayError(ErrorCode.INVALID_REQUEST, "`message` must be a non-empty string",
-                           param="message")
-    history: list[dict[str, str]] = []
-    if conversation_id is not None:
-        found = await asyncio.to_thread(store.conversation_history, str(conversation_id),
-                                        chatbot_id=bot.id, api_key_id=key.id)
-        if found is None:
-            raise GatewayError(ErrorCode.CONVERSATION_NOT_FOUND, "no such conversation")
-        history = found
-    payload = {"model": bot.model, "messages": [
-        {"role": "system", "content": bot.system_prompt}, *history,
-        {"role": "user", "content": message}]}
-    engine = request.app.state.engine_slot.get()
-    answer = await forward(engine, request, EngineRequest(
-        "POST", "/v1/chat/completions", json.dumps(payload).encode(),
-        request_id=request.state.request_id))
-    content = await read_whole(request, answer)
-    if answer.status >= 400:
-        return Response(normalize_engine_error(answer.status, content),
-                        status_code=answer.status, media_type="application/json")
-    reply = json.loads(content)
-    text = reply["choices"][0]["message"].get("content") or ""
-    conversation_id = await asyncio.to_thread(
-        store.append_turn, conversation_id, chatbot_id=bot.id, api_key_id=key.id,
-        user=message, assistant=text)
-    await asyncio.to_thread(store.record_usage, key.id, _total_tokens(content))
-    return json_response(200, {"conversation_id": conversation_id, "response": text,
-                               "timestamp": _iso(dt.datetime.now(dt.UTC).timestamp())})
-
-
-async def chatbot_completions(request: Request) -> ASGIApp:
-    store, key = await _authenticate(request)
-    _check_budget(key)
-    bot = await _chatbot(store, request)
-    payload = parse_json_object(await read_body(request, request.app.state.settings
-                                                .max_body_bytes))
-    messages = payload.get("messages")
-    if not isinstance(messages, list):
-        raise GatewayError(ErrorCode.INVALID_REQUEST, "`messages` must be a list",
-                           param="messages")
-    payload["model"] = bot.model  # the chatbot's model, whatever the client named
-    payload["messages"] = [{"role": "system", "content": bot.system_prompt}, *messages]
-    return await _run(request, store, key, "/v1/chat/completions", payload)
-
-
-ROUTES = [
-    Route(f"{PREFIX}/models", models, methods=["GET"]),
-    Route(f"{PREFIX}/chat/completions", openai_route, methods=["POST"]),
-    Route(f"{PREFIX}/completions", openai_route, methods=["POST"]),
-    Route(f"{PREFIX}/embeddings", openai_route, methods=["POST"]),
-    Route(f"{PREFIX}/usage", usage, methods=["GET"]),
-    Route(f"{PREFIX}/budget/status", budget_status, methods=["GET"]),
-    Route(f"{PREFIX}/chatbot/list", chatbot_list, methods=["GET"]),
-    Route(f"{PREFIX}/chatbot/external/{{chatbot_id}}/chat", chatbot_chat, methods=["POST"]),
-    Route(f"{PREFIX}/chatbot/external/{{chatbot_id}}/chat/completions", chatbot_completions,
-          methods=["POST"]),
-]
+def _with_running_usage(inner: InnerRequest) -> InnerRequest:
+    """Streams report usage in every event (vLLM's `continuous_usage_stats`), so that a
+    stream cut short is metered to the token it reached."""
+    try:
+        payload = json.loads(inner.body)
+    except (ValueError, UnicodeDecodeError):
+        return inner
+    if not isinstance(payload, dict) or payload.get("stream") is not True \
+            or inner.path == "/v1/embeddings":
+        return inner
+    options = payload.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    options.update(include_usage=True, continuous_usage_stats=True)
+    payload["stream_options"] = options
+    return replace(inner, body=json.dumps(payload).encode())

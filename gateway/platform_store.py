@@ -17,6 +17,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -96,7 +97,7 @@ def _hash(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def _api_key(row: sa.Row) -> ApiKey:
+def _api_key(row: sa.Row[Any]) -> ApiKey:
     return ApiKey(row.id, row.name, row.lookup, row.created_at, row.revoked_at is not None,
                   row.budget_tokens, row.used_tokens, row.requests)
 
@@ -177,7 +178,7 @@ class PlatformStore:
         assert bot is not None
         return bot
 
-    def _chatbot(self, row: sa.Row) -> Chatbot:
+    def _chatbot(self, row: sa.Row[Any]) -> Chatbot:
         prompt = self._key.open(row.system_prompt, purpose=f"chatbot-prompt:{row.id}")
         return Chatbot(row.id, row.name, row.model, row.description, prompt.decode(),
                        row.created_at)

@@ -9,7 +9,6 @@ uvicorn wants files, so key and certificate go to a private 0700 runtime folder.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 import tempfile
@@ -21,13 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from attestation.binding import spki_sha256
+
 # A new key every start; the certificate outlives no realistic uptime.
 VALIDITY = dt.timedelta(days=30)
-
-
-def spki_sha256(cert: x509.Certificate) -> bytes:
-    return hashlib.sha256(cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
 
 
 @dataclass(frozen=True, repr=False)

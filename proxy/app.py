@@ -1,5 +1,5 @@
 """`cloister proxy`: the plaintext OpenAI API on localhost, forwarded to the gateway
-through Oblivious HTTP.
+in the chosen dialect (Oblivious HTTP by default).
 
 The user's own machine is the only place the prompt exists in plaintext outside the
 enclave: this process seals each request to the gateway's key and opens each response
@@ -21,7 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy.ohttp_client import GatewayError, InnerResponse, InnerStream
+from enclave.dialect import InnerResponse
+from proxy.client import InnerStream
+from proxy.errors import ProxyError
 
 # Local bodies are bounded like the gateway's: nothing larger would be accepted there.
 MAX_LOCAL_BODY = 4 * 1024 * 1024
@@ -44,7 +46,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
                                    "param": None}}, status_code=status)
 
 
-def _gateway_error(exc: GatewayError) -> JSONResponse:
+def _gateway_error(exc: ProxyError) -> JSONResponse:
     return _error(502, exc.code, str(exc))
 
 
@@ -59,7 +61,7 @@ class ModelResolver:
     async def models(self) -> list[str]:
         if not self._models or time.monotonic() - self._fetched > MODELS_TTL_SECONDS:
             r = await self._client.request("GET", "/v1/models")
-            self._models = [m["id"] for m in json.loads(r.content)["data"]]
+            self._models = [m["id"] for m in json.loads(r.body)["data"]]
             self._fetched = time.monotonic()
         return self._models
 
@@ -91,15 +93,15 @@ async def _forward(request: Request) -> Response:
         if payload.get("stream") is True:
             return await _forward_stream(request, client, inner)
         r = await client.request("POST", request.url.path, inner)
-    except GatewayError as exc:
+    except ProxyError as exc:
         return _gateway_error(exc)
-    return Response(r.content, status_code=r.status, media_type=r.content_type)
+    return Response(r.body, status_code=r.status, media_type=r.content_type)
 
 
 async def _forward_stream(request: Request, client: GatewayClient, inner: bytes) -> Response:
     stack = AsyncExitStack()
     stream = await stack.enter_async_context(client.stream("POST", request.url.path, inner))
-    media_type = dict(stream.headers).get("content-type", "text/event-stream")
+    media_type = stream.content_type
 
     async def body() -> AsyncIterator[bytes]:
         # A truncated or tampered stream raises here, after some events went out: the
@@ -118,9 +120,9 @@ async def _forward_stream(request: Request, client: GatewayClient, inner: bytes)
 async def _models(request: Request) -> Response:
     try:
         r = await request.app.state.client.request("GET", "/v1/models")
-    except GatewayError as exc:
+    except ProxyError as exc:
         return _gateway_error(exc)
-    return Response(r.content, status_code=r.status, media_type=r.content_type)
+    return Response(r.body, status_code=r.status, media_type=r.content_type)
 
 
 def create_proxy_app(client: GatewayClient) -> Starlette:

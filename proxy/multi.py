@@ -14,18 +14,29 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from proxy.ohttp_client import GatewayError, GatewayRejected, InnerResponse, InnerStream
+from enclave.dialect import InnerResponse
+from proxy.client import InnerStream
+from proxy.errors import (
+    GatewayKeyUnavailable,
+    GatewayNotAttested,
+    GatewayResponseInvalid,
+    GatewayUnreachable,
+    ProxyError,
+)
 
 # How long a failed gateway is left alone before it is tried again.
 DEFAULT_COOLDOWN_SECONDS = 10.0
+# Authenticated answers that mean "try another gateway": overloaded, not ready.
+UNAVAILABLE = frozenset({429, 503})
 
 
-def _is_failover(exc: GatewayError) -> bool:
-    """Worth another gateway: unreachable, unverified, overloaded or not ready."""
-    if isinstance(exc, GatewayRejected):
-        return exc.status is None or exc.status >= 500 or exc.status == 429
-    return exc.code in ("gateway_unreachable", "gateway_not_attested",
-                        "gateway_key_unavailable")
+def _is_failover(exc: ProxyError) -> bool:
+    """Worth another gateway: unreachable, unverified, overloaded or not ready (an
+    unauthenticated refusal is trusted for this only: it cannot make us send anything)."""
+    if isinstance(exc, GatewayResponseInvalid):
+        return exc.outer_status is not None and (exc.outer_status >= 500
+                                                 or exc.outer_status == 429)
+    return isinstance(exc, GatewayUnreachable | GatewayNotAttested | GatewayKeyUnavailable)
 
 
 class MultiGatewayClient:
@@ -50,26 +61,33 @@ class MultiGatewayClient:
         self._down_until[index] = self._clock() + self._cooldown
 
     async def request(self, method: str, path: str, body: bytes = b"") -> InnerResponse:
-        last: GatewayError | None = None
+        last: ProxyError | InnerResponse | None = None
         for index in self._order():
             try:
-                return await self._clients[index].request(method, path, body)  # type: ignore[no-any-return]
-            except GatewayError as exc:
+                answer: InnerResponse = await self._clients[index].request(method, path, body)
+            except ProxyError as exc:
                 if not _is_failover(exc):
                     raise
                 self._failed(index)
                 last = exc
+                continue
+            if answer.status not in UNAVAILABLE:
+                return answer
+            self._failed(index)  # it says (authenticated) it cannot serve now
+            last = answer
+        if isinstance(last, InnerResponse):
+            return last
         assert last is not None
         raise last
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, path: str, body: bytes = b"") -> AsyncIterator[InnerStream]:
-        last: GatewayError | None = None
+        last: ProxyError | None = None
         for index in self._order():
             opened = self._clients[index].stream(method, path, body)
             try:
                 stream = await opened.__aenter__()
-            except GatewayError as exc:
+            except ProxyError as exc:
                 if not _is_failover(exc):
                     raise
                 self._failed(index)

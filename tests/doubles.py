@@ -55,6 +55,10 @@ class DeterministicTestEngine:
 
     def __init__(self, *, token_delay: float = 0.0) -> None:
         self.token_delay = token_delay
+        # After this many streamed tokens the engine sets `paused` and waits until its
+        # request is cancelled: tests then act on an event, not on a sleep.
+        self.pause_after: int | None = None
+        self.paused = asyncio.Event()
         self.unfinished = 0
         self.aborted = 0
         self.healthy = True
@@ -139,12 +143,15 @@ class DeterministicTestEngine:
                       else {"index": 0, "text": text, "finish_reason": "length"})
             return JSONResponse({"id": "cmpl-test", "object": kind, "model": CHAT_MODEL,
                                  "created": 0, "choices": [choice], "usage": usage})
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(self._events(words, usage if include_usage else None, chat),
+        options = body.get("stream_options") or {}
+        include_usage = bool(options.get("include_usage"))
+        continuous = include_usage and bool(options.get("continuous_usage_stats"))
+        return StreamingResponse(self._events(words, usage if include_usage else None, chat,
+                                              continuous=continuous),
                                  media_type="text/event-stream")
 
     async def _events(self, words: list[str], usage: dict[str, int] | None,
-                      chat: bool) -> AsyncIterator[str]:
+                      chat: bool, *, continuous: bool = False) -> AsyncIterator[str]:
         self.unfinished += 1
         finished = False
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -152,11 +159,19 @@ class DeterministicTestEngine:
             for i, word in enumerate(words):
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
+                if self.pause_after is not None and i == self.pause_after:
+                    self.paused.set()
+                    await asyncio.Event().wait()  # until the request is cancelled
                 piece = word if i == 0 else " " + word
                 choice = ({"index": 0, "delta": {"content": piece}} if chat
                           else {"index": 0, "text": piece})
-                yield _sse({"id": "cmpl-test", "object": kind, "model": CHAT_MODEL,
-                            "created": 0, "choices": [choice]})
+                event: dict[str, Any] = {"id": "cmpl-test", "object": kind, "model": CHAT_MODEL,
+                                         "created": 0, "choices": [choice]}
+                if continuous and usage is not None:  # vLLM's continuous_usage_stats
+                    prompt = usage["prompt_tokens"]
+                    event["usage"] = {"prompt_tokens": prompt, "completion_tokens": i + 1,
+                                      "total_tokens": prompt + i + 1}
+                yield _sse(event)
             if usage is not None:
                 yield _sse({"id": "cmpl-test", "object": kind, "model": CHAT_MODEL,
                             "created": 0, "choices": [], "usage": usage})

@@ -91,3 +91,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
 def client(gateway: RunningGateway) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=120) as c:
         yield c
+
+
+def dialect_client(gateway: RunningGateway, protocol: str, *,
+                   transport: httpx.AsyncBaseTransport | None = None):  # type: ignore[no-untyped-def]
+    """A client of the real gateway in `protocol`, verifying its (simulated) attestation
+    exactly as `cloister proxy --simulated-roots` does."""
+    from attestation.verify import Policy, TrustRoots
+    from proxy.attestor import Attestor
+    from proxy.dialects import make_client
+
+    roots = TrustRoots().with_simulated(gateway.simulated_roots.read_bytes())
+    return make_client(gateway.url, protocol, transport=transport,
+                       attestation=Attestor(gateway.url, roots=roots, policy=Policy()))

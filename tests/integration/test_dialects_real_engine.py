@@ -11,17 +11,14 @@ import pytest
 
 from enclave import atoma, ehbp
 from enclave.keys import KeyRing
-from proxy.atoma_client import AtomaClient
-from proxy.continuum_client import ContinuumClient
-from proxy.ehbp_client import EHBPClient
-from proxy.ohttp_client import GatewayResponseError, OHTTPClient
+from proxy.errors import GatewayResponseInvalid
+from tests.clients import PROTOCOLS
+from tests.integration.conftest import dialect_client
 
 pytestmark = pytest.mark.engine
 
 CHAT = {"model": "cloister-demo", "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 6, "ignore_eos": True}
-CLIENTS = {"ohttp": OHTTPClient, "ehbp": EHBPClient, "atoma": AtomaClient,
-           "continuum": ContinuumClient}
 # EHBP has no authenticated end of stream: a cut at a frame boundary is undetectable.
 TRUNCATION_DETECTED = ["ohttp", "atoma", "continuum"]
 
@@ -60,12 +57,12 @@ async def _stream_all(client, body: bytes) -> list[bytes]:
         return [c async for c in s.chunks()]
 
 
-@pytest.mark.parametrize("name", list(CLIENTS))
+@pytest.mark.parametrize("name", PROTOCOLS)
 async def test_streamed_and_whole_chat_open_cleanly(gateway, name) -> None:
-    client = CLIENTS[name](gateway.url)
+    client = dialect_client(gateway, name)
     try:
         whole = await client.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
-        assert json.loads(whole.content)["usage"]["completion_tokens"] == 6
+        assert json.loads(whole.body)["usage"]["completion_tokens"] == 6
         chunks = await _stream_all(client, json.dumps({**CHAT, "stream": True}).encode())
         joined = b"".join(chunks)
         assert joined.endswith(b"data: [DONE]\n\n") and joined.count(b"data: ") >= 3
@@ -73,11 +70,11 @@ async def test_streamed_and_whole_chat_open_cleanly(gateway, name) -> None:
         await client.aclose()
 
 
-@pytest.mark.parametrize("name", list(CLIENTS))
+@pytest.mark.parametrize("name", PROTOCOLS)
 async def test_tampered_stream_is_detected(gateway, name) -> None:
-    client = CLIENTS[name](gateway.url, transport=Damaging(flip_middle))
+    client = dialect_client(gateway, name, transport=Damaging(flip_middle))
     try:
-        with pytest.raises(GatewayResponseError):
+        with pytest.raises(GatewayResponseInvalid):
             await _stream_all(client, json.dumps({**CHAT, "stream": True}).encode())
     finally:
         await client.aclose()
@@ -85,9 +82,9 @@ async def test_tampered_stream_is_detected(gateway, name) -> None:
 
 @pytest.mark.parametrize("name", TRUNCATION_DETECTED)
 async def test_truncated_stream_is_detected(gateway, name) -> None:
-    client = CLIENTS[name](gateway.url, transport=Damaging(truncate))
+    client = dialect_client(gateway, name, transport=Damaging(truncate))
     try:
-        with pytest.raises(GatewayResponseError):
+        with pytest.raises(GatewayResponseInvalid):
             await _stream_all(client, json.dumps({**CHAT, "stream": True}).encode())
     finally:
         await client.aclose()
@@ -104,6 +101,7 @@ async def test_wrong_key_is_rejected_by_the_real_gateway(gateway) -> None:
         envelope = session.seal_request(json.dumps(CHAT).encode(), model_name="cloister-demo",
                                         stream=False)
         r = await raw.post("/v1/confidential/chat/completions", json=envelope)
-        assert (r.status_code, r.json()["error"]["type"]) == (400, "InvalidBody")
-        assert "not current" in r.json()["error"]["message"]
+        error = r.json()["error"]
+        assert (r.status_code, error["type"], error["code"]) == (400, "InvalidBody",
+                                                                 "unknown_key")
         assert (await raw.get("/health")).status_code == 200

@@ -11,14 +11,30 @@ import pytest
 
 from enclave.ohttp import ClientRequest, decode_key_configs
 from enclave.ohttp.bhttp import Request, encode_request
-from proxy.atoma_client import AtomaClient
-from proxy.continuum_client import ContinuumClient
-from proxy.ehbp_client import EHBPClient
-from proxy.ohttp_client import OHTTPClient
+from tests.clients import PROTOCOLS
+from tests.integration.conftest import dialect_client
 
 pytestmark = pytest.mark.engine
 
 CANARY = "CANARY-91c7e2-confidential"
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """Real HTTP to the gateway, keeping every answer's body."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.answers: list[bytes] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        body = await response.aread()
+        await response.aclose()
+        self.answers.append(body)
+        headers = [(k, v) for k, v in response.headers.items()
+                   if k not in ("content-length", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers,
+                              stream=httpx.ByteStream(body))
 
 
 def _chat(model: str = "cloister-demo", **extra) -> bytes:
@@ -28,8 +44,9 @@ def _chat(model: str = "cloister-demo", **extra) -> bytes:
 
 async def test_canary_leaves_no_trace(gateway) -> None:
     plaintext_errors: list[bytes] = []
-    for cls in (OHTTPClient, EHBPClient, AtomaClient, ContinuumClient):
-        client = cls(gateway.url)
+    for protocol in PROTOCOLS:
+        recording = Recording()
+        client = dialect_client(gateway, protocol, transport=recording)
         try:
             ok = await client.request("POST", "/v1/chat/completions", _chat())
             assert ok.status == 200
@@ -38,8 +55,9 @@ async def test_canary_leaves_no_trace(gateway) -> None:
             bad_model = await client.request("POST", "/v1/chat/completions",
                                               _chat(model=f"model-{CANARY}"))
             assert bad_model.status == 404
-            if cls is ContinuumClient:  # this dialect's errors cross in plaintext
-                plaintext_errors.append(bad_model.content)
+            if protocol == "continuum":  # this dialect's error codes cross in plaintext
+                plaintext_errors.append(json.dumps(json.loads(recording.answers[-1])["error"])
+                                        .encode())
         finally:
             await client.aclose()
 

@@ -1,4 +1,6 @@
-"""The Atoma confidential envelope: sans-IO, gateway routes, client and proxy."""
+"""The Atoma confidential envelope: its sans-IO crypto, its error shape, the sequence
+numbers and end marker inside the encryption. What every dialect shares is in
+`test_dialect_contract.py`; attacks on streams in `test_client_attacks.py`."""
 
 from __future__ import annotations
 
@@ -8,13 +10,13 @@ import json
 import httpx
 import pytest
 
-from enclave import atoma
-from enclave.errors import DecryptError
+from enclave import atoma, sse
+from enclave.atoma.dialect import END_FIELD, SEQ_FIELD, AtomaResponder
+from enclave.dialect import InnerRequest, OuterResponse
+from enclave.errors import DecryptError, StaleCredentials
 from enclave.keys import KeyRing
-from proxy.app import create_proxy_app
-from proxy.atoma_client import AtomaClient
-from proxy.ohttp_client import GatewayResponseError
-from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, InterceptingTransport
+from tests.clients import client_for
+from tests.doubles import CHAT_MODEL
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "atoma canary"}],
         "max_tokens": 3}
@@ -46,7 +48,7 @@ def test_forged_or_altered_responses_are_refused() -> None:
                                                                    stream=False))
     _, sealer = atoma.open_request(request, ring, signer)
     good = sealer.seal(b"answer")
-    impostor = atoma.ResponseSealer(b"\x00" * 32, atoma.NodeSigner()).seal(b"other")
+    impostor = atoma.EnvelopeSealer(b"\x00" * 32, atoma.NodeSigner()).seal(b"other")
     for bad in ({**good, "signature": impostor["signature"]},
                 {**good, "response_hash": impostor["response_hash"]},
                 {**good, "ciphertext": impostor["ciphertext"]}, {}):
@@ -64,7 +66,6 @@ def _envelope(ring, signer, **changes):
     ({"stream": None}, "stream"), ({"stream": "yes"}, "stream"),
     ({"nonce": "!!!"}, "base64"), ({"salt": base64.b64encode(b"s").decode()}, "16 bytes"),
     ({"plaintext_body_hash": base64.b64encode(b"h" * 32).decode()}, "hash"),
-    ({"node_dh_public_key": base64.b64encode(b"k" * 32).decode()}, "not current"),
     ({"stack_small_id": 0}, "stack_small_id"), ({"model_name": 5}, "model_name"),
 ])
 def test_every_malformed_field_is_invalid_body(changes, message) -> None:
@@ -84,24 +85,14 @@ def test_ciphertext_of_another_request_gets_the_generic_message() -> None:
     assert str(err.value) == atoma.OPEN_FAILED
 
 
-@pytest.fixture
-async def client(gateway_app):
-    c = AtomaClient("http://gw", transport=httpx.ASGITransport(app=gateway_app))
-    yield c
-    await c.aclose()
-
-
-async def test_chat_stream_and_embeddings_through_the_envelope(client) -> None:
-    r = await client.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
-    assert json.loads(r.content)["choices"][0]["message"]["content"] == "echo: atoma canary"
-    body = json.dumps({**CHAT, "stream": True}).encode()
-    async with client.stream("POST", "/v1/chat/completions", body) as s:
-        chunks = [c async for c in s.chunks()]
-    assert chunks[-1] == b"data: [DONE]\n\n"
-    assert b"echo:" in chunks[0]
-    r = await client.request("POST", "/v1/embeddings",
-                             json.dumps({"model": EMBEDDING_MODEL, "input": "x"}).encode())
-    assert len(json.loads(r.content)["data"][0]["embedding"]) == 384
+def test_a_stale_node_key_has_its_own_class_and_code() -> None:
+    ring, signer = KeyRing(), atoma.NodeSigner()
+    stale = _envelope(ring, signer, node_dh_public_key=base64.b64encode(b"k" * 32).decode())
+    with pytest.raises(atoma.StaleNodeKey) as err:
+        atoma.open_request(atoma.ConfidentialRequest.parse(stale), ring, signer)
+    refusal = atoma.AtomaServer(ring, signer).refuse(err.value)
+    body = json.loads(refusal.body)["error"]
+    assert (refusal.status, body["type"], body["code"]) == (400, "InvalidBody", "unknown_key")
 
 
 async def test_gateway_errors_are_named_like_the_seed(gateway_app) -> None:
@@ -111,35 +102,50 @@ async def test_gateway_errors_are_named_like_the_seed(gateway_app) -> None:
         assert r.status_code == 400
         assert r.json()["error"]["type"] == "InvalidBody"
         r = await raw.post("/v1/confidential/chat/completions", content=b"{oops")
-        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_body")
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json")
         node = (await raw.get("/v1/confidential/node")).json()
     assert base64.b64decode(node["node_dh_public_key"]) == \
         gateway_app.state.keyring.current().public_key
 
 
-async def test_stream_without_done_is_reported_truncated(gateway_app) -> None:
-    def cut(request, response, body: bytes) -> bytes:
-        if request.url.path.endswith("chat/completions"):
-            return body.replace(b"data: [DONE]\n\n", b"")
-        return body
-
-    c = AtomaClient("http://gw", transport=InterceptingTransport(gateway_app, damage=cut))
-    with pytest.raises(GatewayResponseError, match="truncated"):
-        async with c.stream("POST", "/v1/chat/completions",
-                            json.dumps({**CHAT, "stream": True}).encode()) as s:
-            [x async for x in s.chunks()]
+async def test_a_stale_node_key_makes_the_client_refetch(gateway_app) -> None:
+    c = client_for(gateway_app, "atoma")
+    dialect = await c.dialect()
+    ring = gateway_app.state.keyring
+    ring._grace = 0.0
+    ring.rotate()
+    outer, opener = dialect.seal(InnerRequest(
+        "POST", "/v1/chat/completions", json.dumps(CHAT).encode()), stream=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway_app),
+                                 base_url="http://gw") as raw:
+        r = await raw.post(outer.path, content=outer.body)
+    with pytest.raises(StaleCredentials):
+        opener.whole(OuterResponse(r.status_code, (), r.content))
     await c.aclose()
 
 
-async def test_proxy_speaks_atoma_and_nothing_readable_crosses(gateway_app) -> None:
-    recording = InterceptingTransport(gateway_app)
-    wire = recording.wire
-    app = create_proxy_app(AtomaClient("http://gw", transport=recording))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://proxy") as local:
-        r = await local.post("/v1/chat/completions", json={**CHAT, "model": "latest"})
-        s = await local.post("/v1/chat/completions", json={**CHAT, "stream": True})
-    assert "atoma canary" in r.json()["choices"][0]["message"]["content"]
-    assert s.text.endswith("data: [DONE]\n\n")
-    posts = [w for w in wire if b"ciphertext" in w]
-    assert posts and not any(b"atoma canary" in w for w in wire)
+def test_every_chunk_carries_its_sequence_and_the_last_one_the_end() -> None:
+    ring, signer = KeyRing(), atoma.NodeSigner()
+    session = _session(ring, signer)
+    request = atoma.ConfidentialRequest.parse(session.seal_request(b"{}", model_name="m",
+                                                                   stream=True))
+    _, sealer = atoma.open_request(request, ring, signer)
+    responder = AtomaResponder(sealer)
+    engine_events = sse.event(b'{"id":"c","choices":[{"delta":{"content":"a"}}]}') + \
+        sse.event(b'{"id":"c","choices":[{"delta":{"content":"b"}}]}') + sse.event(sse.DONE)
+    wire = sse.data_of(responder.chunk(engine_events) + responder.end())
+    assert wire[-1] == sse.DONE
+    opened = [json.loads(session.open_response(json.loads(w))) for w in wire[:-1]]
+    assert [o[SEQ_FIELD] for o in opened] == [0, 1, 2]
+    assert [o.get(END_FIELD) for o in opened] == [None, None, True]
+    assert opened[-1]["choices"] == [] and opened[-1]["id"] == "c"
+
+
+async def test_the_client_strips_what_it_checked(gateway_app) -> None:
+    c = client_for(gateway_app, "atoma")
+    async with c.stream("POST", "/v1/chat/completions",
+                        json.dumps({**CHAT, "stream": True}).encode()) as s:
+        events = b"".join([x async for x in s.chunks()])
+    await c.aclose()
+    assert SEQ_FIELD.encode() not in events and END_FIELD.encode() not in events
+    assert events.endswith(b"data: [DONE]\n\n")

@@ -16,7 +16,8 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
-from proxy.ohttp_client import OHTTPClient
+from proxy.dialects import make_client
+from tests.clients import PROTOCOLS
 from tests.doubles import CHAT_MODEL
 from tests.unit.conftest import start
 
@@ -58,6 +59,15 @@ async def test_fresh_report_binds_the_served_key_config(raw, pki) -> None:
     assert len(claims.gpus) == 1
 
 
+async def test_the_report_binds_every_dialects_published_keys(raw, attested_app, pki) -> None:
+    r = await raw.get("/v1/attestation/report", params={"nonce": NONCE.hex()})
+    claims = verify_evidence(r.content, expected_nonce=NONCE, roots=_roots(pki),
+                             policy=Policy(), now=dt.datetime.now(dt.UTC))
+    assert claims.keys == attested_app.state.dialects.published_keys()
+    assert set(claims.keys) == {"ohttp", "ehbp", "continuum", "atoma-node-x25519",
+                                "atoma-signing-ed25519"}
+
+
 async def test_report_without_nonce_is_cached_per_key_epoch(raw, attested_app) -> None:
     first = (await raw.get("/v1/attestation/report")).content
     assert (await raw.get("/v1/attestation/report")).content == first
@@ -88,25 +98,29 @@ async def test_gateway_without_attestation_says_so(gateway_app) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (503, "attestation_unavailable")
 
 
-def _proxy(app, roots):
+def _proxy(app, roots, protocol="ohttp"):
     transport = httpx.ASGITransport(app=app)
     verifier = Attestor("http://gw", roots=roots, policy=Policy(), transport=transport)
-    proxy = create_proxy_app(OHTTPClient("http://gw", transport=transport, verify_keys=verifier))
+    proxy = create_proxy_app(make_client("http://gw", protocol, transport=transport,
+                                         attestation=verifier))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://proxy")
 
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-async def test_proxy_verifies_then_forwards(attested_app, pki, engine) -> None:
-    async with _proxy(attested_app, _roots(pki)) as local:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_proxy_verifies_then_forwards(attested_app, pki, engine, protocol) -> None:
+    async with _proxy(attested_app, _roots(pki), protocol) as local:
         r = await local.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 200
     assert engine.seen_bodies
 
 
-async def test_proxy_refuses_an_unverified_gateway_and_sends_nothing(attested_app, engine) -> None:
-    async with _proxy(attested_app, TrustRoots()) as local:  # production roots only
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_proxy_refuses_an_unverified_gateway_and_sends_nothing(attested_app, engine,
+                                                                     protocol) -> None:
+    async with _proxy(attested_app, TrustRoots(), protocol) as local:  # production roots
         r = await local.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 502
     assert r.json()["error"]["code"] == "gateway_not_attested"
@@ -114,8 +128,9 @@ async def test_proxy_refuses_an_unverified_gateway_and_sends_nothing(attested_ap
     assert engine.seen_bodies == []
 
 
-async def test_proxy_reattests_after_key_rotation(attested_app, pki, engine) -> None:
-    async with _proxy(attested_app, _roots(pki)) as local:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_proxy_reattests_after_key_rotation(attested_app, pki, engine, protocol) -> None:
+    async with _proxy(attested_app, _roots(pki), protocol) as local:
         assert (await local.post("/v1/chat/completions", json=CHAT)).status_code == 200
         keyring = attested_app.state.keyring
         keyring._grace = 0.0

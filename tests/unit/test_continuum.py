@@ -1,4 +1,5 @@
-"""Continuum: sealed secrets and fields, the gateway's routes, the client and the proxy."""
+"""Continuum: sealed secrets and fields, the secret store, and the wire shape its seed
+asks for. What every dialect shares is in `test_dialect_contract.py`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ import httpx
 import pytest
 
 from enclave import continuum
-from enclave.errors import DecryptError, UnknownKeyError
+from enclave.errors import DecryptError, UnknownKeyError, UnknownSecretError
 from enclave.keys import KeyRing
-from proxy.app import create_proxy_app
-from proxy.continuum_client import ContinuumClient
-from proxy.ohttp_client import GatewayResponseError
-from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, InterceptingTransport
+from tests.clients import client_for
+from tests.doubles import CHAT_MODEL, InterceptingTransport
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "continuum canary"}],
         "max_tokens": 3}
@@ -55,40 +54,26 @@ def test_secret_store_expires_and_stays_bounded() -> None:
     first, _ = store.register(b"1" * 32)
     store.register(b"2" * 32)
     store.register(b"3" * 32)
-    with pytest.raises(continuum.UnknownSecretError):
+    with pytest.raises(UnknownSecretError):
         store.get(first)  # evicted
     second, _ = store.register(b"4" * 32)
     now[0] = 11
-    with pytest.raises(continuum.UnknownSecretError):
+    with pytest.raises(UnknownSecretError):
         store.get(second)  # expired
     assert "[redacted]" in repr(store)
 
 
 @pytest.fixture
 async def client(gateway_app):
-    c = ContinuumClient("http://gw", transport=httpx.ASGITransport(app=gateway_app))
+    c = client_for(gateway_app, "continuum")
     yield c
     await c.aclose()
-
-
-async def test_chat_stream_and_embeddings(client) -> None:
-    r = await client.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
-    assert json.loads(r.content)["choices"][0]["message"]["content"] == "echo: continuum canary"
-    async with client.stream("POST", "/v1/chat/completions",
-                             json.dumps({**CHAT, "stream": True}).encode()) as s:
-        chunks = [c async for c in s.chunks()]
-    assert chunks[-1] == b"data: [DONE]\n\n"
-    text = "".join(json.loads(c[6:])["choices"][0]["delta"]["content"] for c in chunks[:-1])
-    assert text == "echo: continuum canary"
-    r = await client.request("POST", "/v1/embeddings",
-                             json.dumps({"model": EMBEDDING_MODEL, "input": "x"}).encode())
-    assert len(json.loads(r.content)["data"][0]["embedding"]) == 384
 
 
 async def test_wire_shape_keeps_metadata_plaintext_and_seals_the_rest(gateway_app) -> None:
     recording = InterceptingTransport(gateway_app)
     wire = recording.wire
-    c = ContinuumClient("http://gw", transport=recording)
+    c = client_for(gateway_app, "continuum", transport=recording)
     await c.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
     await c.aclose()
     sent, answer = json.loads(wire[-2]), json.loads(wire[-1])
@@ -99,43 +84,26 @@ async def test_wire_shape_keeps_metadata_plaintext_and_seals_the_rest(gateway_ap
 
 
 async def test_unknown_secret_is_re_registered_once(client, gateway_app) -> None:
-    await client.secret()
-    gateway_app.state.continuum_secrets._held.clear()
+    first = await client.dialect()
+    gateway_app.state.dialects.continuum.secrets.clear()
     r = await client.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
     assert r.status == 200
+    assert (await client.dialect()).secret_id != first.secret_id
 
 
-async def test_engine_errors_keep_their_code_but_not_their_message(client) -> None:
-    r = await client.request("POST", "/v1/chat/completions",
-                             json.dumps({**CHAT, "model": "nope"}).encode())
-    error = json.loads(r.content)["error"]
-    assert (r.status, error["code"]) == (404, "model_not_found")
-    assert "nope" not in error["message"]
-
-
-async def test_truncated_or_reordered_stream_is_refused(gateway_app) -> None:
-    def cut(body: bytes) -> bytes:  # drop the final message, keep [DONE]
-        events = body.split(b"\n\n")
-        return b"\n\n".join(events[:-3] + events[-2:])
-
-    def swap(body: bytes) -> bytes:
-        events = body.split(b"\n\n")
-        events[0], events[1] = events[1], events[0]
-        return b"\n\n".join(events)
-
-    for damage in (cut, swap):
-        def on_streams(request, response, body: bytes, damage=damage) -> bytes:
-            if "text/event-stream" in response.headers.get("content-type", ""):
-                return damage(body)
-            return body
-
-        c = ContinuumClient("http://gw",
-                            transport=InterceptingTransport(gateway_app, damage=on_streams))
-        with pytest.raises(GatewayResponseError):
-            async with c.stream("POST", "/v1/chat/completions",
-                                json.dumps({**CHAT, "stream": True}).encode()) as s:
-                [x async for x in s.chunks()]
-        await c.aclose()
+async def test_engine_errors_keep_their_code_in_the_clear_and_the_rest_sealed(gateway_app
+                                                                             ) -> None:
+    recording = InterceptingTransport(gateway_app)
+    c = client_for(gateway_app, "continuum", transport=recording)
+    r = await c.request("POST", "/v1/chat/completions",
+                        json.dumps({**CHAT, "model": "nope"}).encode())
+    await c.aclose()
+    assert (r.status, json.loads(r.body)["error"]["code"]) == (404, "model_not_found")
+    assert "nope" in json.loads(r.body)["error"]["message"]  # vLLM's message, opened
+    on_the_wire = json.loads(recording.wire[-1])
+    assert on_the_wire["error"]["code"] == "model_not_found"
+    assert "nope" not in on_the_wire["error"]["message"]
+    assert continuum.is_encrypted_field(on_the_wire[continuum.ERROR_FIELD])
 
 
 async def test_gateway_rejects_bad_secrets_and_fields(gateway_app) -> None:
@@ -147,14 +115,3 @@ async def test_gateway_rejects_bad_secrets_and_fields(gateway_app) -> None:
         fake = ":".join(["ab" * 16, "cd" * 16, "ef" * 12, "00" * 20])
         r = await raw.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": fake})
         assert (r.status_code, r.json()["error"]["code"]) == (400, "unknown_secret")
-
-
-async def test_proxy_speaks_continuum(gateway_app) -> None:
-    app = create_proxy_app(ContinuumClient("http://gw",
-                                           transport=httpx.ASGITransport(app=gateway_app)))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://proxy") as local:
-        r = await local.post("/v1/chat/completions", json={**CHAT, "model": "latest"})
-        s = await local.post("/v1/chat/completions", json={**CHAT, "stream": True})
-    assert r.json()["choices"][0]["message"]["content"] == "echo: continuum canary"
-    assert s.text.endswith("data: [DONE]\n\n")

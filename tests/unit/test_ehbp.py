@@ -1,24 +1,16 @@
-"""EHBP: the sans-IO core, the gateway's handling of `Ehbp-Encapsulated-Key`, the client,
-and the proxy speaking it."""
+"""EHBP: the sans-IO core and its wire details (keys, stale-key problem). What every
+dialect shares is in `test_dialect_contract.py`."""
 
 from __future__ import annotations
-
-import json
 
 import httpx
 import pytest
 
 from enclave import ehbp
-from enclave.errors import DecryptError, UnknownKeyError
+from enclave.dialect import InnerRequest, OuterRequest, OuterResponse
+from enclave.errors import DecryptError, UnauthenticatedAnswer, UnknownKeyError
 from enclave.keys import KeyRing
 from enclave.ohttp import decode_key_configs
-from proxy.app import create_proxy_app
-from proxy.ehbp_client import EHBPClient
-from proxy.ohttp_client import GatewayResponseError
-from tests.doubles import CHAT_MODEL, InterceptingTransport
-
-CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "secret words"}],
-        "max_tokens": 4}
 
 
 def test_round_trip_and_one_byte_at_a_time() -> None:
@@ -71,13 +63,6 @@ def test_malformed_encapsulated_key_is_a_decrypt_error(header) -> None:
         ehbp.open_request(KeyRing(), header, b"")
 
 
-@pytest.fixture
-async def client(gateway_app):
-    c = EHBPClient("http://gw", transport=httpx.ASGITransport(app=gateway_app))
-    yield c
-    await c.aclose()
-
-
 async def test_keys_are_published_with_key_id_0_and_aes_256(gateway_app) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway_app),
                                  base_url="http://gw") as raw:
@@ -85,29 +70,6 @@ async def test_keys_are_published_with_key_id_0_and_aes_256(gateway_app) -> None
     (config,) = decode_key_configs(r.content)
     assert (config.key_id, config.suites) == (0, (ehbp.SUITE,))
     assert config.public_key == gateway_app.state.keyring.current().public_key
-
-
-async def test_chat_stream_models_and_errors_through_ehbp(client) -> None:
-    r = await client.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
-    assert json.loads(r.content)["choices"][0]["message"]["content"] == "echo: secret words tick"
-    async with client.stream("POST", "/v1/chat/completions",
-                             json.dumps({**CHAT, "stream": True}).encode()) as s:
-        chunks = [c async for c in s.chunks()]
-    assert b"".join(chunks).endswith(b"data: [DONE]\n\n")
-    models = await client.request("GET", "/v1/models")
-    assert json.loads(models.content)["data"][0]["id"] == CHAT_MODEL
-    bad = await client.request("POST", "/v1/chat/completions", b"[not an object]")
-    assert (bad.status, json.loads(bad.content)["error"]["code"]) == (400, "invalid_json")
-
-
-async def test_secret_words_never_appear_on_the_ehbp_wire(gateway_app) -> None:
-    recording = InterceptingTransport(gateway_app)
-    seen = recording.wire
-    c = EHBPClient("http://gw", transport=recording)
-    r = await c.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
-    await c.aclose()
-    assert b"secret words" in r.content
-    assert seen and all(b"secret" not in blob for blob in seen)
 
 
 async def test_gateway_answers_422_problem_for_unknown_key(gateway_app) -> None:
@@ -121,33 +83,22 @@ async def test_gateway_answers_422_problem_for_unknown_key(gateway_app) -> None:
     assert r.json()["type"] == ehbp.KEY_CONFIG_PROBLEM_TYPE
 
 
-async def test_client_refetches_after_rotation(client, gateway_app) -> None:
-    await client.key_config()
-    ring = gateway_app.state.keyring
-    ring._grace = 0.0
-    ring.rotate()
-    r = await client.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
-    assert r.status == 200
+def _sealed_answer(status: int, body: bytes) -> tuple[ehbp.EhbpOpener, OuterResponse]:
+    ring = KeyRing()
+    client = ehbp.EhbpClient(ehbp.key_config(ring.current()))
+    outer, opener = client.seal(InnerRequest("POST", "/v1/chat/completions", b"{}"),
+                                stream=False)
+    _, responder = ehbp.EhbpServer(ring).open(OuterRequest(
+        outer.method, outer.path, outer.headers, outer.body))
+    answer = responder.whole(200, "application/json", body)
+    return opener, OuterResponse(status, answer.headers, answer.body)
 
 
-async def test_proxy_speaks_ehbp(gateway_app) -> None:
-    upstream = EHBPClient("http://gw", transport=httpx.ASGITransport(app=gateway_app))
-    app = create_proxy_app(upstream)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://proxy") as local:
-        r = await local.post("/v1/chat/completions", json={**CHAT, "model": "latest"})
-        s = await local.post("/v1/chat/completions", json={**CHAT, "stream": True})
-    assert r.json()["choices"][0]["message"]["content"] == "echo: secret words tick"
-    assert s.text.endswith("data: [DONE]\n\n")
-
-
-async def test_tampered_ehbp_response_is_refused(gateway_app) -> None:
-    def flip_last(request, response, body: bytes) -> bytes:
-        if request.method == "POST" and body:
-            return body[:-1] + bytes([body[-1] ^ 1])
-        return body
-
-    c = EHBPClient("http://gw", transport=InterceptingTransport(gateway_app, damage=flip_last))
-    with pytest.raises(GatewayResponseError):
-        await c.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
-    await c.aclose()
+def test_a_sealed_answer_with_its_status_changed_is_refused_unless_an_error() -> None:
+    """EHBP leaves the status in the clear: our client accepts a non-200 only when the
+    sealed body is an error object."""
+    opener, answer = _sealed_answer(203, b'{"choices": []}')
+    with pytest.raises(UnauthenticatedAnswer):
+        opener.whole(answer)
+    opener, answer = _sealed_answer(404, b'{"error": {"code": "not_found"}}')
+    assert opener.whole(answer).status == 404

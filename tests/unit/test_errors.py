@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from gateway.errors import ErrorCode, GatewayError, normalize_engine_error, status_of
+from enclave.wire_errors import ErrorCode, normalize_engine_error, status_of
+from gateway.errors import GatewayError
 
 
 def test_every_code_has_a_status() -> None:

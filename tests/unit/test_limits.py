@@ -4,6 +4,7 @@ decryption; output-token cap; slow bodies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from proxy.ohttp_client import OHTTPClient
+from tests.clients import client_for
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
 
@@ -32,15 +33,28 @@ async def _with(app, body):
             return await body(c, app)
 
 
+async def _hold_one(c, engine):
+    """A stream the engine holds (paused) until it is cancelled."""
+    engine.pause_after = 1
+    held = asyncio.create_task(c.post("/v1/chat/completions", json=SLOW))
+    await engine.paused.wait()
+    return held
+
+
+async def _release(held):
+    held.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await held
+
+
 async def test_second_request_from_a_busy_client_gets_429() -> None:
-    engine = DeterministicTestEngine(token_delay=0.05)
+    engine = DeterministicTestEngine()
     app = await _app(engine, insecure_plaintext=True, max_per_client=1)
 
     async def body(c, app):
-        slow = asyncio.create_task(c.post("/v1/chat/completions", json=SLOW))
-        await asyncio.sleep(0.15)
+        held = await _hold_one(c, engine)
         second = await c.post("/v1/chat/completions", json=SLOW)
-        await slow
+        await _release(held)
         return second
 
     r = await _with(app, body)
@@ -49,15 +63,14 @@ async def test_second_request_from_a_busy_client_gets_429() -> None:
 
 
 async def test_full_gateway_answers_503_before_any_decryption() -> None:
-    engine = DeterministicTestEngine(token_delay=0.05)
+    engine = DeterministicTestEngine()
     app = await _app(engine, insecure_plaintext=True, max_in_flight=1, max_per_client=10)
 
     async def body(c, app):
-        slow = asyncio.create_task(c.post("/v1/chat/completions", json=SLOW))
-        await asyncio.sleep(0.15)
+        held = await _hold_one(c, engine)
         junk = await c.post("/.well-known/ohttp-gateway", content=b"\x01" * 60,
                             headers={"content-type": "message/ohttp-req"})
-        await slow
+        await _release(held)
         metrics = (await c.get("/metrics")).text
         return junk, metrics
 
@@ -85,7 +98,7 @@ async def test_max_tokens_cap_is_answered_inside_the_encryption() -> None:
     app = await _app(engine, max_tokens=8)
 
     async def body(c, app):
-        client = OHTTPClient("http://gw", transport=httpx.ASGITransport(app=app))
+        client = client_for(app)
         try:
             big = await client.request("POST", "/v1/chat/completions",
                                        json.dumps({**SLOW, "stream": False,
@@ -98,7 +111,7 @@ async def test_max_tokens_cap_is_answered_inside_the_encryption() -> None:
         return big, small
 
     big, small = await _with(app, body)
-    error = json.loads(big.content)["error"]
+    error = json.loads(big.body)["error"]
     assert (big.status, error["code"], error["param"]) == (400, "invalid_request", "max_tokens")
     assert small.status == 200
     assert len(engine.seen_bodies) == 1

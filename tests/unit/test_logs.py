@@ -10,7 +10,7 @@ import logging
 import pytest
 import structlog
 
-from gateway.logs import REDACTED, configure_logging
+from enclave.logs import REDACTED, configure_logging
 
 CANARY = "CANARY-logs-5e1d"
 

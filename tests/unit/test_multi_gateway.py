@@ -15,8 +15,9 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
+from proxy.dialects import make_client
 from proxy.multi import MultiGatewayClient
-from proxy.ohttp_client import GatewayError, OHTTPClient
+from tests.clients import unreachable_client
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
 
@@ -44,8 +45,8 @@ async def gateways(pki):
 def _client(app, pki, roots=None):
     transport = httpx.ASGITransport(app=app)
     roots = roots or TrustRoots().with_simulated(pki.roots_pem())
-    return OHTTPClient("http://gw", transport=transport,
-                       verify_keys=Attestor("http://gw", roots=roots, policy=Policy(),
+    return make_client("http://gw", "ohttp", transport=transport,
+                       attestation=Attestor("http://gw", roots=roots, policy=Policy(),
                                             transport=transport))
 
 
@@ -64,13 +65,11 @@ async def test_requests_are_spread_over_every_gateway(gateways, pki) -> None:
 
 async def test_failover_when_a_gateway_stops_answering(gateways, pki) -> None:
     (a, b), (ea, eb) = gateways
-    dead = OHTTPClient("http://127.0.0.1:9")  # nothing listens there
-    multi = MultiGatewayClient([dead, _client(b, pki)])
+    multi = MultiGatewayClient([unreachable_client(), _client(b, pki)])
     assert await _post(multi, 4) == [200] * 4
     assert len(eb.seen_bodies) == 4
-    b.state.engine_slot._engine = None  # the second one now answers 503 engine_not_ready
-    with pytest.raises(GatewayError):  # both down: the last failure is reported
-        await _post(multi, 1)
+    await b.state.engine_slot.stop()  # it now answers 503 engine_not_ready (sealed)
+    assert await _post(multi, 1) == [503]  # both down: the last answer is passed on
     await multi.aclose()
 
 
@@ -85,7 +84,7 @@ async def test_each_gateway_is_verified_on_its_own(gateways, pki) -> None:
 
 async def test_streams_fail_over_before_their_first_byte(gateways, pki) -> None:
     (a, b), _ = gateways
-    multi = MultiGatewayClient([OHTTPClient("http://127.0.0.1:9"), _client(b, pki)])
+    multi = MultiGatewayClient([unreachable_client(), _client(b, pki)])
     app = create_proxy_app(multi)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://proxy") as local:

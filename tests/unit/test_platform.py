@@ -3,6 +3,7 @@ conversations, and a store that survives a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -176,3 +177,45 @@ def test_another_data_key_cannot_open_sealed_rows(store_factory, tmp_path) -> No
     with pytest.raises(DecryptError):
         stranger.get_chatbot(bot.id)
     assert "[redacted]" in repr(DataKey(os.urandom(32)))
+
+
+async def test_a_client_that_hangs_up_mid_stream_is_still_metered(store_factory) -> None:
+    """Metering happens on every path: a stream cut by its client records what the engine
+    generated until then (attack: hang up before the usage event to use tokens for free)."""
+    store = store_factory()
+    key, record = store.create_api_key("leaver", budget_tokens=10_000)
+    engine = DeterministicTestEngine()
+    app = create_app(Settings(), engine.running, platform_store=store)
+    body = json.dumps({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "a b"}],
+                       "max_tokens": 500, "stream": True}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+             "http_version": "1.1", "method": "POST", "scheme": "https",
+             "path": "/api/v1/chat/completions", "raw_path": b"/api/v1/chat/completions",
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+             "server": ("gw", 443),
+             "headers": [(b"content-type", b"application/json"),
+                         (b"authorization", f"Bearer {key}".encode()),
+                         (b"content-length", str(len(body)).encode())]}
+    hang_up, delivered, events = asyncio.Event(), False, []
+    engine.pause_after = 5  # the engine waits (for the test) after five tokens
+    async def receive() -> dict:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            events.append(message["body"])
+            if b"data:" in message["body"] and engine.paused.is_set():
+                hang_up.set()
+
+    async with app.router.lifespan_context(app):
+        await start(app)
+        await asyncio.wait_for(app(scope, receive, send), 10)
+    assert engine.aborted == 1
+    used = store.get_api_key(record.id)
+    assert used.requests == 1
+    assert used.used_tokens == 2 + 5  # the prompt and the five tokens generated

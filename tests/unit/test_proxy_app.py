@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from proxy.app import create_proxy_app
-from proxy.ohttp_client import GatewayResponseError, OHTTPClient
+from proxy.errors import GatewayResponseInvalid
+from tests.clients import client_for, unreachable_client
 from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, Damage, InterceptingTransport
 
 CHAT = {"model": "latest", "messages": [{"role": "user", "content": "hi you"}],
@@ -28,7 +29,7 @@ def tampering(*, truncate: bool) -> Damage:
 
 async def _proxy(gateway_app, transport=None):
     upstream = transport or httpx.ASGITransport(app=gateway_app)
-    app = create_proxy_app(OHTTPClient("http://gw", transport=upstream))
+    app = create_proxy_app(client_for(gateway_app, transport=upstream))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy")
 
 
@@ -80,14 +81,14 @@ async def test_tampered_or_truncated_stream_never_ends_cleanly(gateway_app, trun
         try:
             r = await local.post("/v1/chat/completions",
                                  json={**CHAT, "model": CHAT_MODEL, "stream": True})
-        except GatewayResponseError:
+        except GatewayResponseInvalid:
             return  # raised mid-stream: the local connection is cut, no [DONE]
     # Damage found before the first byte went out: a clear error instead.
     assert (r.status_code, r.json()["error"]["code"]) == (502, "gateway_response_invalid")
 
 
 async def test_unreachable_gateway_is_a_clear_502() -> None:
-    app = create_proxy_app(OHTTPClient("http://127.0.0.1:9"))
+    app = create_proxy_app(unreachable_client())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://proxy") as local:
         r = await local.post("/v1/chat/completions", json=CHAT)

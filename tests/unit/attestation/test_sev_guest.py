@@ -9,8 +9,9 @@ import struct
 import pytest
 
 from attestation import simulated
+from attestation.certtable import VCEK_GUID, parse_cert_table
 from attestation.providers import ProviderError
-from attestation.sev_guest import SNP_GET_EXT_REPORT, SevGuestProvider, _GuestRequest, _Request
+from attestation.sev_guest import SNP_GET_EXT_REPORT, GuestRequest, SevGuestProvider, _Request
 
 
 class FakeSevGuest:
@@ -22,7 +23,7 @@ class FakeSevGuest:
 
     def __call__(self, fd: int, request: int, arg: bytearray) -> int:
         assert request == SNP_GET_EXT_REPORT
-        guest = _GuestRequest.from_buffer_copy(bytes(arg))
+        guest = GuestRequest.from_buffer_copy(bytes(arg))
         req = _Request.from_address(guest.req_data)
         self.calls.append((req.certs_len, bytes(req.user_data), req.vmpl))
         if req.certs_len < self.need:
@@ -55,7 +56,7 @@ def test_report_and_certificates_after_growing_the_buffer(pki) -> None:
     assert [c[0] for c in fake.calls] == [4096, 12288]
     assert fake.calls[-1][1] == b"d" * 64
     assert evidence.report[0x50:0x90] == b"d" * 64
-    assert simulated.parse_cert_table(evidence.aux)[simulated.VCEK_GUID]
+    assert parse_cert_table(evidence.aux)[VCEK_GUID]
 
 
 def test_firmware_error_status_is_a_provider_error(pki) -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave.errors import DecryptError, EnclaveCryptoError, UnknownKeyError
+from enclave.errors import DecryptError, RequestRefused, UnknownKeyError
 from enclave.keys import KeyRing
 from enclave.ohttp import ChunkedRequestOpener, ChunkedRequestSealer
 from enclave.ohttp.protocol import OFFERED_SUITES
@@ -81,7 +81,7 @@ def test_request_opens_when_fed_one_byte_at_a_time(keyring) -> None:
 def test_any_truncation_is_detected(keyring, chunks, data) -> None:
     body, opener = exchange(keyring, [b"q"], chunks)
     cut = data.draw(st.integers(min_value=0, max_value=len(body) - 1))
-    with pytest.raises(EnclaveCryptoError):
+    with pytest.raises(RequestRefused):
         opener.push(body[:cut])
         opener.finish()
 
@@ -97,7 +97,7 @@ def test_any_reordering_is_detected(keyring, chunks, data) -> None:
     if order == sorted(order) or [frames[i] for i in order] == frames[:-1]:
         return  # not a reordering of the bytes
     reordered = body[:nonce_size] + b"".join(frames[i] for i in order) + frames[-1]
-    with pytest.raises(EnclaveCryptoError):
+    with pytest.raises(RequestRefused):
         opener.push(reordered)
         opener.finish()
 
@@ -109,7 +109,7 @@ def test_any_duplication_is_detected(keyring, chunks, data) -> None:
     frames = _frames(body, 16)
     i = data.draw(st.integers(min_value=0, max_value=len(frames) - 2))
     dup = body[:16] + b"".join(frames[:i + 1]) + frames[i] + b"".join(frames[i + 1:])
-    with pytest.raises(EnclaveCryptoError):
+    with pytest.raises(RequestRefused):
         opener.push(dup)
         opener.finish()
 
@@ -121,7 +121,7 @@ def test_any_bit_flip_is_detected(keyring, chunks, data) -> None:
     bit = data.draw(st.integers(min_value=0, max_value=len(body) * 8 - 1))
     flipped = bytearray(body)
     flipped[bit // 8] ^= 1 << (bit % 8)
-    with pytest.raises(EnclaveCryptoError):
+    with pytest.raises(RequestRefused):
         opener.push(bytes(flipped))
         opener.finish()
 

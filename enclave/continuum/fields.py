@@ -26,17 +26,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.errors import DecryptError, UnknownKeyError
+from enclave.errors import DecryptError, UnknownKeyError, UnknownSecretError
+from enclave.keys import KeyRing
 from enclave.ohttp.keyconfig import KeyConfig
 from enclave.ohttp.protocol import Aead, Kdf, SymmetricSuite
 from enclave.ohttp.suites import hkdf_expand, hkdf_extract, hpke_suite
-
-if TYPE_CHECKING:
-    from enclave.keys import KeyRing
 
 SECRET_SIZE = 32
 SECRET_ID_SIZE = 16
@@ -54,10 +51,6 @@ PROMPT_FIELDS = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"
                  "/v1/embeddings": "input"}
 RESULT_FIELDS = {"/v1/chat/completions": "choices", "/v1/completions": "choices",
                  "/v1/embeddings": "data"}
-
-
-class UnknownSecretError(Exception):
-    """The secret_id is unknown or expired: register a new secret."""
 
 
 def is_encrypted_field(value: object) -> bool:
@@ -123,6 +116,10 @@ class SecretStore:
         while len(self._held) > self._max:
             self._held.popitem(last=False)
         return secret_id, int(expires)
+
+    def clear(self) -> None:
+        """Forget every secret (clients register new ones when told `unknown_secret`)."""
+        self._held.clear()
 
     def get(self, secret_id: str) -> bytes:
         held = self._held.get(secret_id)

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import ssl
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import structlog
+import uvicorn
+from cryptography import x509
 
-from gateway.logs import configure_logging
+from attestation.binding import spki_sha256
+from attestation.verify import Policy, TrustRoots, VerifiedEvidence
+from enclave.logs import configure_logging
+from enclave.ohttp import decode_key_configs
+from proxy.app import create_proxy_app
+from proxy.attestor import Attestation, Attestor, Unverified, fetch_and_verify
+from proxy.client import GatewayClient
+from proxy.dialects import make_client
+from proxy.errors import GatewayNotAttested
+from proxy.multi import MultiGatewayClient
 
 
-def _trust(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from attestation.verify import Policy, TrustRoots
-
+def _trust(args: argparse.Namespace) -> tuple[TrustRoots, Policy]:
     roots = TrustRoots()
     if args.simulated_roots is not None:
         roots = roots.with_simulated(args.simulated_roots.read_bytes())
@@ -22,33 +35,19 @@ def _trust(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return roots, policy
 
 
-def _dialect_client(args: argparse.Namespace, url: str):  # type: ignore[no-untyped-def]
-    """One gateway's client in the chosen dialect, with its own attestation check."""
-    from proxy.atoma_client import AtomaClient
-    from proxy.attestor import AtomaNodeAttestor, Attestor
-    from proxy.continuum_client import ContinuumClient
-    from proxy.ehbp_client import EHBPClient
-    from proxy.ohttp_client import OHTTPClient
+def _attestation(args: argparse.Namespace, url: str) -> Attestation:
+    if args.insecure_skip_attestation:
+        return Unverified()
+    roots, policy = _trust(args)
+    return Attestor(url, roots=roots, policy=policy)
 
-    verifier = None
-    if not args.insecure_skip_attestation:
-        roots, policy = _trust(args)
-        key_name = "ohttp" if args.protocol == "continuum" else args.protocol
-        verifier = (AtomaNodeAttestor if args.protocol == "atoma" else Attestor)(
-            url, roots=roots, policy=policy, key_name=key_name)
-    if args.protocol == "atoma":
-        return AtomaClient(url, verify_node=verifier)
-    client_class = {"ehbp": EHBPClient, "continuum": ContinuumClient}.get(
-        args.protocol, OHTTPClient)
-    return client_class(url, verify_keys=verifier)
+
+def _dialect_client(args: argparse.Namespace, url: str) -> GatewayClient:
+    """One gateway's client in the chosen dialect, with its own attestation check."""
+    return make_client(url, args.protocol, attestation=_attestation(args, url))
 
 
 def run_proxy(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from proxy.app import create_proxy_app
-    from proxy.multi import MultiGatewayClient
-
     configure_logging(args.log_level)
     log = structlog.get_logger("cloister.proxy")
     if args.insecure_skip_attestation:
@@ -64,13 +63,6 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 def _write_attested_cert(gateway: str, attested: bytes | None, path: Path) -> str | None:
     """Fetch the certificate the TLS listener presents; write it if it is the bound one."""
-    import ssl
-    from urllib.parse import urlsplit
-
-    from cryptography import x509
-
-    from gateway.tls import spki_sha256
-
     url = urlsplit(gateway)
     if url.scheme != "https":
         return "--write-cert needs an https:// gateway"
@@ -84,16 +76,10 @@ def _write_attested_cert(gateway: str, attested: bytes | None, path: Path) -> st
 
 
 def run_attest(args: argparse.Namespace) -> int:
-    import asyncio
-
-    import httpx
-
-    from proxy.attestor import GatewayNotAttested, fetch_and_verify
-
     roots, policy = _trust(args)
     nonce = bytes.fromhex(args.nonce) if args.nonce else None
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go() -> VerifiedEvidence:
         # Over https the certificate is not trusted yet: the report is what vouches for it.
         async with httpx.AsyncClient(base_url=args.gateway.rstrip("/"), timeout=60,
                                      verify=False) as http:
@@ -110,8 +96,6 @@ def run_attest(args: argparse.Namespace) -> int:
         if problem:
             print(f"NOT VERIFIED: {problem}", file=sys.stderr)
             return 1
-    from enclave.ohttp import decode_key_configs
-
     configs = decode_key_configs(claims.keys.get("ohttp", b""))
     print(json.dumps({
         "verified": True, "platform": claims.platform, "measurement": claims.measurement,

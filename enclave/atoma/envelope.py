@@ -11,7 +11,8 @@ Response {ciphertext, nonce, response_hash, signature, usage}
     signature = base64(0x00 || Ed25519(signing_key, response_hash) || signing_pk)  (Sui)
 Streams are SSE events of that object, one per chunk, then `data: [DONE]`. Upstream Atoma
 reuses one nonce for every chunk of a stream; every chunk carries its own `nonce`, so we
-always draw a fresh one (wire-compatible, no AES-GCM nonce reuse).
+always draw a fresh one (wire-compatible, no AES-GCM nonce reuse). Stream framing and
+the dialect's two sides: `enclave.atoma.dialect`.
 """
 
 from __future__ import annotations
@@ -21,18 +22,16 @@ import binascii
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from enclave.errors import DecryptError
+from enclave.errors import DecryptError, MalformedRequest, UnknownKeyError
+from enclave.keys import KeyRing
 from enclave.ohttp.suites import hkdf_expand, hkdf_extract
-
-if TYPE_CHECKING:
-    from enclave.keys import KeyRing
 
 NONCE_SIZE = 12
 SALT_SIZE = 16
@@ -42,11 +41,14 @@ REQUEST_FIELDS = ("ciphertext", "client_dh_public_key", "node_dh_public_key", "m
                   "nonce", "plaintext_body_hash", "salt", "stack_small_id")
 
 
-class InvalidBody(ValueError):
-    """Atoma's `InvalidBody`: the envelope is malformed, stale or does not open."""
+class InvalidBody(MalformedRequest):
+    """Atoma's `InvalidBody`: the envelope is malformed or does not open."""
 
-    code = "invalid_body"
-    kind = "InvalidBody"
+
+class StaleNodeKey(UnknownKeyError):
+    """The envelope names a node key the gateway no longer honours: refetch it."""
+
+    message = "the node public key is not current: fetch /v1/confidential/node"
 
 
 # The message for every failure to open: no detail about which check failed.
@@ -62,7 +64,7 @@ def derive_key(shared_secret: bytes, salt: bytes) -> bytes:
     return hkdf_expand(hkdf_extract(salt, shared_secret), b"", KEY_SIZE)
 
 
-def _b64(payload: dict[str, Any], name: str, size: int | None) -> bytes:
+def decode_b64_field(payload: dict[str, Any], name: str, size: int | None) -> bytes:
     value = payload.get(name)
     if not isinstance(value, str):
         raise InvalidBody(f"`{name}` must be a base64 string")
@@ -112,12 +114,13 @@ class ConfidentialRequest:
         if not isinstance(payload["model_name"], str):
             raise InvalidBody("`model_name` must be a string")
         return cls(
-            ciphertext=_b64(payload, "ciphertext", None),
-            client_dh_public_key=_b64(payload, "client_dh_public_key", KEY_SIZE),
-            node_dh_public_key=_b64(payload, "node_dh_public_key", KEY_SIZE),
-            model_name=payload["model_name"], nonce=_b64(payload, "nonce", NONCE_SIZE),
-            plaintext_body_hash=_b64(payload, "plaintext_body_hash", 32),
-            salt=_b64(payload, "salt", SALT_SIZE), stack_small_id=small_id,
+            ciphertext=decode_b64_field(payload, "ciphertext", None),
+            client_dh_public_key=decode_b64_field(payload, "client_dh_public_key", KEY_SIZE),
+            node_dh_public_key=decode_b64_field(payload, "node_dh_public_key", KEY_SIZE),
+            model_name=payload["model_name"],
+            nonce=decode_b64_field(payload, "nonce", NONCE_SIZE),
+            plaintext_body_hash=decode_b64_field(payload, "plaintext_body_hash", 32),
+            salt=decode_b64_field(payload, "salt", SALT_SIZE), stack_small_id=small_id,
             num_compute_units=units, stream=stream)
 
 
@@ -136,7 +139,7 @@ class NodeSigner:
         return b64(SUI_ED25519_FLAG + signature + self.public_key)
 
 
-class ResponseSealer:
+class EnvelopeSealer:
     """Seals each response (or stream chunk) under the request's key, fresh nonce each."""
 
     def __init__(self, key: bytes, signer: NodeSigner) -> None:
@@ -152,12 +155,12 @@ class ResponseSealer:
 
 
 def open_request(request: ConfidentialRequest, keyring: KeyRing, signer: NodeSigner
-                 ) -> tuple[bytes, ResponseSealer]:
+                 ) -> tuple[bytes, EnvelopeSealer]:
     """Server side: the plaintext and the sealer for its answer."""
     node = next((k for k in keyring.honoured_keys()
                  if k.public_key == request.node_dh_public_key), None)
     if node is None:
-        raise InvalidBody("the node public key is not current: fetch /v1/confidential/node")
+        raise StaleNodeKey()
     try:
         key = derive_key(node.exchange(request.client_dh_public_key), request.salt)
         plaintext = AESGCM(key).decrypt(request.nonce, request.ciphertext, None)
@@ -165,7 +168,7 @@ def open_request(request: ConfidentialRequest, keyring: KeyRing, signer: NodeSig
         raise InvalidBody(OPEN_FAILED) from None
     if blake2b_256(plaintext) != request.plaintext_body_hash:
         raise InvalidBody("`plaintext_body_hash` does not match the decrypted body")
-    return plaintext, ResponseSealer(key, signer)
+    return plaintext, EnvelopeSealer(key, signer)
 
 
 class ClientSession:
@@ -209,3 +212,4 @@ class ClientSession:
         except BadSignatureError:
             raise DecryptError() from None
         return plaintext
+

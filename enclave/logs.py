@@ -1,4 +1,5 @@
 """Structured logs: JSON lines with an allow-list of fields, nothing confidential.
+Both sides use it: the gateway, and the proxy on the user's machine.
 
 Every record, the gateway's own (structlog) and third-party ones (uvicorn, vLLM, httpx
 through the standard library), goes through one formatter that keeps only the fields
@@ -51,7 +52,7 @@ def redact_third_party(_: Any, __: str, event: MutableMapping[str, Any]
 
 def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
     """JSON lines on stderr (or `stream`) for every logger of the process."""
-    shared = [
+    shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

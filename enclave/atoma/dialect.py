@@ -1,0 +1,284 @@
+"""The Atoma dialect over the dialect interface (`enclave.dialect`), both sides.
+
+    GET  /v1/confidential/node                 the node's X25519 and Ed25519 public keys
+    POST /v1/confidential/chat/completions     (and /completions, /embeddings)
+
+Each answer is one sealed, signed envelope (`enclave.atoma.envelope`); a stream is SSE
+events of envelopes, then `data: [DONE]`. Upstream Atoma leaves the order and the end of
+a stream unauthenticated. Inside each chunk's plaintext we add `cloister_seq` (0, 1, ...)
+and, before `[DONE]`, a last chunk with `"choices": []` and `cloister_end: true`: Atoma
+clients ignore unknown fields; ours refuses a swapped, duplicated or dropped chunk, an
+injected `[DONE]` and a stream that ends without that last chunk.
+
+Errors are named like the seed's: `InvalidBody` (400) for a malformed, stale or
+unopenable envelope or a missing or non-boolean `stream`, with a stable `code`
+(`unknown_key` when the node key is stale); `InternalError` (500) when inference fails.
+An engine's 4xx answer travels sealed, like any answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from enclave import sse
+from enclave.atoma.envelope import (
+    ClientSession,
+    ConfidentialRequest,
+    EnvelopeSealer,
+    NodeSigner,
+    b64,
+    decode_b64_field,
+    open_request,
+)
+from enclave.dialect import (
+    Headers,
+    InnerHead,
+    InnerRequest,
+    InnerResponse,
+    OuterRequest,
+    OuterResponse,
+    StreamStart,
+    json_response,
+    media_type,
+    refusal,
+)
+from enclave.errors import InvalidJson, RequestRefused, UnauthenticatedAnswer
+from enclave.keys import KeyRing
+
+NAME = "atoma"
+PREFIX = "/v1/confidential"
+NODE_PATH = f"{PREFIX}/node"
+ENGINE_PATHS = {f"{PREFIX}/chat/completions": "/v1/chat/completions",
+                f"{PREFIX}/completions": "/v1/completions",
+                f"{PREFIX}/embeddings": "/v1/embeddings"}
+SEQ_FIELD = "cloister_seq"
+END_FIELD = "cloister_end"
+EVENT_STREAM = "text/event-stream"
+# Kept from the last engine event in the end chunk, so it is a well-formed chunk object.
+_KEPT_ON_END = ("id", "object", "created", "model")
+
+
+def error_object(status: int, code: str, message: str) -> bytes:
+    kind = "InternalError" if status >= 500 else "InvalidBody"
+    return json.dumps({"error": {"type": kind, "code": code, "message": message}}).encode()
+
+
+def usage_of(content: bytes) -> Any:
+    try:
+        return json.loads(content).get("usage")
+    except (ValueError, AttributeError):
+        return None
+
+
+def with_fields(payload: bytes, fields: dict[str, Any]) -> bytes:
+    """`payload` (a JSON object) with `fields` added, without re-encoding the rest."""
+    body = payload.rstrip()
+    if not body.endswith(b"}"):
+        raise ValueError("an engine event must be a JSON object")
+    inner = body[:-1].rstrip()
+    extra = json.dumps(fields, separators=(",", ":")).encode()[1:]
+    return inner + (extra if inner.endswith(b"{") else b"," + extra)
+
+
+# --- server side ---------------------------------------------------------------------------
+
+class AtomaResponder:
+    streams = True
+
+    def __init__(self, sealer: EnvelopeSealer) -> None:
+        self._sealer = sealer
+        self._seq = 0
+        self._last: dict[str, Any] = {}
+
+    def _envelope(self, status: int, plaintext: bytes) -> OuterResponse:
+        sealed = self._sealer.seal(plaintext, usage=usage_of(plaintext))
+        return json_response(status, json.dumps(sealed).encode())
+
+    def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
+        return self._envelope(status, body) if status < 500 else self.error(status, body)
+
+    def error(self, status: int, error: bytes) -> OuterResponse:
+        if status >= 500:  # the seed's InternalError, in the clear: it says nothing
+            return json_response(500, error_object(500, "internal_error", "inference failed"))
+        return self._envelope(status, error)
+
+    def start(self, status: int, content_type: str) -> StreamStart:
+        return StreamStart(200, (("content-type", EVENT_STREAM),))
+
+    def chunk(self, events: bytes) -> bytes:
+        out = []
+        for data in sse.data_of(events):
+            if data == sse.DONE:
+                end = {**self._last, "choices": [], END_FIELD: True}
+                out.append(self._sealed_event(json.dumps(end).encode()))
+                out.append(sse.event(sse.DONE))
+                continue
+            with contextlib.suppress(ValueError, AttributeError):
+                self._last = {k: v for k, v in json.loads(data).items() if k in _KEPT_ON_END}
+            out.append(self._sealed_event(data))
+        return b"".join(out)
+
+    def _sealed_event(self, plaintext: bytes) -> bytes:
+        plaintext = with_fields(plaintext, {SEQ_FIELD: self._seq})
+        self._seq += 1
+        sealed = self._sealer.seal(plaintext, usage=usage_of(plaintext))
+        return sse.event(json.dumps(sealed).encode())
+
+    def end(self) -> bytes:
+        return b""
+
+
+class AtomaServer:
+    name = NAME
+    end_authenticated = True
+
+    def __init__(self, keyring: KeyRing, signer: NodeSigner) -> None:
+        self._keyring, self._signer = keyring, signer
+
+    def accepts(self, request: OuterRequest) -> bool:
+        return True
+
+    def published_keys(self) -> dict[str, bytes]:
+        return {"atoma-node-x25519": self._keyring.current().public_key,
+                "atoma-signing-ed25519": self._signer.public_key}
+
+    def node_info(self) -> OuterResponse:
+        """`GET /v1/confidential/node`."""
+        return json_response(200, json.dumps({
+            "node_dh_public_key": b64(self._keyring.current().public_key),
+            "signing_public_key": b64(self._signer.public_key),
+            "signature_scheme": "ed25519",
+            "expires_at": int(self._keyring.expires_at())}).encode())
+
+    def open(self, request: OuterRequest) -> tuple[InnerRequest, AtomaResponder]:
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidJson("the body is not valid JSON") from None
+        envelope = ConfidentialRequest.parse(payload)
+        plaintext, sealer = open_request(envelope, self._keyring, self._signer)
+        try:
+            inner = json.loads(plaintext)
+        except (ValueError, UnicodeDecodeError):
+            inner = None
+        if isinstance(inner, dict):  # else the gateway answers a sealed invalid_json
+            inner["stream"] = envelope.stream
+            inner.setdefault("model", envelope.model_name)
+            plaintext = json.dumps(inner).encode()
+        return InnerRequest("POST", ENGINE_PATHS[request.path], plaintext), AtomaResponder(sealer)
+
+    def refuse(self, error: Exception) -> OuterResponse:
+        status = int(getattr(error, "status", 500))
+        if status == 422:  # a stale node key is the seed's InvalidBody, with its own code
+            status = 400
+        return json_response(status, error_object(status, str(getattr(
+            error, "code", "internal_error")), str(getattr(error, "message", "error"))))
+
+
+# --- client side ---------------------------------------------------------------------------
+
+class AtomaOpener:
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+        self._reader = sse.EventReader()
+        self._head: InnerHead | None = InnerHead(200, EVENT_STREAM)
+        self._seq = 0
+        self._ended = False
+        self._done = False
+
+    def _open(self, payload: Any) -> bytes:
+        try:
+            return self._session.open_response(payload)
+        except RequestRefused as exc:
+            raise UnauthenticatedAnswer("the gateway's answer failed to open") from exc
+
+    def whole(self, response: OuterResponse) -> InnerResponse:
+        try:
+            payload = json.loads(response.body)
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        sealed = isinstance(payload, dict) and "ciphertext" in payload
+        if not sealed or not (response.status == 200 or 400 <= response.status < 500):
+            raise refusal(response)
+        return InnerResponse(response.status, "application/json", self._open(payload))
+
+    def begin(self, status: int, headers: Headers) -> bool:
+        return status == 200 and media_type(headers) == EVENT_STREAM
+
+    def push(self, data: bytes) -> list[InnerHead | bytes]:
+        out: list[InnerHead | bytes] = []
+        if self._head is not None:
+            out.append(self._head)
+            self._head = None
+        try:
+            payloads = self._reader.push(data)
+        except RequestRefused as exc:
+            raise UnauthenticatedAnswer("an event of the stream is too large") from exc
+        for payload in payloads:
+            event = self._event(payload)
+            if event is not None:
+                out.append(event)
+        return out
+
+    def _event(self, payload: bytes) -> bytes | None:
+        if self._done:
+            raise UnauthenticatedAnswer("the stream goes on after [DONE]")
+        if payload == sse.DONE:
+            if not self._ended:
+                raise UnauthenticatedAnswer("the stream is truncated (no authenticated end)")
+            self._done = True
+            return sse.event(sse.DONE)
+        if self._ended:
+            raise UnauthenticatedAnswer("the stream goes on after its end")
+        try:
+            chunk = json.loads(self._open(json.loads(payload)))
+            seq = chunk.pop(SEQ_FIELD)
+            ended = chunk.pop(END_FIELD, False) is True
+        except UnauthenticatedAnswer:
+            raise
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise UnauthenticatedAnswer("a chunk of the stream is malformed") from exc
+        if seq != self._seq:
+            raise UnauthenticatedAnswer("the stream's chunks are out of order")
+        self._seq += 1
+        self._ended = ended
+        return None if ended else sse.event(json.dumps(chunk).encode())
+
+    def finish(self) -> list[InnerHead | bytes]:
+        out = self.push(b"")
+        if not self._done:
+            raise UnauthenticatedAnswer("the stream is truncated (no authenticated end)")
+        return out
+
+
+class AtomaClient:
+    """The client side, for one verified pair of node keys."""
+
+    name = NAME
+
+    def __init__(self, node_dh_public_key: bytes, signing_public_key: bytes) -> None:
+        self.node_keys = (node_dh_public_key, signing_public_key)
+
+    @classmethod
+    def from_node_info(cls, body: bytes) -> AtomaClient:
+        """From `GET /v1/confidential/node`; `UnauthenticatedAnswer` if malformed (the keys
+        are checked against the attestation report before use)."""
+        try:
+            info = json.loads(body)
+            return cls(decode_b64_field(info, "node_dh_public_key", 32),
+                       decode_b64_field(info, "signing_public_key", 32))
+        except (ValueError, RequestRefused, AttributeError) as exc:
+            raise UnauthenticatedAnswer("malformed node keys") from exc
+
+    def seal(self, request: InnerRequest, *, stream: bool) -> tuple[OuterRequest, AtomaOpener]:
+        session = ClientSession(*self.node_keys)
+        try:
+            model = json.loads(request.body).get("model", "")
+        except (ValueError, AttributeError):
+            model = ""
+        envelope = session.seal_request(request.body, model_name=str(model), stream=stream)
+        path = PREFIX + request.path.removeprefix("/v1")
+        return (OuterRequest("POST", path, (("content-type", "application/json"),),
+                             json.dumps(envelope).encode()), AtomaOpener(session))

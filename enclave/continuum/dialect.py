@@ -1,0 +1,280 @@
+"""The Continuum dialect over the dialect interface (`enclave.dialect`), both sides.
+
+    POST /v1/secrets                         register an inference secret (HPKE-sealed)
+    POST /v1/chat/completions, /v1/completions, /v1/embeddings
+                                             the prompt field an encrypted string
+
+Plaintext stays plaintext where the seed says so (`id`, `model`, `usage`, `created`,
+`/v1/models`); everything the prompt or the completion is made of travels sealed
+(`enclave.continuum.fields`). A stream ends with a sealed message carrying the final
+flag, then `data: [DONE]`. The seed's error bodies are plaintext, so an engine's
+message never appears in them (only its stable code); the whole error travels sealed
+beside it in `encrypted_error`, which our client opens and passes on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from enclave import sse
+from enclave.continuum.fields import (
+    PROMPT_FIELDS,
+    RESULT_FIELDS,
+    FieldCipher,
+    SealedField,
+    SecretStore,
+    is_encrypted_field,
+    open_secret,
+)
+from enclave.dialect import (
+    Headers,
+    InnerHead,
+    InnerRequest,
+    InnerResponse,
+    OuterRequest,
+    OuterResponse,
+    StreamStart,
+    json_response,
+    media_type,
+    plain_refusal,
+    refusal,
+)
+from enclave.errors import (
+    InvalidJson,
+    MalformedRequest,
+    RequestRefused,
+    UnauthenticatedAnswer,
+)
+from enclave.keys import KeyRing
+from enclave.ohttp.keyconfig import encode_key_configs
+from enclave.wire_errors import ErrorCode, code_of, error_json
+
+NAME = "continuum"
+SECRETS_PATH = "/v1/secrets"
+ERROR_FIELD = "encrypted_error"
+EVENT_STREAM = "text/event-stream"
+# A sealed 32-byte secret with its framing is well under 1 KiB.
+MAX_SECRET_BODY = 4096
+_KEPT_ON_FINAL = ("id", "object", "created", "model")
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJson() from None
+    if not isinstance(value, dict):
+        raise InvalidJson("request body must be a JSON object")
+    return value
+
+
+# --- server side ---------------------------------------------------------------------------
+
+class ContinuumResponder:
+    streams = True
+
+    def __init__(self, cipher: FieldCipher, field: str) -> None:
+        self._cipher, self._field = cipher, field
+        self._seq = 0
+        self._last: dict[str, Any] = {}
+
+    def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
+        if status != 200:
+            return self.error(status, body)
+        obj = json.loads(body)
+        obj[self._field] = self._cipher.seal_response(
+            self._field, 0, json.dumps(obj.get(self._field)).encode(), final=True)
+        return json_response(200, json.dumps(obj).encode())
+
+    def error(self, status: int, error: bytes) -> OuterResponse:
+        code = ErrorCode(code_of(error) or ErrorCode.ENGINE_ERROR)
+        redacted = json.loads(error_json(code, f"the engine rejected the request ({code})"))
+        redacted[ERROR_FIELD] = self._cipher.seal_response(ERROR_FIELD, 0, error, final=True)
+        return json_response(status, json.dumps(redacted).encode())
+
+    def start(self, status: int, content_type: str) -> StreamStart:
+        return StreamStart(200, (("content-type", EVENT_STREAM),))
+
+    def chunk(self, events: bytes) -> bytes:
+        out = []
+        for data in sse.data_of(events):
+            if data == sse.DONE:
+                out.append(self._event({**self._last, self._field: []}, final=True))
+                out.append(sse.event(sse.DONE))
+                continue
+            obj = json.loads(data)
+            self._last = {k: obj[k] for k in _KEPT_ON_FINAL if k in obj}
+            out.append(self._event(obj, final=False))
+        return b"".join(out)
+
+    def _event(self, obj: dict[str, Any], *, final: bool) -> bytes:
+        plaintext = json.dumps(obj.get(self._field, [])).encode()
+        obj = {**obj, self._field: self._cipher.seal_response(self._field, self._seq,
+                                                              plaintext, final=final)}
+        self._seq += 1
+        return sse.event(json.dumps(obj).encode())
+
+    def end(self) -> bytes:
+        return b""
+
+
+class ContinuumServer:
+    name = NAME
+    end_authenticated = True
+
+    def __init__(self, keyring: KeyRing, secrets: SecretStore) -> None:
+        self._keyring, self.secrets = keyring, secrets
+
+    def accepts(self, request: OuterRequest) -> bool:
+        field = PROMPT_FIELDS.get(request.path)
+        if request.method != "POST" or field is None:
+            return False
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(payload, dict) and is_encrypted_field(payload.get(field))
+
+    def published_keys(self) -> dict[str, bytes]:
+        # Secrets are sealed to the enclave's HPKE key (the OHTTP key configuration).
+        return {"continuum": encode_key_configs(self._keyring.key_configs())}
+
+    def register_secret(self, request: OuterRequest) -> OuterResponse:
+        """`POST /v1/secrets`: raises `RequestRefused` for a body that does not open."""
+        if len(request.body) > MAX_SECRET_BODY:
+            raise MalformedRequest("the secret registration is too large")
+        secret = open_secret(self._keyring, _object(request.body))
+        secret_id, expires = self.secrets.register(secret)
+        return json_response(200, json.dumps({"secret_id": secret_id,
+                                              "expires_at": expires}).encode())
+
+    def open(self, request: OuterRequest) -> tuple[InnerRequest, ContinuumResponder]:
+        payload = _object(request.body)
+        first = SealedField.parse(payload[PROMPT_FIELDS[request.path]])
+        secret = self.secrets.get(first.secret_id)
+        cipher = FieldCipher(first.secret_id, secret, first.request_nonce)
+        for name, value in list(payload.items()):
+            if is_encrypted_field(value):
+                try:
+                    payload[name] = json.loads(cipher.open_request_field(name, value))
+                except (ValueError, UnicodeDecodeError):
+                    raise MalformedRequest(f"sealed field `{name}` is not JSON") from None
+        return (InnerRequest("POST", request.path, json.dumps(payload).encode()),
+                ContinuumResponder(cipher, RESULT_FIELDS[request.path]))
+
+    def refuse(self, error: Exception) -> OuterResponse:
+        return plain_refusal(error)
+
+
+# --- client side ---------------------------------------------------------------------------
+
+class ContinuumOpener:
+    def __init__(self, cipher: FieldCipher, field: str) -> None:
+        self._cipher, self._field = cipher, field
+        self._reader = sse.EventReader()
+        self._head: InnerHead | None = InnerHead(200, EVENT_STREAM)
+        self._seq = 0
+        self._final = False
+        self._done = False
+
+    def whole(self, response: OuterResponse) -> InnerResponse:
+        try:
+            obj = json.loads(response.body)
+        except (ValueError, UnicodeDecodeError):
+            obj = None
+        if not isinstance(obj, dict):
+            raise refusal(response)
+        try:
+            if response.status == 200:
+                obj[self._field] = json.loads(self._cipher.open_response(
+                    self._field, 0, obj.get(self._field), final=True))
+                return InnerResponse(200, "application/json", json.dumps(obj).encode())
+            if ERROR_FIELD in obj and 400 <= response.status < 600:
+                error = self._cipher.open_response(ERROR_FIELD, 0, obj[ERROR_FIELD],
+                                                   final=True)
+                return InnerResponse(response.status, "application/json", error)
+        except (RequestRefused, ValueError) as exc:
+            raise UnauthenticatedAnswer("the gateway's answer failed to open") from exc
+        raise refusal(response)
+
+    def begin(self, status: int, headers: Headers) -> bool:
+        return status == 200 and media_type(headers) == EVENT_STREAM
+
+    def push(self, data: bytes) -> list[InnerHead | bytes]:
+        out: list[InnerHead | bytes] = []
+        if self._head is not None:
+            out.append(self._head)
+            self._head = None
+        try:
+            payloads = self._reader.push(data)
+        except RequestRefused as exc:
+            raise UnauthenticatedAnswer("an event of the stream is too large") from exc
+        for payload in payloads:
+            event = self._event(payload)
+            if event is not None:
+                out.append(event)
+        return out
+
+    def _event(self, payload: bytes) -> bytes | None:
+        if self._done:
+            raise UnauthenticatedAnswer("the stream goes on after [DONE]")
+        if payload == sse.DONE:
+            if not self._final:
+                raise UnauthenticatedAnswer("the stream is truncated (no final message)")
+            self._done = True
+            return sse.event(sse.DONE)
+        if self._final:
+            raise UnauthenticatedAnswer("the stream goes on after its final message")
+        try:
+            obj = json.loads(payload)
+            value = obj.get(self._field)
+        except (ValueError, AttributeError) as exc:
+            raise UnauthenticatedAnswer("a chunk of the stream is malformed") from exc
+        for final in (False, True):
+            try:
+                opened = self._cipher.open_response(self._field, self._seq, value, final=final)
+            except RequestRefused:
+                continue
+            self._seq += 1
+            self._final = final
+            if final:
+                return None
+            obj[self._field] = json.loads(opened)
+            return sse.event(json.dumps(obj).encode())
+        raise UnauthenticatedAnswer("a chunk of the stream failed to open (tampered or "
+                                    "reordered)")
+
+    def finish(self) -> list[InnerHead | bytes]:
+        out = self.push(b"")
+        if not self._done:
+            raise UnauthenticatedAnswer("the stream is truncated (no final message)")
+        return out
+
+
+class ContinuumClient:
+    """The client side, for one registered inference secret."""
+
+    name = NAME
+
+    def __init__(self, secret_id: str, secret: bytes) -> None:
+        self.secret_id, self._secret = secret_id, secret
+
+    def __repr__(self) -> str:
+        return f"ContinuumClient(secret_id={self.secret_id}, secret=[redacted])"
+
+    def seal(self, request: InnerRequest, *, stream: bool
+             ) -> tuple[OuterRequest, ContinuumOpener]:
+        field = PROMPT_FIELDS.get(request.path)
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        if field is None or not isinstance(payload, dict) or field not in payload:
+            raise ValueError(f"a Continuum request to {request.path} needs `{field}`")
+        cipher = FieldCipher.for_client(self.secret_id, self._secret)
+        sealed = {**payload, field: cipher.seal_request_field(
+            field, json.dumps(payload[field]).encode())}
+        return (OuterRequest("POST", request.path, (("content-type", "application/json"),),
+                             json.dumps(sealed).encode()),
+                ContinuumOpener(cipher, RESULT_FIELDS[request.path]))

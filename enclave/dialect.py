@@ -1,0 +1,209 @@
+"""The dialect interface: one shape for every wire dialect, server side and client side.
+
+Sans-IO in h11's manner: bytes in, bytes or small frozen values out; no sockets, no
+Starlette, no httpx. The gateway and the proxy are thin adapters over it, so padding,
+replay protection or a new dialect is written once, here.
+
+    server   ServerDialect.open(OuterRequest) -> (InnerRequest, Responder)
+             Responder.whole(...) / .error(...)               -> OuterResponse
+             Responder.start(...) -> StreamStart, .chunk(events) -> bytes, .end() -> bytes
+             ServerDialect.refuse(RequestRefused)             -> OuterResponse (unsealed)
+    client   ClientDialect.seal(InnerRequest, stream=...)      -> (OuterRequest, Opener)
+             Opener.whole(OuterResponse)                       -> InnerResponse
+             Opener.begin(status, headers) -> bool  (a sealed stream follows?)
+             Opener.push(bytes) -> [InnerHead | bytes],  Opener.finish() -> [...]
+
+`open` raises a `RequestRefused` (enclave.errors); a client's opener raises an
+`AnswerRefused` for anything the gateway did not authenticate, so a client never passes
+on a status or a byte that did not come from the enclave. A dialect whose end of stream
+is not authenticated (EHBP) says so in `end_authenticated`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+from enclave.errors import AnswerRefused, StaleCredentials, UnauthenticatedAnswer
+from enclave.wire_errors import ErrorCode, code_of, error_body
+
+Headers = tuple[tuple[str, str], ...]  # names in lower case
+
+
+def header(headers: Headers, name: str) -> str | None:
+    name = name.lower()
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def media_type(headers: Headers) -> str:
+    """The media type of `content-type`, lower case, without parameters."""
+    return (header(headers, "content-type") or "").split(";")[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class OuterRequest:
+    """A request as it crosses the wire: what arrived at the gateway, or what a client
+    sends."""
+
+    method: str
+    path: str
+    headers: Headers = ()
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return header(self.headers, name)
+
+
+@dataclass(frozen=True)
+class OuterResponse:
+    status: int
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return header(self.headers, name)
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """The status and headers of a streamed answer, and bytes to send before the first
+    chunk (for instance OHTTP's response nonce and sealed inner head)."""
+
+    status: int
+    headers: Headers
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class InnerRequest:
+    """The plaintext OpenAI request, as the engine sees it."""
+
+    method: str
+    path: str
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class InnerHead:
+    status: int
+    content_type: str
+
+
+@dataclass(frozen=True)
+class InnerResponse:
+    """A plaintext answer the client has authenticated."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+class Responder(Protocol):
+    """Server side: how the answer to one opened request leaves the enclave."""
+
+    @property
+    def streams(self) -> bool:
+        """Whether a streamed engine answer is relayed as produced (False: the gateway
+        gathers it and calls `whole`, as OHTTP's single-shot messages need)."""
+
+    def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
+        """One complete answer."""
+
+    def error(self, status: int, error: bytes) -> OuterResponse:
+        """An OpenAI-shaped error JSON, sealed wherever the dialect can seal."""
+
+    def start(self, status: int, content_type: str) -> StreamStart:
+        """The beginning of a streamed answer."""
+
+    def chunk(self, events: bytes) -> bytes:
+        """One or more complete SSE events, as the engine produced them."""
+
+    def end(self) -> bytes:
+        """After the last chunk: the dialect's end of stream."""
+
+
+class ServerDialect(Protocol):
+    name: str
+    end_authenticated: bool
+
+    def accepts(self, request: OuterRequest) -> bool:
+        """Whether this request is in this dialect (several share `/v1/chat/completions`)."""
+
+    def open(self, request: OuterRequest) -> tuple[InnerRequest, Responder]:
+        """The plaintext request and its responder; raises `RequestRefused`."""
+
+    def refuse(self, error: Exception) -> OuterResponse:
+        """A request refused before it was opened, in the dialect's own error shape
+        (unsealed: it says nothing about content). `error` is a `RequestRefused` or the
+        gateway's own refusal (same `code`, `status`, `message` attributes)."""
+
+    def published_keys(self) -> dict[str, bytes]:
+        """The public keys this dialect accepts traffic for, bound in the attestation
+        report under these names."""
+
+
+class Opener(Protocol):
+    """Client side: opens the answer to one sealed request."""
+
+    def whole(self, response: OuterResponse) -> InnerResponse:
+        """The authenticated answer, or `AnswerRefused`."""
+
+    def begin(self, status: int, headers: Headers) -> bool:
+        """Whether the outer head announces a sealed stream (feed its body to `push`,
+        then `finish`). False: read the body whole and hand it to `whole`, which opens a
+        sealed answer or says why it refuses it."""
+
+    def push(self, data: bytes) -> list[InnerHead | bytes]:
+        """What `data` completes: the inner head first (once), then plaintext chunks."""
+
+    def finish(self) -> list[InnerHead | bytes]:
+        """The end of the body: what remains, or `AnswerRefused` when the answer was cut
+        before its authenticated end."""
+
+
+class ClientDialect(Protocol):
+    name: str
+
+    def seal(self, request: InnerRequest, *, stream: bool) -> tuple[OuterRequest, Opener]:
+        """What to send, and the opener for its answer."""
+
+
+# --- shared helpers ----------------------------------------------------------------------
+
+JSON = "application/json"
+NO_STORE: Headers = (("cache-control", "no-store"),)
+STALE_CODES = frozenset({"unknown_key", "unknown_secret"})
+
+
+def json_response(status: int, body: bytes, *, extra: Headers = ()) -> OuterResponse:
+    return OuterResponse(status, (("content-type", JSON), *extra), body)
+
+
+def plain_refusal(error: Exception, *, problem_type: str | None = None) -> OuterResponse:
+    """An unsealed refusal as an OpenAI-shaped error; with `problem_type`, an RFC 9457
+    problem document (what OHTTP and EHBP clients look for on a stale key)."""
+    code = ErrorCode(getattr(error, "code", ErrorCode.INTERNAL_ERROR))
+    status = int(getattr(error, "status", 500))
+    body = error_body(code, str(getattr(error, "message", "error")))
+    if problem_type is None:
+        return json_response(status, json.dumps(body).encode())
+    problem = {"type": problem_type, "title": body["error"]["message"], "status": status,
+               **body}
+    return OuterResponse(status, (("content-type", "application/problem+json"),),
+                         json.dumps(problem).encode())
+
+
+def refusal(response: OuterResponse) -> AnswerRefused:
+    """Client side: what an unsealed answer means. Never its body: only whether it says
+    our key or secret is stale (refetch, retry once) or not (refuse)."""
+    code = code_of(response.body)
+    if code in STALE_CODES and 400 <= response.status < 500:
+        return StaleCredentials(f"the gateway no longer accepts our key ({code})",
+                                outer_status=response.status, outer_code=code)
+    said = f"{response.status} {code}" if code else str(response.status)
+    return UnauthenticatedAnswer(f"the gateway answered HTTP {said} without authenticating "
+                                 "it", outer_status=response.status, outer_code=code)

@@ -1,0 +1,274 @@
+"""The native dialect: an Oblivious HTTP gateway resource (RFC 9458) in front of the
+engine, both sides, over the dialect interface (`enclave.dialect`).
+
+    GET  /.well-known/ohttp-gateway   application/ohttp-keys
+    POST /.well-known/ohttp-gateway   message/ohttp-req          -> message/ohttp-res
+                                      message/ohttp-chunked-req  -> message/ohttp-chunked-res
+
+The inner request is a Binary HTTP OpenAI request. A chunked response carries an
+indeterminate-length Binary HTTP response whose content chunks are the engine's SSE
+events, sealed as produced; its end is authenticated (the final chunk). A single-shot
+response to a streamed request gathers the stream into one message.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from enclave.dialect import (
+    NO_STORE,
+    Headers,
+    InnerHead,
+    InnerRequest,
+    InnerResponse,
+    OuterRequest,
+    OuterResponse,
+    StreamStart,
+    media_type,
+    plain_refusal,
+    refusal,
+)
+from enclave.errors import RequestRefused, UnauthenticatedAnswer
+from enclave.keys import KeyRing
+from enclave.ohttp.bhttp import (
+    ContentChunk,
+    Request,
+    ResponseHead,
+    StreamedResponseParser,
+    decode_request,
+    decode_response,
+    encode_content_chunk,
+    encode_request,
+    encode_response,
+    encode_response_end,
+    encode_response_head,
+)
+from enclave.ohttp.bhttp import Response as BinaryResponse
+from enclave.ohttp.chunked import ChunkedRequestOpener, ChunkedRequestSealer, ChunkedResponseSealer
+from enclave.ohttp.encapsulation import ClientRequest, ResponseSealer, decapsulate_request
+from enclave.ohttp.keyconfig import KeyConfig, encode_key_configs
+from enclave.ohttp.protocol import (
+    CHUNKED_REQUEST_MEDIA_TYPE,
+    CHUNKED_RESPONSE_MEDIA_TYPE,
+    KEY_CONFIG_PROBLEM_TYPE,
+    KEYS_MEDIA_TYPE,
+    REQUEST_MEDIA_TYPE,
+    RESPONSE_MEDIA_TYPE,
+)
+from enclave.wire_errors import ErrorCode
+
+PATH = "/.well-known/ohttp-gateway"
+NAME = "ohttp"
+
+
+class UnsupportedMediaType(RequestRefused):
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+    message = f"expected {REQUEST_MEDIA_TYPE} or {CHUNKED_REQUEST_MEDIA_TYPE}"
+
+
+def _fields(content_type: str) -> Headers:
+    return (("content-type", content_type),)
+
+
+# --- server side ---------------------------------------------------------------------------
+
+class _SingleShotResponder:
+    """Answers a `message/ohttp-req` with one `message/ohttp-res`."""
+
+    streams = False
+
+    def __init__(self, sealer: ResponseSealer) -> None:
+        self._sealer = sealer
+
+    def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
+        message = encode_response(BinaryResponse(status, _fields(content_type), body))
+        return OuterResponse(200, (("content-type", RESPONSE_MEDIA_TYPE), *NO_STORE),
+                             self._sealer.seal(message))
+
+    def error(self, status: int, error: bytes) -> OuterResponse:
+        return self.whole(status, "application/json", error)
+
+    def start(self, status: int, content_type: str) -> StreamStart:
+        raise RuntimeError("a single-shot OHTTP response is never streamed")
+
+    def chunk(self, events: bytes) -> bytes:
+        raise RuntimeError("a single-shot OHTTP response is never streamed")
+
+    def end(self) -> bytes:
+        raise RuntimeError("a single-shot OHTTP response is never streamed")
+
+
+class _ChunkedResponder:
+    """Answers a `message/ohttp-chunked-req` with a `message/ohttp-chunked-res`."""
+
+    streams = True
+    _HEADERS: Headers = (("content-type", CHUNKED_RESPONSE_MEDIA_TYPE), *NO_STORE)
+
+    def __init__(self, sealer: ChunkedResponseSealer) -> None:
+        self._sealer = sealer
+
+    def start(self, status: int, content_type: str) -> StreamStart:
+        head = encode_response_head(status, _fields(content_type))
+        return StreamStart(200, self._HEADERS, self._sealer.start()
+                           + self._sealer.seal_chunk(head))
+
+    def chunk(self, events: bytes) -> bytes:
+        return self._sealer.seal_chunk(encode_content_chunk(events))
+
+    def end(self) -> bytes:
+        return self._sealer.seal_final(encode_response_end())
+
+    def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
+        start = self.start(status, content_type)
+        content = encode_content_chunk(body) if body else b""
+        return OuterResponse(200, self._HEADERS, start.body + self._sealer.seal_final(
+            content + encode_response_end()))
+
+    def error(self, status: int, error: bytes) -> OuterResponse:
+        return self.whole(status, "application/json", error)
+
+
+class OhttpServer:
+    """The gateway side. Both framings share the path; the media type chooses."""
+
+    name = NAME
+    end_authenticated = True
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self._keyring = keyring
+
+    def accepts(self, request: OuterRequest) -> bool:
+        return True
+
+    def published_keys(self) -> dict[str, bytes]:
+        return {"ohttp": encode_key_configs(self._keyring.key_configs())}
+
+    def key_configs(self) -> OuterResponse:
+        """`GET /.well-known/ohttp-gateway`, cacheable until the key rotates."""
+        ttl = max(0, int(self._keyring.expires_at() - self._keyring.now()))
+        return OuterResponse(200, (("content-type", KEYS_MEDIA_TYPE),
+                                   ("cache-control", f"max-age={ttl}")),
+                             encode_key_configs(self._keyring.key_configs()))
+
+    def open(self, request: OuterRequest) -> tuple[InnerRequest, _SingleShotResponder
+                                                   | _ChunkedResponder]:
+        kind = media_type(request.headers)
+        if kind == CHUNKED_REQUEST_MEDIA_TYPE:
+            opener = ChunkedRequestOpener(self._keyring)
+            parts = opener.push(request.body)
+            parts.append(opener.finish())
+            inner = decode_request(b"".join(parts))
+            responder: _SingleShotResponder | _ChunkedResponder = _ChunkedResponder(
+                opener.response_sealer())
+        elif kind == REQUEST_MEDIA_TYPE:
+            message, sealer = decapsulate_request(self._keyring, request.body)
+            inner, responder = decode_request(message), _SingleShotResponder(sealer)
+        else:
+            raise UnsupportedMediaType()
+        return InnerRequest(inner.method.upper(), urlsplit(inner.path).path,
+                            inner.content), responder
+
+    def refuse(self, error: Exception) -> OuterResponse:
+        return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE
+                             if getattr(error, "code", None) == ErrorCode.UNKNOWN_KEY else None)
+
+
+# --- client side ---------------------------------------------------------------------------
+
+def _binary_request(request: InnerRequest) -> Request:
+    headers = (("content-type", "application/json"),) if request.body else ()
+    return Request(request.method, request.path, "https", "cloister", headers, request.body)
+
+
+def _opened(what: str = "the gateway's answer failed to open") -> UnauthenticatedAnswer:
+    return UnauthenticatedAnswer(what)
+
+
+class _SingleShotOpener:
+    def __init__(self, sealed: ClientRequest) -> None:
+        self._sealed = sealed
+
+    def whole(self, response: OuterResponse) -> InnerResponse:
+        if response.status != 200 or media_type(response.headers) != RESPONSE_MEDIA_TYPE:
+            raise refusal(response)
+        try:
+            inner = decode_response(self._sealed.open_response(response.body))
+        except RequestRefused as exc:
+            raise _opened() from exc
+        return InnerResponse(inner.status, inner.header("content-type") or "application/json",
+                             inner.content)
+
+    def begin(self, status: int, headers: Headers) -> bool:
+        return False
+
+    def push(self, data: bytes) -> list[InnerHead | bytes]:
+        raise RuntimeError("a single-shot OHTTP answer is read whole")
+
+    def finish(self) -> list[InnerHead | bytes]:
+        raise RuntimeError("a single-shot OHTTP answer is read whole")
+
+
+class _ChunkedOpener:
+    def __init__(self, sealer: ChunkedRequestSealer) -> None:
+        self._opener = sealer.response_opener()
+        self._parser = StreamedResponseParser()
+
+    def begin(self, status: int, headers: Headers) -> bool:
+        return status == 200 and media_type(headers) == CHUNKED_RESPONSE_MEDIA_TYPE
+
+    def push(self, data: bytes) -> list[InnerHead | bytes]:
+        try:
+            return self._events(self._opener.push(data))
+        except RequestRefused as exc:
+            raise _opened("the gateway's answer failed to open (tampered)") from exc
+
+    def finish(self) -> list[InnerHead | bytes]:
+        try:
+            out = self._events([self._opener.finish()])
+            self._parser.finish()
+        except RequestRefused as exc:
+            raise _opened("the gateway's answer failed to open (tampered or truncated)"
+                          ) from exc
+        return out
+
+    def _events(self, plaintexts: list[bytes]) -> list[InnerHead | bytes]:
+        out: list[InnerHead | bytes] = []
+        for piece in plaintexts:
+            for event in self._parser.push(piece):
+                if isinstance(event, ResponseHead):
+                    out.append(InnerHead(event.status, dict(event.headers).get(
+                        "content-type", "application/json")))
+                elif isinstance(event, ContentChunk):
+                    out.append(event.data)
+        return out
+
+    def whole(self, response: OuterResponse) -> InnerResponse:
+        if not self.begin(response.status, response.headers):
+            raise refusal(response)
+        events = [*self.push(response.body), *self.finish()]
+        heads = [e for e in events if isinstance(e, InnerHead)]
+        if len(heads) != 1:
+            raise _opened("the gateway's answer has no head")
+        body = b"".join(e for e in events if isinstance(e, bytes))
+        return InnerResponse(heads[0].status, heads[0].content_type, body)
+
+
+class OhttpClient:
+    """The client side, for one verified key configuration."""
+
+    name = NAME
+
+    def __init__(self, config: KeyConfig) -> None:
+        self.config = config
+
+    def seal(self, request: InnerRequest, *, stream: bool
+             ) -> tuple[OuterRequest, _SingleShotOpener | _ChunkedOpener]:
+        if stream:
+            sealer = ChunkedRequestSealer(self.config)
+            message = encode_request(_binary_request(request), indeterminate=True)
+            body = sealer.header + sealer.seal_chunk(message) + sealer.seal_final(b"")
+            return (OuterRequest("POST", PATH, _fields(CHUNKED_REQUEST_MEDIA_TYPE), body),
+                    _ChunkedOpener(sealer))
+        sealed = ClientRequest(self.config, encode_request(_binary_request(request)))
+        return (OuterRequest("POST", PATH, _fields(REQUEST_MEDIA_TYPE), sealed.data),
+                _SingleShotOpener(sealed))

@@ -1,0 +1,293 @@
+"""The one engine endpoint: every dialect's requests take the same path.
+
+    admit  ->  read the body (bounded in size and time)  ->  choose the dialect and open
+    (in a worker thread when large)  ->  refuse what the engine must not see  ->  gate
+    (the platform API's keys and budgets)  ->  call the engine  ->  answer whole, or
+    relay the stream chunk by chunk  ->  observer.finish(usage, completed), always
+
+A refusal before the request is opened is unsealed and in the dialect's own shape; from
+then on every answer, errors included, leaves through the dialect's responder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from enclave.dialect import (
+    InnerRequest,
+    OuterRequest,
+    OuterResponse,
+    Responder,
+    ServerDialect,
+    StreamStart,
+)
+from enclave.engine import ENGINE_ROUTES, EngineRequest, EngineResponse
+from enclave.errors import RequestRefused
+from enclave.wire_errors import ErrorCode, error_json, normalize_engine_error
+from gateway.body import read_body
+from gateway.context import RequestContext
+from gateway.engine_call import EngineCall
+from gateway.engine_slot import EngineSlot
+from gateway.errors import GatewayError
+from gateway.limits import Admission
+from gateway.metrics import GatewayMetrics
+
+log = structlog.get_logger("cloister.gateway")
+
+# Bodies up to this size are opened on the event loop (a few hundred microseconds);
+# larger ones in a worker thread, so that one big request never stalls the others.
+INLINE_OPEN_BYTES = 64 * 1024
+# Large bodies opened at once: each holds a thread and its buffers.
+MAX_CONCURRENT_OPENS = 4
+
+
+class Observer(Protocol):
+    """Told how every engine request ended, whatever the path (disconnects included)."""
+
+    wants_usage: bool
+
+    async def finish(self, usage: dict[str, Any] | None, completed: bool) -> None: ...
+
+
+class NoObserver:
+    wants_usage = False
+
+    async def finish(self, usage: dict[str, Any] | None, completed: bool) -> None:
+        return None
+
+
+Gate = Callable[[Request, InnerRequest], Awaitable[tuple[InnerRequest, Observer]]]
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A dialect served at a path, with the gate its requests pass (if any)."""
+
+    dialect: ServerDialect
+    gate: Gate | None = None
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the endpoint asks of the gateway."""
+
+    slot: EngineSlot
+    admission: Admission
+    metrics: GatewayMetrics
+    max_body_bytes: int
+    body_timeout: float
+    opens: asyncio.Semaphore
+
+
+def _to_response(outer: OuterResponse) -> Response:
+    return Response(outer.body, status_code=outer.status, headers=dict(outer.headers))
+
+
+class _Tracker:
+    """Follows one answer: chunks sent, time to the first, usage, whether it ended."""
+
+    def __init__(self, services: Services, dialect: str, started_at: float,
+                 observer: Observer) -> None:
+        self._chunks = services.metrics.chunks.labels(dialect)
+        self._ttft = services.metrics.ttft.labels(dialect)
+        self._started_at = started_at
+        self.observer = observer
+        self.usage: dict[str, Any] | None = None
+        self.completed = False
+        self._first = True
+
+    def saw_whole(self, body: bytes) -> None:
+        if self.observer.wants_usage:
+            self.usage = _usage_of(body) or self.usage
+
+    def saw_chunk(self, chunk: bytes) -> None:
+        self._chunks.inc()
+        if self._first:
+            self._first = False
+            self._ttft.observe(time.perf_counter() - self._started_at)
+        if self.observer.wants_usage and b'"usage"' in chunk:
+            for line in chunk.split(b"\n\n"):
+                if line.startswith(b"data: {"):
+                    self.usage = _usage_of(line[6:]) or self.usage
+
+
+def _usage_of(body: bytes) -> dict[str, Any] | None:
+    try:
+        usage = json.loads(body).get("usage")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+class _Relay:
+    """Relays a streamed engine answer through the responder, chunk by chunk."""
+
+    def __init__(self, call: EngineCall, answer: EngineResponse, responder: Responder,
+                 start: StreamStart, tracker: _Tracker) -> None:
+        self._call, self._answer, self._responder = call, answer, responder
+        self._start, self._tracker = start, tracker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start, responder, tracker = self._start, self._responder, self._tracker
+        try:
+            await send({"type": "http.response.start", "status": start.status,
+                        "headers": [(k.encode(), v.encode()) for k, v in start.headers]})
+            if start.body:
+                await send({"type": "http.response.body", "body": start.body,
+                            "more_body": True})
+            async for chunk in self._answer.chunks():
+                if self._call.gone.is_set():
+                    return
+                tracker.saw_chunk(chunk)
+                await send({"type": "http.response.body", "body": responder.chunk(chunk),
+                            "more_body": True})
+            if not self._call.gone.is_set():
+                await send({"type": "http.response.body", "body": responder.end()})
+                tracker.completed = True
+        except OSError:
+            pass  # the client went away while we were writing (ASGI spec 2.4)
+
+
+class EngineEndpoint:
+    """An ASGI endpoint for one path, served by one or more dialects (tried in order)."""
+
+    def __init__(self, mounts: Sequence[Mount], services: Services) -> None:
+        if not mounts:
+            raise ValueError("an endpoint needs at least one dialect")
+        self._mounts = tuple(mounts)
+        self._services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        context = RequestContext.of(scope)
+        services = self._services
+        client = (scope.get("client") or ("unknown", 0))[0]
+        refusal = services.admission.refusal(client, services.slot.unfinished_requests())
+        if refusal is not None:
+            services.metrics.rejected.labels(refusal.code.value).inc()
+            await refusal.response()(scope, receive, send)
+            return
+        tracker: _Tracker | None = None
+        call: EngineCall | None = None
+        with services.admission.admitted(client):
+            try:
+                answer, tracker, call = await self._serve(request, context)
+                await answer(scope, receive, send)
+            finally:
+                if call is not None:
+                    await call.close()
+                if tracker is not None:
+                    services.metrics.in_flight.labels(context.dialect).dec()
+                    await asyncio.shield(tracker.observer.finish(tracker.usage,
+                                                                 tracker.completed))
+
+    async def _serve(self, request: Request, context: RequestContext
+                     ) -> tuple[Any, _Tracker | None, EngineCall | None]:
+        services = self._services
+        try:
+            body = await read_body(request, services.max_body_bytes,
+                                   timeout=services.body_timeout)
+        except GatewayError as err:
+            return self._refused(self._mounts[0].dialect, err), None, None
+        outer = OuterRequest(request.method, request.url.path,
+                             tuple((k, v) for k, v in request.headers.items()), body)
+        try:
+            mount, inner, responder, problem = await self._open(outer)
+        except _Refused as refused:
+            context.dialect = refused.dialect.name
+            services.metrics.crypto_failures.labels(context.dialect, "open_request").inc()
+            return self._refused(refused.dialect, refused.error), None, None
+        context.dialect = mount.dialect.name
+        services.metrics.in_flight.labels(context.dialect).inc()
+        tracker = _Tracker(services, context.dialect, context.started_at, NoObserver())
+        try:
+            if mount.gate is not None:
+                gated, tracker.observer = await mount.gate(request, inner)
+                if gated is not inner:  # the gate may rewrite the request: check it again
+                    inner, problem = gated, _inner_problem(gated)
+            if problem is not None:
+                return _to_response(responder.error(*problem)), tracker, None
+            engine = services.slot.get()
+        except GatewayError as err:
+            return _to_response(responder.error(err.status, err.body_json())), tracker, None
+        call = EngineCall(engine, request.receive)
+        try:
+            answer = await call.start(EngineRequest(inner.method, inner.path, inner.body,
+                                                    request_id=context.request_id))
+            return await self._answer(call, answer, responder, tracker), tracker, call
+        except Exception as exc:  # noqa: BLE001 - answered sealed; the type only is logged
+            log.error("engine_call_failed", error_type=type(exc).__name__)
+            failed = responder.error(500, error_json(ErrorCode.INTERNAL_ERROR, "internal error"))
+            return _to_response(failed), tracker, call
+
+    async def _answer(self, call: EngineCall, answer: EngineResponse, responder: Responder,
+                      tracker: _Tracker) -> Any:
+        if answer.status >= 400 and not answer.is_event_stream:
+            body = normalize_engine_error(answer.status, await answer.read())
+            tracker.completed = True
+            return _to_response(responder.error(answer.status, body))
+        content_type = answer.content_type or "application/json"
+        if answer.is_event_stream and responder.streams:
+            start = responder.start(answer.status, content_type)
+            return _Relay(call, answer, responder, start, tracker)
+        content = await answer.read()  # a stream is gathered when the dialect needs one message
+        tracker.saw_whole(content)
+        tracker.completed = True
+        return _to_response(responder.whole(answer.status, content_type, content))
+
+    async def _open(self, outer: OuterRequest) -> _Opened:
+        if len(outer.body) <= INLINE_OPEN_BYTES:
+            return _open_with(self._mounts, outer)
+        async with self._services.opens:
+            return await asyncio.to_thread(_open_with, self._mounts, outer)
+
+    def _refused(self, dialect: ServerDialect, error: Exception) -> Response:
+        code = getattr(error, "code", ErrorCode.INTERNAL_ERROR)
+        self._services.metrics.rejected.labels(str(code)).inc()
+        response = _to_response(dialect.refuse(error))
+        for name, value in getattr(error, "headers", {}).items():
+            response.headers[name] = value
+        return response
+
+
+class _Refused(Exception):
+    def __init__(self, dialect: ServerDialect, error: RequestRefused) -> None:
+        self.dialect, self.error = dialect, error
+
+
+_Opened = tuple[Mount, InnerRequest, Responder, tuple[int, bytes] | None]
+
+
+def _open_with(mounts: Sequence[Mount], outer: OuterRequest) -> _Opened:
+    """The first dialect that accepts the request opens it, and the opened request is
+    checked (pure CPU: may run in a worker thread)."""
+    mount = next((m for m in mounts if m.dialect.accepts(outer)), mounts[-1])
+    try:
+        inner, responder = mount.dialect.open(outer)
+    except RequestRefused as error:
+        raise _Refused(mount.dialect, error) from None
+    return mount, inner, responder, _inner_problem(inner)
+
+
+def _inner_problem(inner: InnerRequest) -> tuple[int, bytes] | None:
+    """An opened request the engine must not see: (status, error JSON)."""
+    if (inner.method, inner.path) not in ENGINE_ROUTES:
+        return 404, error_json(ErrorCode.NOT_FOUND, "no such route")
+    if inner.method == "POST":
+        try:
+            payload = json.loads(inner.body)
+        except (ValueError, UnicodeDecodeError):
+            return 400, error_json(ErrorCode.INVALID_JSON, "request body is not valid JSON")
+        if not isinstance(payload, dict):
+            return 400, error_json(ErrorCode.INVALID_JSON, "request body must be a JSON object")
+    return None

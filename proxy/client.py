@@ -1,0 +1,249 @@
+"""One client for every dialect: I/O around the dialects' sans-IO client sides.
+
+`GatewayClient` owns what all dialects share: a connection pool to one gateway, getting
+keys (or a secret) the attestation report vouches for, retrying once when the gateway
+says they are stale (decided by the error's type, `StaleCredentials`), mapping transport
+errors, and reading answers whole or chunk by chunk into the dialect's opener, which
+refuses anything the gateway did not authenticate. A dialect's part is a `Keys`
+adapter (`proxy.dialects`): where its keys come from and which claims vouch for them.
+
+The upstream is an httpx transport, so tests can inject an in-process ASGI app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+
+from attestation.verify import VerifiedEvidence
+from enclave.dialect import (
+    ClientDialect,
+    InnerHead,
+    InnerRequest,
+    InnerResponse,
+    Opener,
+    OuterRequest,
+    OuterResponse,
+)
+from enclave.errors import AnswerRefused, StaleCredentials
+from proxy.attestor import Attestation
+from proxy.errors import (
+    GatewayKeyUnavailable,
+    GatewayResponseInvalid,
+    GatewayUnreachable,
+    ProxyError,
+    from_refused,
+)
+
+# Requests that take this long are streams of a long completion, not hung connections.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
+
+
+class Keys(Protocol):
+    """A dialect's way to what it seals to."""
+
+    name: str
+    # Whether `GET /v1/models` is sealed in this dialect (Atoma's and Continuum's seeds
+    # leave it in the clear: the client then checks only its shape).
+    sealed_models: bool
+
+    async def fetch(self, http: httpx.AsyncClient) -> Any:
+        """The gateway's current keys (a candidate), not yet trusted."""
+
+    def vouched(self, candidate: Any, claims: VerifiedEvidence) -> bool:
+        """Whether the verified report binds exactly these keys."""
+
+    async def ready(self, http: httpx.AsyncClient, candidate: Any) -> ClientDialect:
+        """After verification: the dialect's client side (Continuum registers its
+        secret here, sealed to the verified key)."""
+
+    def expired(self, dialect: ClientDialect) -> bool:
+        """Whether the credentials must be renewed before the next request."""
+
+
+@dataclass(frozen=True)
+class InnerStream:
+    """A streamed answer: its authenticated head, then `chunks()`."""
+
+    status: int
+    content_type: str
+    chunks: Callable[[], AsyncIterator[bytes]]
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (("content-type", self.content_type),)
+
+
+def _once(content: bytes) -> Callable[[], AsyncIterator[bytes]]:
+    async def gen() -> AsyncIterator[bytes]:
+        if content:
+            yield content
+    return gen
+
+
+class GatewayClient:
+    def __init__(self, gateway_url: str, keys: Keys, *, attestation: Attestation,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+        self.gateway_url = gateway_url.rstrip("/")
+        self.keys = keys
+        self.attestation = attestation
+        self._http = httpx.AsyncClient(base_url=self.gateway_url, transport=transport,
+                                       timeout=timeout)
+        self._dialect: ClientDialect | None = None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self.attestation.aclose()
+
+    async def dialect(self, *, refresh: bool = False) -> ClientDialect:
+        """The dialect's client side over keys the attestation report vouches for."""
+        if self._dialect is None or refresh or self.keys.expired(self._dialect):
+            try:
+                candidate = await self.keys.fetch(self._http)
+                await self.attestation.verify(lambda claims: self.keys.vouched(candidate,
+                                                                               claims))
+                self._dialect = await self.keys.ready(self._http, candidate)
+            except httpx.TransportError as exc:
+                raise GatewayUnreachable(f"cannot reach {self.gateway_url}") from exc
+            except AnswerRefused as exc:
+                raise from_refused(exc) from exc
+        return self._dialect
+
+    async def _send(self, outer: OuterRequest, *, stream: bool) -> httpx.Response:
+        request = self._http.build_request(outer.method, outer.path, content=outer.body,
+                                           headers=dict(outer.headers))
+        try:
+            return await self._http.send(request, stream=stream)
+        except httpx.TransportError as exc:
+            raise GatewayUnreachable(f"cannot reach {self.gateway_url}") from exc
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> InnerResponse:
+        """One whole request and its authenticated answer."""
+        if method == "GET" and path == "/v1/models" and not self.keys.sealed_models:
+            return await self._plain_models()
+        for attempt in (0, 1):
+            dialect = await self.dialect(refresh=attempt == 1)
+            outer, opener = dialect.seal(InnerRequest(method, path, body), stream=False)
+            r = await self._send(outer, stream=False)
+            try:
+                return opener.whole(_outer(r, r.content))
+            except StaleCredentials:
+                if attempt == 0:
+                    continue
+                raise GatewayKeyUnavailable("the gateway rejected its own keys") from None
+            except AnswerRefused as exc:
+                raise from_refused(exc) from exc
+        raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, path: str, body: bytes = b""
+                     ) -> AsyncIterator[InnerStream]:
+        """A request whose answer is opened chunk by chunk as it arrives."""
+        for attempt in (0, 1):
+            dialect = await self.dialect(refresh=attempt == 1)
+            outer, opener = dialect.seal(InnerRequest(method, path, body), stream=True)
+            response = await self._send(outer, stream=True)
+            try:
+                if not opener.begin(response.status_code, _headers(response)):
+                    try:
+                        whole = opener.whole(_outer(response, await response.aread()))
+                    except StaleCredentials:
+                        if attempt == 0:
+                            continue
+                        raise GatewayKeyUnavailable("the gateway rejected its own keys"
+                                                    ) from None
+                    except AnswerRefused as exc:
+                        raise from_refused(exc) from exc
+                    yield InnerStream(whole.status, whole.content_type, _once(whole.body))
+                    return
+                yield await _open_stream(response, opener)
+                return
+            finally:
+                await response.aclose()
+
+    async def _plain_models(self) -> InnerResponse:
+        try:
+            r = await self._http.get("/v1/models")
+        except httpx.TransportError as exc:
+            raise GatewayUnreachable(f"cannot reach {self.gateway_url}") from exc
+        try:
+            models = r.json()
+            ok = r.status_code == 200 and isinstance(models.get("data"), list)
+        except (ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise GatewayResponseInvalid("the gateway's model list is malformed",
+                                         outer_status=r.status_code)
+        return InnerResponse(200, "application/json", r.content)
+
+
+def _headers(response: httpx.Response) -> tuple[tuple[str, str], ...]:
+    return tuple((k.lower(), v) for k, v in response.headers.items())
+
+
+def _outer(response: httpx.Response, body: bytes) -> OuterResponse:
+    return OuterResponse(response.status_code, _headers(response), body)
+
+
+async def _open_stream(response: httpx.Response, opener: Opener) -> InnerStream:
+    """Read until the inner head is known; `chunks()` reads the rest."""
+    raw = response.aiter_raw()
+    pending: list[bytes] = []
+    head: InnerHead | None = None
+    ended = False
+
+    def take(events: list[InnerHead | bytes]) -> None:
+        nonlocal head
+        for event in events:
+            if isinstance(event, InnerHead):
+                head = event
+            else:
+                pending.append(event)
+
+    try:
+        async for data in raw:
+            take(opener.push(data))
+            if head is not None:
+                break
+        else:
+            take(opener.push(b""))
+            if head is None:
+                take(opener.finish())
+                ended = True
+    except AnswerRefused as exc:
+        raise from_refused(exc) from exc
+    except httpx.TransportError as exc:
+        raise GatewayUnreachable("the gateway went away mid-answer") from exc
+    if head is None:
+        raise GatewayResponseInvalid("the gateway's answer ended before its head")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            for piece in pending:
+                yield piece
+            if ended:
+                return
+            async for data in raw:
+                for event in opener.push(data):
+                    if isinstance(event, bytes):
+                        yield event
+            for event in opener.finish():
+                if isinstance(event, bytes):
+                    yield event
+        except AnswerRefused as exc:
+            raise from_refused(exc) from exc
+        except httpx.TransportError as exc:
+            raise GatewayUnreachable("the gateway went away mid-answer") from exc
+
+    return InnerStream(head.status, head.content_type, chunks)
+
+
+def error_json(exc: ProxyError) -> bytes:
+    return json.dumps({"error": {"message": str(exc), "type": "proxy_error",
+                                 "code": exc.code, "param": None}}).encode()

@@ -1,0 +1,171 @@
+"""Each dialect's keys, for `proxy.client.GatewayClient`: where they come from and which
+claims of the attestation report vouch for them. Everything else is the dialect's own
+sans-IO client side in `enclave/`.
+
+    ohttp       GET /.well-known/ohttp-gateway   bound as `ohttp`
+    ehbp        GET /.well-known/hpke-keys       bound as `ehbp`
+    atoma       GET /v1/confidential/node        bound as `atoma-node-x25519` and
+                                                 `atoma-signing-ed25519`
+    continuum   GET /.well-known/ohttp-gateway   bound as `continuum`; then a secret,
+                                                 sealed to that key (POST /v1/secrets)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from attestation.verify import VerifiedEvidence
+from enclave import continuum, ehbp
+from enclave.atoma import NODE_PATH, AtomaClient
+from enclave.continuum import ContinuumClient
+from enclave.dialect import ClientDialect, OuterResponse, refusal
+from enclave.ehbp import EhbpClient
+from enclave.errors import RequestRefused, UnauthenticatedAnswer
+from enclave.ohttp import KeyConfig, decode_key_configs
+from enclave.ohttp.dialect import PATH as OHTTP_PATH
+from enclave.ohttp.dialect import OhttpClient
+from enclave.ohttp.encapsulation import choose_suite
+from enclave.ohttp.keyconfig import KeyConfigError
+from proxy.attestor import Attestation
+from proxy.client import GatewayClient
+
+# Register a new Continuum secret this long before the old one expires.
+RENEW_MARGIN_SECONDS = 60
+
+
+async def _get(http: httpx.AsyncClient, path: str) -> bytes:
+    r = await http.get(path)
+    if r.status_code != 200:
+        raise refusal(OuterResponse(r.status_code, (), r.content))
+    return r.content
+
+
+def _configs(body: bytes) -> list[KeyConfig]:
+    try:
+        return decode_key_configs(body)
+    except KeyConfigError as exc:
+        raise UnauthenticatedAnswer("malformed key configuration") from exc
+
+
+def _usable(config: KeyConfig) -> bool:
+    try:
+        choose_suite(config)
+    except RequestRefused:
+        return False
+    return True
+
+
+def _first(configs: list[KeyConfig], ok: Callable[[KeyConfig], bool] = _usable
+           ) -> KeyConfig:
+    for config in configs:
+        if ok(config):
+            return config
+    raise UnauthenticatedAnswer("the gateway offers no usable key configuration")
+
+
+def _bound(claims: VerifiedEvidence, name: str) -> list[KeyConfig]:
+    try:
+        return decode_key_configs(claims.keys.get(name, b""))
+    except KeyConfigError:
+        return []
+
+
+class _Static:
+    """For dialects whose fetched keys are their client side, ready once verified."""
+
+    async def ready(self, http: httpx.AsyncClient, candidate: Any) -> ClientDialect:
+        assert isinstance(candidate, OhttpClient | EhbpClient | AtomaClient)
+        return candidate
+
+    def expired(self, dialect: ClientDialect) -> bool:
+        return False
+
+
+class OhttpKeys(_Static):
+    name = "ohttp"
+    sealed_models = True
+
+    async def fetch(self, http: httpx.AsyncClient) -> OhttpClient:
+        return OhttpClient(_first(_configs(await _get(http, OHTTP_PATH))))
+
+    def vouched(self, candidate: Any, claims: VerifiedEvidence) -> bool:
+        return isinstance(candidate, OhttpClient) and candidate.config in _bound(claims,
+                                                                                 "ohttp")
+
+
+class EhbpKeys(_Static):
+    name = "ehbp"
+    sealed_models = True
+
+    async def fetch(self, http: httpx.AsyncClient) -> EhbpClient:
+        configs = _configs(await _get(http, ehbp.KEYS_PATH))
+        return EhbpClient(_first(configs, lambda c: c.supports(ehbp.SUITE)))
+
+    def vouched(self, candidate: Any, claims: VerifiedEvidence) -> bool:
+        return isinstance(candidate, EhbpClient) and candidate.config in _bound(claims, "ehbp")
+
+
+class AtomaKeys(_Static):
+    name = "atoma"
+    sealed_models = False
+
+    async def fetch(self, http: httpx.AsyncClient) -> AtomaClient:
+        return AtomaClient.from_node_info(await _get(http, NODE_PATH))
+
+    def vouched(self, candidate: Any, claims: VerifiedEvidence) -> bool:
+        return isinstance(candidate, AtomaClient) and candidate.node_keys == (
+            claims.keys.get("atoma-node-x25519"), claims.keys.get("atoma-signing-ed25519"))
+
+
+class ContinuumKeys:
+    name = "continuum"
+    sealed_models = False
+
+    def __init__(self) -> None:
+        self._expires: dict[str, float] = {}
+
+    async def fetch(self, http: httpx.AsyncClient) -> KeyConfig:
+        """The key the secret will be sealed to."""
+        return _first(_configs(await _get(http, OHTTP_PATH)))
+
+    def vouched(self, candidate: Any, claims: VerifiedEvidence) -> bool:
+        return isinstance(candidate, KeyConfig) and candidate in _bound(claims, "continuum")
+
+    async def ready(self, http: httpx.AsyncClient, candidate: Any) -> ClientDialect:
+        assert isinstance(candidate, KeyConfig)
+        secret = os.urandom(continuum.SECRET_SIZE)
+        body = json.dumps(continuum.seal_secret(candidate, secret)).encode()
+        r = await http.post(continuum.SECRETS_PATH, content=body,
+                            headers={"content-type": "application/json"})
+        if r.status_code != 200:
+            raise refusal(OuterResponse(r.status_code, (), r.content))
+        try:
+            info = r.json()
+            client = ContinuumClient(str(info["secret_id"]), secret)
+            self._expires[client.secret_id] = float(info["expires_at"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UnauthenticatedAnswer("malformed secret registration") from exc
+        return client
+
+    def expired(self, dialect: ClientDialect) -> bool:
+        if not isinstance(dialect, ContinuumClient):
+            return True
+        expires = self._expires.get(dialect.secret_id, 0.0)
+        return expires - time.time() < RENEW_MARGIN_SECONDS
+
+
+KEYS: dict[str, type[OhttpKeys | EhbpKeys | AtomaKeys | ContinuumKeys]] = {
+    "ohttp": OhttpKeys, "ehbp": EhbpKeys, "atoma": AtomaKeys, "continuum": ContinuumKeys}
+
+
+def make_client(gateway_url: str, protocol: str, *, attestation: Attestation,
+                transport: httpx.AsyncBaseTransport | None = None) -> GatewayClient:
+    """A client for one gateway in one dialect (`ohttp`, `ehbp`, `atoma`, `continuum`)."""
+    return GatewayClient(gateway_url, KEYS[protocol](), attestation=attestation,
+                         transport=transport)
