@@ -26,22 +26,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from enclave.errors import AnswerRefused, StaleCredentials, UnauthenticatedAnswer
+from enclave.http_fields import Fields, field_value
 from enclave.wire_errors import ErrorCode, code_of, error_body
 
-Headers = tuple[tuple[str, str], ...]  # names in lower case
-
-
-def header(headers: Headers, name: str) -> str | None:
-    name = name.lower()
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-def media_type(headers: Headers) -> str:
-    """The media type of `content-type`, lower case, without parameters."""
-    return (header(headers, "content-type") or "").split(";")[0].strip().lower()
+Headers = Fields  # names in lower case
 
 
 @dataclass(frozen=True)
@@ -55,7 +43,7 @@ class OuterRequest:
     body: bytes = b""
 
     def header(self, name: str) -> str | None:
-        return header(self.headers, name)
+        return field_value(self.headers, name)
 
 
 @dataclass(frozen=True)
@@ -65,7 +53,7 @@ class OuterResponse:
     body: bytes
 
     def header(self, name: str) -> str | None:
-        return header(self.headers, name)
+        return field_value(self.headers, name)
 
 
 @dataclass(frozen=True)

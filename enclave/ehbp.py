@@ -33,7 +33,6 @@ from enclave.dialect import (
     OuterRequest,
     OuterResponse,
     StreamStart,
-    header,
     plain_refusal,
     refusal,
 )
@@ -44,6 +43,7 @@ from enclave.errors import (
     UnauthenticatedAnswer,
     UnknownKeyError,
 )
+from enclave.http_fields import field_value
 from enclave.keys import HpkeKeyPair, KeyRing
 from enclave.ohttp.keyconfig import KeyConfig, encode_key_configs
 from enclave.ohttp.protocol import (
@@ -107,7 +107,7 @@ class FrameSplitter:
 
 # --- responses ----------------------------------------------------------------------------
 
-class _ResponseCipher:
+class _FrameCipher:
     def __init__(self, context: Any, enc: bytes, nonce: bytes) -> None:
         secret = context.export(RESPONSE_EXPORT_LABEL, SECRET_SIZE)
         prk = hkdf_extract(enc + nonce, secret)
@@ -131,12 +131,12 @@ class _ResponseCipher:
             raise DecryptError() from None
 
 
-class ResponseSealer:
+class FrameSealer:
     """Server side: `nonce_header` goes in Ehbp-Response-Nonce; `seal(chunk)` per chunk."""
 
     def __init__(self, context: Any, enc: bytes, *, nonce: bytes | None = None) -> None:
         self.nonce = os.urandom(RESPONSE_NONCE_SIZE) if nonce is None else nonce
-        self._cipher = _ResponseCipher(context, enc, self.nonce)
+        self._cipher = _FrameCipher(context, enc, self.nonce)
 
     @property
     def nonce_header(self) -> str:
@@ -146,7 +146,7 @@ class ResponseSealer:
         return self._cipher.seal(plaintext)
 
 
-class ResponseOpener:
+class FrameOpener:
     """Client side: opens response frames as they arrive."""
 
     def __init__(self, context: Any, enc: bytes, nonce_header: str) -> None:
@@ -156,7 +156,7 @@ class ResponseOpener:
             raise DecryptError() from None
         if len(nonce) != RESPONSE_NONCE_SIZE:
             raise DecryptError()
-        self._cipher = _ResponseCipher(context, enc, nonce)
+        self._cipher = _FrameCipher(context, enc, nonce)
         self._frames = FrameSplitter()
 
     def push(self, data: bytes) -> list[bytes]:
@@ -186,12 +186,12 @@ class RequestSealer:
         ciphertext: bytes = self._context.seal(plaintext, b"")
         return frame(ciphertext)
 
-    def response_opener(self, nonce_header: str) -> ResponseOpener:
-        return ResponseOpener(self._context, self._enc, nonce_header)
+    def response_opener(self, nonce_header: str) -> FrameOpener:
+        return FrameOpener(self._context, self._enc, nonce_header)
 
 
 def open_request(keyring: KeyRing, encapsulated_key: str, body: bytes
-                 ) -> tuple[bytes, ResponseSealer]:
+                 ) -> tuple[bytes, FrameSealer]:
     """Server side: the plaintext body, and the sealer for its response.
 
     The request names no key id, so each key the gateway still honours is tried; a body
@@ -214,7 +214,7 @@ def open_request(keyring: KeyRing, encapsulated_key: str, body: bytes
             plaintext = b"".join(context.open(ct, b"") for ct in ciphertexts)
         except Exception:  # noqa: BLE001 - try the next key; opaque by design
             continue
-        return plaintext, ResponseSealer(context, enc)
+        return plaintext, FrameSealer(context, enc)
     raise UnknownKeyError()
 
 
@@ -228,7 +228,7 @@ class EhbpResponder:
 
     streams = True
 
-    def __init__(self, sealer: ResponseSealer) -> None:
+    def __init__(self, sealer: FrameSealer) -> None:
         self._sealer = sealer
 
     def _headers(self, content_type: str) -> Headers:
@@ -288,7 +288,7 @@ class EhbpOpener:
 
     def __init__(self, sealer: RequestSealer) -> None:
         self._sealer = sealer
-        self._opener: ResponseOpener | None = None
+        self._opener: FrameOpener | None = None
         self._head: InnerHead | None = None
         self._frames = 0
 
@@ -297,14 +297,14 @@ class EhbpOpener:
         return status == 200 and self._sealed(status, headers)
 
     def _sealed(self, status: int, headers: Headers) -> bool:
-        nonce = header(headers, RESPONSE_NONCE_HEADER)
+        nonce = field_value(headers, RESPONSE_NONCE_HEADER)
         if nonce is None:
             return False
         try:
             self._opener = self._sealer.response_opener(nonce)
         except RequestRefused as exc:
             raise UnauthenticatedAnswer("the gateway's answer failed to open") from exc
-        self._head = InnerHead(status, header(headers, "content-type") or "application/json")
+        self._head = InnerHead(status, field_value(headers, "content-type") or "application/json")
         return True
 
     def push(self, data: bytes) -> list[InnerHead | bytes]:

@@ -30,7 +30,7 @@ MAX_LOCAL_BODY = 4 * 1024 * 1024
 MODELS_TTL_SECONDS = 60.0
 
 
-class GatewayClient(Protocol):
+class UpstreamClient(Protocol):
     """What the proxy needs of a dialect's client (OHTTP, EHBP, ...)."""
 
     async def request(self, method: str, path: str, body: bytes = b"") -> InnerResponse: ...
@@ -53,7 +53,7 @@ def _gateway_error(exc: ProxyError) -> JSONResponse:
 class ModelResolver:
     """Resolves model `latest` from the gateway's model list (cached briefly)."""
 
-    def __init__(self, client: GatewayClient) -> None:
+    def __init__(self, client: UpstreamClient) -> None:
         self._client = client
         self._models: list[str] = []
         self._fetched = 0.0
@@ -76,7 +76,7 @@ class ModelResolver:
 
 
 async def _forward(request: Request) -> Response:
-    client: GatewayClient = request.app.state.client
+    client: UpstreamClient = request.app.state.client
     body = await request.body()
     if len(body) > MAX_LOCAL_BODY:
         return _error(413, "body_too_large", f"request body exceeds {MAX_LOCAL_BODY} bytes")
@@ -98,7 +98,7 @@ async def _forward(request: Request) -> Response:
     return Response(r.body, status_code=r.status, media_type=r.content_type)
 
 
-async def _forward_stream(request: Request, client: GatewayClient, inner: bytes) -> Response:
+async def _forward_stream(request: Request, client: UpstreamClient, inner: bytes) -> Response:
     stack = AsyncExitStack()
     stream = await stack.enter_async_context(client.stream("POST", request.url.path, inner))
     media_type = stream.content_type
@@ -125,7 +125,7 @@ async def _models(request: Request) -> Response:
     return Response(r.body, status_code=r.status, media_type=r.content_type)
 
 
-def create_proxy_app(client: GatewayClient) -> Starlette:
+def create_proxy_app(client: UpstreamClient) -> Starlette:
     routes = [
         Route("/v1/models", _models, methods=["GET"]),
         Route("/v1/chat/completions", _forward, methods=["POST"]),

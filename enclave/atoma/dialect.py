@@ -18,7 +18,6 @@ An engine's 4xx answer travels sealed, like any answer.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -33,18 +32,15 @@ from enclave.atoma.envelope import (
     open_request,
 )
 from enclave.dialect import (
-    Headers,
-    InnerHead,
     InnerRequest,
     InnerResponse,
     OuterRequest,
     OuterResponse,
-    StreamStart,
     json_response,
-    media_type,
     refusal,
 )
 from enclave.errors import InvalidJson, RequestRefused, UnauthenticatedAnswer
+from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
 from enclave.keys import KeyRing
 
 NAME = "atoma"
@@ -55,9 +51,6 @@ ENGINE_PATHS = {f"{PREFIX}/chat/completions": "/v1/chat/completions",
                 f"{PREFIX}/embeddings": "/v1/embeddings"}
 SEQ_FIELD = "cloister_seq"
 END_FIELD = "cloister_end"
-EVENT_STREAM = "text/event-stream"
-# Kept from the last engine event in the end chunk, so it is a well-formed chunk object.
-_KEPT_ON_END = ("id", "object", "created", "model")
 
 
 def error_object(status: int, code: str, message: str) -> bytes:
@@ -84,13 +77,11 @@ def with_fields(payload: bytes, fields: dict[str, Any]) -> bytes:
 
 # --- server side ---------------------------------------------------------------------------
 
-class AtomaResponder:
-    streams = True
-
+class AtomaResponder(SealedEventsResponder):
     def __init__(self, sealer: EnvelopeSealer) -> None:
+        super().__init__()
         self._sealer = sealer
         self._seq = 0
-        self._last: dict[str, Any] = {}
 
     def _envelope(self, status: int, plaintext: bytes) -> OuterResponse:
         sealed = self._sealer.seal(plaintext, usage=usage_of(plaintext))
@@ -104,30 +95,12 @@ class AtomaResponder:
             return json_response(500, error_object(500, "internal_error", "inference failed"))
         return self._envelope(status, error)
 
-    def start(self, status: int, content_type: str) -> StreamStart:
-        return StreamStart(200, (("content-type", EVENT_STREAM),))
-
-    def chunk(self, events: bytes) -> bytes:
-        out = []
-        for data in sse.data_of(events):
-            if data == sse.DONE:
-                end = {**self._last, "choices": [], END_FIELD: True}
-                out.append(self._sealed_event(json.dumps(end).encode()))
-                out.append(sse.event(sse.DONE))
-                continue
-            with contextlib.suppress(ValueError, AttributeError):
-                self._last = {k: v for k, v in json.loads(data).items() if k in _KEPT_ON_END}
-            out.append(self._sealed_event(data))
-        return b"".join(out)
-
-    def _sealed_event(self, plaintext: bytes) -> bytes:
-        plaintext = with_fields(plaintext, {SEQ_FIELD: self._seq})
+    def _seal_event(self, payload: bytes, *, final: bool) -> bytes:
+        fields: dict[str, Any] = {SEQ_FIELD: self._seq, **({END_FIELD: True} if final else {})}
+        plaintext = with_fields(payload, fields)
         self._seq += 1
         sealed = self._sealer.seal(plaintext, usage=usage_of(plaintext))
         return sse.event(json.dumps(sealed).encode())
-
-    def end(self) -> bytes:
-        return b""
 
 
 class AtomaServer:
@@ -179,14 +152,11 @@ class AtomaServer:
 
 # --- client side ---------------------------------------------------------------------------
 
-class AtomaOpener:
+class AtomaOpener(SealedEventsOpener):
     def __init__(self, session: ClientSession) -> None:
+        super().__init__()
         self._session = session
-        self._reader = sse.EventReader()
-        self._head: InnerHead | None = InnerHead(200, EVENT_STREAM)
         self._seq = 0
-        self._ended = False
-        self._done = False
 
     def _open(self, payload: Any) -> bytes:
         try:
@@ -204,34 +174,7 @@ class AtomaOpener:
             raise refusal(response)
         return InnerResponse(response.status, "application/json", self._open(payload))
 
-    def begin(self, status: int, headers: Headers) -> bool:
-        return status == 200 and media_type(headers) == EVENT_STREAM
-
-    def push(self, data: bytes) -> list[InnerHead | bytes]:
-        out: list[InnerHead | bytes] = []
-        if self._head is not None:
-            out.append(self._head)
-            self._head = None
-        try:
-            payloads = self._reader.push(data)
-        except RequestRefused as exc:
-            raise UnauthenticatedAnswer("an event of the stream is too large") from exc
-        for payload in payloads:
-            event = self._event(payload)
-            if event is not None:
-                out.append(event)
-        return out
-
-    def _event(self, payload: bytes) -> bytes | None:
-        if self._done:
-            raise UnauthenticatedAnswer("the stream goes on after [DONE]")
-        if payload == sse.DONE:
-            if not self._ended:
-                raise UnauthenticatedAnswer("the stream is truncated (no authenticated end)")
-            self._done = True
-            return sse.event(sse.DONE)
-        if self._ended:
-            raise UnauthenticatedAnswer("the stream goes on after its end")
+    def _open_event(self, payload: bytes) -> tuple[bytes | None, bool]:
         try:
             chunk = json.loads(self._open(json.loads(payload)))
             seq = chunk.pop(SEQ_FIELD)
@@ -243,14 +186,7 @@ class AtomaOpener:
         if seq != self._seq:
             raise UnauthenticatedAnswer("the stream's chunks are out of order")
         self._seq += 1
-        self._ended = ended
-        return None if ended else sse.event(json.dumps(chunk).encode())
-
-    def finish(self) -> list[InnerHead | bytes]:
-        out = self.push(b"")
-        if not self._done:
-            raise UnauthenticatedAnswer("the stream is truncated (no authenticated end)")
-        return out
+        return (None if ended else sse.event(json.dumps(chunk).encode())), ended
 
 
 class AtomaClient:

@@ -28,15 +28,11 @@ from enclave.continuum.fields import (
     open_secret,
 )
 from enclave.dialect import (
-    Headers,
-    InnerHead,
     InnerRequest,
     InnerResponse,
     OuterRequest,
     OuterResponse,
-    StreamStart,
     json_response,
-    media_type,
     plain_refusal,
     refusal,
 )
@@ -46,6 +42,7 @@ from enclave.errors import (
     RequestRefused,
     UnauthenticatedAnswer,
 )
+from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
 from enclave.keys import KeyRing
 from enclave.ohttp.keyconfig import encode_key_configs
 from enclave.wire_errors import ErrorCode, code_of, error_json
@@ -53,10 +50,8 @@ from enclave.wire_errors import ErrorCode, code_of, error_json
 NAME = "continuum"
 SECRETS_PATH = "/v1/secrets"
 ERROR_FIELD = "encrypted_error"
-EVENT_STREAM = "text/event-stream"
 # A sealed 32-byte secret with its framing is well under 1 KiB.
 MAX_SECRET_BODY = 4096
-_KEPT_ON_FINAL = ("id", "object", "created", "model")
 
 
 def _object(body: bytes) -> dict[str, Any]:
@@ -71,13 +66,11 @@ def _object(body: bytes) -> dict[str, Any]:
 
 # --- server side ---------------------------------------------------------------------------
 
-class ContinuumResponder:
-    streams = True
-
+class ContinuumResponder(SealedEventsResponder):
     def __init__(self, cipher: FieldCipher, field: str) -> None:
+        super().__init__()
         self._cipher, self._field = cipher, field
         self._seq = 0
-        self._last: dict[str, Any] = {}
 
     def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
         if status != 200:
@@ -93,30 +86,13 @@ class ContinuumResponder:
         redacted[ERROR_FIELD] = self._cipher.seal_response(ERROR_FIELD, 0, error, final=True)
         return json_response(status, json.dumps(redacted).encode())
 
-    def start(self, status: int, content_type: str) -> StreamStart:
-        return StreamStart(200, (("content-type", EVENT_STREAM),))
-
-    def chunk(self, events: bytes) -> bytes:
-        out = []
-        for data in sse.data_of(events):
-            if data == sse.DONE:
-                out.append(self._event({**self._last, self._field: []}, final=True))
-                out.append(sse.event(sse.DONE))
-                continue
-            obj = json.loads(data)
-            self._last = {k: obj[k] for k in _KEPT_ON_FINAL if k in obj}
-            out.append(self._event(obj, final=False))
-        return b"".join(out)
-
-    def _event(self, obj: dict[str, Any], *, final: bool) -> bytes:
+    def _seal_event(self, payload: bytes, *, final: bool) -> bytes:
+        obj = json.loads(payload)
         plaintext = json.dumps(obj.get(self._field, [])).encode()
-        obj = {**obj, self._field: self._cipher.seal_response(self._field, self._seq,
-                                                              plaintext, final=final)}
+        obj[self._field] = self._cipher.seal_response(self._field, self._seq, plaintext,
+                                                      final=final)
         self._seq += 1
         return sse.event(json.dumps(obj).encode())
-
-    def end(self) -> bytes:
-        return b""
 
 
 class ContinuumServer:
@@ -169,14 +145,11 @@ class ContinuumServer:
 
 # --- client side ---------------------------------------------------------------------------
 
-class ContinuumOpener:
+class ContinuumOpener(SealedEventsOpener):
     def __init__(self, cipher: FieldCipher, field: str) -> None:
+        super().__init__()
         self._cipher, self._field = cipher, field
-        self._reader = sse.EventReader()
-        self._head: InnerHead | None = InnerHead(200, EVENT_STREAM)
         self._seq = 0
-        self._final = False
-        self._done = False
 
     def whole(self, response: OuterResponse) -> InnerResponse:
         try:
@@ -198,34 +171,8 @@ class ContinuumOpener:
             raise UnauthenticatedAnswer("the gateway's answer failed to open") from exc
         raise refusal(response)
 
-    def begin(self, status: int, headers: Headers) -> bool:
-        return status == 200 and media_type(headers) == EVENT_STREAM
-
-    def push(self, data: bytes) -> list[InnerHead | bytes]:
-        out: list[InnerHead | bytes] = []
-        if self._head is not None:
-            out.append(self._head)
-            self._head = None
-        try:
-            payloads = self._reader.push(data)
-        except RequestRefused as exc:
-            raise UnauthenticatedAnswer("an event of the stream is too large") from exc
-        for payload in payloads:
-            event = self._event(payload)
-            if event is not None:
-                out.append(event)
-        return out
-
-    def _event(self, payload: bytes) -> bytes | None:
-        if self._done:
-            raise UnauthenticatedAnswer("the stream goes on after [DONE]")
-        if payload == sse.DONE:
-            if not self._final:
-                raise UnauthenticatedAnswer("the stream is truncated (no final message)")
-            self._done = True
-            return sse.event(sse.DONE)
-        if self._final:
-            raise UnauthenticatedAnswer("the stream goes on after its final message")
+    def _open_event(self, payload: bytes) -> tuple[bytes | None, bool]:
+        """The message at the next sequence number: a regular one or the final one."""
         try:
             obj = json.loads(payload)
             value = obj.get(self._field)
@@ -237,19 +184,12 @@ class ContinuumOpener:
             except RequestRefused:
                 continue
             self._seq += 1
-            self._final = final
             if final:
-                return None
+                return None, True
             obj[self._field] = json.loads(opened)
-            return sse.event(json.dumps(obj).encode())
+            return sse.event(json.dumps(obj).encode()), False
         raise UnauthenticatedAnswer("a chunk of the stream failed to open (tampered or "
                                     "reordered)")
-
-    def finish(self) -> list[InnerHead | bytes]:
-        out = self.push(b"")
-        if not self._done:
-            raise UnauthenticatedAnswer("the stream is truncated (no final message)")
-        return out
 
 
 class ContinuumClient:

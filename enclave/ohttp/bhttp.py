@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from enclave.errors import DecryptError, MessageTooLargeError
+from enclave.http_fields import Fields, field_value
 from enclave.ohttp.varint import decode_varint, encode_varint
-
-Fields = tuple[tuple[str, str], ...]
 
 KNOWN_REQUEST, KNOWN_RESPONSE, INDETERMINATE_REQUEST, INDETERMINATE_RESPONSE = 0, 1, 2, 3
 
@@ -44,7 +43,7 @@ class Request:
     trailers: Fields = ()
 
     def header(self, name: str) -> str | None:
-        return _lookup(self.headers, name)
+        return field_value(self.headers, name)
 
 
 @dataclass(frozen=True)
@@ -56,15 +55,7 @@ class Response:
     informational: tuple[tuple[int, Fields], ...] = field(default=())
 
     def header(self, name: str) -> str | None:
-        return _lookup(self.headers, name)
-
-
-def _lookup(fields: Fields, name: str) -> str | None:
-    name = name.lower()
-    for key, value in fields:
-        if key == name:
-            return value
-    return None
+        return field_value(self.headers, name)
 
 
 # --- encoding -------------------------------------------------------------------------

@@ -24,11 +24,11 @@ from enclave.dialect import (
     OuterRequest,
     OuterResponse,
     StreamStart,
-    media_type,
     plain_refusal,
     refusal,
 )
 from enclave.errors import RequestRefused, UnauthenticatedAnswer
+from enclave.http_fields import media_type
 from enclave.keys import KeyRing
 from enclave.ohttp.bhttp import (
     ContentChunk,

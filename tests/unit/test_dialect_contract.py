@@ -10,7 +10,6 @@ counted.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 
@@ -20,6 +19,7 @@ import pytest
 from enclave.dialect import InnerRequest
 from enclave.ohttp.varint import decode_varint
 from proxy.errors import GatewayResponseInvalid
+from tests.asgi import call_until_hang_up, http_scope
 from tests.clients import PROTOCOLS, client_for
 from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL
 from tests.unit.conftest import start
@@ -208,15 +208,6 @@ async def test_the_client_refetches_its_keys_once_after_a_rotation(client, gatew
     assert (await client.dialect() is before) == (protocol == "continuum")
 
 
-def _scope(outer) -> dict:
-    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1", "method": outer.method, "scheme": "http",
-            "path": outer.path, "raw_path": outer.path.encode(), "root_path": "",
-            "query_string": b"", "client": ("127.0.0.1", 1), "server": ("gw", 80),
-            "headers": [(k.encode(), v.encode()) for k, v in outer.headers]
-            + [(b"content-length", str(len(outer.body)).encode())]}
-
-
 async def test_a_client_that_hangs_up_aborts_the_engine_and_is_counted(make_app, engine,
                                                                        protocol) -> None:
     app = make_app()
@@ -227,21 +218,9 @@ async def test_a_client_that_hangs_up_aborts_the_engine_and_is_counted(make_app,
             InnerRequest("POST", "/v1/chat/completions", _body({**STREAM, "max_tokens": 50})),
             stream=True)
         engine.pause_after = 2
-        hang_up, delivered = asyncio.Event(), False
-
-        async def receive() -> dict:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": outer.body, "more_body": False}
-            await hang_up.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.body" and engine.paused.is_set():
-                hang_up.set()
-
-        await asyncio.wait_for(app(_scope(outer), receive, send), 10)
+        scope = http_scope(outer.method, outer.path, body=outer.body, headers=outer.headers)
+        await call_until_hang_up(app, scope, outer.body, hang_up_after=lambda m: (
+            m["type"] == "http.response.body" and engine.paused.is_set()))
         metrics = (await httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                            base_url="http://gw").get("/metrics")).text
         await c.aclose()

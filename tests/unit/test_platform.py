@@ -3,7 +3,6 @@ conversations, and a store that survives a restart."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -17,6 +16,7 @@ from enclave.sealed_state import DataKey
 from gateway.app import create_app
 from gateway.platform_store import PlatformStore
 from gateway.settings import Settings
+from tests.asgi import call_until_hang_up, http_scope
 from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
 
@@ -188,33 +188,14 @@ async def test_a_client_that_hangs_up_mid_stream_is_still_metered(store_factory)
     app = create_app(Settings(), engine.running, platform_store=store)
     body = json.dumps({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "a b"}],
                        "max_tokens": 500, "stream": True}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-             "http_version": "1.1", "method": "POST", "scheme": "https",
-             "path": "/api/v1/chat/completions", "raw_path": b"/api/v1/chat/completions",
-             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
-             "server": ("gw", 443),
-             "headers": [(b"content-type", b"application/json"),
-                         (b"authorization", f"Bearer {key}".encode()),
-                         (b"content-length", str(len(body)).encode())]}
-    hang_up, delivered, events = asyncio.Event(), False, []
+    scope = http_scope("POST", "/api/v1/chat/completions", body=body, scheme="https",
+                       headers=[("content-type", "application/json"),
+                                ("authorization", f"Bearer {key}")])
     engine.pause_after = 5  # the engine waits (for the test) after five tokens
-    async def receive() -> dict:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await hang_up.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        if message["type"] == "http.response.body" and message.get("body"):
-            events.append(message["body"])
-            if b"data:" in message["body"] and engine.paused.is_set():
-                hang_up.set()
-
     async with app.router.lifespan_context(app):
         await start(app)
-        await asyncio.wait_for(app(scope, receive, send), 10)
+        await call_until_hang_up(app, scope, body, hang_up_after=lambda m: (
+            m["type"] == "http.response.body" and engine.paused.is_set()))
     assert engine.aborted == 1
     used = store.get_api_key(record.id)
     assert used.requests == 1
