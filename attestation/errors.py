@@ -25,6 +25,11 @@ class Reason(enum.StrEnum):
     POLICY = "policy_violation"
     EXPIRED = "evidence_expired"
     DEBUG = "debug_enabled"
+    WORKLOAD_MISMATCH = "workload_manifest_mismatch"
+    LAUNCH_MISMATCH = "launch_pin_mismatch"
+    NOT_PINNED = "workload_not_pinned_at_launch"
+    WORKLOAD_NOT_ALLOWED = "workload_not_allowed"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
 
 
 class VerificationError(Exception):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from attestation import simulated
 from attestation.types import CpuEvidence, CpuProvider, GpuProvider, ProviderError
+from attestation.workload import launch_value
 
 CONFIGFS_TSM_REPORT = Path("/sys/kernel/config/tsm/report")
 _PLATFORMS = {"sev_guest": "sev-snp", "tdx_guest": "tdx"}
@@ -79,24 +80,32 @@ def _remove_entry(entry: Path) -> None:
 
 
 class SimulatedSnpProvider:
+    """`launch_pin` is the workload digest a host would put in HOST_DATA at launch
+    (empty: not pinned)."""
+
     platform = "simulated-sev-snp"
 
-    def __init__(self, pki: simulated.SimulatedPki) -> None:
+    def __init__(self, pki: simulated.SimulatedPki, *, launch_pin: bytes = b"") -> None:
         self._pki = pki
+        self._host_data = launch_value(launch_pin, self.platform) if launch_pin else b""
 
     def get_report(self, report_data: bytes) -> CpuEvidence:
-        return CpuEvidence(self.platform, simulated.snp_report(self._pki, report_data),
-                           self._pki.cert_table())
+        report = simulated.snp_report(self._pki, report_data, host_data=self._host_data)
+        return CpuEvidence(self.platform, report, self._pki.cert_table())
 
 
 class SimulatedTdxProvider:
+    """`launch_pin`: what a host would put in MRCONFIGID at launch (empty: not pinned)."""
+
     platform = "simulated-tdx"
 
-    def __init__(self, pki: simulated.SimulatedPki) -> None:
+    def __init__(self, pki: simulated.SimulatedPki, *, launch_pin: bytes = b"") -> None:
         self._pki = pki
+        self._config_id = launch_value(launch_pin, self.platform) if launch_pin else b""
 
     def get_report(self, report_data: bytes) -> CpuEvidence:
-        return CpuEvidence(self.platform, simulated.tdx_quote(self._pki, report_data))
+        return CpuEvidence(self.platform, simulated.tdx_quote(self._pki, report_data,
+                                                              config_id=self._config_id))
 
 
 class SimulatedGpuProvider:
@@ -124,13 +133,15 @@ def _hardware_provider(mode: str, configfs_base: Path) -> CpuProvider:
             raise first from None
 
 
-def select_providers(mode: str, *, state_dir: Path, configfs_base: Path = CONFIGFS_TSM_REPORT
-                     ) -> tuple[CpuProvider, GpuProvider]:
-    """`auto` finds hardware or fails; `simulated` must be asked for by name."""
+def select_providers(mode: str, *, state_dir: Path, configfs_base: Path = CONFIGFS_TSM_REPORT,
+                     simulated_launch_pin: bytes = b"") -> tuple[CpuProvider, GpuProvider]:
+    """`auto` finds hardware or fails; `simulated` must be asked for by name (it then
+    plays a host that pinned `simulated_launch_pin` at launch)."""
     if mode in ("simulated", "simulated-tdx"):
         pki = simulated.SimulatedPki.load_or_create(state_dir)
-        cpu: CpuProvider = (SimulatedTdxProvider(pki) if mode == "simulated-tdx"
-                            else SimulatedSnpProvider(pki))
+        cpu: CpuProvider = (
+            SimulatedTdxProvider(pki, launch_pin=simulated_launch_pin) if mode == "simulated-tdx"
+            else SimulatedSnpProvider(pki, launch_pin=simulated_launch_pin))
         return cpu, SimulatedGpuProvider(pki)
     provider = _hardware_provider(mode, configfs_base)
     if mode != "auto" and provider.platform != {"snp": "sev-snp", "tdx": "tdx"}[mode]:

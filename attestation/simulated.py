@@ -184,8 +184,9 @@ def simulated_measurement() -> bytes:
     return hashlib.sha384(b"cloister simulated launch measurement v1").digest()
 
 
-def snp_report(pki: SimulatedPki, report_data: bytes) -> bytes:
-    """An SNP ATTESTATION_REPORT version 3 over `report_data`, signed by the VCEK."""
+def snp_report(pki: SimulatedPki, report_data: bytes, *, host_data: bytes = b"") -> bytes:
+    """An SNP ATTESTATION_REPORT version 3 over `report_data`, signed by the VCEK;
+    `host_data` is what a host would set at launch (HOST_DATA, 32 bytes)."""
     raw = bytearray(snp.REPORT_SIZE)
     tcb = bytes([SIMULATED_TCB.boot_loader, SIMULATED_TCB.tee, 0, 0, 0, 0, SIMULATED_TCB.snp,
                  SIMULATED_TCB.microcode])
@@ -194,6 +195,7 @@ def snp_report(pki: SimulatedPki, report_data: bytes) -> bytes:
     raw[0x38:0x40] = tcb
     raw[0x50:0x90] = report_data
     raw[0x90:0xC0] = simulated_measurement()
+    raw[0xC0:0xE0] = host_data.ljust(32, b"\x00")[:32]
     raw[0x140:0x160] = hashlib.sha256(pki.chip_id).digest()  # report_id
     for off in (0x180, 0x1E0, 0x1F0):
         raw[off:off + 8] = tcb
@@ -236,13 +238,14 @@ def _p256_raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
-def tdx_quote(pki: SimulatedPki, report_data: bytes) -> bytes:
+def tdx_quote(pki: SimulatedPki, report_data: bytes, *, config_id: bytes = b"") -> bytes:
     """A TDX DCAP quote version 4 over `report_data`: quote signed by the attestation key,
     QE report signed by the PCK leaf and binding that key, PCK chain (type 5) inside the
     QE report certification data (type 6)."""
     header = struct.pack("<HHIHH", 4, 2, 0x81, 0, 0) + QE_VENDOR_ID + b"\x00" * 20
     body = bytearray(584)
     body[136:184] = simulated_measurement()  # MRTD
+    body[184:232] = config_id.ljust(48, b"\x00")[:48]  # MRCONFIGID, set by the host
     body[520:584] = report_data
     signed = header + bytes(body)
     public = pki.tdx_attestation_key.public_key().public_bytes(

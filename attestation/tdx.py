@@ -131,6 +131,14 @@ def _parse(raw: bytes) -> TdxQuote:
                     qe_sig, auth, chain)
 
 
+def looks_like_quote(raw: bytes) -> bool:
+    """Whether `raw` starts like a TDX ECDSA quote (version 4 or 5, key type 2, TDX)."""
+    if len(raw) < HEADER_SIZE:
+        return False
+    version, key_type, tee_type = struct.unpack_from("<HHI", raw, 0)
+    return version in (4, 5) and key_type == ATT_KEY_ECDSA_P256 and tee_type == TEE_TYPE_TDX
+
+
 def _p256(point: bytes) -> ec.EllipticCurvePublicKey:
     try:
         return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + point)

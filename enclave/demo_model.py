@@ -10,18 +10,17 @@ The build is deterministic: the same Python, `tokenizers` and `torch` give the s
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 DEMO_MODEL_NAME = "cloister-demo-tiny-llama"
 # Bump when the layout below changes so that stale caches are rebuilt.
-DEMO_MODEL_VERSION = 1
+DEMO_MODEL_VERSION = 2  # 2: the corpus no longer depends on what the process imported
 
 # Shape: the CPU attention kernels reject head_dim 16; 64 is the smallest that works.
 HIDDEN_SIZE = 256
@@ -73,20 +72,22 @@ def default_cache_dir() -> Path:
 
 
 def _corpus() -> list[str]:
-    texts: list[str] = []
-    with warnings.catch_warnings():  # some module attributes warn when touched
-        warnings.simplefilter("ignore")
-        for name in _CORPUS_MODULES:
-            texts += _docstrings(name)
+    """The training text, read in a fresh interpreter without site-packages: a module's
+    attributes depend on what else the process imported, and the demo model must come
+    out byte for byte the same wherever it is built (its digest is in the workload)."""
+    code = (f"import importlib, inspect, json, warnings\n"
+            f"warnings.simplefilter('ignore')\nnames = {_CORPUS_MODULES!r}\n"
+            "texts = []\n"
+            "for name in names:\n"
+            "    module = importlib.import_module(name)\n"
+            "    members = [m for _, m in sorted(vars(module).items()) if callable(m)]\n"
+            "    texts += [inspect.getdoc(module), *(inspect.getdoc(m) for m in members)]\n"
+            "print(json.dumps([t for t in texts if t]))\n")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True,
+                            capture_output=True, text=True, env={"PYTHONHASHSEED": "0"})
+    texts: list[str] = json.loads(result.stdout)
     texts.append("The quick brown fox jumps over the lazy dog. Hello! How are you today?")
-    return [t for t in texts if t]
-
-
-def _docstrings(module_name: str) -> list[str]:
-    module = importlib.import_module(module_name)
-    members = [m for _, m in sorted(vars(module).items()) if callable(m)]
-    docs = [inspect.getdoc(module), *(inspect.getdoc(m) for m in members)]
-    return [d for d in docs if d]
+    return texts
 
 
 def _train_tokenizer(out: Path) -> None:

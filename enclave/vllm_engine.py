@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import enum
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +27,76 @@ from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, Receive, Scope
 from enclave.isolation import isolate_engine_environment
 from enclave.vllm_serving import serve_openai
 
-# Flags that would make vLLM write prompts or completions to its logs.
-_FORBIDDEN_FLAGS = ("--enable-log-requests", "--enable-log-outputs")
+# The vLLM engine arguments an operator may pass (`cloister serve -- ...`): sizes,
+# parallelism, memory, dtype, quantisation, batching, caching and scheduling. Anything
+# else is refused, because it could move data out of the enclave (KV events over ZMQ,
+# OTLP traces, logging configurations, request logging), load unmeasured code or files
+# (remote code, plugins, custom schedulers or workers, LoRA adapters, a chat template or
+# tokenizer from outside the measured model folder) or open a network endpoint.
+ALLOWED_ENGINE_FLAGS = frozenset({
+    "--max-model-len", "--max-num-seqs", "--max-num-batched-tokens",
+    "--max-num-scheduled-tokens", "--max-num-queued-reqs", "--max-num-queued-tokens",
+    "--max-num-active-seqs", "--gpu-memory-utilization", "--device-memory-utilization",
+    "--kv-cache-memory-bytes", "--kv-cache-dtype", "--block-size", "--num-gpu-blocks-override",
+    "--cpu-offload-gb", "--dtype", "--quantization", "--seed", "--tensor-parallel-size",
+    "--pipeline-parallel-size", "--data-parallel-size", "--enable-expert-parallel",
+    "--no-enable-expert-parallel", "--enable-prefix-caching", "--no-enable-prefix-caching",
+    "--prefix-caching-hash-algo", "--enable-chunked-prefill", "--no-enable-chunked-prefill",
+    "--long-prefill-token-threshold", "--enforce-eager", "--no-enforce-eager",
+    "--max-logprobs", "--logprobs-mode", "--disable-sliding-window",
+    "--no-disable-sliding-window", "--disable-cascade-attn", "--no-disable-cascade-attn",
+    "--async-scheduling", "--no-async-scheduling", "--scheduling-policy", "--stream-interval",
+    "--max-cudagraph-capture-size", "--cudagraph-capture-sizes", "--optimization-level",
+    "--performance-mode", "--limit-mm-per-prompt", "--enable-auto-tool-choice",
+    "--no-enable-auto-tool-choice", "--tool-call-parser", "--reasoning-parser",
+    "--tokenizer-mode", "--load-format", "--safetensors-load-strategy",
+    "--max-parallel-loading-workers", "--disable-log-stats", "--attention-backend",
+    "--model-impl", "--response-role", "--enable-prompt-tokens-details",
+    "--no-enable-prompt-tokens-details", "--renderer-num-workers",
+})
+# Formats that load with pickle (arbitrary code) are refused even through an allowed flag.
+ALLOWED_LOAD_FORMATS = frozenset({"auto", "safetensors"})
 
 
 class EngineConfigError(ValueError):
     """The engine arguments are not acceptable (bad flag, unknown option)."""
+
+
+def check_engine_args(args: Sequence[str]) -> None:
+    """Refuse any engine argument outside `ALLOWED_ENGINE_FLAGS` (with a message that
+    names it), and pickle-based load formats."""
+    tokens = list(args)
+    for i, token in enumerate(tokens):
+        if not token.startswith("-"):
+            continue
+        flag, _, inline = token.partition("=")
+        if flag not in ALLOWED_ENGINE_FLAGS:
+            raise EngineConfigError(f"engine argument not allowed inside the enclave: {flag}")
+        if flag == "--load-format":
+            value = inline or (tokens[i + 1] if i + 1 < len(tokens) else "")
+            if value not in ALLOWED_LOAD_FORMATS:
+                raise EngineConfigError(f"engine argument not allowed inside the enclave: "
+                                        f"--load-format {value}")
+
+
+def _normalized(value: Any) -> Any:
+    """A JSON value for one parsed engine argument (stable across runs and machines)."""
+    if isinstance(value, enum.Enum):
+        return _normalized(value.value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_normalized(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(_normalized(v) for v in value)
+    if isinstance(value, dict):
+        return {str(k): _normalized(v) for k, v in sorted(value.items(), key=lambda i: str(i[0]))}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _normalized(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "model_dump"):
+        return _normalized(value.model_dump())
+    # An object of no known shape: its type only (a repr may carry a memory address).
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
 
 @dataclass(frozen=True)
@@ -43,9 +109,7 @@ class ModelSpec:
     engine_args: tuple[str, ...] = field(default=())
 
     def cli_args(self) -> list[str]:
-        for flag in _FORBIDDEN_FLAGS:
-            if any(arg.split("=")[0] == flag for arg in self.engine_args):
-                raise EngineConfigError(f"{flag} is refused: it would log confidential data")
+        check_engine_args(self.engine_args)
         args = ["--model", self.model]
         if self.served_name:
             args += ["--served-model-name", self.served_name]
@@ -79,6 +143,15 @@ def _parse_args(spec: ModelSpec) -> Any:
     args.enable_log_requests = False
     args.enable_log_outputs = False
     return args
+
+
+def engine_arguments(spec: ModelSpec) -> dict[str, Any]:
+    """The complete normalised engine arguments vLLM would run `spec` with (every option,
+    defaults included), for the workload manifest. The model's path is machine-specific
+    and stands as "<model>": the model's digest names its content."""
+    namespace = vars(_parse_args(spec))
+    return {name: "<model>" if value == spec.model else _normalized(value)
+            for name, value in sorted(namespace.items())}
 
 
 def _start_async_llm(args: Any) -> tuple[Any, float]:

@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from attestation.providers import CpuProvider, GpuProvider
 from enclave import atoma, continuum, ehbp
 from enclave.dialect import OuterRequest, OuterResponse, ServerDialect
 from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, Engine
@@ -158,14 +157,14 @@ def create_app(
     engine_factory: EngineFactory,
     *,
     on_engine_failure: Callable[[], None] | None = None,
-    attestation: tuple[CpuProvider, GpuProvider] | None = None,
+    attestation: attestation_routes.Attested | None = None,
     platform_store: PlatformStore | None = None,
     tls_spki_sha256: bytes | None = None,
 ) -> Starlette:
     """Build the gateway. The engine starts in the lifespan, in the background.
 
-    `attestation` is the evidence providers; without them the report endpoint answers
-    503 and no client that verifies will talk to this gateway.
+    `attestation` is the evidence providers and the workload manifest; without it the
+    report endpoint answers 503 and no client that verifies will talk to this gateway.
     """
     slot = EngineSlot(_limited(engine_factory, settings), on_failure=on_engine_failure)
     gateway_metrics = metrics.GatewayMetrics(slot.current)
@@ -189,7 +188,7 @@ def create_app(
             keys["tls-spki-sha256"] = tls_spki_sha256
         return keys
 
-    reports = (attestation_routes.ReportService(*attestation, keyring, bound_keys)
+    reports = (attestation_routes.ReportService(attestation, keyring, bound_keys)
                if attestation is not None else None)
     platform = Platform(platform_store, services) if platform_store is not None else None
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,15 +29,26 @@ FRESH_PER_SECOND = 1.0
 FRESH_BURST = 5
 
 
+@dataclass(frozen=True)
+class Attested:
+    """What the gateway's evidence comes from: its providers and its workload manifest."""
+
+    cpu: CpuProvider
+    gpu: GpuProvider
+    workload: dict[str, Any]
+    init_data: bytes | None = None  # when the launch pin is an init-data document's hash
+
+
 class ReportService:
     """`bound_keys` answers every public key the gateway accepts traffic for (the merge
     of its dialects' published keys, and the TLS key's SPKI hash)."""
 
-    def __init__(self, cpu: CpuProvider, gpu: GpuProvider, keyring: KeyRing,
+    def __init__(self, attested: Attested, keyring: KeyRing,
                  bound_keys: Callable[[], dict[str, bytes]], *,
                  fresh_per_second: float = FRESH_PER_SECOND, burst: int = FRESH_BURST,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._cpu, self._gpu, self._keyring = cpu, gpu, keyring
+        self._cpu, self._gpu, self._keyring = attested.cpu, attested.gpu, keyring
+        self._workload, self._init_data = attested.workload, attested.init_data
         self.bound_keys = bound_keys
         self._rate, self._burst, self._clock = fresh_per_second, burst, clock
         self._tokens = float(burst)
@@ -53,7 +66,9 @@ class ReportService:
         expires = int(self._keyring.expires_at())
         try:
             doc = await asyncio.to_thread(evidence.collect, self._cpu, self._gpu, keys=keys,
-                                          nonce=nonce, expires_at=expires, now=int(time.time()))
+                                          workload=self._workload, nonce=nonce,
+                                          expires_at=expires, now=int(time.time()),
+                                          init_data=self._init_data)
         except ProviderError as exc:
             raise GatewayError(ErrorCode.ATTESTATION_UNAVAILABLE,
                                "attestation evidence is unavailable") from exc

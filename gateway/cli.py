@@ -2,12 +2,9 @@
 
     cloister serve [--host 127.0.0.1] [--port 8000] [--model PATH_OR_NAME]
                    [--embedding-model auto|none|PATH_OR_NAME] [--tls] [-- VLLM_ENGINE_ARGS...]
-    cloister proxy --gateway URL [--gateway URL ...] [--host 127.0.0.1] [--port 8080]
-                   [--protocol ohttp|ehbp|atoma|continuum] [--policy FILE]
-                   [--simulated-roots FILE] [--insecure-skip-attestation]
-    cloister attest --gateway URL [--policy FILE] [--nonce HEX] [--simulated-roots FILE]
-                    [--write-cert FILE]
-    cloister apikey create|list|revoke ...      cloister chatbot create ...
+    cloister workload [the same flags as serve]       the manifest and digest, nothing started
+    cloister proxy --gateway URL ...                  cloister attest --gateway URL ...
+    cloister apikey create|list|revoke ...            cloister chatbot create ...
     cloister demo-model PATH
 
 The gateway's commands live in `cli_serve.py`; the user-side ones (`proxy`, `attest`) in
@@ -24,11 +21,10 @@ from pathlib import Path
 
 from enclave.keys import DEFAULT_GRACE_SECONDS, DEFAULT_ROTATION_SECONDS
 from gateway.settings import DEFAULT_MAX_BODY_BYTES
+from proxy import cli as client_cli
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    if any(a.dest == "database" for a in parser._actions):
-        return
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="state folder (default $CLOISTER_STATE or "
                              "~/.local/state/cloister)")
@@ -41,20 +37,30 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
                              "simulated TEE's key file)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloister", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="local path or hub name (downloaded first, then served from the "
+                             "verified local copy); default: the offline demo model")
+    parser.add_argument("--served-model-name", default=None)
+    parser.add_argument("--embedding-model", default="auto",
+                        help="'auto' (packaged all-MiniLM-L6-v2 if installed), 'none', or a "
+                             "path or hub name")
+    parser.add_argument("--model-digest", default=None, metavar="sha256:HEX",
+                        help="refuse to serve a model whose digest differs")
+    parser.add_argument("--model-signature", type=Path, default=None,
+                        help="an OpenSSF model signature to verify (offline) before serving")
+    parser.add_argument("--model-signing-key", type=Path, default=None,
+                        help="the signer's public key (PEM) for --model-signature")
+    parser.add_argument("--model-signing-certificate-chain", type=Path, action="append",
+                        default=[], help="a certificate chain (PEM) that --model-signature's "
+                                         "certificate must chain to (repeatable)")
 
-    serve = sub.add_parser("serve", help="run the gateway with its embedded vLLM engine")
+
+def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """Every flag that shapes the workload: `serve` and `workload` take the same ones."""
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model", default=None,
-                       help="local path or hub name; default: the offline demo model")
-    serve.add_argument("--served-model-name", default=None)
-    serve.add_argument("--embedding-model", default="auto",
-                       help="'auto' (packaged all-MiniLM-L6-v2 if installed), 'none', or a "
-                            "path or hub name")
+    _add_model_arguments(serve)
     serve.add_argument("--insecure-plaintext", action="store_true",
                        help="DEVELOPMENT ONLY: accept plaintext OpenAI requests")
     serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
@@ -66,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
                        choices=["auto", "snp", "tdx", "simulated", "simulated-tdx"],
                        default="auto", help="evidence source; auto refuses to start without "
                                             "confidential hardware")
+    serve.add_argument("--launch-init-data", type=Path, default=None,
+                       help="Confidential Containers: the init-data document whose hash the "
+                            "host put in HOST_DATA / MRCONFIGID (it names the workload digest)")
+    serve.add_argument("--simulated-host-data", default="auto", metavar="auto|none|HEX",
+                       help="with the simulated TEE: what the simulated host pinned at launch "
+                            "(auto: this workload's digest; none: nothing)")
     serve.add_argument("--max-in-flight", type=int, default=256,
                        help="requests served at once before 503 overloaded")
     serve.add_argument("--max-per-client", type=int, default=64,
@@ -90,35 +102,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_store_arguments(serve)
     serve.add_argument("--log-level", default="info")
     serve.add_argument("engine_args", nargs=argparse.REMAINDER,
-                       help="after `--`: arguments for the vLLM engine (e.g. --max-model-len)")
+                       help="after `--`: arguments for the vLLM engine (e.g. --max-model-len); "
+                            "only an allow-list of them is accepted inside the enclave")
 
-    proxy = sub.add_parser("proxy", help="run the local encrypting proxy (plaintext OpenAI API "
-                                         "on localhost, OHTTP to the gateway)")
-    proxy.add_argument("--gateway", required=True, action="append",
-                       help="a gateway's base URL; repeat it to spread requests over "
-                            "several gateways (each verified separately, with failover)")
-    proxy.add_argument("--host", default="127.0.0.1")
-    proxy.add_argument("--port", type=int, default=8080)
-    proxy.add_argument("--protocol", choices=["ohttp", "ehbp", "atoma", "continuum"],
-                       default="ohttp", help="how requests are encrypted to the gateway")
-    proxy.add_argument("--policy", type=Path, default=None,
-                       help="attestation policy (TOML or JSON)")
-    proxy.add_argument("--simulated-roots", type=Path, default=None,
-                       help="also trust this simulated test PKI (development only)")
-    proxy.add_argument("--insecure-skip-attestation", action="store_true",
-                       help="DEVELOPMENT ONLY: trust the fetched key configuration without "
-                            "verifying the gateway's attestation")
 
-    attest = sub.add_parser("attest", help="fetch and verify a gateway's attestation report")
-    attest.add_argument("--gateway", required=True)
-    attest.add_argument("--policy", type=Path, default=None)
-    attest.add_argument("--nonce", default=None, help="64 hex digits (default: random)")
-    attest.add_argument("--simulated-roots", type=Path, default=None,
-                        help="also trust this simulated test PKI (development only)")
-    attest.add_argument("--write-cert", type=Path, default=None,
-                        help="for an https:// gateway: check that the certificate it presents "
-                             "is the attested one and write it here, for pinning")
-    proxy.add_argument("--log-level", default="info")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloister", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve_arguments(sub.add_parser(
+        "serve", help="run the gateway with its embedded vLLM engine"))
+    workload = sub.add_parser("workload", help="print the workload manifest and digest "
+                                               "`serve` with the same flags would attest")
+    _add_serve_arguments(workload)
+    workload.add_argument("--digest-only", action="store_true",
+                          help="print only the digest (lowercase hex)")
+    client_cli.add_parsers(sub)
 
     apikey = sub.add_parser("apikey", help="manage the platform API's keys")
     apikey_sub = apikey.add_subparsers(dest="action", required=True)
@@ -128,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     apikey_sub.add_parser("list", help="list keys (never the keys themselves)")
     revoke = apikey_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
-    for sub_parser in (create, *apikey_sub.choices.values()):
+    for sub_parser in apikey_sub.choices.values():
         _add_store_arguments(sub_parser)
 
     chatbot = sub.add_parser("chatbot", help="manage the platform API's chatbots")
@@ -147,16 +146,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("serve", "apikey", "chatbot"):
+    if args.command in ("serve", "workload", "apikey", "chatbot"):
         from gateway import cli_serve
 
-        return {"serve": cli_serve.serve, "apikey": cli_serve.run_apikey,
+        return {"serve": cli_serve.serve, "workload": cli_serve.run_workload,
+                "apikey": cli_serve.run_apikey,
                 "chatbot": cli_serve.run_chatbot}[args.command](args)
     if args.command in ("proxy", "attest"):
-        from proxy import cli as client_cli
-
-        return (client_cli.run_proxy if args.command == "proxy"
-                else client_cli.run_attest)(args)
+        return client_cli.run(args)
     if args.command == "demo-model":
         from enclave.demo_model import build_demo_model
 

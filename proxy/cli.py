@@ -8,6 +8,7 @@ import json
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -18,13 +19,51 @@ from cryptography import x509
 from attestation.binding import spki_sha256
 from attestation.verify import Policy, TrustRoots, VerifiedEvidence
 from enclave.logs import configure_logging
-from enclave.ohttp import decode_key_configs
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestation, Attestor, Unverified, fetch_and_verify
 from proxy.client import GatewayClient
 from proxy.dialects import make_client
 from proxy.errors import GatewayNotAttested
 from proxy.multi import MultiGatewayClient
+from proxy.report import as_json, describe
+
+
+def add_parsers(sub: Any) -> None:
+    """The user-side commands' arguments (`cloister proxy`, `cloister attest`)."""
+    proxy = sub.add_parser("proxy", help="run the local encrypting proxy (plaintext OpenAI API "
+                                         "on localhost, encrypted to a verified gateway)")
+    proxy.add_argument("--gateway", required=True, action="append",
+                       help="a gateway's base URL; repeat it to spread requests over "
+                            "several gateways (each verified separately, with failover)")
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, default=8080)
+    proxy.add_argument("--protocol", choices=["ohttp", "ehbp", "atoma", "continuum"],
+                       default="ohttp", help="how requests are encrypted to the gateway")
+    _add_trust_arguments(proxy)
+    proxy.add_argument("--insecure-skip-attestation", action="store_true",
+                       help="DEVELOPMENT ONLY: trust the fetched key configuration without "
+                            "verifying the gateway's attestation")
+    proxy.add_argument("--log-level", default="info")
+
+    attest = sub.add_parser("attest", help="fetch and verify a gateway's attestation report")
+    attest.add_argument("--gateway", required=True)
+    _add_trust_arguments(attest)
+    attest.add_argument("--nonce", default=None, help="64 hex digits (default: random)")
+    attest.add_argument("--json", action="store_true", help="print the claims as JSON")
+    attest.add_argument("--write-cert", type=Path, default=None,
+                        help="for an https:// gateway: check that the certificate it presents "
+                             "is the attested one and write it here, for pinning")
+
+
+def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", type=Path, default=None,
+                        help="attestation policy (TOML or JSON)")
+    parser.add_argument("--simulated-roots", type=Path, default=None,
+                        help="also trust this simulated test PKI (development only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_proxy(args) if args.command == "proxy" else run_attest(args)
 
 
 def _trust(args: argparse.Namespace) -> tuple[TrustRoots, Policy]:
@@ -96,13 +135,5 @@ def run_attest(args: argparse.Namespace) -> int:
         if problem:
             print(f"NOT VERIFIED: {problem}", file=sys.stderr)
             return 1
-    configs = decode_key_configs(claims.keys.get("ohttp", b""))
-    print(json.dumps({
-        "verified": True, "platform": claims.platform, "measurement": claims.measurement,
-        "tcb": claims.tcb, "debug": claims.debug,
-        "gpus": [{"driver": g.driver_version, "vbios": g.vbios_version} for g in claims.gpus],
-        "ohttp_key_ids": [c.key_id for c in configs], "expires_at": claims.expires_at,
-    }, indent=2))
+    print(json.dumps(as_json(claims), indent=2) if args.json else describe(claims))
     return 0
-
-

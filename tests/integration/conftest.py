@@ -33,6 +33,7 @@ class RunningGateway:
         self.simulated_roots = Path()
         self.tls_url = ""
         self.state_dir = Path()
+        self.serve_args: list[str] = []
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -44,12 +45,14 @@ def start_gateway(*args: str, log_path: Path, state_dir: Path) -> RunningGateway
     env.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
     env["CLOISTER_STATE"] = str(state_dir)
     log = log_path.open("wb")
+    serve_args = ["--port", str(port), "--tls", "--tls-port", str(tls_port),
+                  "--tls-host", "127.0.0.1", *args]
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--tls",
-         "--tls-port", str(tls_port), "--tls-host", "127.0.0.1", *args],
+        [sys.executable, "-m", "gateway", "serve", *serve_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     gateway = RunningGateway(f"http://127.0.0.1:{port}", process, log_path)
+    gateway.serve_args = serve_args
     gateway.simulated_roots = state_dir / "simulated-roots.pem"
     gateway.tls_url = f"https://127.0.0.1:{tls_port}"
     gateway.state_dir = state_dir
@@ -91,6 +94,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
 def client(gateway: RunningGateway) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=120) as c:
         yield c
+
+
+def cloister(*args: str, state_dir: Path | None = None, timeout: float = 180,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the `cloister` command line as a user would."""
+    environment = dict(os.environ if env is None else env)
+    environment.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
+    if state_dir is not None:
+        environment["CLOISTER_STATE"] = str(state_dir)
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=environment)
 
 
 def dialect_client(gateway: RunningGateway, protocol: str, *,

@@ -124,7 +124,7 @@ def test_canary_and_its_completion_never_cross_the_wire_in_plaintext(
 
 def test_cloister_attest_verifies_the_running_gateway(gateway: RunningGateway) -> None:
     ok = subprocess.run(
-        [sys.executable, "-m", "gateway", "attest", "--gateway", gateway.url,
+        [sys.executable, "-m", "gateway", "attest", "--gateway", gateway.url, "--json",
          "--simulated-roots", str(gateway.simulated_roots)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr

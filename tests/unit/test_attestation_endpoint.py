@@ -8,7 +8,6 @@ import json
 import httpx
 import pytest
 
-from attestation.providers import SimulatedGpuProvider, SimulatedSnpProvider
 from attestation.simulated import SimulatedPki
 from attestation.verify import Policy, TrustRoots, verify_evidence
 from enclave.ohttp import decode_key_configs
@@ -17,6 +16,7 @@ from gateway.settings import Settings
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
+from tests.attested import simulated
 from tests.clients import PROTOCOLS
 from tests.doubles import CHAT_MODEL
 from tests.unit.conftest import start
@@ -32,7 +32,7 @@ def pki(tmp_path_factory) -> SimulatedPki:
 @pytest.fixture
 async def attested_app(engine, pki):
     app = create_app(Settings(), engine.running,
-                     attestation=(SimulatedSnpProvider(pki), SimulatedGpuProvider(pki)))
+                     attestation=simulated(pki))
     async with app.router.lifespan_context(app):
         await start(app)
         yield app

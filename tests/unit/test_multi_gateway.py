@@ -8,7 +8,6 @@ import json
 import httpx
 import pytest
 
-from attestation.providers import SimulatedGpuProvider, SimulatedSnpProvider
 from attestation.simulated import SimulatedPki
 from attestation.verify import Policy, TrustRoots
 from gateway.app import create_app
@@ -17,6 +16,7 @@ from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
 from proxy.multi import MultiGatewayClient
+from tests.attested import simulated
 from tests.clients import unreachable_client
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
@@ -33,7 +33,7 @@ def pki(tmp_path_factory) -> SimulatedPki:
 async def gateways(pki):
     engines = [DeterministicTestEngine(), DeterministicTestEngine()]
     apps = [create_app(Settings(), e.running,
-                       attestation=(SimulatedSnpProvider(pki), SimulatedGpuProvider(pki)))
+                       attestation=simulated(pki))
             for e in engines]
     async with contextlib.AsyncExitStack() as stack:
         for app in apps:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -12,13 +13,11 @@ import pytest
 from attestation import binding, simulated
 from attestation.errors import Reason, VerificationError
 from attestation.evidence import EvidenceDocument, collect
-from attestation.providers import (
-    ConfigfsTsmProvider,
-    ProviderError,
-    SimulatedGpuProvider,
-    SimulatedSnpProvider,
-)
+from attestation.providers import ConfigfsTsmProvider, ProviderError
 from attestation.verify import Policy, TrustRoots, verify_evidence
+from attestation.workload import workload_digest
+from tests.attested import MODEL_DIGEST, TEST_WORKLOAD, workload
+from tests.attested import simulated as simulated_tee
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +33,13 @@ def roots(pki) -> TrustRoots:
 KEYS = {"ohttp": b"\x00\x29config-bytes"}
 
 
-def _doc(pki, nonce=b"n" * 32, keys=KEYS, expires_in=3600, now=None) -> bytes:
+def _doc(pki, nonce=b"n" * 32, keys=KEYS, expires_in=3600, now=None, manifest=None,
+         tdx=False, pin=None, init_data=None) -> bytes:
     now = int(time.time()) if now is None else now
-    return collect(SimulatedSnpProvider(pki), SimulatedGpuProvider(pki), keys=keys,
-                   nonce=nonce, expires_at=now + expires_in, now=now).to_json()
+    attested = simulated_tee(pki, manifest, tdx=tdx, pin=pin)
+    return collect(attested.cpu, attested.gpu, keys=keys, workload=attested.workload,
+                   nonce=nonce, expires_at=now + expires_in, now=now,
+                   init_data=init_data).to_json()
 
 
 def _verify(doc, roots, nonce=b"n" * 32, policy=None, now=None):
@@ -108,10 +110,14 @@ def test_policy_measurement_allow_list_and_vbios(pki, roots) -> None:
 def test_policy_file_loads_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
     path.write_text('measurements = ["AB"]\nallow_debug = false\nmax_age_seconds = 60\n'
+                    'workload_digests = ["CD"]\nrequire_launch_pinning = false\n'
+                    '[model_digests]\nm = ["sha256:ef"]\n'
                     '[min_tcb]\nboot_loader = 1\ntee = 0\nsnp = 5\nmicrocode = 40\n')
     policy = Policy.load(path)
     assert policy.measurements == frozenset({"ab"}) and policy.max_age_seconds == 60
     assert policy.min_tcb is not None and policy.min_tcb.snp == 5
+    assert policy.workload_digests == frozenset({"cd"}) and not policy.require_launch_pinning
+    assert policy.model_digests == {"m": frozenset({"sha256:ef"})}
 
 
 def test_tampered_gpu_report_fails(pki, roots) -> None:
@@ -143,10 +149,12 @@ def test_configfs_tsm_reports_missing_tree(tmp_path: Path) -> None:
 
 
 def test_binding_report_data_depends_on_every_input() -> None:
-    base = dict(digest_of_keys=b"k" * 32, nonce=b"n" * 32, digest_of_gpus=b"g" * 32, expiry=1)
+    base = dict(digest_of_keys=b"k" * 32, nonce=b"n" * 32, digest_of_gpus=b"g" * 32,
+                digest_of_workload=b"w" * 32, generated_at=5, expiry=1)
     first = binding.report_data(**base)
     for key, value in (("digest_of_keys", b"K" * 32), ("nonce", b"N" * 32),
-                       ("digest_of_gpus", b"G" * 32), ("expiry", 2)):
+                       ("digest_of_gpus", b"G" * 32), ("digest_of_workload", b"W" * 32),
+                       ("generated_at", 6), ("expiry", 2)):
         assert binding.report_data(**{**base, key: value}) != first
     assert len(first) == 64
 
@@ -196,12 +204,9 @@ def test_configfs_tsm_provider_maps_tdx_and_reports_failures(tmp_path: Path, pki
 
 
 def test_simulated_tdx_evidence_verifies_through_the_real_quote_parser(pki, roots) -> None:
-    from attestation.providers import SimulatedTdxProvider
-
-    now = int(time.time())
-    doc = collect(SimulatedTdxProvider(pki), SimulatedGpuProvider(pki), keys=KEYS,
-                  nonce=b"n" * 32, expires_at=now + 60, now=now).to_json()
+    doc = _doc(pki, tdx=True)
     claims = _verify(doc, roots)
+    assert claims.workload.pinned_at_launch
     assert claims.platform == "simulated-tdx"
     assert claims.measurement == simulated.simulated_measurement().hex()
     with pytest.raises(VerificationError) as err:
@@ -210,3 +215,88 @@ def test_simulated_tdx_evidence_verifies_through_the_real_quote_parser(pki, root
     with pytest.raises(VerificationError) as err:
         _verify(doc, roots, policy=Policy(mrtd=frozenset({"00" * 48})))
     assert err.value.reason is Reason.POLICY
+
+
+# --- the workload (issue 12) --------------------------------------------------------------
+
+def test_the_verified_claims_name_the_workload(pki, roots) -> None:
+    claims = _verify(_doc(pki), roots)
+    assert claims.workload.digest == workload_digest(TEST_WORKLOAD).hex()
+    assert claims.workload.pinned_at_launch
+    assert [(m.name, m.digest) for m in claims.workload.models] == [("test-chat", MODEL_DIGEST)]
+
+
+def test_a_manifest_that_does_not_hash_to_the_bound_digest_is_refused(pki, roots) -> None:
+    doc = json.loads(_doc(pki))
+    doc["workload"]["settings"]["insecure_plaintext"] = True  # the operator's edit
+    with pytest.raises(VerificationError) as err:
+        _verify(json.dumps(doc).encode(), roots)
+    assert err.value.reason is Reason.WORKLOAD_MISMATCH
+    doc["workload_digest"] = workload_digest(doc["workload"]).hex()  # and the digest too
+    with pytest.raises(VerificationError) as err:
+        _verify(json.dumps(doc).encode(), roots)
+    assert err.value.reason is Reason.BINDING_MISMATCH
+
+
+@pytest.mark.parametrize("tdx", [False, True])
+def test_a_workload_not_pinned_at_launch_is_refused_by_default(pki, roots, tdx) -> None:
+    doc = _doc(pki, pin=b"", tdx=tdx)
+    with pytest.raises(VerificationError) as err:
+        _verify(doc, roots)
+    assert err.value.reason is Reason.NOT_PINNED
+    claims = _verify(doc, roots, policy=Policy(require_launch_pinning=False))
+    assert not claims.workload.pinned_at_launch
+
+
+@pytest.mark.parametrize("tdx", [False, True])
+def test_a_launch_pin_that_names_another_workload_is_refused(pki, roots, tdx) -> None:
+    other = workload_digest(workload(max_tokens=8))
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki, pin=other, tdx=tdx), roots,
+                policy=Policy(require_launch_pinning=False))
+    assert err.value.reason is Reason.LAUNCH_MISMATCH
+
+
+def test_policies_pin_workload_and_model_digests(pki, roots) -> None:
+    doc = _doc(pki)
+    mine = workload_digest(TEST_WORKLOAD).hex()
+    assert _verify(doc, roots, policy=Policy(workload_digests=frozenset({mine})))
+    with pytest.raises(VerificationError) as err:
+        _verify(doc, roots, policy=Policy(workload_digests=frozenset({"00" * 32})))
+    assert err.value.reason is Reason.WORKLOAD_NOT_ALLOWED
+    with pytest.raises(VerificationError) as err:
+        _verify(doc, roots, policy=Policy(model_digests={"test-chat": frozenset({"sha256:00"})}))
+    assert err.value.reason is Reason.MODEL_NOT_ALLOWED
+    ok = Policy(model_digests={"test-chat": frozenset({MODEL_DIGEST})})
+    assert _verify(doc, roots, policy=ok).workload.models[0].name == "test-chat"
+
+
+def test_the_platform_label_must_match_what_verified(pki, roots) -> None:
+    doc = json.loads(_doc(pki))
+    doc["platform"] = "sev-snp"  # simulated evidence relabelled
+    with pytest.raises(VerificationError) as err:
+        _verify(json.dumps(doc).encode(), roots)
+    assert err.value.reason is Reason.POLICY
+
+
+def _init_data(digest_hex: str, algorithm: str = "sha256") -> bytes:
+    return (f'version = "0.1.0"\nalgorithm = "{algorithm}"\n[data]\n'
+            f'"cloister.toml" = \'workload_digest = "{digest_hex}"\'\n').encode()
+
+
+@pytest.mark.parametrize(("tdx", "algorithm"), [(False, "sha256"), (True, "sha384")])
+def test_a_confidential_containers_init_data_pin_names_the_workload(pki, roots, tdx,
+                                                                   algorithm) -> None:
+    mine = workload_digest(TEST_WORKLOAD).hex()
+    document = _init_data(mine, algorithm)
+    launch = getattr(hashlib, algorithm)(document).digest()[:48 if tdx else 32]
+    claims = _verify(_doc(pki, tdx=tdx, pin=launch, init_data=document), roots)
+    assert claims.workload.pinned_at_launch
+    other = _init_data("00" * 32, algorithm)
+    relaunch = getattr(hashlib, algorithm)(other).digest()[:48 if tdx else 32]
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki, tdx=tdx, pin=relaunch, init_data=other), roots)
+    assert err.value.reason is Reason.LAUNCH_MISMATCH
+    with pytest.raises(VerificationError) as err:  # the document swapped after launch
+        _verify(_doc(pki, tdx=tdx, pin=relaunch, init_data=document), roots)
+    assert err.value.reason is Reason.LAUNCH_MISMATCH

@@ -1,0 +1,140 @@
+"""The workload manifest: what the gateway runs, bound into its evidence.
+
+    manifest        a JSON object, format "cloister-workload/1":
+                    {"format", "cloister": {"version", "source_sha256"},
+                     "dependencies": {"lock_sha256"},
+                     "engine": {"vllm": version, "environment": {...},
+                                "models": [{"role", "name", "digest", "signer",
+                                            "engine_args": {...}}]},
+                     "settings": {...every security-relevant setting...}}
+    workload digest SHA-256 of the manifest's canonical JSON (RFC 8785, the `rfc8785`
+                    package), shown as lowercase hex everywhere
+    launch pin      the field the host sets at launch and the hardware signs: SNP
+                    HOST_DATA (32 bytes) = the digest; TDX MRCONFIGID (48 bytes) = the
+                    digest then 16 zero bytes. All zeros: not pinned at launch.
+                    Confidential Containers put the hash of an init-data document there
+                    instead (SHA-256 on SNP, SHA-384 on TDX, as its `algorithm` says); the
+                    document's `[data]` table then holds `"cloister.toml"` with
+                    `workload_digest = "<hex>"`, and the evidence carries the document.
+
+The gateway builds the manifest before any key exists (`gateway/workload.py`); a
+verifier recomputes the digest from the manifest the evidence carries and refuses any
+difference (`attestation.verify`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+
+from attestation.errors import Reason, VerificationError
+from attestation.snp import SnpReport
+from attestation.tdx import TdxQuote
+from attestation.types import CpuEvidence
+
+FORMAT = "cloister-workload/1"
+DIGEST_SIZE = 32
+LAUNCH_FIELD_SIZES = {"sev-snp": 32, "tdx": 48}
+
+
+def canonical(manifest: Mapping[str, Any]) -> bytes:
+    """RFC 8785 canonical JSON: one byte string per manifest, whoever serializes it."""
+    return rfc8785.dumps(dict(manifest))
+
+
+def workload_digest(manifest: Mapping[str, Any]) -> bytes:
+    return hashlib.sha256(canonical(manifest)).digest()
+
+
+def launch_value(digest: bytes, platform: str) -> bytes:
+    """What the launch-time field holds when it pins `digest` on `platform`."""
+    size = LAUNCH_FIELD_SIZES[base_platform(platform)]
+    return digest + b"\x00" * (size - len(digest))
+
+
+def base_platform(platform: str) -> str:
+    return platform.removeprefix("simulated-")
+
+
+@dataclass(frozen=True)
+class ModelClaim:
+    role: str
+    name: str
+    digest: str
+    signer: str | None
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WorkloadClaims:
+    """What a verified manifest says, for policies and for people."""
+
+    digest: str
+    manifest: dict[str, Any]
+    models: tuple[ModelClaim, ...]
+    settings: dict[str, Any]
+    pinned_at_launch: bool
+
+    @classmethod
+    def parse(cls, manifest: Any, *, pinned_at_launch: bool) -> WorkloadClaims:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise VerificationError(Reason.MALFORMED, "not a cloister-workload/1 manifest")
+        try:
+            models = tuple(
+                ModelClaim(str(m["role"]), str(m["name"]), str(m["digest"]),
+                           None if m.get("signer") is None else str(m["signer"]),
+                           tuple(str(f) for f in m.get("flags", [])))
+                for m in manifest["engine"]["models"])
+            settings = dict(manifest["settings"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VerificationError(Reason.MALFORMED, "malformed workload manifest") from exc
+        return cls(workload_digest(manifest).hex(), manifest, models, settings,
+                   pinned_at_launch)
+
+
+def launch_field_of(evidence: CpuEvidence) -> bytes:
+    """The launch-time field of a gateway's own report (HOST_DATA or MRCONFIGID), read
+    without verification: the gateway asks its own hardware."""
+    if base_platform(evidence.platform) == "sev-snp":
+        return SnpReport.parse(evidence.report).host_data
+    if base_platform(evidence.platform) == "tdx":
+        return TdxQuote.parse(evidence.report).td.mr_config_id
+    raise VerificationError(Reason.UNSUPPORTED, f"platform {evidence.platform!r}")
+
+
+def check_launch_pin(platform: str, launch_field: bytes, digest: bytes, *,
+                     init_data: bytes | None = None) -> bool:
+    """True when the launch field pins `digest` (directly, or through an init-data
+    document), False when it is all zeros (not pinned); anything else is an error."""
+    if not any(launch_field):
+        return False
+    if launch_field == launch_value(digest, platform):
+        return True
+    if init_data is not None and _init_data_pins(platform, launch_field, init_data, digest):
+        return True
+    raise VerificationError(Reason.LAUNCH_MISMATCH,
+                            "the workload pinned at launch is not the one described")
+
+
+_INIT_DATA_HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384,
+                     "sha512": hashlib.sha512}
+
+
+def _init_data_pins(platform: str, launch_field: bytes, init_data: bytes,
+                    digest: bytes) -> bool:
+    """Whether `init_data` (a Confidential Containers init-data TOML) is what the launch
+    field holds the hash of, and names `digest` as the workload."""
+    try:
+        document = tomllib.loads(init_data.decode())
+        hasher = _INIT_DATA_HASHES[str(document.get("algorithm", "sha256"))]
+        named = tomllib.loads(document["data"]["cloister.toml"])["workload_digest"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise VerificationError(Reason.MALFORMED, "malformed init-data document") from None
+    size = LAUNCH_FIELD_SIZES[base_platform(platform)]
+    hashed = hasher(init_data).digest()[:size].ljust(size, b"\x00")
+    return launch_field == hashed and str(named).lower() == digest.hex()

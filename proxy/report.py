@@ -1,0 +1,69 @@
+"""What `cloister attest` shows of a verified gateway: for people (`describe`) and for
+machines (`as_json`). Only verified claims: nothing here comes from unverified bytes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from attestation.verify import VerifiedEvidence
+from enclave.ohttp import decode_key_configs
+from enclave.ohttp.keyconfig import KeyConfigError
+
+
+def _key_ids(claims: VerifiedEvidence) -> list[int]:
+    try:
+        return [c.key_id for c in decode_key_configs(claims.keys.get("ohttp", b""))]
+    except KeyConfigError:
+        return []
+
+
+def _iso(stamp: int) -> str:
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def as_json(claims: VerifiedEvidence) -> dict[str, Any]:
+    workload = claims.workload
+    return {
+        "verified": True, "platform": claims.platform, "measurement": claims.measurement,
+        "tcb": claims.tcb, "debug": claims.debug,
+        "pinned_at_launch": workload.pinned_at_launch, "workload_digest": workload.digest,
+        "models": [{"role": m.role, "name": m.name, "digest": m.digest, "signer": m.signer}
+                   for m in workload.models],
+        "engine_flags": {m.name: m.flags for m in workload.models},
+        "settings": workload.settings,
+        "gpus": [{"driver": g.driver_version, "vbios": g.vbios_version} for g in claims.gpus],
+        "keys": sorted(claims.keys), "ohttp_key_ids": _key_ids(claims),
+        "generated_at": claims.generated_at, "expires_at": claims.expires_at,
+    }
+
+
+def describe(claims: VerifiedEvidence) -> str:
+    """A verified gateway, in a layout a person can read."""
+    w = claims.workload
+    pinned = "yes" if w.pinned_at_launch else "NO (HOST_DATA / MRCONFIGID empty)"
+    lines = [
+        "VERIFIED",
+        f"  platform          {claims.platform}",
+        f"  measurement       {claims.measurement}",
+        f"  TCB               {claims.tcb}" + ("   DEBUG ENABLED" if claims.debug else ""),
+        f"  pinned at launch  {pinned}",
+        f"  workload digest   {w.digest}",
+        "  models",
+    ]
+    for m in w.models:
+        signer = f", signed by {m.signer}" if m.signer else ", unsigned"
+        lines.append(f"    {m.role:<9} {m.name}  {m.digest}{signer}")
+        lines.append(f"              engine flags: {' '.join(m.flags) or '(defaults)'}")
+    lines.append("  settings")
+    for name, value in sorted(w.settings.items()):
+        lines.append(f"    {name:<24} {value}")
+    gpus = ", ".join(f"driver {g.driver_version} VBIOS {g.vbios_version}" for g in claims.gpus)
+    lines += [
+        f"  GPUs              {gpus or 'none'}",
+        f"  keys              {', '.join(sorted(claims.keys))}",
+        f"  OHTTP key ids     {', '.join(map(str, _key_ids(claims))) or 'none'}",
+        f"  report time       {_iso(claims.generated_at)}",
+        f"  keys expire       {_iso(claims.expires_at)}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""A simulated TEE for unit tests: providers from a test PKI, pinned (as a host would) to a
+small workload manifest, the way `cloister serve --attestation simulated` runs."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from attestation.providers import SimulatedGpuProvider, SimulatedSnpProvider, SimulatedTdxProvider
+from attestation.simulated import SimulatedPki
+from attestation.workload import FORMAT, workload_digest
+from gateway.attestation_routes import Attested
+
+MODEL_DIGEST = "sha256:" + "ab" * 32
+TEST_WORKLOAD: dict[str, Any] = {
+    "format": FORMAT,
+    "cloister": {"version": "0.0.0-test", "source_sha256": "00" * 32},
+    "dependencies": {"engine_kind": "cpu", "lock_sha256": "11" * 32},
+    "engine": {"vllm": "test", "environment": {},
+               "models": [{"role": "generate", "name": "test-chat", "digest": MODEL_DIGEST,
+                           "signer": None, "flags": ["--max-model-len", "2048"],
+                           "engine_args": {"max_model_len": 2048}}]},
+    "settings": {"insecure_plaintext": False, "max_tokens": None},
+}
+
+
+def workload(**settings: Any) -> dict[str, Any]:
+    """The test workload with some settings changed."""
+    changed = copy.deepcopy(TEST_WORKLOAD)
+    changed["settings"].update(settings)
+    return changed
+
+
+def simulated(pki: SimulatedPki, manifest: dict[str, Any] | None = None, *,
+              tdx: bool = False, pin: bytes | None = None) -> Attested:
+    """Providers pinned at launch to `manifest` (or to `pin`; b"" for not pinned)."""
+    manifest = TEST_WORKLOAD if manifest is None else manifest
+    launch_pin = workload_digest(manifest) if pin is None else pin
+    cpu = (SimulatedTdxProvider(pki, launch_pin=launch_pin) if tdx
+           else SimulatedSnpProvider(pki, launch_pin=launch_pin))
+    return Attested(cpu, SimulatedGpuProvider(pki), manifest)
