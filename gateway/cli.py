@@ -117,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_serve_arguments(workload)
     workload.add_argument("--digest-only", action="store_true",
                           help="print only the digest (lowercase hex)")
+    workload.add_argument("--launch-pin", choices=["snp", "tdx", "init-data"], default=None,
+                          help="print what the host sets at launch to pin this workload: "
+                               "QEMU's sev-snp-guest host-data or tdx-guest mrconfigid "
+                               "(base64), or a Confidential Containers init-data document")
     client_cli.add_parsers(sub)
 
     apikey = sub.add_parser("apikey", help="manage the platform API's keys")

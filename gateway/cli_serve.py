@@ -84,10 +84,26 @@ def run_workload(args: argparse.Namespace) -> int:
     except LaunchRefused as exc:
         print(f"cloister workload: {exc}", file=sys.stderr)
         return 2
+    if args.launch_pin is not None:
+        print(launch_pin_text(args.launch_pin, launch.digest), end="")
+        return 0
     if not args.digest_only:
         print(json.dumps(launch.manifest, indent=2, sort_keys=True))
     print(launch.digest.hex())
     return 0
+
+
+def launch_pin_text(kind: str, digest: bytes) -> str:
+    """What a host sets at launch to pin `digest` (see deploy/README.md)."""
+    import base64
+
+    from attestation.workload import launch_value
+
+    if kind == "init-data":
+        return ('version = "0.1.0"\nalgorithm = "sha256"\n[data]\n'
+                f'"cloister.toml" = \'workload_digest = "{digest.hex()}"\'\n')
+    platform = "sev-snp" if kind == "snp" else "tdx"
+    return base64.b64encode(launch_value(digest, platform)).decode() + "\n"
 
 
 def _platform_store(args: argparse.Namespace) -> PlatformStore:
