@@ -30,6 +30,21 @@ class Reason(enum.StrEnum):
     NOT_PINNED = "workload_not_pinned_at_launch"
     WORKLOAD_NOT_ALLOWED = "workload_not_allowed"
     MODEL_NOT_ALLOWED = "model_not_allowed"
+    PLATFORM_NOT_PINNED = "platform_not_pinned"
+    MEASUREMENT = "measurement_not_accepted"
+    VMPL = "vmpl_not_accepted"
+    GUEST_POLICY = "guest_policy_not_accepted"
+    TCB_TOO_LOW = "tcb_below_minimum"
+    TD_ATTRIBUTES = "td_attributes_not_accepted"
+    MRSEAM = "mrseam_not_accepted"
+    TCB_STATUS = "tcb_status_not_accepted"
+    GPU_MISSING = "gpu_evidence_missing"
+    GPU_FIRMWARE = "gpu_firmware_not_accepted"
+    NO_REFERENCE_VALUES = "no_reference_values"
+    STATEMENT_SIGNATURE = "statement_signature_invalid"
+    STATEMENT_UNTRUSTED = "statement_signed_by_untrusted_key"
+    STATEMENT_EXPIRED = "statement_expired"
+    STATEMENT_ROLLBACK = "statement_version_rollback"
 
 
 class VerificationError(Exception):

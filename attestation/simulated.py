@@ -209,6 +209,7 @@ def snp_report(pki: SimulatedPki, report_data: bytes, *, host_data: bytes = b"")
 
 SIMULATED_DRIVER_VERSION = b"550.90.07\x00"
 SIMULATED_VBIOS = bytes([0x00, 0x9F, 0x00, 0x96, 0x01, 0x00, 0x00, 0x00])
+SIMULATED_VBIOS_VERSION = "96.00.9F.00.01"  # how verifiers print SIMULATED_VBIOS
 
 
 def gpu_report(pki: SimulatedPki, nonce: bytes) -> bytes:

@@ -100,7 +100,8 @@ def _secrets_endpoint(dialect: continuum.ContinuumServer, services: Services) ->
 
 
 def _routes(dialects: Dialects, services: Services,
-            reports: attestation_routes.ReportService | None, platform: Platform | None
+            reports: attestation_routes.ReportService | None,
+            attested: attestation_routes.Attested | None, platform: Platform | None
             ) -> list[BaseRoute]:
     openai = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.continuum),
                              Mount(dialects.plaintext)], services)
@@ -118,6 +119,8 @@ def _routes(dialects: Dialects, services: Services,
               methods=["POST"]),
         Route(attestation_routes.PATH, attestation_routes.report_endpoint(
             reports, services.metrics), methods=["GET"]),
+        Route(attestation_routes.REFERENCE_VALUES_PATH,
+              attestation_routes.reference_values_endpoint(attested), methods=["GET"]),
         Route("/metrics", metrics.scrape_endpoint(services.metrics), methods=["GET"]),
     ]
     if platform is not None:
@@ -225,7 +228,7 @@ def create_app(
     app = Starlette(
         routes=[Route("/health", health, methods=["GET"]),
                 Route("/ready", ready, methods=["GET"]),
-                *_routes(dialects, services, reports, platform)],
+                *_routes(dialects, services, reports, attestation, platform)],
         lifespan=lifespan,
         middleware=[Middleware(metrics.GatewayMiddleware, metrics=gateway_metrics)],
         exception_handlers={GatewayError: gateway_error, HTTPException: _http_error,

@@ -8,6 +8,7 @@ keys, for clients that only need to know which keys the hardware vouches for.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 
 PATH = "/v1/attestation/report"
+REFERENCE_VALUES_PATH = "/v1/attestation/reference-values"
 # Fresh-nonce reports: one a second on average, bursts of five.
 FRESH_PER_SECOND = 1.0
 FRESH_BURST = 5
@@ -37,6 +39,9 @@ class Attested:
     gpu: GpuProvider
     workload: dict[str, Any]
     init_data: bytes | None = None  # when the launch pin is an init-data document's hash
+    # Signed release statements the operator installed (served as they are: their
+    # signatures, not this gateway, are what clients trust).
+    statements: tuple[bytes, ...] = ()
 
 
 class ReportService:
@@ -123,3 +128,16 @@ def report_endpoint(service: ReportService | None, metrics: GatewayMetrics
                         headers={"cache-control": "no-store"})
 
     return report
+
+
+def reference_values_endpoint(attested: Attested | None
+                              ) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /v1/attestation/reference-values`: {"statements": [DSSE envelope, ...]}."""
+    body = json.dumps({"statements": [json.loads(s) for s in
+                                      (attested.statements if attested else ())]}).encode()
+
+    async def reference_values(request: Request) -> Response:
+        return Response(body, media_type="application/json",
+                        headers={"cache-control": "max-age=60"})
+
+    return reference_values

@@ -18,6 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from enclave.keys import DEFAULT_GRACE_SECONDS, DEFAULT_ROTATION_SECONDS
 from gateway.settings import DEFAULT_MAX_BODY_BYTES
@@ -54,6 +55,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-signing-certificate-chain", type=Path, action="append",
                         default=[], help="a certificate chain (PEM) that --model-signature's "
                                          "certificate must chain to (repeatable)")
+    parser.add_argument("--model-verity-root", default=None, metavar="HEX",
+                        help="the dm-verity root hash of the read-only volume the model is "
+                             "served from (deploy/model-volume.sh), recorded in the manifest")
 
 
 def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
@@ -72,6 +76,10 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        choices=["auto", "snp", "tdx", "simulated", "simulated-tdx"],
                        default="auto", help="evidence source; auto refuses to start without "
                                             "confidential hardware")
+    serve.add_argument("--reference-values", type=Path, action="append", default=[],
+                       metavar="STATEMENT.json",
+                       help="a signed release statement to serve to clients (repeatable; "
+                            "`cloister release sign` makes one)")
     serve.add_argument("--launch-init-data", type=Path, default=None,
                        help="Confidential Containers: the init-data document whose hash the "
                             "host put in HOST_DATA / MRCONFIGID (it names the workload digest)")
@@ -106,6 +114,37 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                             "only an allow-list of them is accepted inside the enclave")
 
 
+def _add_release_parsers(sub: Any) -> None:
+    """`cloister release ...` and `cloister measure ...`: for a release pipeline."""
+    release = sub.add_parser("release", help="make and check signed release statements "
+                                             "(reference values)")
+    release_sub = release.add_subparsers(dest="action", required=True)
+    keygen = release_sub.add_parser("keygen", help="make a release key pair")
+    keygen.add_argument("--out", type=Path, required=True,
+                        help="private key file (0600); the public key goes to OUT.pub")
+    keygen.add_argument("--kind", choices=["ecdsa-p256", "ed25519"], default="ecdsa-p256")
+    sign = release_sub.add_parser("sign", help="sign VALUES.toml into a statement")
+    sign.add_argument("--key", type=Path, required=True)
+    sign.add_argument("--values", type=Path, required=True)
+    sign.add_argument("--out", type=Path, required=True)
+    verify = release_sub.add_parser("verify", help="check a statement's signature and dates")
+    verify.add_argument("statement", type=Path)
+    verify.add_argument("--release-key", type=Path, action="append", required=True)
+
+    measure = sub.add_parser("measure", help="compute expected launch measurements")
+    measure_sub = measure.add_subparsers(dest="platform", required=True)
+    snp = measure_sub.add_parser("snp", help="an SEV-SNP launch measurement "
+                                             "(sev-snp-measure)")
+    snp.add_argument("--ovmf", type=Path, required=True)
+    snp.add_argument("--kernel", type=Path, default=None)
+    snp.add_argument("--initrd", type=Path, default=None)
+    snp.add_argument("--append", default=None, help="the kernel command line")
+    snp.add_argument("--vcpus", type=int, required=True)
+    snp.add_argument("--vcpu-type", required=True, help="e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa")
+    snp.add_argument("--vmm-type", choices=["QEMU", "ec2", "gce"], default="QEMU")
+    snp.add_argument("--guest-features", default="0x1")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloister", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
                                "QEMU's sev-snp-guest host-data or tdx-guest mrconfigid "
                                "(base64), or a Confidential Containers init-data document")
     client_cli.add_parsers(sub)
+    _add_release_parsers(sub)
 
     apikey = sub.add_parser("apikey", help="manage the platform API's keys")
     apikey_sub = apikey.add_subparsers(dest="action", required=True)
@@ -150,12 +190,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("serve", "workload", "apikey", "chatbot"):
+    if args.command == "serve":
         from gateway import cli_serve
 
-        return {"serve": cli_serve.serve, "workload": cli_serve.run_workload,
-                "apikey": cli_serve.run_apikey,
+        # What the simulated TEE's release statement covers: these flags' defaults.
+        defaults = _parser().parse_args(["serve", "--attestation", args.attestation])
+        return cli_serve.serve(args, defaults=defaults)
+    if args.command in ("workload", "apikey", "chatbot"):
+        from gateway import cli_serve
+
+        return {"workload": cli_serve.run_workload, "apikey": cli_serve.run_apikey,
                 "chatbot": cli_serve.run_chatbot}[args.command](args)
+    if args.command in ("release", "measure"):
+        from gateway import cli_release
+
+        return cli_release.run(args)
     if args.command in ("proxy", "attest"):
         return client_cli.run(args)
     if args.command == "demo-model":

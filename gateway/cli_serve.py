@@ -17,6 +17,7 @@ from gateway.settings import Settings
 
 if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when used
     from attestation.types import CpuProvider, GpuProvider
+    from gateway.attestation_routes import Attested
     from gateway.launch import Launch
     from gateway.platform_store import PlatformStore
 
@@ -38,24 +39,80 @@ def _attestation(args: argparse.Namespace, launch: Launch
                  ) -> tuple[CpuProvider, GpuProvider] | None:
     from attestation.providers import ProviderError, select_providers
 
-    state = _state_dir(args)
     try:
-        providers = select_providers(args.attestation, state_dir=state,
-                                     simulated_launch_pin=_simulated_pin(args, launch.digest))
+        return select_providers(args.attestation, state_dir=_state_dir(args),
+                                simulated_launch_pin=_simulated_pin(args, launch.digest))
     except ProviderError as exc:
         print(f"cloister serve: no attestation ({exc}). On a machine without confidential "
               "hardware, pass --attestation simulated (development only).", file=sys.stderr)
         return None
-    if args.attestation.startswith("simulated"):
-        from attestation.simulated import SimulatedPki
 
-        roots = state / "simulated-roots.pem"
-        roots.write_bytes(SimulatedPki.load_or_create(state).roots_pem())
-        print("*" * 78 + "\nWARNING: SIMULATED ATTESTATION. The evidence is signed by a test PKI "
-              "made on this\nmachine; it proves nothing about the hardware. Clients must name "
-              f"its roots\n({roots}) to accept it. Development only.\n" + "*" * 78,
-              file=sys.stderr)
-    return providers
+
+def _simulated_roots(args: argparse.Namespace) -> None:
+    """Write the simulated TEE's roots, with its release key, where clients are told to
+    find them, and say loudly what this is."""
+    from attestation import simulated_release
+    from attestation.simulated import SimulatedPki
+    from attestation.statement import public_pem
+
+    state = _state_dir(args)
+    roots = state / "simulated-roots.pem"
+    key = simulated_release.release_key(state)
+    roots.write_bytes(SimulatedPki.load_or_create(state).roots_pem()
+                      + public_pem(key.public_key()))
+    print("*" * 78 + "\nWARNING: SIMULATED ATTESTATION. The evidence is signed by a test PKI "
+          "made on this\nmachine; it proves nothing about the hardware. Clients must name its "
+          f"roots\n({roots}) to accept it. Development only.\n" + "*" * 78, file=sys.stderr)
+
+
+def _simulated_statement(args: argparse.Namespace, launch: Launch,
+                         defaults: argparse.Namespace) -> bytes:
+    """The simulated TEE's statement over the default workload (these flags' defaults)."""
+    import datetime as dt
+
+    from attestation import simulated_release
+    from gateway.launch import prepare
+
+    default = launch if _same_workload(args, defaults) else prepare(defaults)
+    return simulated_release.statement(_state_dir(args), default.digest.hex(),
+                                       now=dt.datetime.now(dt.UTC))
+
+
+def _same_workload(args: argparse.Namespace, defaults: argparse.Namespace) -> bool:
+    """Whether `args` ask for the default workload (listeners and folders aside)."""
+    ignored = {"host", "port", "tls_port", "state_dir", "shutdown_grace", "reference_values"}
+    return all(getattr(args, k) == v for k, v in vars(defaults).items() if k not in ignored)
+
+
+def _attested(args: argparse.Namespace, launch: Launch, defaults: argparse.Namespace
+              ) -> Attested | str:
+    """The evidence's sources, or why the gateway must not serve."""
+    import json
+
+    from gateway.attestation_routes import Attested
+
+    providers = _attestation(args, launch)
+    if providers is None:
+        return "no attestation"
+    init_data = args.launch_init_data.read_bytes() if args.launch_init_data else None
+    pinned = _check_launch_pin(providers[0], launch.digest, init_data)
+    if pinned is None:
+        return ("the host pinned another workload at launch (HOST_DATA / MRCONFIGID); this "
+                f"one is {launch.digest.hex()}: refusing to serve")
+    structlog.get_logger("cloister.cli").info(
+        "workload", detail=launch.digest.hex(), reason="pinned at launch" if pinned
+        else "not pinned at launch: clients that require pinning will refuse it")
+    statements = [path.read_bytes() for path in args.reference_values]
+    for path, statement in zip(args.reference_values, statements, strict=True):
+        try:
+            json.loads(statement)
+        except ValueError:
+            return f"{path} is not a release statement (JSON)"
+    if args.attestation.startswith("simulated"):
+        _simulated_roots(args)
+        if not statements:
+            statements.append(_simulated_statement(args, launch, defaults))
+    return Attested(*providers, launch.manifest, init_data, tuple(statements))
 
 
 def _check_launch_pin(cpu: CpuProvider, digest: bytes, init_data: bytes | None
@@ -77,9 +134,10 @@ def run_workload(args: argparse.Namespace) -> int:
     """Print the manifest and digest `serve` with these flags would attest."""
     import json
 
-    from gateway.launch import LaunchRefused, prepare
+    from gateway.launch import LaunchRefused, check_environment, prepare
 
     try:
+        check_environment()
         launch = prepare(args)
     except LaunchRefused as exc:
         print(f"cloister workload: {exc}", file=sys.stderr)
@@ -151,13 +209,14 @@ def run_chatbot(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
+    """`defaults`: these flags' defaults, the workload the simulated TEE's statement
+    covers."""
     import uvicorn
 
     from enclave.vllm_engine import open_vllm_engine
     from gateway.app import create_app
-    from gateway.attestation_routes import Attested
-    from gateway.launch import LaunchRefused, prepare
+    from gateway.launch import LaunchRefused, check_environment, prepare
 
     if args.key_grace_seconds > args.key_rotation_seconds:
         print("cloister serve: --key-grace-seconds must not exceed --key-rotation-seconds",
@@ -166,22 +225,15 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     log = structlog.get_logger("cloister.cli")
     try:
+        check_environment()
         launch = prepare(args)
     except LaunchRefused as exc:
         print(f"cloister serve: {exc}", file=sys.stderr)
         return 2
-    attestation = _attestation(args, launch)
-    if attestation is None:
+    attested = _attested(args, launch, defaults)
+    if isinstance(attested, str):
+        print(f"cloister serve: {attested}", file=sys.stderr)
         return 2
-    init_data = args.launch_init_data.read_bytes() if args.launch_init_data else None
-    pinned = _check_launch_pin(attestation[0], launch.digest, init_data)
-    if pinned is None:
-        print("cloister serve: the host pinned another workload at launch (HOST_DATA / "
-              f"MRCONFIGID); this one is {launch.digest.hex()}: refusing to serve",
-              file=sys.stderr)
-        return 2
-    log.info("workload", detail=launch.digest.hex(), reason="pinned at launch" if pinned
-             else "not pinned at launch: clients that require pinning will refuse it")
     if args.insecure_plaintext:
         log.warning("insecure_plaintext_enabled",
                     detail="plaintext prompts are accepted: development only")
@@ -216,8 +268,7 @@ def serve(args: argparse.Namespace) -> int:
         store = _platform_store(args)
     app = create_app(settings, lambda: open_vllm_engine(launch.generate, launch.embed),
                      on_engine_failure=on_engine_failure,
-                     attestation=Attested(*attestation, launch.manifest, init_data),
-                     platform_store=store,
+                     attestation=attested, platform_store=store,
                      tls_spki_sha256=tls.spki_sha256 if tls is not None else None)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                             access_log=False, lifespan="on",

@@ -98,17 +98,23 @@ def security_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def prepare(args: argparse.Namespace) -> Launch:
-    """Check, resolve and describe the workload `args` ask for."""
+def check_environment() -> None:
+    """The operator's environment, before anything is imported that changes it (vLLM's
+    CPU platform sets LD_LIBRARY_PATH for its own processes)."""
     forbidden = forbidden_variables(os.environ)
     if forbidden:
         raise LaunchRefused(f"refusing to start: {', '.join(forbidden)} is set (it injects code "
                             "or redirects imports); unset it")
+
+
+def prepare(args: argparse.Namespace) -> Launch:
+    """Check, resolve and describe the workload `args` ask for (`check_environment`
+    first)."""
     try:
         check_engine_args(_engine_flags(args))
         generate, generate_id = _generation(args)
         embedding = _embedding(args.embedding_model)
-        served = [_served("generate", generate, generate_id)]
+        served = [_served("generate", generate, generate_id, args.model_verity_root)]
         if embedding is not None:
             served.append(_served("embed", *embedding))
     except (EngineConfigError, ModelRefused) as exc:
@@ -117,6 +123,17 @@ def prepare(args: argparse.Namespace) -> Launch:
     return Launch(generate, embedding[0] if embedding else None, manifest)
 
 
-def _served(role: str, spec: ModelSpec, identity: ModelIdentity) -> ServedModel:
+def _served(role: str, spec: ModelSpec, identity: ModelIdentity,
+            verity_root: str | None = None) -> ServedModel:
+    if verity_root is not None and not _is_hex(verity_root, 32):
+        raise LaunchRefused("--model-verity-root must be 64 hex digits (a SHA-256 root hash)")
     return ServedModel(role, spec.served_name or Path(spec.model).name, identity.digest,
-                       identity.signer, spec.engine_args, engine_arguments(spec))
+                       identity.signer, spec.engine_args, engine_arguments(spec),
+                       verity_root.lower() if verity_root else None)
+
+
+def _is_hex(text: str, size: int) -> bool:
+    try:
+        return len(bytes.fromhex(text)) == size
+    except ValueError:
+        return False

@@ -41,11 +41,12 @@ class ServedModel:
     signer: str | None
     flags: tuple[str, ...]
     engine_args: dict[str, Any]
+    verity_root: str | None = None  # the dm-verity root hash of the volume it comes from
 
     def entry(self) -> dict[str, Any]:
         return {"role": self.role, "name": self.name, "digest": self.digest,
                 "signer": self.signer, "flags": list(self.flags),
-                "engine_args": self.engine_args}
+                "engine_args": self.engine_args, "verity_root_hash": self.verity_root}
 
 
 def source_digest(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> str:

@@ -1,30 +1,40 @@
 """Verify the gateway before anything is sent to it.
 
-`Attestor` fetches `GET /v1/attestation/report` with a fresh nonce, verifies the
-document (hardware signatures, pinned roots, binding, freshness, policy) and asks the
-dialect whether the keys it is about to use are among those the hardware vouches for.
-The client calls it before its first request and again whenever it refetches keys
-(rotation), so a key that no report covers is never used. `Unverified` is the explicit,
-loudly named alternative for development (`--insecure-skip-attestation`).
+`Attestor` fetches `GET /v1/attestation/report` with a fresh nonce and verifies the
+document (hardware signatures, pinned roots, binding, workload, freshness) against
+reference values: the client's own policy file, or the release statements the gateway
+serves (`GET /v1/attestation/reference-values`) that a trusted release key signed, are
+not expired and do not roll back a version this client accepted before. It then asks
+the dialect whether the keys it is about to use are among those the hardware vouches
+for. The client calls it before its first request and again whenever it refetches keys,
+so a key that no report covers is never used. `Unverified` is the explicit, loudly
+named alternative for development (`--insecure-skip-attestation`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Protocol
 
 import httpx
+import structlog
 
-from attestation.errors import VerificationError
+from attestation.errors import Reason, VerificationError
+from attestation.sigstore_statement import verify_sigstore_statement
+from attestation.statement import VerifiedStatement, verify_statement
 from attestation.verify import Policy, TrustRoots, VerifiedEvidence, new_nonce, verify_evidence
 from proxy.errors import GatewayNotAttested
+from proxy.trust import StatementLog, Trust
 
 REPORT_PATH = "/v1/attestation/report"
+REFERENCE_VALUES_PATH = "/v1/attestation/reference-values"
 # How long a verifying client waits, in all, on a rate-limited report before giving up.
 MAX_RATE_LIMIT_WAIT = 10.0
 KeyCheck = Callable[[VerifiedEvidence], bool]
+log = structlog.get_logger("cloister.proxy")
 
 
 class Attestation(Protocol):
@@ -73,19 +83,84 @@ async def fetch_and_verify(http: httpx.AsyncClient, *, roots: TrustRoots, policy
         raise GatewayNotAttested(f"attestation failed: {exc}") from exc
 
 
-class Attestor:
-    def __init__(self, gateway_url: str, *, roots: TrustRoots, policy: Policy,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._http = httpx.AsyncClient(base_url=gateway_url.rstrip("/"), transport=transport,
-                                       timeout=60)
-        self._roots, self._policy = roots, policy
-        self.last: VerifiedEvidence | None = None
+async def fetch_statements(http: httpx.AsyncClient, trust: Trust, *, gateway: str,
+                           statements: StatementLog | None, now: dt.datetime
+                           ) -> list[VerifiedStatement]:
+    """The gateway's release statements that a trusted key signed, unexpired and not
+    rolled back; `GatewayNotAttested` with the first refusal's reason if none is."""
+    try:
+        r = await http.get(REFERENCE_VALUES_PATH)
+        served = r.json()["statements"] if r.status_code == 200 else []
+    except httpx.TransportError as exc:
+        raise GatewayNotAttested("cannot fetch the gateway's reference values") from exc
+    except (ValueError, KeyError, TypeError):
+        served = []
+    accepted: list[VerifiedStatement] = []
+    refusals: list[VerificationError] = []
+    for item in served if isinstance(served, list) else []:
+        try:
+            verified = _verify_one(item, trust, now)
+            if statements is not None:
+                statements.check_rollback(gateway, verified)
+        except VerificationError as err:
+            refusals.append(err)
+            continue
+        accepted.append(verified)
+    if accepted:
+        return accepted
+    if refusals:
+        raise GatewayNotAttested(f"no acceptable release statement: {refusals[0]}")
+    raise GatewayNotAttested(f"{Reason.NO_REFERENCE_VALUES.value}: the gateway serves no "
+                             "release statement")
 
-    async def verify(self, vouches: KeyCheck) -> None:
-        claims = await fetch_and_verify(self._http, roots=self._roots, policy=self._policy)
+
+def _verify_one(item: object, trust: Trust, now: dt.datetime) -> VerifiedStatement:
+    encoded = json.dumps(item).encode()
+    if isinstance(item, dict) and "mediaType" in item and trust.sigstore is not None:
+        sig = trust.sigstore
+        return verify_sigstore_statement(encoded, identity=sig.identity, issuer=sig.issuer,
+                                         trusted_root=sig.trusted_root, now=now)
+    return verify_statement(encoded, trust.release_keys, now=now)
+
+
+class Attestor:
+    def __init__(self, gateway_url: str, *, trust: Trust,
+                 statements: StatementLog | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 tls_verify: bool = True) -> None:
+        """`tls_verify=False` only where the report itself vouches for the TLS key
+        (`cloister attest --write-cert` checks the certificate against it)."""
+        self.gateway_url = gateway_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.gateway_url, transport=transport,
+                                       timeout=60, verify=tls_verify)
+        self._trust, self._statements = trust, statements
+        self.last: VerifiedEvidence | None = None
+        self.last_statement: VerifiedStatement | None = None
+        self.new_statement = False
+
+    async def verify(self, vouches: KeyCheck, *, nonce: bytes | None = None) -> None:
+        policy, candidates = await self._policy()
+        claims = await fetch_and_verify(self._http, roots=self._trust.roots, policy=policy,
+                                        nonce=nonce)
         if not vouches(claims):
             raise GatewayNotAttested("the gateway's keys are not the attested ones")
         self.last = claims
+        matched = next((s for s in candidates if s.values is claims.accepted), None)
+        self.last_statement = matched
+        if matched is not None and self._statements is not None:
+            self.new_statement = self._statements.record(self.gateway_url, matched)
+            if self.new_statement:
+                log.warning("new_reference_values", gateway=self.gateway_url,
+                            detail=f"statement {matched.digest} version "
+                                   f"{matched.values.version} signed by {matched.key_id}")
+
+    async def _policy(self) -> tuple[Policy, list[VerifiedStatement]]:
+        if self._trust.policy is not None:
+            return self._trust.policy, []
+        statements = await fetch_statements(self._http, self._trust, gateway=self.gateway_url,
+                                            statements=self._statements,
+                                            now=dt.datetime.now(dt.UTC))
+        return Policy(tuple(s.values for s in statements)), statements
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -11,21 +11,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import structlog
 import uvicorn
 from cryptography import x509
 
 from attestation.binding import spki_sha256
-from attestation.verify import Policy, TrustRoots, VerifiedEvidence
 from enclave.logs import configure_logging
 from proxy.app import create_proxy_app
-from proxy.attestor import Attestation, Attestor, Unverified, fetch_and_verify
+from proxy.attestor import Attestation, Attestor, Unverified
 from proxy.client import GatewayClient
 from proxy.dialects import make_client
 from proxy.errors import GatewayNotAttested
 from proxy.multi import MultiGatewayClient
 from proxy.report import as_json, describe
+from proxy.trust import SigstoreIdentity, StatementLog, Trust, default_state_dir, load_trust
 
 
 def add_parsers(sub: Any) -> None:
@@ -56,45 +55,80 @@ def add_parsers(sub: Any) -> None:
 
 
 def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--release-key", type=Path, action="append", default=[],
+                        help="trust release statements signed with this public key (PEM; "
+                             "repeatable); the keys shipped with Cloister are trusted too")
     parser.add_argument("--policy", type=Path, default=None,
-                        help="attestation policy (TOML or JSON)")
+                        help="reference values of your own (TOML or JSON) instead of the "
+                             "gateway's signed release statements")
     parser.add_argument("--simulated-roots", type=Path, default=None,
-                        help="also trust this simulated test PKI (development only)")
+                        help="also trust this simulated test PKI and its release key "
+                             "(development only)")
+    parser.add_argument("--sigstore-identity", default=None,
+                        help="also accept statements signed through Sigstore by this "
+                             "identity (with --sigstore-issuer; verified offline)")
+    parser.add_argument("--sigstore-issuer", default=None)
+    parser.add_argument("--sigstore-trusted-root", type=Path, default=None,
+                        help="Sigstore trusted root (default: the one the sigstore package "
+                             "ships)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="where accepted statements are remembered (default "
+                             "$CLOISTER_STATE/client or ~/.local/state/cloister/client)")
 
 
 def run(args: argparse.Namespace) -> int:
     return run_proxy(args) if args.command == "proxy" else run_attest(args)
 
 
-def _trust(args: argparse.Namespace) -> tuple[TrustRoots, Policy]:
-    roots = TrustRoots()
-    if args.simulated_roots is not None:
-        roots = roots.with_simulated(args.simulated_roots.read_bytes())
-    policy = Policy.load(args.policy) if args.policy is not None else Policy()
-    return roots, policy
+NO_REFERENCE_VALUES = (
+    "no reference values: nothing could tell this client which measurement and workload "
+    "are the right ones. Pass --release-key PUB (the key your gateway's operator signs "
+    "releases with; `cloister release verify` checks a statement), or --policy FILE with "
+    "reference values of your own. With the simulated TEE, pass --simulated-roots "
+    "~/.local/state/cloister/simulated-roots.pem.")
 
 
-def _attestation(args: argparse.Namespace, url: str) -> Attestation:
-    if args.insecure_skip_attestation:
-        return Unverified()
-    roots, policy = _trust(args)
-    return Attestor(url, roots=roots, policy=policy)
+def _trust(args: argparse.Namespace) -> Trust:
+    sigstore = (SigstoreIdentity(args.sigstore_identity, args.sigstore_issuer or "",
+                                 args.sigstore_trusted_root)
+                if args.sigstore_identity else None)
+    return load_trust(release_keys=args.release_key, policy=args.policy,
+                      simulated_roots=args.simulated_roots, sigstore=sigstore)
 
 
-def _dialect_client(args: argparse.Namespace, url: str) -> GatewayClient:
+def _warn_about(trust: Trust) -> None:
+    if trust.policy is not None and trust.policy.accept_any_measurement:
+        print("WARNING: the policy sets accept_any_measurement: any genuine TEE is trusted, "
+              "whatever it runs. Development only.", file=sys.stderr)
+
+
+def _statement_log(args: argparse.Namespace) -> StatementLog:
+    return StatementLog(args.state_dir or default_state_dir())
+
+
+def _dialect_client(args: argparse.Namespace, url: str, trust: Trust,
+                    statements: StatementLog) -> GatewayClient:
     """One gateway's client in the chosen dialect, with its own attestation check."""
-    return make_client(url, args.protocol, attestation=_attestation(args, url))
+    attestation: Attestation = (Unverified() if args.insecure_skip_attestation else
+                                Attestor(url, trust=trust, statements=statements))
+    return make_client(url, args.protocol, attestation=attestation)
 
 
 def run_proxy(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     log = structlog.get_logger("cloister.proxy")
+    trust = _trust(args)
     if args.insecure_skip_attestation:
         log.warning("attestation_skipped", gateway=",".join(args.gateway),
                     detail="the gateways' keys are trusted without attestation")
         print("WARNING: --insecure-skip-attestation: requests are sealed to keys that no "
               "attestation report vouches for. Development only.", file=sys.stderr)
-    clients = [_dialect_client(args, url) for url in args.gateway]
+    elif not trust.has_reference_values:
+        print(f"cloister proxy: {NO_REFERENCE_VALUES}", file=sys.stderr)
+        return 2
+    _warn_about(trust)
+    statements = _statement_log(args)
+    clients = [_dialect_client(args, url, trust, statements) for url in args.gateway]
     app = create_proxy_app(clients[0] if len(clients) == 1 else MultiGatewayClient(clients))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
@@ -115,25 +149,38 @@ def _write_attested_cert(gateway: str, attested: bytes | None, path: Path) -> st
 
 
 def run_attest(args: argparse.Namespace) -> int:
-    roots, policy = _trust(args)
+    trust = _trust(args)
+    if not trust.has_reference_values:
+        print(f"NOT VERIFIED: {NO_REFERENCE_VALUES}", file=sys.stderr)
+        return 1
+    _warn_about(trust)
     nonce = bytes.fromhex(args.nonce) if args.nonce else None
+    # Over https the certificate is not trusted yet: the report is what vouches for it.
+    attestor = Attestor(args.gateway, trust=trust, statements=_statement_log(args),
+                        tls_verify=False)
 
-    async def go() -> VerifiedEvidence:
-        # Over https the certificate is not trusted yet: the report is what vouches for it.
-        async with httpx.AsyncClient(base_url=args.gateway.rstrip("/"), timeout=60,
-                                     verify=False) as http:
-            return await fetch_and_verify(http, roots=roots, policy=policy, nonce=nonce)
+    async def go() -> None:
+        try:
+            await attestor.verify(lambda claims: True, nonce=nonce)
+        finally:
+            await attestor.aclose()
 
     try:
-        claims = asyncio.run(go())
+        asyncio.run(go())
     except GatewayNotAttested as exc:
         print(f"NOT VERIFIED: {exc}", file=sys.stderr)
         return 1
+    claims = attestor.last
+    assert claims is not None
     if args.write_cert is not None:
         problem = _write_attested_cert(args.gateway, claims.keys.get("tls-spki-sha256"),
                                        args.write_cert)
         if problem:
             print(f"NOT VERIFIED: {problem}", file=sys.stderr)
             return 1
-    print(json.dumps(as_json(claims), indent=2) if args.json else describe(claims))
+    statement = attestor.last_statement
+    if args.json:
+        print(json.dumps(as_json(claims, statement, new=attestor.new_statement), indent=2))
+    else:
+        print(describe(claims, statement, new=attestor.new_statement))
     return 0

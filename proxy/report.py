@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from attestation.statement import VerifiedStatement
 from attestation.verify import VerifiedEvidence
 from enclave.ohttp import decode_key_configs
 from enclave.ohttp.keyconfig import KeyConfigError
@@ -22,9 +23,20 @@ def _iso(stamp: int) -> str:
     return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def as_json(claims: VerifiedEvidence) -> dict[str, Any]:
+def _statement_json(statement: VerifiedStatement | None, new: bool) -> dict[str, Any] | None:
+    if statement is None:
+        return None
+    until = statement.values.valid_until
+    return {"digest": statement.digest, "version": statement.values.version,
+            "signer": statement.key_id, "new": new,
+            "valid_until": until.strftime("%Y-%m-%dT%H:%M:%SZ") if until else None}
+
+
+def as_json(claims: VerifiedEvidence, statement: VerifiedStatement | None = None, *,
+            new: bool = False) -> dict[str, Any]:
     workload = claims.workload
     return {
+        "reference_values": _statement_json(statement, new) or "policy file",
         "verified": True, "platform": claims.platform, "measurement": claims.measurement,
         "tcb": claims.tcb, "debug": claims.debug,
         "pinned_at_launch": workload.pinned_at_launch, "workload_digest": workload.digest,
@@ -38,7 +50,8 @@ def as_json(claims: VerifiedEvidence) -> dict[str, Any]:
     }
 
 
-def describe(claims: VerifiedEvidence) -> str:
+def describe(claims: VerifiedEvidence, statement: VerifiedStatement | None = None, *,
+             new: bool = False) -> str:
     """A verified gateway, in a layout a person can read."""
     w = claims.workload
     pinned = "yes" if w.pinned_at_launch else "NO (HOST_DATA / MRCONFIGID empty)"
@@ -66,4 +79,13 @@ def describe(claims: VerifiedEvidence) -> str:
         f"  report time       {_iso(claims.generated_at)}",
         f"  keys expire       {_iso(claims.expires_at)}",
     ]
-    return "\n".join(lines)
+    if statement is None:
+        lines.append("  reference values  the local policy file")
+    else:
+        until = statement.values.valid_until
+        lines += [f"  reference values  release statement v{statement.values.version}, "
+                  f"sha256:{statement.digest}",
+                  f"                    signed by key {statement.key_id}, valid until "
+                  f"{until:%Y-%m-%dT%H:%M:%SZ}" if until else "",
+                  "  NEW STATEMENT     never accepted on this machine before" if new else ""]
+    return "\n".join(line for line in lines if line)

@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+./scripts/setup-system.sh
+
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 if [ -z "${CLOISTER_ENGINE:-}" ]; then

@@ -4,12 +4,18 @@ small workload manifest, the way `cloister serve --attestation simulated` runs."
 from __future__ import annotations
 
 import copy
+import dataclasses
+import datetime as dt
 from typing import Any
 
+from attestation import simulated_release
 from attestation.providers import SimulatedGpuProvider, SimulatedSnpProvider, SimulatedTdxProvider
+from attestation.reference import ReferenceValues
 from attestation.simulated import SimulatedPki
+from attestation.verify import Policy, TrustRoots
 from attestation.workload import FORMAT, workload_digest
 from gateway.attestation_routes import Attested
+from proxy.trust import Trust
 
 MODEL_DIGEST = "sha256:" + "ab" * 32
 TEST_WORKLOAD: dict[str, Any] = {
@@ -39,3 +45,23 @@ def simulated(pki: SimulatedPki, manifest: dict[str, Any] | None = None, *,
     cpu = (SimulatedTdxProvider(pki, launch_pin=launch_pin) if tdx
            else SimulatedSnpProvider(pki, launch_pin=launch_pin))
     return Attested(cpu, SimulatedGpuProvider(pki), manifest)
+
+
+def accepting(manifest: dict[str, Any] | None = None, **changes: Any) -> ReferenceValues:
+    """Reference values that accept the simulated TEE running `manifest` (the test
+    workload by default); `changes` replace fields of the result."""
+    manifest = TEST_WORKLOAD if manifest is None else manifest
+    values = simulated_release.reference_values(
+        workload_digest(manifest).hex(), version=1, now=dt.datetime.now(dt.UTC))
+    return dataclasses.replace(values, **changes)
+
+
+def policy(*values: ReferenceValues, **limits: Any) -> Policy:
+    """A client policy accepting the test workload on the simulated TEE (or `values`)."""
+    return Policy(values or (accepting(),), **limits)
+
+
+def trusting(pki: SimulatedPki, client_policy: Policy | None = None) -> Trust:
+    """A client's trust in the simulated TEE (its roots), with a local policy."""
+    return Trust(TrustRoots().with_simulated(pki.roots_pem()),
+                 policy=client_policy if client_policy is not None else policy())

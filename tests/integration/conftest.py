@@ -1,5 +1,10 @@
-"""One real gateway per test session: `cloister serve` under uvicorn on a free loopback
-port, with the real vLLM CPU engine, the demo model and the packaged embedding model."""
+"""Real gateways for the integration tests: `cloister serve` under uvicorn on free loopback
+ports, with the real vLLM CPU engine, the demo model and the packaged embedding model.
+
+The session gateway is run the way an operator runs a non-default one: its workload
+digest is computed first (`cloister workload`), signed into a release statement with the
+operator's release key (`cloister release sign`) and served (`--reference-values`);
+clients trust that key (`--release-key`) and the simulated roots."""
 
 from __future__ import annotations
 
@@ -17,12 +22,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # Model load plus torch.compile warm-up of two engines on 2 CPU cores: minutes, not seconds.
 STARTUP_TIMEOUT_S = 900
+SIMULATED_VALUES = """version = {version}
+valid_days = 7
+workloads = ["{digest}"]
+[platforms.simulated-sev-snp]
+measurements = ["{measurement}"]
+[platforms.simulated-tdx]
+mrtd = ["{measurement}"]
+"""
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 class RunningGateway:
@@ -34,27 +47,52 @@ class RunningGateway:
         self.tls_url = ""
         self.state_dir = Path()
         self.serve_args: list[str] = []
+        self.release_key: Path | None = None  # the operator's public key, if it signed
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def trust_args(self) -> list[str]:
+        """What a client names to trust this gateway."""
+        args = ["--simulated-roots", str(self.simulated_roots)]
+        return args + (["--release-key", str(self.release_key)] if self.release_key else [])
+
+
+def cloister(*args: str, state_dir: Path | None = None, timeout: float = 180,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the `cloister` command line as a user would."""
+    environment = dict(os.environ if env is None else env)
+    environment.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
+    if state_dir is not None:
+        environment["CLOISTER_STATE"] = str(state_dir)
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def listener_args(*, tls: bool = True) -> list[str]:
+    args = ["--port", str(free_port())]
+    if tls:
+        args += ["--tls", "--tls-port", str(free_port()), "--tls-host", "127.0.0.1"]
+    return args
+
 
 def start_gateway(*args: str, log_path: Path, state_dir: Path) -> RunningGateway:
-    port, tls_port = free_port(), free_port()
+    """`cloister serve ARGS` (ARGS name the listeners: see `listener_args`)."""
     env = dict(os.environ)
     env.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
     env["CLOISTER_STATE"] = str(state_dir)
     log = log_path.open("wb")
-    serve_args = ["--port", str(port), "--tls", "--tls-port", str(tls_port),
-                  "--tls-host", "127.0.0.1", *args]
+    serve_args = list(args)
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", *serve_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
+    port = serve_args[serve_args.index("--port") + 1]
     gateway = RunningGateway(f"http://127.0.0.1:{port}", process, log_path)
     gateway.serve_args = serve_args
     gateway.simulated_roots = state_dir / "simulated-roots.pem"
-    gateway.tls_url = f"https://127.0.0.1:{tls_port}"
+    if "--tls-port" in serve_args:
+        gateway.tls_url = f"https://127.0.0.1:{serve_args[serve_args.index('--tls-port') + 1]}"
     gateway.state_dir = state_dir
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -79,13 +117,52 @@ def stop_gateway(gateway: RunningGateway) -> None:
         gateway.process.wait()
 
 
+def sign_release(serve_args: list[str], folder: Path, *, version: int = 1) -> tuple[Path, Path]:
+    """The operator's release: a key, and a statement over the workload `serve_args`
+    describe; (statement, public key)."""
+    from attestation.simulated import simulated_measurement
+
+    key = folder / "release.key"
+    if not key.exists():
+        done = cloister("release", "keygen", "--out", str(key))
+        assert done.returncode == 0, done.stderr
+    printed = cloister("workload", "--digest-only", *serve_args)
+    assert printed.returncode == 0, printed.stderr
+    values = folder / f"VALUES-{version}.toml"
+    values.write_text(SIMULATED_VALUES.format(version=version, digest=printed.stdout.strip(),
+                                              measurement=simulated_measurement().hex()))
+    statement = folder / f"statement-{version}.json"
+    signed = cloister("release", "sign", "--key", str(key), "--values", str(values),
+                      "--out", str(statement))
+    assert signed.returncode == 0, signed.stderr
+    return statement, Path(f"{key}.pub")
+
+
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     folder = tmp_path_factory.mktemp("gateway")
     started = time.monotonic()
-    running = start_gateway("--insecure-plaintext", "--attestation", "simulated",
+    args = [*listener_args(), "--insecure-plaintext", "--attestation", "simulated"]
+    statement, public_key = sign_release(args, folder)
+    running = start_gateway(*args, "--reference-values", str(statement),
                             log_path=folder / "gateway.log", state_dir=folder / "state")
+    running.release_key = public_key
     print(f"\nreal gateway ready in {time.monotonic() - started:.1f}s at {running.url}")
+    yield running
+    stop_gateway(running)
+
+
+@pytest.fixture(scope="session")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """A gateway that differs from the default one by `--max-tokens` (and serves no
+    embedding model, to start faster)."""
+    folder = tmp_path_factory.mktemp("capped")
+    args = [*listener_args(tls=False), "--attestation", "simulated", "--max-tokens", "8",
+            "--embedding-model", "none"]
+    # No --reference-values: it serves the simulated TEE's statement, which covers the
+    # default workload, not this one (test_reference_values.py relies on that).
+    running = start_gateway(*args, log_path=folder / "gateway.log",
+                            state_dir=folder / "state")
     yield running
     stop_gateway(running)
 
@@ -96,25 +173,15 @@ def client(gateway: RunningGateway) -> Iterator[httpx.Client]:
         yield c
 
 
-def cloister(*args: str, state_dir: Path | None = None, timeout: float = 180,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the `cloister` command line as a user would."""
-    environment = dict(os.environ if env is None else env)
-    environment.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
-    if state_dir is not None:
-        environment["CLOISTER_STATE"] = str(state_dir)
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=environment)
-
-
 def dialect_client(gateway: RunningGateway, protocol: str, *,
                    transport: httpx.AsyncBaseTransport | None = None):  # type: ignore[no-untyped-def]
     """A client of the real gateway in `protocol`, verifying its (simulated) attestation
-    exactly as `cloister proxy --simulated-roots` does."""
-    from attestation.verify import Policy, TrustRoots
+    and its signed release statement exactly as `cloister proxy` does."""
     from proxy.attestor import Attestor
     from proxy.dialects import make_client
+    from proxy.trust import load_trust
 
-    roots = TrustRoots().with_simulated(gateway.simulated_roots.read_bytes())
+    trust = load_trust(release_keys=[gateway.release_key] if gateway.release_key else [],
+                       policy=None, simulated_roots=gateway.simulated_roots)
     return make_client(gateway.url, protocol, transport=transport,
-                       attestation=Attestor(gateway.url, roots=roots, policy=Policy()))
+                       attestation=Attestor(gateway.url, trust=trust))

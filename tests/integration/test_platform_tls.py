@@ -27,8 +27,8 @@ def _cli(gateway: RunningGateway, *args: str) -> subprocess.CompletedProcess[str
 @pytest.fixture(scope="module")
 def pinned(gateway: RunningGateway, tmp_path_factory) -> Path:
     cert = tmp_path_factory.mktemp("tls") / "gateway.pem"
-    done = _cli(gateway, "attest", "--gateway", gateway.tls_url, "--simulated-roots",
-                str(gateway.simulated_roots), "--write-cert", str(cert))
+    done = _cli(gateway, "attest", "--gateway", gateway.tls_url, *gateway.trust_args(),
+                "--write-cert", str(cert))
     assert done.returncode == 0, done.stderr
     return cert
 
@@ -65,6 +65,6 @@ def test_unpinned_clients_and_plain_http_are_refused(gateway, api_key) -> None:
 
 
 def test_attest_refuses_a_certificate_the_report_does_not_bind(gateway, tmp_path) -> None:
-    done = _cli(gateway, "attest", "--gateway", gateway.url, "--simulated-roots",
-                str(gateway.simulated_roots), "--write-cert", str(tmp_path / "x.pem"))
+    done = _cli(gateway, "attest", "--gateway", gateway.url, *gateway.trust_args(),
+                "--write-cert", str(tmp_path / "x.pem"))
     assert done.returncode == 1 and "https" in done.stderr

@@ -45,7 +45,7 @@ def proxy_url(relay: RecordingRelay, gateway: RunningGateway, protocol: str, tmp
     log = (tmp_path_factory.mktemp("proxy") / "proxy.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "proxy", "--gateway", f"http://127.0.0.1:{relay.port}",
-         "--port", str(port), "--simulated-roots", str(gateway.simulated_roots),
+         "--port", str(port), *gateway.trust_args(),
          "--protocol", protocol],
         cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -125,14 +125,16 @@ def test_canary_and_its_completion_never_cross_the_wire_in_plaintext(
 def test_cloister_attest_verifies_the_running_gateway(gateway: RunningGateway) -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "gateway", "attest", "--gateway", gateway.url, "--json",
-         "--simulated-roots", str(gateway.simulated_roots)],
+         *gateway.trust_args()],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     claims = __import__("json").loads(ok.stdout)
     assert claims["platform"] == "simulated-sev-snp"
     assert claims["gpus"][0]["driver"] == "550.90.07"
-    refused = subprocess.run(
-        [sys.executable, "-m", "gateway", "attest", "--gateway", gateway.url],
+    assert claims["reference_values"]["version"] == 1
+    refused = subprocess.run(  # the operator's key, but not the simulated hardware roots
+        [sys.executable, "-m", "gateway", "attest", "--gateway", gateway.url,
+         "--release-key", str(gateway.release_key)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1
     assert "untrusted_root" in refused.stderr

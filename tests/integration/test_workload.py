@@ -7,49 +7,41 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from enclave.demo_model import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
 from tests.integration.conftest import (
     ROOT,
+    SIMULATED_VALUES,
     RunningGateway,
     cloister,
-    start_gateway,
-    stop_gateway,
 )
 
 pytestmark = pytest.mark.engine
 
 
-@pytest.fixture(scope="module")
-def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    """A second real gateway that differs from the session's by `--max-tokens` only (and
-    serves no embedding model, to start faster)."""
-    folder = tmp_path_factory.mktemp("capped")
-    running = start_gateway("--insecure-plaintext", "--attestation", "simulated",
-                            "--max-tokens", "8", "--embedding-model", "none",
-                            log_path=folder / "gateway.log", state_dir=folder / "state")
-    yield running
-    stop_gateway(running)
-
-
 def _attest(gateway: RunningGateway, *extra: str) -> tuple[int, str, str]:
-    done = cloister("attest", "--gateway", gateway.url, "--simulated-roots",
-                    str(gateway.simulated_roots), *extra)
+    done = cloister("attest", "--gateway", gateway.url, *gateway.trust_args(), *extra)
     return done.returncode, done.stdout, done.stderr
 
 
 def _workload_digest(gateway: RunningGateway) -> str:
-    code, out, err = _attest(gateway, "--json")
-    assert code == 0, err
-    return str(json.loads(out)["workload_digest"])
+    """The digest a gateway's evidence names (read, not verified: the tests verify it
+    through pinned policies)."""
+    import httpx
+
+    return str(httpx.get(f"{gateway.url}/v1/attestation/report").json()["workload_digest"])
 
 
 def _policy(tmp_path: Path, digest: str) -> Path:
+    """A user's own policy pinning one workload on the simulated TEE."""
+    from attestation.simulated import simulated_measurement
+
     path = tmp_path / f"pin-{digest[:8]}.toml"
-    path.write_text(f'workload_digests = ["{digest}"]\n')
+    path.write_text(SIMULATED_VALUES.format(version=1, digest=digest,
+                                            measurement=simulated_measurement().hex()))
     return path
 
 
@@ -70,14 +62,15 @@ def test_a_client_pinned_to_one_workload_refuses_the_other(gateway, capped, tmp_
     assert code == 1 and "workload_not_allowed" in err
     code, out, _ = _attest(gateway, "--policy", str(_policy(tmp_path, mine)))
     assert code == 0 and mine in out
+    code, out, _ = _attest(capped, "--policy", str(_policy(tmp_path, capped_digest)))
+    assert code == 0 and capped_digest in out
 
 
 def test_engine_arguments_and_other_weights_change_the_digest(gateway, tmp_path) -> None:
     base = cloister("workload", "--digest-only", *gateway.serve_args).stdout.strip()
     more = cloister("workload", "--digest-only", *gateway.serve_args,
                     "--", "--max-num-seqs", "8").stdout.strip()
-    demo = ROOT / ".cache" / next(p.name for p in (ROOT / ".cache").iterdir()
-                                  if p.name.startswith("cloister-demo"))
+    demo = ROOT / ".cache" / f"{DEMO_MODEL_NAME}-v{DEMO_MODEL_VERSION}"
     forged = tmp_path / "forged"
     shutil.copytree(demo, forged)
     weights = forged / "model.safetensors"

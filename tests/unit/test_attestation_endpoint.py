@@ -9,14 +9,15 @@ import httpx
 import pytest
 
 from attestation.simulated import SimulatedPki
-from attestation.verify import Policy, TrustRoots, verify_evidence
+from attestation.verify import TrustRoots, verify_evidence
 from enclave.ohttp import decode_key_configs
 from gateway.app import create_app
 from gateway.settings import Settings
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
-from tests.attested import simulated
+from proxy.trust import Trust
+from tests.attested import policy, simulated, trusting
 from tests.clients import PROTOCOLS
 from tests.doubles import CHAT_MODEL
 from tests.unit.conftest import start
@@ -49,11 +50,16 @@ def _roots(pki) -> TrustRoots:
     return TrustRoots().with_simulated(pki.roots_pem())
 
 
+def _trust(pki, roots=None) -> Trust:
+    trust = trusting(pki)
+    return trust if roots is None else Trust(roots, policy=trust.policy)
+
+
 async def test_fresh_report_binds_the_served_key_config(raw, pki) -> None:
     r = await raw.get("/v1/attestation/report", params={"nonce": NONCE.hex()})
     assert r.status_code == 200
     claims = verify_evidence(r.content, expected_nonce=NONCE, roots=_roots(pki),
-                             policy=Policy(), now=dt.datetime.now(dt.UTC))
+                             policy=policy(), now=dt.datetime.now(dt.UTC))
     served = decode_key_configs((await raw.get("/.well-known/ohttp-gateway")).content)
     assert decode_key_configs(claims.keys["ohttp"]) == served
     assert len(claims.gpus) == 1
@@ -62,7 +68,7 @@ async def test_fresh_report_binds_the_served_key_config(raw, pki) -> None:
 async def test_the_report_binds_every_dialects_published_keys(raw, attested_app, pki) -> None:
     r = await raw.get("/v1/attestation/report", params={"nonce": NONCE.hex()})
     claims = verify_evidence(r.content, expected_nonce=NONCE, roots=_roots(pki),
-                             policy=Policy(), now=dt.datetime.now(dt.UTC))
+                             policy=policy(), now=dt.datetime.now(dt.UTC))
     assert claims.keys == attested_app.state.dialects.published_keys()
     assert set(claims.keys) == {"ohttp", "ehbp", "continuum", "atoma-node-x25519",
                                 "atoma-signing-ed25519"}
@@ -98,9 +104,9 @@ async def test_gateway_without_attestation_says_so(gateway_app) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (503, "attestation_unavailable")
 
 
-def _proxy(app, roots, protocol="ohttp"):
+def _proxy(app, trust, protocol="ohttp"):
     transport = httpx.ASGITransport(app=app)
-    verifier = Attestor("http://gw", roots=roots, policy=Policy(), transport=transport)
+    verifier = Attestor("http://gw", trust=trust, transport=transport)
     proxy = create_proxy_app(make_client("http://gw", protocol, transport=transport,
                                          attestation=verifier))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://proxy")
@@ -111,16 +117,16 @@ CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "m
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_proxy_verifies_then_forwards(attested_app, pki, engine, protocol) -> None:
-    async with _proxy(attested_app, _roots(pki), protocol) as local:
+    async with _proxy(attested_app, _trust(pki), protocol) as local:
         r = await local.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 200
     assert engine.seen_bodies
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-async def test_proxy_refuses_an_unverified_gateway_and_sends_nothing(attested_app, engine,
+async def test_proxy_refuses_an_unverified_gateway_and_sends_nothing(attested_app, engine, pki,
                                                                      protocol) -> None:
-    async with _proxy(attested_app, TrustRoots(), protocol) as local:  # production roots
+    async with _proxy(attested_app, _trust(pki, TrustRoots()), protocol) as local:
         r = await local.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 502
     assert r.json()["error"]["code"] == "gateway_not_attested"
@@ -130,7 +136,7 @@ async def test_proxy_refuses_an_unverified_gateway_and_sends_nothing(attested_ap
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_proxy_reattests_after_key_rotation(attested_app, pki, engine, protocol) -> None:
-    async with _proxy(attested_app, _roots(pki), protocol) as local:
+    async with _proxy(attested_app, _trust(pki), protocol) as local:
         assert (await local.post("/v1/chat/completions", json=CHAT)).status_code == 200
         keyring = attested_app.state.keyring
         keyring._grace = 0.0

@@ -24,7 +24,8 @@ FORBIDDEN = {
 # The engine adapter speaks vLLM's own types (vLLM builds on Starlette).
 ALLOWED = {("enclave.vllm_engine", "starlette"), ("gateway.cli", "proxy")}
 SIMULATOR = "attestation.simulated"
-MAY_IMPORT_SIMULATOR = {"attestation.providers", "gateway.cli_serve"}
+MAY_IMPORT_SIMULATOR = {"attestation.providers", "attestation.simulated_release",
+                        "gateway.cli_serve"}
 
 
 def _modules() -> dict[str, Path]:

@@ -9,14 +9,15 @@ import httpx
 import pytest
 
 from attestation.simulated import SimulatedPki
-from attestation.verify import Policy, TrustRoots
+from attestation.verify import TrustRoots
 from gateway.app import create_app
 from gateway.settings import Settings
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
 from proxy.multi import MultiGatewayClient
-from tests.attested import simulated
+from proxy.trust import Trust
+from tests.attested import simulated, trusting
 from tests.clients import unreachable_client
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
@@ -44,10 +45,11 @@ async def gateways(pki):
 
 def _client(app, pki, roots=None):
     transport = httpx.ASGITransport(app=app)
-    roots = roots or TrustRoots().with_simulated(pki.roots_pem())
+    trust = trusting(pki)
+    if roots is not None:
+        trust = Trust(roots, policy=trust.policy)
     return make_client("http://gw", "ohttp", transport=transport,
-                       attestation=Attestor("http://gw", roots=roots, policy=Policy(),
-                                            transport=transport))
+                       attestation=Attestor("http://gw", trust=trust, transport=transport))
 
 
 async def _post(client, n: int) -> list[int]:

@@ -14,9 +14,11 @@ from attestation import binding, simulated
 from attestation.errors import Reason, VerificationError
 from attestation.evidence import EvidenceDocument, collect
 from attestation.providers import ConfigfsTsmProvider, ProviderError
+from attestation.reference import GpuValues, SnpValues, TdxValues
 from attestation.verify import Policy, TrustRoots, verify_evidence
 from attestation.workload import workload_digest
-from tests.attested import MODEL_DIGEST, TEST_WORKLOAD, workload
+from tests.attested import MODEL_DIGEST, TEST_WORKLOAD, accepting, workload
+from tests.attested import policy as client_policy
 from tests.attested import simulated as simulated_tee
 
 
@@ -44,7 +46,7 @@ def _doc(pki, nonce=b"n" * 32, keys=KEYS, expires_in=3600, now=None, manifest=No
 
 def _verify(doc, roots, nonce=b"n" * 32, policy=None, now=None):
     now = now or dt.datetime.now(dt.UTC)
-    policy = policy or Policy()
+    policy = policy or client_policy()
     return verify_evidence(doc, expected_nonce=nonce, roots=roots, policy=policy, now=now)
 
 
@@ -95,29 +97,65 @@ def test_expired_and_old_reports_are_rejected(pki, roots) -> None:
     assert err.value.reason is Reason.EXPIRED
 
 
-def test_policy_measurement_allow_list_and_vbios(pki, roots) -> None:
+SNP = "simulated-sev-snp"
+
+
+def test_reference_values_pin_measurement_and_gpu_firmware(pki, roots) -> None:
+    other = accepting(platforms={SNP: SnpValues(frozenset({"00" * 48}))})
     with pytest.raises(VerificationError) as err:
-        _verify(_doc(pki), roots, policy=Policy(measurements=frozenset({"00" * 48})))
-    assert err.value.reason is Reason.POLICY
+        _verify(_doc(pki), roots, policy=client_policy(other))
+    assert err.value.reason is Reason.MEASUREMENT
+    firmware = accepting(gpu=GpuValues(vbios=frozenset({"96.00.00.00.00"})))
     with pytest.raises(VerificationError) as err:
-        _verify(_doc(pki), roots, policy=Policy(gpu_vbios=frozenset({"96.00.00.00.00"})))
-    assert err.value.reason is Reason.POLICY
-    ok = Policy(measurements=frozenset({simulated.simulated_measurement().hex()}),
-                gpu_vbios=frozenset({"96.00.9F.00.01"}), require_gpu=True)
-    assert _verify(_doc(pki), roots, policy=ok).platform == "simulated-sev-snp"
+        _verify(_doc(pki), roots, policy=client_policy(firmware))
+    assert err.value.reason is Reason.GPU_FIRMWARE
+    ok = accepting(gpu=GpuValues(required=True, vbios=frozenset({"96.00.9F.00.01"})))
+    claims = _verify(_doc(pki), roots, policy=client_policy(ok))
+    assert claims.platform == SNP and claims.accepted is ok
+
+
+def test_matching_is_per_platform(pki, roots) -> None:
+    """Values that pin SNP say nothing about TDX evidence (and the reverse)."""
+    only_snp = accepting(platforms={SNP: SnpValues(frozenset(
+        {simulated.simulated_measurement().hex()}))})
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki, tdx=True), roots, policy=client_policy(only_snp))
+    assert err.value.reason is Reason.PLATFORM_NOT_PINNED
+    only_tdx = accepting(platforms={"simulated-tdx": TdxValues(frozenset(
+        {simulated.simulated_measurement().hex()}))})
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki), roots, policy=client_policy(only_tdx))
+    assert err.value.reason is Reason.PLATFORM_NOT_PINNED
+    with pytest.raises(VerificationError) as err:  # nothing pins anything: refused
+        _verify(_doc(pki), roots, policy=Policy())
+    assert err.value.reason is Reason.NO_REFERENCE_VALUES
+
+
+def test_accept_any_measurement_is_an_explicit_development_mode(pki, roots) -> None:
+    claims = _verify(_doc(pki), roots, policy=Policy(accept_any_measurement=True))
+    assert claims.accepted is None
 
 
 def test_policy_file_loads_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
-    path.write_text('measurements = ["AB"]\nallow_debug = false\nmax_age_seconds = 60\n'
-                    'workload_digests = ["CD"]\nrequire_launch_pinning = false\n'
+    path.write_text('max_age_seconds = 60\nworkloads = ["CD"]\nrequire_launch_pinning = false\n'
                     '[model_digests]\nm = ["sha256:ef"]\n'
-                    '[min_tcb]\nboot_loader = 1\ntee = 0\nsnp = 5\nmicrocode = 40\n')
+                    '[platforms.sev-snp]\nmeasurements = [{vcpus = 4, vcpu_type = "EPYC-v4", '
+                    'measurement = "AB"}]\n'
+                    'min_tcb = {boot_loader = 1, tee = 0, snp = 5, microcode = 40}\n'
+                    '[platforms.tdx]\nmrtd = ["EF"]\nrtmr1 = ["01"]\n'
+                    'tcb_statuses = ["UpToDate"]\n[gpu]\nrequired = true\n')
     policy = Policy.load(path)
-    assert policy.measurements == frozenset({"ab"}) and policy.max_age_seconds == 60
-    assert policy.min_tcb is not None and policy.min_tcb.snp == 5
-    assert policy.workload_digests == frozenset({"cd"}) and not policy.require_launch_pinning
-    assert policy.model_digests == {"m": frozenset({"sha256:ef"})}
+    (values,) = policy.values
+    snp_values = values.platforms["sev-snp"]
+    assert isinstance(snp_values, SnpValues) and snp_values.measurements == frozenset({"ab"})
+    assert snp_values.min_tcb is not None and snp_values.min_tcb.snp == 5
+    assert snp_values.forbidden_policy_bits == ("debug", "migrate_ma") and snp_values.vmpl == 0
+    tdx_values = values.platforms["tdx"]
+    assert isinstance(tdx_values, TdxValues) and tdx_values.rtmrs == {1: frozenset({"01"})}
+    assert values.workloads == frozenset({"cd"}) and not policy.require_launch_pinning
+    assert values.model_digests == {"m": frozenset({"sha256:ef"})} and values.gpu.required
+    assert policy.max_age_seconds == 60
 
 
 def test_tampered_gpu_report_fails(pki, roots) -> None:
@@ -212,9 +250,10 @@ def test_simulated_tdx_evidence_verifies_through_the_real_quote_parser(pki, root
     with pytest.raises(VerificationError) as err:
         _verify(doc, TrustRoots())
     assert err.value.reason is Reason.UNTRUSTED_ROOT
+    other = accepting(platforms={"simulated-tdx": TdxValues(frozenset({"00" * 48}))})
     with pytest.raises(VerificationError) as err:
-        _verify(doc, roots, policy=Policy(mrtd=frozenset({"00" * 48})))
-    assert err.value.reason is Reason.POLICY
+        _verify(doc, roots, policy=client_policy(other))
+    assert err.value.reason is Reason.MEASUREMENT
 
 
 # --- the workload (issue 12) --------------------------------------------------------------
@@ -244,7 +283,7 @@ def test_a_workload_not_pinned_at_launch_is_refused_by_default(pki, roots, tdx) 
     with pytest.raises(VerificationError) as err:
         _verify(doc, roots)
     assert err.value.reason is Reason.NOT_PINNED
-    claims = _verify(doc, roots, policy=Policy(require_launch_pinning=False))
+    claims = _verify(doc, roots, policy=client_policy(require_launch_pinning=False))
     assert not claims.workload.pinned_at_launch
 
 
@@ -253,22 +292,22 @@ def test_a_launch_pin_that_names_another_workload_is_refused(pki, roots, tdx) ->
     other = workload_digest(workload(max_tokens=8))
     with pytest.raises(VerificationError) as err:
         _verify(_doc(pki, pin=other, tdx=tdx), roots,
-                policy=Policy(require_launch_pinning=False))
+                policy=client_policy(require_launch_pinning=False))
     assert err.value.reason is Reason.LAUNCH_MISMATCH
 
 
-def test_policies_pin_workload_and_model_digests(pki, roots) -> None:
+def test_reference_values_pin_workload_and_model_digests(pki, roots) -> None:
     doc = _doc(pki)
-    mine = workload_digest(TEST_WORKLOAD).hex()
-    assert _verify(doc, roots, policy=Policy(workload_digests=frozenset({mine})))
+    assert _verify(doc, roots)  # the test values name this workload
     with pytest.raises(VerificationError) as err:
-        _verify(doc, roots, policy=Policy(workload_digests=frozenset({"00" * 32})))
+        _verify(doc, roots, policy=client_policy(accepting(workloads=frozenset({"00" * 32}))))
     assert err.value.reason is Reason.WORKLOAD_NOT_ALLOWED
     with pytest.raises(VerificationError) as err:
-        _verify(doc, roots, policy=Policy(model_digests={"test-chat": frozenset({"sha256:00"})}))
+        _verify(doc, roots, policy=client_policy(accepting(
+            model_digests={"test-chat": frozenset({"sha256:00"})})))
     assert err.value.reason is Reason.MODEL_NOT_ALLOWED
-    ok = Policy(model_digests={"test-chat": frozenset({MODEL_DIGEST})})
-    assert _verify(doc, roots, policy=ok).workload.models[0].name == "test-chat"
+    ok = accepting(model_digests={"test-chat": frozenset({MODEL_DIGEST})})
+    assert _verify(doc, roots, policy=client_policy(ok)).workload.models[0].name == "test-chat"
 
 
 def test_the_platform_label_must_match_what_verified(pki, roots) -> None:
@@ -291,6 +330,7 @@ def test_a_confidential_containers_init_data_pin_names_the_workload(pki, roots, 
     document = _init_data(mine, algorithm)
     launch = getattr(hashlib, algorithm)(document).digest()[:48 if tdx else 32]
     claims = _verify(_doc(pki, tdx=tdx, pin=launch, init_data=document), roots)
+    assert claims.workload.digest == mine
     assert claims.workload.pinned_at_launch
     other = _init_data("00" * 32, algorithm)
     relaunch = getattr(hashlib, algorithm)(other).digest()[:48 if tdx else 32]

@@ -93,16 +93,21 @@ def test_unknown_version_and_signature_algorithm_are_unsupported(snp) -> None:
     assert err.value.reason is Reason.UNSUPPORTED
 
 
-def test_strict_policy_rejects_the_debug_vector_and_relaxed_policy_accepts_it(snp) -> None:
-    from attestation.verify import Policy, check_snp_policy
+def test_default_values_reject_the_debug_vector_and_relaxed_values_accept_it(snp) -> None:
+    from attestation.acceptance import check_snp
+    from attestation.reference import SnpValues
 
     report = _verify(*snp)
+    measurement = frozenset({report.measurement.hex()})
     with pytest.raises(VerificationError) as err:
-        check_snp_policy(report, Policy())
+        check_snp(report, SnpValues(measurement))
     assert err.value.reason is Reason.DEBUG
-    measurement = report.measurement.hex()
-    check_snp_policy(report, Policy(allow_debug=True, measurements=frozenset({measurement})))
+    relaxed = SnpValues(measurement, forbidden_policy_bits=("migrate_ma",))
+    check_snp(report, relaxed)
     with pytest.raises(VerificationError) as err:
-        check_snp_policy(report, Policy(allow_debug=True, min_tcb=type(report.reported_tcb)(
-            boot_loader=2, tee=0, snp=9, microcode=0)))
-    assert err.value.reason is Reason.POLICY
+        check_snp(report, SnpValues(measurement, forbidden_policy_bits=(), min_tcb=type(
+            report.reported_tcb)(boot_loader=2, tee=0, snp=9, microcode=0)))
+    assert err.value.reason is Reason.TCB_TOO_LOW
+    with pytest.raises(VerificationError) as err:
+        check_snp(report, SnpValues(frozenset({"00" * 48}), forbidden_policy_bits=()))
+    assert err.value.reason is Reason.MEASUREMENT

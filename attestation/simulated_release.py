@@ -1,0 +1,67 @@
+"""The simulated TEE's release: a release key made on this machine and a signed statement
+covering the default demo workload, so that `make serve` and a default `cloister proxy
+--simulated-roots ...` work out of the box, and a gateway started with other settings is
+refused until its operator signs values for it.
+
+The key lives next to the simulated PKI in the state folder (0600); its public key is
+written into `simulated-roots.pem`, so clients trust it only when they name that file.
+The statement's version goes up whenever the default workload's digest changes (a new
+build), as a real release line's would; it is valid for seven days from each start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from attestation import simulated
+from attestation.reference import GpuValues, ReferenceValues, SnpValues, TdxValues
+from attestation.statement import PrivateKey, generate_key, load_private_key, private_pem
+from attestation.statement import sign_statement as sign
+
+KEY_FILE = "simulated-release-key.pem"
+STATE_FILE = "simulated-release.json"
+VALIDITY = dt.timedelta(days=7)
+
+
+def release_key(folder: Path) -> PrivateKey:
+    """The simulated release key kept in `folder` (0600), made on first use."""
+    path = folder / KEY_FILE
+    if path.exists():
+        return load_private_key(path.read_bytes())
+    key = generate_key()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_pem(key))
+    return key
+
+
+def reference_values(workload_digest: str, *, version: int, now: dt.datetime
+                     ) -> ReferenceValues:
+    """What the simulated TEE's evidence shows for the default workload."""
+    measured = frozenset({simulated.simulated_measurement().hex()})
+    driver = simulated.SIMULATED_DRIVER_VERSION.rstrip(b"\x00").decode()
+    return ReferenceValues(
+        platforms={"simulated-sev-snp": SnpValues(measured, min_tcb=simulated.SIMULATED_TCB),
+                   "simulated-tdx": TdxValues(measured)},
+        gpu=GpuValues(required=False, drivers=frozenset({driver}),
+                      vbios=frozenset({simulated.SIMULATED_VBIOS_VERSION})),
+        workloads=frozenset({workload_digest}), version=version,
+        valid_until=now + VALIDITY)
+
+
+def statement(folder: Path, workload_digest: str, *, now: dt.datetime) -> bytes:
+    """The signed statement for the default workload, its version kept in `folder`."""
+    path = folder / STATE_FILE
+    state: dict[str, Any] = (json.loads(path.read_text()) if path.exists()
+                             else {"version": 0, "workload": ""})
+    version = int(state["version"])
+    if state["workload"] != workload_digest:
+        version += 1
+        path.write_text(json.dumps({"version": version, "workload": workload_digest}))
+    values = reference_values(workload_digest, version=version, now=now)
+    return sign(values, release_key(folder))

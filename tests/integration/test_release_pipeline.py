@@ -1,0 +1,56 @@
+"""From a build to checkable reference values (issue 13): the model as a reproducible
+dm-verity volume, measurements and a workload digest computed by the project's own
+commands, a signed statement that `cloister release verify` accepts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from enclave.demo_model import DEMO_MODEL_NAME, DEMO_MODEL_VERSION, ensure_demo_model
+from tests.integration.conftest import ROOT, cloister
+
+VOLUME = ROOT / "deploy" / "model-volume.sh"
+
+
+def _volume(model: Path, out: Path) -> str:
+    done = subprocess.run([str(VOLUME), str(model), str(out)], capture_output=True,
+                          text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_the_demo_model_volume_is_reproducible_and_verity_catches_a_flipped_byte(
+        tmp_path) -> None:
+    model = ensure_demo_model(ROOT / ".cache" / f"{DEMO_MODEL_NAME}-v{DEMO_MODEL_VERSION}")
+    first, second = _volume(model, tmp_path / "a"), _volume(model, tmp_path / "b")
+    assert first == second and len(bytes.fromhex(first)) == 32
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+    ok = subprocess.run([str(VOLUME), "--verify", str(tmp_path / "a"), first])
+    assert ok.returncode == 0
+    image = bytearray((tmp_path / "b.img").read_bytes())
+    image[len(image) // 2] ^= 0x01
+    (tmp_path / "b.img").write_bytes(bytes(image))
+    bad = subprocess.run([str(VOLUME), "--verify", str(tmp_path / "b"), first],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "failed" in bad.stderr.lower()
+
+
+def test_a_build_becomes_values_and_a_statement_the_release_key_verifies(tmp_path) -> None:
+    key = tmp_path / "release.key"
+    assert cloister("release", "keygen", "--out", str(key)).returncode == 0
+    out = tmp_path / "release"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "reference_values.py"), "--key", str(key),
+         "--out-dir", str(out), "--ovmf", "/usr/share/ovmf/OVMF.fd", "--vcpus", "4",
+         "--vcpus", "8", "--vcpu-type", "EPYC-v4", "--tdx-mrtd", "ab" * 48, "--",
+         "--attestation", "simulated", "--model-verity-root", "cd" * 32],
+        cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    values = (out / "VALUES.toml").read_text()
+    assert values.count("vcpus =") == 2 and 'mrtd = ["' + "ab" * 48 in values
+    verified = cloister("release", "verify", str(out / "statement.json"), "--release-key",
+                        f"{key}.pub")
+    assert verified.returncode == 0 and "sev-snp, tdx" in verified.stdout
+    workload = done.stdout.split("workload ")[-1].strip()
+    assert workload in verified.stdout
