@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from attestation.errors import Reason, VerificationError
 from attestation.reference import (
     POLICY_BITS,
+    SNP_TCB_FLOOR,
     TD_ATTRIBUTE_BITS,
     GpuValues,
     ReferenceValues,
@@ -29,6 +30,8 @@ from attestation.workload import WorkloadClaims
 class GpuClaims:
     driver_version: str
     vbios_version: str
+    mode: str = "legacy"
+    measurements: dict[int, str] | None = None  # block index -> hex value
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,9 @@ def check_snp(report: SnpReport, values: SnpValues, *, any_measurement: bool = F
             raise VerificationError(reason, f"the guest policy allows {name}")
     if not any_measurement and report.measurement.hex() not in values.measurements:
         raise VerificationError(Reason.MEASUREMENT, "launch measurement not accepted")
-    if values.min_tcb is not None and not report.reported_tcb.at_least(values.min_tcb):
-        raise VerificationError(Reason.TCB_TOO_LOW, "the reported TCB is below the minimum")
+    for minimum, what in ((SNP_TCB_FLOOR, "Cloister's floor"), (values.min_tcb, "the minimum")):
+        if minimum is not None and not report.reported_tcb.at_least(minimum):
+            raise VerificationError(Reason.TCB_TOO_LOW, f"the reported TCB is below {what}")
 
 
 def _attribute_set(td: TdReport, name: str) -> bool:
@@ -108,23 +112,33 @@ def check_tdx(td: TdReport, tcb_status: str | None, values: TdxValues, *,
         if _attribute_set(td, name):
             reason = Reason.DEBUG if name == "debug" else Reason.TD_ATTRIBUTES
             raise VerificationError(reason, f"the TD has {name} set")
+    for name in values.required_attributes:
+        if not _attribute_set(td, name):
+            raise VerificationError(Reason.TD_ATTRIBUTES, f"the TD runs without {name}")
     if not any_measurement:
         if td.mr_td.hex() not in values.mrtd:
             raise VerificationError(Reason.MEASUREMENT, "MRTD not accepted")
         for index, accepted in values.rtmrs.items():
             if td.rtmrs[index].hex() not in accepted:
                 raise VerificationError(Reason.MEASUREMENT, f"RTMR{index} not accepted")
-    if values.mrseam and td.mr_seam.hex() not in values.mrseam:
+    if not any_measurement and td.mr_seam.hex() not in values.mrseam:
         raise VerificationError(Reason.MRSEAM, "MRSEAM (the TDX module) not accepted")
-    if values.tcb_statuses and tcb_status not in values.tcb_statuses:
-        raise VerificationError(Reason.TCB_STATUS, f"TCB status {tcb_status or 'unknown'} "
-                                "not accepted")
+    if tcb_status is None:
+        raise VerificationError(Reason.COLLATERAL_MISSING, "the TCB status is unknown")
+    if tcb_status not in values.tcb_statuses:
+        raise VerificationError(Reason.TCB_STATUS, f"TCB status {tcb_status} not accepted")
 
 
 def check_gpus(gpus: Sequence[GpuClaims], values: GpuValues) -> None:
     if values.required and not gpus:
         raise VerificationError(Reason.GPU_MISSING, "GPU evidence is required")
     for gpu in gpus:
+        if gpu.mode not in values.modes:
+            raise VerificationError(Reason.GPU_MODE, f"GPU CC mode {gpu.mode} not accepted")
+        for index, accepted in values.measurements.items():
+            if (gpu.measurements or {}).get(index) not in accepted:
+                raise VerificationError(Reason.GPU_MEASUREMENT,
+                                        f"GPU measurement block {index} not accepted")
         if values.drivers and gpu.driver_version not in values.drivers:
             raise VerificationError(Reason.GPU_FIRMWARE, "GPU driver version not accepted")
         if values.vbios and gpu.vbios_version not in values.vbios:
@@ -145,8 +159,10 @@ def check_workload(workload: WorkloadClaims, values: ReferenceValues) -> None:
 
 def _check_defaults(evidence: Evidence) -> None:
     """What holds even when any measurement is accepted (development): no debugging, no
-    migration agent, VMPL 0."""
+    migration agent, VMPL 0, the TCB floor, an up-to-date TDX TCB, single-GPU modes."""
     if evidence.snp is not None:
         check_snp(evidence.snp, SnpValues(frozenset()), any_measurement=True)
     if evidence.tdx is not None:
-        check_tdx(evidence.tdx, None, TdxValues(frozenset()), any_measurement=True)
+        check_tdx(evidence.tdx, evidence.tcb_status, TdxValues(frozenset()),
+                  any_measurement=True)
+    check_gpus(evidence.gpus, GpuValues())

@@ -45,6 +45,15 @@ class Reason(enum.StrEnum):
     STATEMENT_UNTRUSTED = "statement_signed_by_untrusted_key"
     STATEMENT_EXPIRED = "statement_expired"
     STATEMENT_ROLLBACK = "statement_version_rollback"
+    COLLATERAL_MISSING = "collateral_missing"
+    COLLATERAL_INVALID = "collateral_invalid"
+    COLLATERAL_STALE = "collateral_stale"
+    REVOKED = "certificate_revoked"
+    QE_IDENTITY = "qe_identity_mismatch"
+    EXPIRY_TOO_LONG = "key_expiry_too_long"
+    GPU_MODE = "gpu_mode_not_accepted"
+    GPU_MEASUREMENT = "gpu_measurement_not_accepted"
+    NONCE_SIGNATURE = "nonce_signature_invalid"
 
 
 class VerificationError(Exception):

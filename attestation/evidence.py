@@ -4,11 +4,14 @@ JSON, binary fields in standard base64:
     {"format": "cloister-evidence/2", "platform", "nonce", "generated_at", "expires_at",
      "keys": {name: base64}, "workload": {manifest}, "workload_digest": hex,
      "report": base64, "aux": base64,
-     "gpus": [{"report": base64, "certificate_chain": PEM}]}
+     "gpus": [{"report": base64, "certificate_chain": PEM}],
+     "init_data": base64 | null, "collateral": {"tdx": {...} | null, "amd_crl": base64 | null}}
 `keys` holds every public key the gateway accepts traffic for, `workload` the manifest
 of what it runs (`attestation.workload`); the hardware report binds both, with the nonce,
-the GPU evidence and the time window (`attestation.binding`). The `platform` label is a
-hint for people: verifiers decide the platform by which pinned root verified the report.
+the GPU evidence and the time window (`attestation.binding`). `collateral` is the vendors'
+signed revocation lists and TCB data a verifier needs offline (`attestation.collateral`).
+The `platform` label is a hint for people: verifiers decide the platform by which pinned
+root verified the report.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attestation import binding
+from attestation.collateral import Collateral, CollateralSource
 from attestation.errors import Reason, VerificationError
 from attestation.types import CpuProvider, GpuProvider
 from attestation.workload import workload_digest
@@ -42,6 +46,7 @@ class EvidenceDocument:
     gpus: tuple[tuple[bytes, bytes], ...]
     # A Confidential Containers init-data document, when the launch pin is its hash.
     init_data: bytes | None = None
+    collateral: Collateral = Collateral()
 
     def to_json(self) -> bytes:
         return json.dumps({
@@ -52,6 +57,7 @@ class EvidenceDocument:
             "report": b64(self.report), "aux": b64(self.aux),
             "gpus": [{"report": b64(r), "certificate_chain": c.decode()} for r, c in self.gpus],
             "init_data": None if self.init_data is None else b64(self.init_data),
+            "collateral": self.collateral.to_json(),
         }).encode()
 
     @classmethod
@@ -75,6 +81,7 @@ class EvidenceDocument:
                 gpus=tuple((dec(g["report"]), g["certificate_chain"].encode())
                            for g in doc["gpus"]),
                 init_data=None if doc.get("init_data") is None else dec(doc["init_data"]),
+                collateral=Collateral.from_json(doc.get("collateral")),
             )
         except VerificationError:
             raise
@@ -92,8 +99,10 @@ def _b64decode(text: str) -> bytes:
 
 def collect(cpu: CpuProvider, gpu: GpuProvider, *, keys: dict[str, bytes],
             workload: dict[str, Any], nonce: bytes, expires_at: int, now: int,
-            init_data: bytes | None = None) -> EvidenceDocument:
-    """GPU reports first (with the derived GPU nonce), then one CPU report over all."""
+            init_data: bytes | None = None, collateral: CollateralSource | None = None
+            ) -> EvidenceDocument:
+    """GPU reports first (with the derived GPU nonce), then one CPU report over all, then
+    the collateral that report needs."""
     digest = binding.keys_digest(keys)
     manifest_digest = workload_digest(workload)
     gpus = gpu.get_reports(binding.gpu_nonce(nonce, digest))
@@ -104,4 +113,5 @@ def collect(cpu: CpuProvider, gpu: GpuProvider, *, keys: dict[str, bytes],
     evidence = cpu.get_report(data)
     return EvidenceDocument(evidence.platform, nonce, now, expires_at, dict(keys),
                             workload, manifest_digest, evidence.report, evidence.aux,
-                            tuple(gpus), init_data)
+                            tuple(gpus), init_data,
+                            collateral.for_report(evidence) if collateral else Collateral())

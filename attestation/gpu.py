@@ -8,8 +8,8 @@ Layout: DMTF DSP0274 (SPDM 1.1), GET_MEASUREMENTS and MEASUREMENTS.
 The signature (ECDSA P-384, SHA-384) covers request || response-without-signature and
 is made by the leaf of the GPU's certificate chain, which ends at the pinned NVIDIA
 Device Identity CA. The request nonce is the verifier's: it must be the expected one.
-NVIDIA's opaque data is type(2, LE) size(2, LE) value TLVs; 3 is the driver version and
-6 the VBIOS version.
+NVIDIA's opaque data is type(2, LE) size(2, LE) value TLVs; 3 is the driver version, 6
+the VBIOS version, 36 the CC mode (FEATURE_FLAG, newer drivers).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ GET_MEASUREMENTS = 0xE0
 MEASUREMENTS = 0x60
 OPAQUE_DRIVER_VERSION = 3
 OPAQUE_VBIOS_VERSION = 6
+OPAQUE_FEATURE_FLAG = 36  # the CC mode: 0 single GPU, 1 multi-GPU, 2 protected PCIe
+_MODES = {0: "spt", 1: "mpt", 2: "ppcie"}
 MAX_REPORT_SIZE = 64 * 1024
 
 
@@ -55,6 +57,14 @@ class GpuReport:
         word = struct.unpack_from("<I", raw)[0]
         parts = [(word >> s) & 0xFF for s in (24, 16, 8, 0)] + [raw[4]]
         return ".".join(f"{p:02X}" for p in parts)
+
+    @property
+    def mode(self) -> str:
+        """The CC mode the report signs (FEATURE_FLAG); "legacy" when it has none."""
+        flag = self.opaque.get(OPAQUE_FEATURE_FLAG)
+        if flag is None:
+            return "legacy"
+        return _MODES.get(flag[0], "unknown") if len(flag) == 1 else "unknown"
 
     @classmethod
     def parse(cls, raw: bytes) -> GpuReport:

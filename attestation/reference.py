@@ -8,18 +8,21 @@ local policy file (TOML or JSON):
     workloads = ["<workload digest hex>", ...]       # empty: any workload (policies only)
     [platforms.sev-snp]                              # also "simulated-sev-snp"
     measurements = [{vcpus = 4, vcpu_type = "EPYC-v4", measurement = "<96 hex>"}]
-    min_tcb = {boot_loader = 4, tee = 0, snp = 22, microcode = 213}
+    min_tcb = {boot_loader = 4, tee = 0, snp = 22, microcode = 213}  # never below SNP_TCB_FLOOR
     vmpl = 0                                         # the VMPL the report must come from
     forbidden_policy_bits = ["debug", "migrate_ma"]  # the defaults
     [platforms.tdx]                                  # also "simulated-tdx"
     mrtd = ["<96 hex>"]
     rtmr0 = ["<96 hex>"]; rtmr1 = [...]; rtmr2 = [...]
-    mrseam = ["<96 hex>"]
-    tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
+    mrseam = ["<96 hex>"]                           # required: no MRSEAM, no TD accepted
+    tcb_statuses = ["UpToDate", "SWHardeningNeeded"]  # default: ["UpToDate"]
     forbidden_attributes = ["debug"]                 # the default
+    required_attributes = ["sept_ve_disable"]        # the default
     [gpu]
-    required = true
+    required = true                                  # also implied by a CUDA workload
     drivers = ["550.90.07"]; vbios = ["96.00.9F.00.01"]
+    modes = ["legacy", "spt"]                        # the default: single-GPU CC modes
+    measurements = {"1" = ["<96 hex>"], ...}         # index -> accepted values (RIMs)
     [model_digests]                                  # policies: name -> accepted digests
     "my-model" = ["sha256:<hex>"]
 
@@ -46,6 +49,18 @@ DEFAULT_FORBIDDEN_POLICY_BITS = ("debug", "migrate_ma")
 # SEPT_VE_DISABLE bit 28, PKS bit 30, KL bit 31, PERFMON bit 63 of the 64-bit field.
 TD_ATTRIBUTE_BITS = {"debug": 0, "sept_ve_disable": 28, "pks": 30, "kl": 31, "perfmon": 63}
 DEFAULT_FORBIDDEN_ATTRIBUTES = ("debug",)
+# With SEPT_VE_DISABLE clear, the host can inject #VE on secure-EPT violations at will.
+DEFAULT_REQUIRED_ATTRIBUTES = ("sept_ve_disable",)
+DEFAULT_TCB_STATUSES = frozenset({"UpToDate"})
+# Below this no reference values can go: the TCB of the oldest real SNP report we know
+# of (go-sev-guest's Milan sample, `../shared/vectors/snp`). A backstop only; releases
+# set their own `min_tcb` (what `cloister measure` saw on the fleet).
+SNP_TCB_FLOOR = TcbVersion(boot_loader=2, tee=0, snp=5, microcode=68)
+# NVIDIA's multi-GPU modes (the signed report's FEATURE_FLAG): "legacy" is a report
+# without the flag (Hopper drivers before it), "spt" single GPU, "mpt" multi-GPU
+# passthrough, "ppcie" protected PCIe (NVLink in plaintext: off unless named).
+GPU_MODES = ("legacy", "spt", "mpt", "ppcie")
+DEFAULT_GPU_MODES = frozenset({"legacy", "spt"})
 SNP_PLATFORMS = ("sev-snp", "simulated-sev-snp")
 TDX_PLATFORMS = ("tdx", "simulated-tdx")
 
@@ -91,24 +106,28 @@ class TdxValues:
     mrtd: frozenset[str]
     rtmrs: dict[int, frozenset[str]] = field(default_factory=dict)
     mrseam: frozenset[str] = frozenset()
-    tcb_statuses: frozenset[str] = frozenset()
+    tcb_statuses: frozenset[str] = DEFAULT_TCB_STATUSES
     forbidden_attributes: tuple[str, ...] = DEFAULT_FORBIDDEN_ATTRIBUTES
+    required_attributes: tuple[str, ...] = DEFAULT_REQUIRED_ATTRIBUTES
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> TdxValues:
-        attributes = tuple(raw.get("forbidden_attributes", DEFAULT_FORBIDDEN_ATTRIBUTES))
-        unknown = [a for a in attributes if a not in TD_ATTRIBUTE_BITS]
+        forbidden = tuple(raw.get("forbidden_attributes", DEFAULT_FORBIDDEN_ATTRIBUTES))
+        required = tuple(raw.get("required_attributes", DEFAULT_REQUIRED_ATTRIBUTES))
+        unknown = [a for a in forbidden + required if a not in TD_ATTRIBUTE_BITS]
         if unknown:
             raise ValueError(f"unknown TD attribute {unknown[0]!r}")
         return cls(_hexes(raw.get("mrtd")),
                    {i: _hexes(raw[f"rtmr{i}"]) for i in range(4) if f"rtmr{i}" in raw},
-                   _hexes(raw.get("mrseam")), frozenset(raw.get("tcb_statuses", ())),
-                   attributes)
+                   _hexes(raw.get("mrseam")),
+                   frozenset(raw.get("tcb_statuses", DEFAULT_TCB_STATUSES)), forbidden,
+                   required)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mrtd": sorted(self.mrtd), "mrseam": sorted(self.mrseam),
                                "tcb_statuses": sorted(self.tcb_statuses),
-                               "forbidden_attributes": list(self.forbidden_attributes)}
+                               "forbidden_attributes": list(self.forbidden_attributes),
+                               "required_attributes": list(self.required_attributes)}
         out.update({f"rtmr{i}": sorted(v) for i, v in sorted(self.rtmrs.items())})
         return out
 
@@ -118,15 +137,23 @@ class GpuValues:
     required: bool = False
     drivers: frozenset[str] = frozenset()
     vbios: frozenset[str] = frozenset()
+    modes: frozenset[str] = DEFAULT_GPU_MODES
+    measurements: dict[int, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> GpuValues:
+        modes = frozenset(raw.get("modes", DEFAULT_GPU_MODES))
+        unknown = sorted(modes - set(GPU_MODES))
+        if unknown:
+            raise ValueError(f"unknown GPU mode {unknown[0]!r}")
+        measured = {int(k): _hexes(v) for k, v in dict(raw.get("measurements", {})).items()}
         return cls(bool(raw.get("required", False)), frozenset(raw.get("drivers", ())),
-                   frozenset(raw.get("vbios", ())))
+                   frozenset(raw.get("vbios", ())), modes, measured)
 
     def to_json(self) -> dict[str, Any]:
         return {"required": self.required, "drivers": sorted(self.drivers),
-                "vbios": sorted(self.vbios)}
+                "vbios": sorted(self.vbios), "modes": sorted(self.modes),
+                "measurements": {str(k): sorted(v) for k, v in sorted(self.measurements.items())}}
 
 
 PlatformValues = SnpValues | TdxValues

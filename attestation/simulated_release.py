@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attestation import simulated
+from attestation import simulated, simulated_intel
 from attestation.reference import GpuValues, ReferenceValues, SnpValues, TdxValues
 from attestation.statement import PrivateKey, generate_key, load_private_key, private_pem
 from attestation.statement import sign_statement as sign
@@ -47,7 +47,8 @@ def reference_values(workload_digest: str, *, version: int, now: dt.datetime
     driver = simulated.SIMULATED_DRIVER_VERSION.rstrip(b"\x00").decode()
     return ReferenceValues(
         platforms={"simulated-sev-snp": SnpValues(measured, min_tcb=simulated.SIMULATED_TCB),
-                   "simulated-tdx": TdxValues(measured)},
+                   "simulated-tdx": TdxValues(
+                       measured, mrseam=frozenset({simulated_intel.MR_SEAM.hex()}))},
         gpu=GpuValues(required=False, drivers=frozenset({driver}),
                       vbios=frozenset({simulated.SIMULATED_VBIOS_VERSION})),
         workloads=frozenset({workload_digest}), version=version,

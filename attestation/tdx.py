@@ -11,8 +11,8 @@ appendix A (quote format).
               qe_auth_size(u16) qe_auth_data  cert_data (type 5: PEM PCK chain)
 The quote signature (ECDSA P-256, SHA-256) covers everything before sig_data_len; the QE
 report is signed by the PCK leaf; QE report_data[0:32] = SHA-256(attestation_key ||
-qe_auth_data); the PCK chain ends at the pinned Intel SGX Root CA. TCB status needs
-collateral: `evaluate_tcb` hands it to `dcap-qvl`.
+qe_auth_data); the PCK chain ends at the pinned Intel SGX Root CA. The QE's identity
+and the TCB status need Intel's collateral: `attestation.dcap`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import datetime as dt
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -168,13 +167,3 @@ def verify_tdx_quote(raw: bytes, *, trusted_roots: frozenset[str], now: dt.datet
                 "TDX quote signature")
     return quote
 
-
-def evaluate_tcb(raw: bytes, collateral_json: str, *, now: dt.datetime) -> Any:
-    """TCB status of a quote with its collateral, by `dcap-qvl` (Phala's verifier)."""
-    import dcap_qvl
-
-    try:
-        collateral = dcap_qvl.QuoteCollateralV3.from_json(collateral_json)
-        return dcap_qvl.verify(raw, collateral, int(now.timestamp()))
-    except Exception as exc:  # noqa: BLE001 - dcap-qvl raises plain errors
-        raise VerificationError(Reason.POLICY, f"TCB evaluation failed: {exc}") from None

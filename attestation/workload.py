@@ -96,6 +96,12 @@ class WorkloadClaims:
         return cls(workload_digest(manifest).hex(), manifest, models, settings,
                    pinned_at_launch)
 
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether the engine runs on CUDA (then GPU evidence is required)."""
+        dependencies = self.manifest.get("dependencies")
+        return isinstance(dependencies, dict) and dependencies.get("engine_kind") == "gpu"
+
 
 def launch_field_of(evidence: CpuEvidence) -> bytes:
     """The launch-time field of a gateway's own report (HOST_DATA or MRCONFIGID), read

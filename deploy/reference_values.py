@@ -2,13 +2,15 @@
 
     .venv/bin/python deploy/reference_values.py --key release.key --out-dir release/ \\
         --ovmf OVMF.fd [--kernel vmlinuz --initrd initrd.img --append "..."] \\
-        --vcpus 4 --vcpus 8 --vcpu-type EPYC-v4 [--tdx-mrtd HEX --tdx-rtmr0 HEX ...] \\
+        --vcpus 4 --vcpus 8 --vcpu-type EPYC-v4 \\
+        [--tdx-mrtd HEX --tdx-rtmr0 HEX ... --tdx-mrseam HEX] \\
         [--version N] [--valid-days 7] [--gpu-required] -- SERVE_FLAGS...
 
 Computes, with the project's own commands: the SEV-SNP launch measurement for every
 vCPU count (`cloister measure snp`, sev-snp-measure), the workload digest of the gateway
 the SERVE_FLAGS describe (`cloister workload`); takes TDX MRTD/RTMRs from the external
-tool that computes them (no Python tool does); writes VALUES.toml and signs it
+tool that computes them (no Python tool does) and MRSEAM from the TDX module release
+(clients refuse a TDX entry that pins no MRSEAM); writes VALUES.toml and signs it
 (`cloister release sign`) into statement.json. The gateway serves the statement with
 `cloister serve --reference-values statement.json`; clients check it with the release
 key's public half.
@@ -53,10 +55,10 @@ def values_toml(args: argparse.Namespace, workload: str) -> str:
         lines += ["measurements = [" + ", ".join(entries) + "]", "vmpl = 0", ""]
     if args.tdx_mrtd:
         lines += ["[platforms.tdx]", f"mrtd = {_toml_list(args.tdx_mrtd)}"]
-        for index in (0, 1, 2):
-            given = getattr(args, f"tdx_rtmr{index}")
+        for name in ("rtmr0", "rtmr1", "rtmr2", "mrseam"):
+            given = getattr(args, f"tdx_{name}")
             if given:
-                lines.append(f"rtmr{index} = {_toml_list(given)}")
+                lines.append(f"{name} = {_toml_list(given)}")
         lines += ['tcb_statuses = ["UpToDate"]', ""]
     lines += ["[gpu]", f"required = {'true' if args.gpu_required else 'false'}"]
     return "\n".join(lines) + "\n"
@@ -72,7 +74,7 @@ def main() -> None:
     parser.add_argument("--append", default=None)
     parser.add_argument("--vcpus", type=int, action="append", default=[])
     parser.add_argument("--vcpu-type", default="EPYC-v4")
-    for name in ("mrtd", "rtmr0", "rtmr1", "rtmr2"):
+    for name in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "mrseam"):
         parser.add_argument(f"--tdx-{name}", action="append", default=[])
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--valid-days", type=float, default=7)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -163,6 +164,7 @@ def create_app(
     attestation: attestation_routes.Attested | None = None,
     platform_store: PlatformStore | None = None,
     tls_spki_sha256: bytes | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Starlette:
     """Build the gateway. The engine starts in the lifespan, in the background.
 
@@ -175,7 +177,7 @@ def create_app(
     # been read; the engine's processes are spawned and never see them.
     keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
                       grace_seconds=settings.key_grace_seconds,
-                      on_rotate=lambda _key: gateway_metrics.key_rotations.inc())
+                      on_rotate=lambda _key: gateway_metrics.key_rotations.inc(), clock=clock)
     dialects = Dialects.create(keyring, settings)
     services = Services(
         slot=slot, metrics=gateway_metrics, max_body_bytes=settings.max_body_bytes,
@@ -191,7 +193,7 @@ def create_app(
             keys["tls-spki-sha256"] = tls_spki_sha256
         return keys
 
-    reports = (attestation_routes.ReportService(attestation, keyring, bound_keys)
+    reports = (attestation_routes.ReportService(attestation, keyring, bound_keys, now=clock)
                if attestation is not None else None)
     platform = Platform(platform_store, services) if platform_store is not None else None
 
@@ -223,6 +225,8 @@ def create_app(
         try:
             yield
         finally:
+            if reports is not None:
+                reports.close()
             await slot.stop()
 
     app = Starlette(

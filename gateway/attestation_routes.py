@@ -1,34 +1,52 @@
-"""`GET /v1/attestation/report[?nonce=<64 hex>]`: the evidence document.
+"""`GET /v1/attestation/report`: the evidence document, three ways.
 
-With a nonce: a fresh report over that nonce (rate-limited: a TDX quote can take
-seconds). Without one: a report cached per key epoch, over a nonce derived from the
-keys, for clients that only need to know which keys the hardware vouches for.
+    ?nonce=<64 hex>      a fresh report over that nonce: a hardware quote, so rate-limited
+                         per client address (a small burst, then one every few seconds;
+                         429 with Retry-After past that)
+    ?challenge=<64 hex>  the report cached for the current key epoch plus the attested
+                         challenge key's signature over the challenge
+                         (`attestation.challenge`): cheap, not rate-limited
+    (neither)            the cached report alone, for clients that only need to know
+                         which keys the hardware vouches for
+
+Reports are collected on a small pool of their own threads, so one slow quote holds one
+worker and never the event loop or other report requests; past `MAX_PENDING` reports
+in progress, new fresh ones get 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from starlette.requests import Request
 from starlette.responses import Response
 
-from attestation import binding, evidence
+from attestation import binding, challenge, evidence
+from attestation.collateral import CollateralSource
 from attestation.providers import CpuProvider, GpuProvider, ProviderError
 from enclave.keys import KeyRing
 from enclave.wire_errors import ErrorCode
 from gateway.errors import GatewayError
+from gateway.limits import RateBuckets
 from gateway.metrics import GatewayMetrics
 
 PATH = "/v1/attestation/report"
 REFERENCE_VALUES_PATH = "/v1/attestation/reference-values"
-# Fresh-nonce reports: one a second on average, bursts of five.
-FRESH_PER_SECOND = 1.0
-FRESH_BURST = 5
+# Fresh-nonce reports per client address: bursts of three, then one every five seconds.
+FRESH_PER_SECOND = 0.2
+FRESH_BURST = 3
+# Reports collected at once, and in progress at most (the rest are turned away).
+COLLECTORS = 4
+MAX_PENDING = 16
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,7 @@ class Attested:
 
     cpu: CpuProvider
     gpu: GpuProvider
+    collateral: CollateralSource
     workload: dict[str, Any]
     init_data: bytes | None = None  # when the launch pin is an init-data document's hash
     # Signed release statements the operator installed (served as they are: their
@@ -46,61 +65,89 @@ class Attested:
 
 class ReportService:
     """`bound_keys` answers every public key the gateway accepts traffic for (the merge
-    of its dialects' published keys, and the TLS key's SPKI hash)."""
+    of its dialects' published keys, and the TLS key's SPKI hash); the service adds its
+    challenge key to them."""
 
     def __init__(self, attested: Attested, keyring: KeyRing,
                  bound_keys: Callable[[], dict[str, bytes]], *,
                  fresh_per_second: float = FRESH_PER_SECOND, burst: int = FRESH_BURST,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._cpu, self._gpu, self._keyring = attested.cpu, attested.gpu, keyring
-        self._workload, self._init_data = attested.workload, attested.init_data
-        self.bound_keys = bound_keys
-        self._rate, self._burst, self._clock = fresh_per_second, burst, clock
-        self._tokens = float(burst)
-        self._last = clock()
+                 clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], float] = time.time) -> None:
+        """`clock` paces the rate limits; `now` is the wall clock reports are dated by."""
+        self._attested, self._keyring, self._dialect_keys = attested, keyring, bound_keys
+        self._now = now
+        self._buckets = RateBuckets(rate=fresh_per_second, burst=burst, clock=clock)
+        self._challenge_key = ed25519.Ed25519PrivateKey.generate()
+        self._challenge_public = self._challenge_key.public_key().public_bytes(
+            Encoding.Raw, PublicFormat.Raw)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=COLLECTORS, thread_name_prefix="cloister-evidence")
+        self._pending = 0
         self._cache: tuple[int, bytes] | None = None
-        self._lock = asyncio.Lock()
+        self._cache_lock = asyncio.Lock()
 
     @property
     def platform(self) -> str:
-        return self._cpu.platform
+        return self._attested.cpu.platform
+
+    def bound_keys(self) -> dict[str, bytes]:
+        return {**self._dialect_keys(), challenge.CHALLENGE_KEY: self._challenge_public}
 
     async def _collect(self, nonce: bytes | None) -> bytes:
+        if self._pending >= MAX_PENDING:
+            raise GatewayError(ErrorCode.OVERLOADED, "too many attestation reports in "
+                               "progress; retry later", headers={"Retry-After": "1"})
         keys = self.bound_keys()
         nonce = nonce if nonce is not None else binding.keys_digest(keys)
-        expires = int(self._keyring.expires_at())
+        a = self._attested
+        work = functools.partial(
+            evidence.collect, a.cpu, a.gpu, keys=keys, workload=a.workload, nonce=nonce,
+            expires_at=int(self._keyring.expires_at()), now=int(self._now()),
+            init_data=a.init_data, collateral=a.collateral)
+        self._pending += 1
         try:
-            doc = await asyncio.to_thread(evidence.collect, self._cpu, self._gpu, keys=keys,
-                                          workload=self._workload, nonce=nonce,
-                                          expires_at=expires, now=int(time.time()),
-                                          init_data=self._init_data)
+            doc = await asyncio.get_running_loop().run_in_executor(self._pool, work)
         except ProviderError as exc:
             raise GatewayError(ErrorCode.ATTESTATION_UNAVAILABLE,
                                "attestation evidence is unavailable") from exc
+        finally:
+            self._pending -= 1
         return doc.to_json()
 
     async def cached(self) -> bytes:
-        async with self._lock:
+        async with self._cache_lock:
             self._keyring.rotate_if_due()
             epoch = self._keyring.epoch
             if self._cache is None or self._cache[0] != epoch:
                 self._cache = (epoch, await self._collect(None))
             return self._cache[1]
 
-    async def fresh(self, nonce: bytes) -> bytes:
-        self._take_token()
-        return await self._collect(nonce)
-
-    def _take_token(self) -> None:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1:
-            wait = max(1, int((1 - self._tokens) / self._rate + 0.999))
+    async def fresh(self, nonce: bytes, client: str) -> bytes:
+        wait = self._buckets.take(client)
+        if wait is not None:
             raise GatewayError(ErrorCode.RATE_LIMITED,
                                "too many fresh attestation reports; retry later",
                                headers={"Retry-After": str(wait)})
-        self._tokens -= 1
+        return await self._collect(nonce)
+
+    async def answer(self, nonce: bytes) -> bytes:
+        """The cached report and the challenge key's signature over `nonce`."""
+        document = await self.cached()
+        return challenge.answer(self._challenge_key, nonce, document, int(self._now()))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _nonce(request: Request, name: str) -> bytes:
+    try:
+        value = bytes.fromhex(request.query_params[name])
+    except ValueError:
+        value = b""
+    if len(value) != binding.NONCE_SIZE:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, f"{name} must be 64 hex digits",
+                           param=name)
+    return value
 
 
 def report_endpoint(service: ReportService | None, metrics: GatewayMetrics
@@ -109,21 +156,19 @@ def report_endpoint(service: ReportService | None, metrics: GatewayMetrics
         if service is None:
             raise GatewayError(ErrorCode.ATTESTATION_UNAVAILABLE,
                                "this gateway was started without attestation")
-        nonce_hex = request.query_params.get("nonce")
-        if nonce_hex is None:
+        params = request.query_params
+        if "nonce" in params:
+            nonce = _nonce(request, "nonce")
+            client = request.client.host if request.client else "unknown"
+            with metrics.attestation_latency.time():
+                body = await service.fresh(nonce, client)
+            metrics.attestation_reports.labels("fresh").inc()
+        elif "challenge" in params:
+            body = await service.answer(_nonce(request, "challenge"))
+            metrics.attestation_reports.labels("challenge").inc()
+        else:
             body = await service.cached()
             metrics.attestation_reports.labels("cached").inc()
-        else:
-            try:
-                nonce = bytes.fromhex(nonce_hex)
-            except ValueError:
-                nonce = b""
-            if len(nonce) != binding.NONCE_SIZE:
-                raise GatewayError(ErrorCode.INVALID_REQUEST, "nonce must be 64 hex digits",
-                                   param="nonce")
-            with metrics.attestation_latency.time():
-                body = await service.fresh(nonce)
-            metrics.attestation_reports.labels("fresh").inc()
         return Response(body, media_type="application/json",
                         headers={"cache-control": "no-store"})
 

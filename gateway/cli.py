@@ -80,6 +80,11 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        metavar="STATEMENT.json",
                        help="a signed release statement to serve to clients (repeatable; "
                             "`cloister release sign` makes one)")
+    serve.add_argument("--pccs-url", default=None, metavar="URL",
+                       help="TDX: where to fetch Intel collateral (PCS API v4 or a PCCS; "
+                            "default Intel's PCS)")
+    serve.add_argument("--amd-kds-url", default=None, metavar="URL",
+                       help="SEV-SNP: where to fetch AMD's CRL (default AMD's KDS)")
     serve.add_argument("--launch-init-data", type=Path, default=None,
                        help="Confidential Containers: the init-data document whose hash the "
                             "host put in HOST_DATA / MRCONFIGID (it names the workload digest)")

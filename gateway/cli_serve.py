@@ -16,7 +16,8 @@ from enclave.logs import configure_logging
 from gateway.settings import Settings
 
 if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when used
-    from attestation.types import CpuProvider, GpuProvider
+    from attestation.providers import Sources
+    from attestation.types import CpuProvider
     from gateway.attestation_routes import Attested
     from gateway.launch import Launch
     from gateway.platform_store import PlatformStore
@@ -35,13 +36,20 @@ def _simulated_pin(args: argparse.Namespace, digest: bytes) -> bytes:
     return b"" if choice == "none" else bytes.fromhex(choice)
 
 
-def _attestation(args: argparse.Namespace, launch: Launch
-                 ) -> tuple[CpuProvider, GpuProvider] | None:
+def _attestation(args: argparse.Namespace, launch: Launch) -> Sources | None:
     from attestation.providers import ProviderError, select_providers
+    from attestation.workload import WorkloadClaims
+    from gateway.collateral_fetch import AMD_KDS_URL, INTEL_PCS_URL, FetchedCollateral
 
+    uses_gpu = WorkloadClaims.parse(launch.manifest, pinned_at_launch=False).uses_gpu
+    fetched = FetchedCollateral(_state_dir(args) / "collateral",
+                                pccs_url=args.pccs_url or INTEL_PCS_URL,
+                                kds_url=args.amd_kds_url or AMD_KDS_URL)
     try:
         return select_providers(args.attestation, state_dir=_state_dir(args),
-                                simulated_launch_pin=_simulated_pin(args, launch.digest))
+                                collateral=fetched,
+                                simulated_launch_pin=_simulated_pin(args, launch.digest),
+                                gpu_required=uses_gpu)
     except ProviderError as exc:
         print(f"cloister serve: no attestation ({exc}). On a machine without confidential "
               "hardware, pass --attestation simulated (development only).", file=sys.stderr)
@@ -80,7 +88,8 @@ def _simulated_statement(args: argparse.Namespace, launch: Launch,
 
 def _same_workload(args: argparse.Namespace, defaults: argparse.Namespace) -> bool:
     """Whether `args` ask for the default workload (listeners and folders aside)."""
-    ignored = {"host", "port", "tls_port", "state_dir", "shutdown_grace", "reference_values"}
+    ignored = {"host", "port", "tls_port", "state_dir", "shutdown_grace", "reference_values",
+               "pccs_url", "amd_kds_url"}
     return all(getattr(args, k) == v for k, v in vars(defaults).items() if k not in ignored)
 
 
@@ -91,11 +100,11 @@ def _attested(args: argparse.Namespace, launch: Launch, defaults: argparse.Names
 
     from gateway.attestation_routes import Attested
 
-    providers = _attestation(args, launch)
-    if providers is None:
+    sources = _attestation(args, launch)
+    if sources is None:
         return "no attestation"
     init_data = args.launch_init_data.read_bytes() if args.launch_init_data else None
-    pinned = _check_launch_pin(providers[0], launch.digest, init_data)
+    pinned = _check_launch_pin(sources.cpu, launch.digest, init_data)
     if pinned is None:
         return ("the host pinned another workload at launch (HOST_DATA / MRCONFIGID); this "
                 f"one is {launch.digest.hex()}: refusing to serve")
@@ -112,7 +121,8 @@ def _attested(args: argparse.Namespace, launch: Launch, defaults: argparse.Names
         _simulated_roots(args)
         if not statements:
             statements.append(_simulated_statement(args, launch, defaults))
-    return Attested(*providers, launch.manifest, init_data, tuple(statements))
+    return Attested(sources.cpu, sources.gpu, sources.collateral, launch.manifest, init_data,
+                    tuple(statements))
 
 
 def _check_launch_pin(cpu: CpuProvider, digest: bytes, init_data: bytes | None
@@ -220,6 +230,13 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
 
     if args.key_grace_seconds > args.key_rotation_seconds:
         print("cloister serve: --key-grace-seconds must not exceed --key-rotation-seconds",
+              file=sys.stderr)
+        return 2
+    from attestation.verify import MAX_KEY_LIFETIME
+
+    if args.key_rotation_seconds + args.key_grace_seconds > MAX_KEY_LIFETIME:
+        print("cloister serve: --key-rotation-seconds plus --key-grace-seconds must not exceed "
+              f"{MAX_KEY_LIFETIME} s: clients refuse reports that vouch for keys longer",
               file=sys.stderr)
         return 2
     configure_logging(args.log_level)

@@ -3,6 +3,7 @@
     Admission            per-client concurrency (429) and gateway-wide capacity or a full
                          engine queue (503 with Retry-After), asked by the engine endpoint
                          before it reads a body
+    RateBuckets          a token bucket per client address (fresh attestation reports)
     TokenLimitedEngine   refuses max_tokens above the configured cap with an OpenAI-shaped
                          400 from the engine's side, so every dialect seals it like any
                          other engine answer
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections import Counter
-from collections.abc import Iterator
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
@@ -60,6 +62,32 @@ class Admission:
             self.per_client[client] -= 1
             if not self.per_client[client]:
                 del self.per_client[client]
+
+
+class RateBuckets:
+    """`rate` a second per client on average, bursts of `burst`; the least recently seen
+    clients are forgotten past `max_clients` (a forgotten client starts with a full
+    bucket, which costs it nothing it could not have had by waiting)."""
+
+    def __init__(self, *, rate: float, burst: int, max_clients: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate, self._burst, self._max, self._clock = rate, burst, max_clients, clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str) -> int | None:
+        """None if `client` may go ahead now; else the seconds to wait (Retry-After)."""
+        now = self._clock()
+        tokens, last = self._buckets.pop(client, (float(self._burst), now))
+        tokens = min(float(self._burst), tokens + (now - last) * self._rate)
+        wait = None
+        if tokens < 1:
+            wait = max(1, int((1 - tokens) / self._rate + 0.999))
+        else:
+            tokens -= 1
+        self._buckets[client] = (tokens, now)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return wait
 
 
 class TokenLimitedEngine:

@@ -39,6 +39,13 @@ def add_parsers(sub: Any) -> None:
     proxy.add_argument("--protocol", choices=["ohttp", "ehbp", "atoma", "continuum"],
                        default="ohttp", help="how requests are encrypted to the gateway")
     _add_trust_arguments(proxy)
+    proxy.add_argument("--report-mode", choices=["nonce", "challenge"], default="nonce",
+                       help="nonce: a fresh hardware report per verification; challenge: "
+                            "the gateway's cached report plus its attested key's signature "
+                            "over a fresh challenge (cheaper, not rate-limited)")
+    proxy.add_argument("--reattest-seconds", type=float, default=3600.0,
+                       help="attest the gateway again this often (and always before the "
+                            "attested keys expire)")
     proxy.add_argument("--insecure-skip-attestation", action="store_true",
                        help="DEVELOPMENT ONLY: trust the fetched key configuration without "
                             "verifying the gateway's attestation")
@@ -110,7 +117,9 @@ def _dialect_client(args: argparse.Namespace, url: str, trust: Trust,
                     statements: StatementLog) -> GatewayClient:
     """One gateway's client in the chosen dialect, with its own attestation check."""
     attestation: Attestation = (Unverified() if args.insecure_skip_attestation else
-                                Attestor(url, trust=trust, statements=statements))
+                                Attestor(url, trust=trust, statements=statements,
+                                         report_mode=args.report_mode,
+                                         reattest_seconds=args.reattest_seconds))
     return make_client(url, args.protocol, attestation=attestation)
 
 

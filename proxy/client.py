@@ -12,6 +12,7 @@ The upstream is an httpx transport, so tests can inject an in-process ASGI app.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -96,14 +97,27 @@ class GatewayClient:
         self._http = httpx.AsyncClient(base_url=self.gateway_url, transport=transport,
                                        timeout=timeout)
         self._dialect: ClientDialect | None = None
+        self._renewing = asyncio.Lock()
 
     async def aclose(self) -> None:
         await self._http.aclose()
         await self.attestation.aclose()
 
+    def _stale(self, dialect: ClientDialect | None) -> bool:
+        return (dialect is None or self.keys.expired(dialect) or self.attestation.due())
+
     async def dialect(self, *, refresh: bool = False) -> ClientDialect:
-        """The dialect's client side over keys the attestation report vouches for."""
-        if self._dialect is None or refresh or self.keys.expired(self._dialect):
+        """The dialect's client side over keys the attestation report vouches for; keys
+        and attestation are renewed once for all concurrent requests, and requests
+        already under way keep the dialect they started with."""
+        current = self._dialect
+        if not refresh and not self._stale(current):
+            assert current is not None
+            return current
+        async with self._renewing:
+            if self._dialect is not current or not (refresh or self._stale(self._dialect)):
+                assert self._dialect is not None
+                return self._dialect  # another request renewed it while we waited
             try:
                 candidate = await self.keys.fetch(self._http)
                 await self.attestation.verify(lambda claims: self.keys.vouched(candidate,
@@ -113,7 +127,7 @@ class GatewayClient:
                 raise GatewayUnreachable(f"cannot reach {self.gateway_url}") from exc
             except AnswerRefused as exc:
                 raise from_refused(exc) from exc
-        return self._dialect
+            return self._dialect
 
     async def _send(self, outer: OuterRequest, *, stream: bool) -> httpx.Response:
         request = self._http.build_request(outer.method, outer.path, content=outer.body,

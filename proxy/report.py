@@ -38,16 +38,27 @@ def as_json(claims: VerifiedEvidence, statement: VerifiedStatement | None = None
     return {
         "reference_values": _statement_json(statement, new) or "policy file",
         "verified": True, "platform": claims.platform, "measurement": claims.measurement,
-        "tcb": claims.tcb, "debug": claims.debug,
+        "tcb": claims.tcb, "tcb_status": claims.tcb_status,
+        "advisory_ids": list(claims.advisory_ids), "debug": claims.debug,
         "pinned_at_launch": workload.pinned_at_launch, "workload_digest": workload.digest,
         "models": [{"role": m.role, "name": m.name, "digest": m.digest, "signer": m.signer}
                    for m in workload.models],
         "engine_flags": {m.name: m.flags for m in workload.models},
         "settings": workload.settings,
-        "gpus": [{"driver": g.driver_version, "vbios": g.vbios_version} for g in claims.gpus],
+        "gpus": [{"driver": g.driver_version, "vbios": g.vbios_version, "mode": g.mode}
+                 for g in claims.gpus],
         "keys": sorted(claims.keys), "ohttp_key_ids": _key_ids(claims),
         "generated_at": claims.generated_at, "expires_at": claims.expires_at,
     }
+
+
+def _revocation(claims: VerifiedEvidence) -> str:
+    if claims.tdx is not None:
+        advisories = ", ".join(claims.advisory_ids) or "no advisories"
+        return f"Intel collateral checked: {claims.tcb_status} ({advisories})"
+    if claims.revocation_checked:
+        return "AMD CRL checked: VCEK and ASK not revoked"
+    return "NOT CHECKED (the policy waived AMD's CRL)"
 
 
 def describe(claims: VerifiedEvidence, statement: VerifiedStatement | None = None, *,
@@ -60,6 +71,7 @@ def describe(claims: VerifiedEvidence, statement: VerifiedStatement | None = Non
         f"  platform          {claims.platform}",
         f"  measurement       {claims.measurement}",
         f"  TCB               {claims.tcb}" + ("   DEBUG ENABLED" if claims.debug else ""),
+        f"  revocation        {_revocation(claims)}",
         f"  pinned at launch  {pinned}",
         f"  workload digest   {w.digest}",
         "  models",
@@ -71,7 +83,8 @@ def describe(claims: VerifiedEvidence, statement: VerifiedStatement | None = Non
     lines.append("  settings")
     for name, value in sorted(w.settings.items()):
         lines.append(f"    {name:<24} {value}")
-    gpus = ", ".join(f"driver {g.driver_version} VBIOS {g.vbios_version}" for g in claims.gpus)
+    gpus = ", ".join(f"driver {g.driver_version} VBIOS {g.vbios_version} mode {g.mode}"
+                     for g in claims.gpus)
     lines += [
         f"  GPUs              {gpus or 'none'}",
         f"  keys              {', '.join(sorted(claims.keys))}",

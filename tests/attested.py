@@ -9,7 +9,12 @@ import datetime as dt
 from typing import Any
 
 from attestation import simulated_release
-from attestation.providers import SimulatedGpuProvider, SimulatedSnpProvider, SimulatedTdxProvider
+from attestation.providers import (
+    SimulatedCollateral,
+    SimulatedGpuProvider,
+    SimulatedSnpProvider,
+    SimulatedTdxProvider,
+)
 from attestation.reference import ReferenceValues
 from attestation.simulated import SimulatedPki
 from attestation.verify import Policy, TrustRoots
@@ -44,7 +49,7 @@ def simulated(pki: SimulatedPki, manifest: dict[str, Any] | None = None, *,
     launch_pin = workload_digest(manifest) if pin is None else pin
     cpu = (SimulatedTdxProvider(pki, launch_pin=launch_pin) if tdx
            else SimulatedSnpProvider(pki, launch_pin=launch_pin))
-    return Attested(cpu, SimulatedGpuProvider(pki), manifest)
+    return Attested(cpu, SimulatedGpuProvider(pki), SimulatedCollateral(pki), manifest)
 
 
 def accepting(manifest: dict[str, Any] | None = None, **changes: Any) -> ReferenceValues:

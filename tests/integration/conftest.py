@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from attestation.simulated_intel import MR_SEAM
+
 ROOT = Path(__file__).resolve().parents[2]
 # Model load plus torch.compile warm-up of two engines on 2 CPU cores: minutes, not seconds.
 STARTUP_TIMEOUT_S = 900
@@ -29,6 +31,7 @@ workloads = ["{digest}"]
 measurements = ["{measurement}"]
 [platforms.simulated-tdx]
 mrtd = ["{measurement}"]
+mrseam = ["{mrseam}"]
 """
 
 
@@ -130,7 +133,8 @@ def sign_release(serve_args: list[str], folder: Path, *, version: int = 1) -> tu
     assert printed.returncode == 0, printed.stderr
     values = folder / f"VALUES-{version}.toml"
     values.write_text(SIMULATED_VALUES.format(version=version, digest=printed.stdout.strip(),
-                                              measurement=simulated_measurement().hex()))
+                                              measurement=simulated_measurement().hex(),
+                                              mrseam=MR_SEAM.hex()))
     statement = folder / f"statement-{version}.json"
     signed = cloister("release", "sign", "--key", str(key), "--values", str(values),
                       "--out", str(statement))

@@ -38,10 +38,12 @@ def _workload_digest(gateway: RunningGateway) -> str:
 def _policy(tmp_path: Path, digest: str) -> Path:
     """A user's own policy pinning one workload on the simulated TEE."""
     from attestation.simulated import simulated_measurement
+    from attestation.simulated_intel import MR_SEAM
 
     path = tmp_path / f"pin-{digest[:8]}.toml"
     path.write_text(SIMULATED_VALUES.format(version=1, digest=digest,
-                                            measurement=simulated_measurement().hex()))
+                                            measurement=simulated_measurement().hex(),
+                                            mrseam=MR_SEAM.hex()))
     return path
 
 

@@ -41,7 +41,7 @@ def _doc(pki, nonce=b"n" * 32, keys=KEYS, expires_in=3600, now=None, manifest=No
     attested = simulated_tee(pki, manifest, tdx=tdx, pin=pin)
     return collect(attested.cpu, attested.gpu, keys=keys, workload=attested.workload,
                    nonce=nonce, expires_at=now + expires_in, now=now,
-                   init_data=init_data).to_json()
+                   init_data=init_data, collateral=attested.collateral).to_json()
 
 
 def _verify(doc, roots, nonce=b"n" * 32, policy=None, now=None):

@@ -91,3 +91,19 @@ def test_driver_chain_without_root_gets_the_pinned_nvidia_root(vectors) -> None:
                       trusted_roots=PRODUCTION_NVIDIA_ROOTS,
                       now=dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
     assert _with_root(chain) == chain
+
+
+class FailingNvml(FakeNvml):
+    def nvmlInit(self):
+        raise RuntimeError("NVML_ERROR_DRIVER_NOT_LOADED")
+
+
+def test_a_failing_nvml_stops_a_gpu_workload_and_is_no_gpus_otherwise(pki) -> None:
+    from attestation.providers import NoGpus, gpu_provider
+
+    with pytest.raises(ProviderError, match="no GPU can be attested"):
+        gpu_provider(required=True, nvml=FailingNvml(pki))
+    assert isinstance(gpu_provider(required=False, nvml=FailingNvml(pki)), NoGpus)
+    nvml = FakeNvml(pki, gpus=0)
+    with pytest.raises(ProviderError):
+        gpu_provider(required=True, nvml=nvml)

@@ -111,3 +111,40 @@ def test_default_values_reject_the_debug_vector_and_relaxed_values_accept_it(snp
     with pytest.raises(VerificationError) as err:
         check_snp(report, SnpValues(frozenset({"00" * 48}), forbidden_policy_bits=()))
     assert err.value.reason is Reason.MEASUREMENT
+
+
+def test_the_built_in_tcb_floor_holds_under_any_reference_values(snp) -> None:
+    """A release cannot set its minimum below the floor: an older TCB is refused even
+    when the values ask for no minimum at all."""
+    import dataclasses
+
+    from attestation.acceptance import check_snp
+    from attestation.reference import SNP_TCB_FLOOR, SnpValues
+    from attestation.snp import TcbVersion
+
+    report = _verify(*snp)
+    values = SnpValues(frozenset({report.measurement.hex()}), forbidden_policy_bits=())
+    check_snp(report, values)  # the real report sits exactly on the floor
+    older = dataclasses.replace(report, reported_tcb=TcbVersion(
+        boot_loader=SNP_TCB_FLOOR.boot_loader, tee=0, snp=SNP_TCB_FLOOR.snp - 1,
+        microcode=SNP_TCB_FLOOR.microcode))
+    with pytest.raises(VerificationError) as err:
+        check_snp(older, values)
+    assert err.value.reason is Reason.TCB_TOO_LOW
+
+
+def test_amd_crl_checks_against_the_real_milan_ark(snp) -> None:
+    """No CRL AMD signed is in the vectors: one signed by another key is refused as
+    invalid, never taken as 'nothing revoked'; the family comes from the ARK."""
+    from attestation import amd_crl
+    from attestation.simulated import SimulatedPki
+
+    raw, vcek, ask, ark = snp
+    assert amd_crl.family(ark) == "Milan"
+    forged = SimulatedPki.generate().amd_crl(now=NOW)
+    with pytest.raises(VerificationError) as err:
+        amd_crl.check_not_revoked(forged, ark=ark, ask=ask, vcek=vcek, now=NOW)
+    assert err.value.reason is Reason.COLLATERAL_INVALID
+    with pytest.raises(VerificationError) as err:
+        amd_crl.check_not_revoked(b"\x30\x03garbage", ark=ark, ask=ask, vcek=vcek, now=NOW)
+    assert err.value.reason is Reason.COLLATERAL_INVALID

@@ -8,11 +8,10 @@ import pytest
 
 from attestation.errors import Reason, VerificationError
 from attestation.roots import PRODUCTION_INTEL_ROOTS
-from attestation.tdx import TdxQuote, evaluate_tcb, verify_tdx_quote
+from attestation.tdx import TdxQuote, verify_tdx_quote
 from tests.unit.attestation.conftest import flip_bit
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)  # every PCK leaf of the vectors is valid
-COLLATERAL_WINDOW = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)
 REPORT_DATA_V4 = 48 + 520  # absolute offset 0x238
 
 
@@ -74,10 +73,3 @@ def test_oversized_and_wrong_version_quotes(vectors) -> None:
         _verify(b"\x03" + raw[1:])
     assert err.value.reason is Reason.UNSUPPORTED
 
-
-def test_dcap_qvl_evaluates_tcb_inside_the_collateral_window(vectors) -> None:
-    raw = (vectors / "tdx/dcapqvl-quote-v4.bin").read_bytes()
-    collateral = (vectors / "tdx/dcapqvl-quote-v4-collateral.json").read_text()
-    assert evaluate_tcb(raw, collateral, now=COLLATERAL_WINDOW).status == "UpToDate"
-    with pytest.raises(VerificationError):
-        evaluate_tcb(raw, collateral, now=dt.datetime(2027, 1, 1, tzinfo=dt.UTC))
