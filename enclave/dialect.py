@@ -68,11 +68,20 @@ class StreamStart:
 
 @dataclass(frozen=True)
 class InnerRequest:
-    """The plaintext OpenAI request, as the engine sees it."""
+    """The plaintext OpenAI request, as the engine sees it. A server dialect also says
+    what makes the sealed request unique (`replay_id`: the HPKE `enc`, Atoma's client
+    key, nonce and salt, Continuum's request nonce), when the client says it sent it
+    (`sent_at`, Unix seconds, where the dialect carries a time inside the encryption),
+    and the client's stable identity if it has one (`tenant`)."""
 
     method: str
     path: str
     body: bytes = b""
+    replay_id: bytes = b""
+    sent_at: float | None = None
+    # Who the request is from, where the dialect has a stable client identity (the
+    # prefix cache is shared only within one; empty: this request shares with no one).
+    tenant: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -273,10 +273,10 @@ class EhbpServer:
                              self.published_keys()["ehbp"])
 
     def open(self, request: OuterRequest) -> tuple[InnerRequest, EhbpResponder]:
-        plaintext, sealer = open_request(self._keyring,
-                                         request.header(ENCAPSULATED_KEY_HEADER) or "",
-                                         request.body)
-        return InnerRequest(request.method, request.path, plaintext), EhbpResponder(sealer)
+        encapsulated = request.header(ENCAPSULATED_KEY_HEADER) or ""
+        plaintext, sealer = open_request(self._keyring, encapsulated, request.body)
+        return (InnerRequest(request.method, request.path, plaintext,
+                             replay_id=bytes.fromhex(encapsulated)), EhbpResponder(sealer))
 
     def refuse(self, error: Exception) -> OuterResponse:
         return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE

@@ -17,9 +17,10 @@ import json
 from typing import Any
 
 from enclave import sse
-from enclave.dialect import Headers, InnerHead, StreamStart
+from enclave.dialect import Headers, InnerHead, OuterResponse, StreamStart, json_response
 from enclave.errors import RequestRefused, UnauthenticatedAnswer
 from enclave.http_fields import media_type
+from enclave.padding import OFF, PaddingPolicy
 
 EVENT_STREAM = "text/event-stream"
 # Kept from the last engine event in the end chunk, so that it is a well-formed chunk.
@@ -27,10 +28,21 @@ KEPT_ON_END = ("id", "object", "created", "model")
 
 
 class SealedEventsResponder:
+    """Subclasses pad what they seal with `self.padding.pad_json` (the opened plaintext is
+    JSON) and their outer JSON with `_outer`; each sealed event is padded here."""
+
     streams = True
 
     def __init__(self) -> None:
         self._last: dict[str, Any] = {}
+        self.padding = OFF
+
+    def padded(self, policy: PaddingPolicy) -> SealedEventsResponder:
+        self.padding = policy
+        return self
+
+    def _outer(self, status: int, body: bytes) -> OuterResponse:
+        return json_response(status, self.padding.pad_json(body))
 
     def _seal_event(self, payload: bytes, *, final: bool) -> bytes:
         """One sealed event (`data: ...\n\n`) for the engine's event `payload`."""
@@ -50,7 +62,7 @@ class SealedEventsResponder:
             with contextlib.suppress(ValueError, AttributeError):
                 self._last = {k: v for k, v in json.loads(data).items() if k in KEPT_ON_END}
             out.append(self._seal_event(data, final=False))
-        return b"".join(out)
+        return self.padding.pad_events(b"".join(out))
 
     def end(self) -> bytes:
         return b""

@@ -38,6 +38,9 @@ class ErrorCode(enum.StrEnum):
     CONVERSATION_NOT_FOUND = "conversation_not_found"
     REQUEST_TIMEOUT = "request_timeout"
     ATTESTATION_UNAVAILABLE = "attestation_unavailable"
+    REPLAYED_REQUEST = "replayed_request"
+    STALE_REQUEST = "stale_request"
+    CACHE_SALT_REFUSED = "cache_salt_not_allowed"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -65,6 +68,9 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.CONVERSATION_NOT_FOUND: (404, "invalid_request_error"),
     ErrorCode.REQUEST_TIMEOUT: (408, "invalid_request_error"),
     ErrorCode.ATTESTATION_UNAVAILABLE: (503, "server_error"),
+    ErrorCode.REPLAYED_REQUEST: (409, "invalid_request_error"),
+    ErrorCode.STALE_REQUEST: (400, "invalid_request_error"),
+    ErrorCode.CACHE_SALT_REFUSED: (400, "invalid_request_error"),
 }
 
 

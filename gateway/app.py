@@ -31,6 +31,7 @@ from enclave.keys import KeyRing
 from enclave.ohttp.dialect import PATH as OHTTP_PATH
 from enclave.ohttp.dialect import OhttpServer
 from enclave.plaintext import plaintext_dialect
+from enclave.replay import MemoryReplayCache, ReplayCache, ReplayGuard
 from enclave.wire_errors import ErrorCode, error_body
 from gateway import attestation_routes, limits, metrics
 from gateway.body import read_body
@@ -102,8 +103,8 @@ def _secrets_endpoint(dialect: continuum.ContinuumServer, services: Services) ->
 
 def _routes(dialects: Dialects, services: Services,
             reports: attestation_routes.ReportService | None,
-            attested: attestation_routes.Attested | None, platform: Platform | None
-            ) -> list[BaseRoute]:
+            attested: attestation_routes.Attested | None, platform: Platform | None,
+            metrics_token: str | None) -> list[BaseRoute]:
     openai = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.continuum),
                              Mount(dialects.plaintext)], services)
     models = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.plaintext)], services)
@@ -118,12 +119,17 @@ def _routes(dialects: Dialects, services: Services,
         *[Route(path, confidential, methods=["POST"]) for path in atoma.ENGINE_PATHS],
         Route(continuum.SECRETS_PATH, _secrets_endpoint(dialects.continuum, services),
               methods=["POST"]),
+        Route(continuum.HYBRID_KEY_PATH, _control(dialects.continuum.hybrid_key, "control"),
+              methods=["GET"]),
         Route(attestation_routes.PATH, attestation_routes.report_endpoint(
             reports, services.metrics), methods=["GET"]),
         Route(attestation_routes.REFERENCE_VALUES_PATH,
               attestation_routes.reference_values_endpoint(attested), methods=["GET"]),
-        Route("/metrics", metrics.scrape_endpoint(services.metrics), methods=["GET"]),
     ]
+    if metrics_token is not None:
+        routes.append(Route("/metrics", metrics.scrape_endpoint(services.metrics,
+                                                                token=metrics_token),
+                            methods=["GET"]))
     if platform is not None:
         routes += platform.routes()
     return routes
@@ -165,6 +171,7 @@ def create_app(
     platform_store: PlatformStore | None = None,
     tls_spki_sha256: bytes | None = None,
     clock: Callable[[], float] = time.time,
+    replay_cache: ReplayCache | None = None,
 ) -> Starlette:
     """Build the gateway. The engine starts in the lifespan, in the background.
 
@@ -185,7 +192,14 @@ def create_app(
             MAX_CONCURRENT_OPENS),
         admission=limits.Admission(max_in_flight=settings.max_in_flight,
                                    max_per_client=settings.max_per_client,
-                                   max_engine_queue=settings.max_engine_queue))
+                                   max_engine_queue=settings.max_engine_queue),
+        padding=settings.padding, stream_interval=settings.stream_interval_ms / 1000,
+        constant_rate=settings.constant_rate,
+        replay=ReplayGuard(
+            replay_cache if replay_cache is not None
+            else MemoryReplayCache(settings.replay_cache_entries),
+            horizon=lambda: keyring.expires_at() + settings.key_grace_seconds,
+            window=settings.replay_window_seconds, clock=clock))
 
     def bound_keys() -> dict[str, bytes]:
         keys = dialects.published_keys()
@@ -232,7 +246,8 @@ def create_app(
     app = Starlette(
         routes=[Route("/health", health, methods=["GET"]),
                 Route("/ready", ready, methods=["GET"]),
-                *_routes(dialects, services, reports, attestation, platform)],
+                *_routes(dialects, services, reports, attestation, platform,
+                         settings.metrics_token)],
         lifespan=lifespan,
         middleware=[Middleware(metrics.GatewayMiddleware, metrics=gateway_metrics)],
         exception_handlers={GatewayError: gateway_error, HTTPException: _http_error,

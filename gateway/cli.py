@@ -102,7 +102,22 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--max-tokens", type=int, default=None,
                        help="cap on max_tokens a request may ask for")
     serve.add_argument("--metrics-port", type=int, default=None,
-                       help="also serve /metrics on this port (for a scrape-only listener)")
+                       help="serve /metrics on this port (a scrape-only listener)")
+    serve.add_argument("--metrics-host", default="127.0.0.1",
+                       help="the metrics listener's address (default loopback)")
+    serve.add_argument("--metrics-token-file", type=Path, default=None,
+                       help="also serve /metrics on the public listener, to requests that "
+                            "carry this file's token as `Authorization: Bearer`")
+    serve.add_argument("--padding", default="pow2:256", metavar="off|pow2:N|fixed:N",
+                       help="pad every sealed plaintext to a size bucket (default pow2:256)")
+    serve.add_argument("--stream-interval-ms", type=float, default=50.0,
+                       help="send streamed tokens together every interval (0: as they come)")
+    serve.add_argument("--constant-rate", action="store_true",
+                       help="send a padded chunk every stream interval, token or not")
+    serve.add_argument("--replay-window-seconds", type=float, default=120.0,
+                       help="refuse requests dated further than this from the gateway's clock")
+    serve.add_argument("--replay-cache-entries", type=int, default=500_000,
+                       help="requests remembered against replays (about 150 bytes each)")
     serve.add_argument("--shutdown-grace", type=float, default=30.0,
                        help="seconds in-flight streams get to finish on SIGTERM")
     serve.add_argument("--tls", action="store_true",

@@ -89,7 +89,7 @@ def _simulated_statement(args: argparse.Namespace, launch: Launch,
 def _same_workload(args: argparse.Namespace, defaults: argparse.Namespace) -> bool:
     """Whether `args` ask for the default workload (listeners and folders aside)."""
     ignored = {"host", "port", "tls_port", "state_dir", "shutdown_grace", "reference_values",
-               "pccs_url", "amd_kds_url"}
+               "pccs_url", "amd_kds_url", "metrics_host"}
     return all(getattr(args, k) == v for k, v in vars(defaults).items() if k not in ignored)
 
 
@@ -224,10 +224,16 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
     covers."""
     import uvicorn
 
+    from enclave.padding import PaddingPolicy
     from enclave.vllm_engine import open_vllm_engine
     from gateway.app import create_app
     from gateway.launch import LaunchRefused, check_environment, prepare
 
+    try:
+        PaddingPolicy.parse(args.padding)
+    except ValueError as exc:
+        print(f"cloister serve: --padding: {exc}", file=sys.stderr)
+        return 2
     if args.key_grace_seconds > args.key_rotation_seconds:
         print("cloister serve: --key-grace-seconds must not exceed --key-rotation-seconds",
               file=sys.stderr)
@@ -261,7 +267,14 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
                         key_grace_seconds=args.key_grace_seconds,
                         max_in_flight=args.max_in_flight, max_per_client=args.max_per_client,
                         max_engine_queue=args.max_engine_queue,
-                        body_timeout_seconds=args.body_timeout, max_tokens=args.max_tokens)
+                        body_timeout_seconds=args.body_timeout, max_tokens=args.max_tokens,
+                        padding=PaddingPolicy.parse(args.padding),
+                        stream_interval_ms=args.stream_interval_ms,
+                        constant_rate=args.constant_rate,
+                        replay_window_seconds=args.replay_window_seconds,
+                        replay_cache_entries=args.replay_cache_entries,
+                        metrics_token=(args.metrics_token_file.read_text().strip()
+                                       if args.metrics_token_file else None))
     failed = False
 
     def on_engine_failure() -> None:
@@ -301,7 +314,7 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
         from gateway.metrics import metrics_only_app
 
         extra.append(uvicorn.Server(uvicorn.Config(
-            metrics_only_app(app.state.metrics), host=args.host, port=args.metrics_port,
+            metrics_only_app(app.state.metrics), host=args.metrics_host, port=args.metrics_port,
             log_config=None, access_log=False, lifespan="off")))
 
     async def all_listeners() -> None:

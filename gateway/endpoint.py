@@ -1,9 +1,12 @@
 """The one engine endpoint: every dialect's requests take the same path.
 
     admit  ->  read the body (bounded in size and time)  ->  choose the dialect and open
-    (in a worker thread when large)  ->  refuse what the engine must not see  ->  gate
-    (the platform API's keys and budgets)  ->  call the engine  ->  answer whole, or
-    relay the stream chunk by chunk  ->  observer.finish(usage, completed), always
+    (in a worker thread when large)  ->  refuse a replay  ->  refuse what the engine
+    must not see  ->  gate (the platform API's keys and budgets)  ->  call the engine
+    ->  answer whole, or relay the stream (coalesced on a timer)  ->
+    observer.finish(usage, completed), always
+
+Every plaintext the responder seals is padded (`enclave.padding`).
 
 A refusal before the request is opened is unsealed and in the dialect's own shape; from
 then on every answer, errors included, leaves through the dialect's responder.
@@ -12,7 +15,11 @@ then on every answer, errors included, leaves through the dialect's responder.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import hmac
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,10 +38,13 @@ from enclave.dialect import (
     ServerDialect,
     StreamStart,
 )
-from enclave.engine import ENGINE_ROUTES, EngineRequest, EngineResponse
+from enclave.engine import CHAT, COMPLETIONS, ENGINE_ROUTES, EngineRequest, EngineResponse
 from enclave.errors import RequestRefused
+from enclave.padding import PaddingPolicy, padded
+from enclave.replay import ReplayGuard
 from enclave.wire_errors import ErrorCode, error_json, normalize_engine_error
 from gateway.body import read_body
+from gateway.coalesce import coalesced
 from gateway.context import RequestContext
 from gateway.engine_call import EngineCall
 from gateway.engine_slot import EngineSlot
@@ -87,6 +97,13 @@ class Services:
     max_body_bytes: int
     body_timeout: float
     opens: asyncio.Semaphore
+    padding: PaddingPolicy = PaddingPolicy()
+    replay: ReplayGuard | None = None
+    stream_interval: float = 0.0  # seconds; 0 relays each engine chunk as it comes
+    constant_rate: bool = False
+    # vLLM's prefix cache is shared within a tenant only: `cache_salt` is derived from
+    # this key and the request's tenant (a new random one per gateway process).
+    cache_salt_key: bytes = dataclasses.field(default_factory=lambda: os.urandom(32))
 
 
 def _to_response(outer: OuterResponse) -> Response:
@@ -98,7 +115,6 @@ class _Tracker:
 
     def __init__(self, services: Services, dialect: str, started_at: float,
                  observer: Observer) -> None:
-        self._chunks = services.metrics.chunks.labels(dialect)
         self._ttft = services.metrics.ttft.labels(dialect)
         self._started_at = started_at
         self.observer = observer
@@ -111,7 +127,6 @@ class _Tracker:
             self.usage = _usage_of(body) or self.usage
 
     def saw_chunk(self, chunk: bytes) -> None:
-        self._chunks.inc()
         if self._first:
             self._first = False
             self._ttft.observe(time.perf_counter() - self._started_at)
@@ -130,12 +145,13 @@ def _usage_of(body: bytes) -> dict[str, Any] | None:
 
 
 class _Relay:
-    """Relays a streamed engine answer through the responder, chunk by chunk."""
+    """Relays a streamed engine answer through the responder, coalesced on a timer."""
 
     def __init__(self, call: EngineCall, answer: EngineResponse, responder: Responder,
-                 start: StreamStart, tracker: _Tracker) -> None:
+                 start: StreamStart, tracker: _Tracker, services: Services) -> None:
         self._call, self._answer, self._responder = call, answer, responder
         self._start, self._tracker = start, tracker
+        self._interval, self._constant = services.stream_interval, services.constant_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start, responder, tracker = self._start, self._responder, self._tracker
@@ -145,10 +161,13 @@ class _Relay:
             if start.body:
                 await send({"type": "http.response.body", "body": start.body,
                             "more_body": True})
-            async for chunk in self._answer.chunks():
+            pieces = coalesced(self._answer.chunks(), self._interval,
+                               constant_rate=self._constant)
+            async for chunk in pieces:
                 if self._call.gone.is_set():
                     return
-                tracker.saw_chunk(chunk)
+                if chunk:
+                    tracker.saw_chunk(chunk)
                 await send({"type": "http.response.body", "body": responder.chunk(chunk),
                             "more_body": True})
             if not self._call.gone.is_set():
@@ -210,6 +229,14 @@ class EngineEndpoint:
         context.dialect = mount.dialect.name
         services.metrics.in_flight.labels(context.dialect).inc()
         tracker = _Tracker(services, context.dialect, context.started_at, NoObserver())
+        responder = padded(responder, services.padding)
+        try:
+            if services.replay is not None:
+                services.replay.check(mount.dialect.name, inner)
+        except RequestRefused as err:
+            services.metrics.rejected.labels(err.code.value).inc()
+            return (_to_response(responder.error(err.status, error_json(err.code, err.message))),
+                    tracker, None)
         try:
             if mount.gate is not None:
                 gated, tracker.observer = await mount.gate(request, inner)
@@ -217,6 +244,7 @@ class EngineEndpoint:
                     inner, problem = gated, _inner_problem(gated)
             if problem is not None:
                 return _to_response(responder.error(*problem)), tracker, None
+            inner = _with_cache_salt(inner, services.cache_salt_key)
             engine = services.slot.get()
         except GatewayError as err:
             return _to_response(responder.error(err.status, err.body_json())), tracker, None
@@ -239,7 +267,7 @@ class EngineEndpoint:
         content_type = answer.content_type or "application/json"
         if answer.is_event_stream and responder.streams:
             start = responder.start(answer.status, content_type)
-            return _Relay(call, answer, responder, start, tracker)
+            return _Relay(call, answer, responder, start, tracker, self._services)
         content = await answer.read()  # a stream is gathered when the dialect needs one message
         tracker.saw_whole(content)
         tracker.completed = True
@@ -290,4 +318,24 @@ def _inner_problem(inner: InnerRequest) -> tuple[int, bytes] | None:
             return 400, error_json(ErrorCode.INVALID_JSON, "request body is not valid JSON")
         if not isinstance(payload, dict):
             return 400, error_json(ErrorCode.INVALID_JSON, "request body must be a JSON object")
+        if "cache_salt" in payload:
+            return 400, error_json(ErrorCode.CACHE_SALT_REFUSED, "cache_salt is set by the "
+                                   "gateway (per tenant); leave it out", param="cache_salt")
     return None
+
+
+SALTED_PATHS = frozenset({CHAT[1], COMPLETIONS[1]})
+
+
+def _with_cache_salt(inner: InnerRequest, key: bytes) -> InnerRequest:
+    """The request with vLLM's `cache_salt`: the same for one tenant's requests, so
+    they reuse each other's prefix cache, and unrelated to any other tenant's (a request
+    without a stable tenant gets a salt of its own), so that time to first token says
+    nothing about other tenants' prompts (CVE-2025-46570)."""
+    if inner.method != "POST" or inner.path not in SALTED_PATHS:
+        return inner
+    identity = inner.tenant or os.urandom(16)
+    salt = hmac.new(key, b"cloister-cache-salt-v1\x00" + identity, hashlib.sha256).hexdigest()
+    payload = json.loads(inner.body)
+    payload["cache_salt"] = salt
+    return dataclasses.replace(inner, body=json.dumps(payload).encode())

@@ -95,6 +95,11 @@ def security_settings(args: argparse.Namespace) -> dict[str, Any]:
         "key_grace_seconds": args.key_grace_seconds, "tls": bool(args.tls),
         "log_level": args.log_level.lower(), "data_key": data_key, "database": database,
         "attestation": args.attestation, "metrics_listener": args.metrics_port is not None,
+        "metrics_on_public_listener": args.metrics_token_file is not None,
+        "padding": args.padding, "stream_interval_ms": args.stream_interval_ms,
+        "constant_rate": bool(args.constant_rate),
+        "replay_window_seconds": args.replay_window_seconds,
+        "replay_cache_entries": args.replay_cache_entries,
     }
 
 

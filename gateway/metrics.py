@@ -8,6 +8,7 @@ error codes, stages): nothing from request content, nothing unbounded.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -35,8 +37,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 access_log = structlog.get_logger("cloister.access")
 DIALECTS = ("ohttp", "ehbp", "atoma", "continuum", "enclava", "plaintext", "control")
 # Latency buckets for LLM serving: milliseconds of framing up to minutes of generation.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Coarse on purpose: a request's duration and time to first token follow its prompt and
+# answer lengths, so fine buckets let whoever scrapes read one user's request back.
+LATENCY_BUCKETS = (0.1, 0.5, 2.5, 10, 60, 300)
+TTFT_BUCKETS = (0.1, 0.5, 2.5, 10)
 
 
 class _EngineCollector(Collector):
@@ -72,8 +76,6 @@ class GatewayMetrics:
         self.ttft = Histogram("cloister_time_to_first_token_seconds",
                               "Time from request start to the first streamed chunk sent",
                               ["dialect"], buckets=TTFT_BUCKETS, registry=r)
-        self.chunks = Counter("cloister_stream_chunks", "Streamed chunks sealed and sent",
-                              ["dialect"], registry=r)
         self.in_flight = Gauge("cloister_requests_in_flight", "Requests being served",
                                ["dialect"], registry=r)
         self.crypto_failures = Counter("cloister_crypto_failures",
@@ -132,10 +134,16 @@ class GatewayMiddleware:
                                 status=status, duration_ms=round(elapsed * 1000, 2))
 
 
-def scrape_endpoint(metrics: GatewayMetrics) -> Callable[[Request], Awaitable[Response]]:
-    """`GET /metrics`: the gateway's registry and vLLM's (the process default)."""
+def scrape_endpoint(metrics: GatewayMetrics, *, token: str | None = None
+                    ) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /metrics`: the gateway's registry and vLLM's (the process default). With
+    `token`, only for `Authorization: Bearer <token>` (others get 404, as if absent)."""
+    expected = f"Bearer {token}".encode() if token is not None else None
 
     async def scrape(request: Request) -> Response:
+        if expected is not None and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode(), expected):
+            raise HTTPException(404)
         body = generate_latest(metrics.registry) + generate_latest(REGISTRY)
         return Response(body, media_type=CONTENT_TYPE)
 

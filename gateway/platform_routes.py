@@ -11,6 +11,7 @@ included (streams carry vLLM's running usage). Chatbot conversations are sealed 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import replace
@@ -94,7 +95,7 @@ class Platform:
             await self.authenticate(request)
             return inner, NoObserver()
         key = await self._spender(request)
-        return _with_running_usage(inner), Meter(self._store, key.id)
+        return _as_tenant(_with_running_usage(inner), key), Meter(self._store, key.id)
 
     async def chatbot_gate(self, request: Request, inner: InnerRequest
                            ) -> tuple[InnerRequest, Observer]:
@@ -108,7 +109,7 @@ class Platform:
         payload["model"] = bot.model  # the chatbot's model, whatever the client named
         payload["messages"] = [{"role": "system", "content": bot.system_prompt}, *messages]
         inner = InnerRequest("POST", "/v1/chat/completions", json.dumps(payload).encode())
-        return _with_running_usage(inner), Meter(self._store, key.id)
+        return _as_tenant(_with_running_usage(inner), key), Meter(self._store, key.id)
 
     # --- answered here -----------------------------------------------------------------------
 
@@ -206,6 +207,11 @@ class Platform:
             Route(f"{PREFIX}/chatbot/external/{{chatbot_id}}/chat/completions", chatbot,
                   methods=["POST"]),
         ]
+
+
+def _as_tenant(inner: InnerRequest, key: ApiKey) -> InnerRequest:
+    """Requests under one API key share a prefix cache; no one else's do."""
+    return dataclasses.replace(inner, tenant=f"api-key:{key.id}".encode())
 
 
 def _with_running_usage(inner: InnerRequest) -> InnerRequest:

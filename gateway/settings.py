@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from enclave.keys import DEFAULT_GRACE_SECONDS, DEFAULT_ROTATION_SECONDS
+from enclave.padding import PaddingPolicy
+from enclave.replay import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW_SECONDS
 
 # A 128k-token prompt is about 512 KiB of text; 4 MiB leaves room for JSON structure,
 # long conversations and base64 overhead while keeping one request's buffer bounded.
@@ -30,3 +32,15 @@ class Settings:
     body_timeout_seconds: float = 30.0
     # Output tokens a request may ask for; None leaves it to the model's context length.
     max_tokens: int | None = None
+    # Side channels (enclave.padding, gateway.coalesce): every sealed plaintext padded to
+    # a size bucket; streamed tokens sent together every interval (0: as they come), or
+    # one padded chunk every interval whether or not a token is ready (constant rate).
+    padding: PaddingPolicy = field(default_factory=PaddingPolicy)
+    stream_interval_ms: float = 50.0
+    constant_rate: bool = False
+    # Replays (enclave.replay): the client clock window and the record store's size.
+    replay_window_seconds: float = DEFAULT_WINDOW_SECONDS
+    replay_cache_entries: int = DEFAULT_MAX_ENTRIES
+    # /metrics is not on the public listener, unless a scraper presents this bearer
+    # token there (otherwise: the metrics listener, `--metrics-port`, on loopback).
+    metrics_token: str | None = None

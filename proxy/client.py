@@ -32,6 +32,7 @@ from enclave.dialect import (
     OuterResponse,
 )
 from enclave.errors import AnswerRefused, StaleCredentials
+from enclave.padding import DEFAULT_PADDING, PaddingPolicy, strip, strip_events
 from proxy.attestor import Attestation
 from proxy.errors import (
     GatewayKeyUnavailable,
@@ -90,8 +91,12 @@ def _once(content: bytes) -> Callable[[], AsyncIterator[bytes]]:
 class GatewayClient:
     def __init__(self, gateway_url: str, keys: Keys, *, attestation: Attestation,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+                 padding: PaddingPolicy = DEFAULT_PADDING) -> None:
+        """Request bodies are padded under `padding` (`enclave.padding`) before they are
+        sealed; answers are passed on without the gateway's padding."""
         self.gateway_url = gateway_url.rstrip("/")
+        self._padding = padding
         self.keys = keys
         self.attestation = attestation
         self._http = httpx.AsyncClient(base_url=self.gateway_url, transport=transport,
@@ -143,10 +148,11 @@ class GatewayClient:
             return await self._plain_models()
         for attempt in (0, 1):
             dialect = await self.dialect(refresh=attempt == 1)
-            outer, opener = dialect.seal(InnerRequest(method, path, body), stream=False)
+            inner = self._padding.pad_request(InnerRequest(method, path, body))
+            outer, opener = dialect.seal(inner, stream=False)
             r = await self._send(outer, stream=False)
             try:
-                return opener.whole(_outer(r, r.content))
+                return strip(opener.whole(_outer(r, r.content)))
             except StaleCredentials:
                 if attempt == 0:
                     continue
@@ -161,12 +167,13 @@ class GatewayClient:
         """A request whose answer is opened chunk by chunk as it arrives."""
         for attempt in (0, 1):
             dialect = await self.dialect(refresh=attempt == 1)
-            outer, opener = dialect.seal(InnerRequest(method, path, body), stream=True)
+            inner = self._padding.pad_request(InnerRequest(method, path, body))
+            outer, opener = dialect.seal(inner, stream=True)
             response = await self._send(outer, stream=True)
             try:
                 if not opener.begin(response.status_code, _headers(response)):
                     try:
-                        whole = opener.whole(_outer(response, await response.aread()))
+                        whole = strip(opener.whole(_outer(response, await response.aread())))
                     except StaleCredentials:
                         if attempt == 0:
                             continue
@@ -240,16 +247,17 @@ async def _open_stream(response: httpx.Response, opener: Opener) -> InnerStream:
     async def chunks() -> AsyncIterator[bytes]:
         try:
             for piece in pending:
-                yield piece
+                if (unpadded := strip_events(piece)):
+                    yield unpadded
             if ended:
                 return
             async for data in raw:
                 for event in opener.push(data):
-                    if isinstance(event, bytes):
-                        yield event
+                    if isinstance(event, bytes) and (unpadded := strip_events(event)):
+                        yield unpadded
             for event in opener.finish():
-                if isinstance(event, bytes):
-                    yield event
+                if isinstance(event, bytes) and (unpadded := strip_events(event)):
+                    yield unpadded
         except AnswerRefused as exc:
             raise from_refused(exc) from exc
         except httpx.TransportError as exc:

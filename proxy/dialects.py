@@ -16,6 +16,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ import httpx
 from attestation.verify import VerifiedEvidence
 from enclave import continuum, ehbp
 from enclave.atoma import NODE_PATH, AtomaClient
-from enclave.continuum import ContinuumClient
+from enclave.continuum import ContinuumClient, pq
 from enclave.dialect import ClientDialect, OuterResponse, refusal
 from enclave.ehbp import EhbpClient
 from enclave.errors import RequestRefused, UnauthenticatedAnswer
@@ -123,6 +124,13 @@ class AtomaKeys(_Static):
             claims.keys.get("atoma-node-x25519"), claims.keys.get("atoma-signing-ed25519"))
 
 
+@dataclass(frozen=True)
+class HybridPublicKey:
+    """The gateway's ML-KEM-768 + X25519 key for the Continuum secret exchange."""
+
+    public_bytes: bytes
+
+
 class ContinuumKeys:
     name = "continuum"
     sealed_models = False
@@ -130,17 +138,36 @@ class ContinuumKeys:
     def __init__(self) -> None:
         self._expires: dict[str, float] = {}
 
-    async def fetch(self, http: httpx.AsyncClient) -> KeyConfig:
-        """The key the secret will be sealed to."""
+    async def fetch(self, http: httpx.AsyncClient) -> KeyConfig | HybridPublicKey:
+        """The key the secret will be sealed to: the hybrid post-quantum key where the
+        gateway offers one, else the X25519 key configuration."""
+        r = await http.get(continuum.HYBRID_KEY_PATH)
+        if r.status_code == 200:
+            try:
+                offered = r.json()
+                if offered["kem"] == pq.KEM_NAME:
+                    return HybridPublicKey(bytes.fromhex(offered["public_key"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UnauthenticatedAnswer("malformed hybrid key") from exc
         return _first(_configs(await _get(http, OHTTP_PATH)))
 
     def vouched(self, candidate: Any, claims: VerifiedEvidence) -> bool:
-        return isinstance(candidate, KeyConfig) and candidate in _bound(claims, "continuum")
+        attested_hybrid = claims.keys.get(pq.KEY_NAME)
+        if isinstance(candidate, HybridPublicKey):
+            return candidate.public_bytes == attested_hybrid
+        # The classic key only from a gateway that attests no hybrid one: whoever hid
+        # the hybrid key from us does not get a downgrade.
+        return (isinstance(candidate, KeyConfig) and attested_hybrid is None
+                and candidate in _bound(claims, "continuum"))
 
     async def ready(self, http: httpx.AsyncClient, candidate: Any) -> ClientDialect:
-        assert isinstance(candidate, KeyConfig)
         secret = os.urandom(continuum.SECRET_SIZE)
-        body = json.dumps(continuum.seal_secret(candidate, secret)).encode()
+        if isinstance(candidate, HybridPublicKey):
+            sealed = continuum.seal_secret_hybrid(candidate.public_bytes, secret)
+        else:
+            assert isinstance(candidate, KeyConfig)
+            sealed = continuum.seal_secret(candidate, secret)
+        body = json.dumps(sealed).encode()
         r = await http.post(continuum.SECRETS_PATH, content=body,
                             headers={"content-type": "application/json"})
         if r.status_code != 200:

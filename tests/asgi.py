@@ -50,3 +50,14 @@ async def call_until_hang_up(app: Any, scope: dict[str, Any], body: bytes, *,
 
 def body_messages(sent: list[Message]) -> list[bytes]:
     return [m["body"] for m in sent if m["type"] == "http.response.body" and m.get("body")]
+
+
+async def scrape(app: Any) -> str:
+    """The gateway's metrics as its scrape-only listener serves them."""
+    import httpx
+
+    from gateway.metrics import metrics_only_app
+
+    transport = httpx.ASGITransport(app=metrics_only_app(app.state.metrics))
+    async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as client:
+        return (await client.get("/metrics")).text

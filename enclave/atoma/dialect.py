@@ -84,8 +84,8 @@ class AtomaResponder(SealedEventsResponder):
         self._seq = 0
 
     def _envelope(self, status: int, plaintext: bytes) -> OuterResponse:
-        sealed = self._sealer.seal(plaintext, usage=usage_of(plaintext))
-        return json_response(status, json.dumps(sealed).encode())
+        sealed = self._sealer.seal(self.padding.pad_json(plaintext), usage=usage_of(plaintext))
+        return self._outer(status, json.dumps(sealed).encode())
 
     def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
         return self._envelope(status, body) if status < 500 else self.error(status, body)
@@ -99,7 +99,7 @@ class AtomaResponder(SealedEventsResponder):
         fields: dict[str, Any] = {SEQ_FIELD: self._seq, **({END_FIELD: True} if final else {})}
         plaintext = with_fields(payload, fields)
         self._seq += 1
-        sealed = self._sealer.seal(plaintext, usage=usage_of(plaintext))
+        sealed = self._sealer.seal(self.padding.pad_json(plaintext), usage=usage_of(plaintext))
         return sse.event(json.dumps(sealed).encode())
 
 
@@ -140,7 +140,10 @@ class AtomaServer:
             inner["stream"] = envelope.stream
             inner.setdefault("model", envelope.model_name)
             plaintext = json.dumps(inner).encode()
-        return InnerRequest("POST", ENGINE_PATHS[request.path], plaintext), AtomaResponder(sealer)
+        unique = envelope.client_dh_public_key + envelope.salt + envelope.nonce
+        return (InnerRequest("POST", ENGINE_PATHS[request.path], plaintext, replay_id=unique,
+                             tenant=envelope.client_dh_public_key),
+                AtomaResponder(sealer))
 
     def refuse(self, error: Exception) -> OuterResponse:
         status = int(getattr(error, "status", 500))

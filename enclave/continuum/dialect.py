@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import enclave.continuum.pq as pq
 from enclave import sse
 from enclave.continuum.fields import (
     PROMPT_FIELDS,
@@ -45,10 +46,12 @@ from enclave.errors import (
 from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
 from enclave.keys import KeyRing
 from enclave.ohttp.keyconfig import encode_key_configs
+from enclave.padding import DEFAULT_PADDING, PaddingPolicy
 from enclave.wire_errors import ErrorCode, code_of, error_json
 
 NAME = "continuum"
 SECRETS_PATH = "/v1/secrets"
+HYBRID_KEY_PATH = "/v1/secrets/key"
 ERROR_FIELD = "encrypted_error"
 # A sealed 32-byte secret with its framing is well under 1 KiB.
 MAX_SECRET_BODY = 4096
@@ -76,19 +79,20 @@ class ContinuumResponder(SealedEventsResponder):
         if status != 200:
             return self.error(status, body)
         obj = json.loads(body)
-        obj[self._field] = self._cipher.seal_response(
-            self._field, 0, json.dumps(obj.get(self._field)).encode(), final=True)
-        return json_response(200, json.dumps(obj).encode())
+        plaintext = self.padding.pad_json(json.dumps(obj.get(self._field)).encode())
+        obj[self._field] = self._cipher.seal_response(self._field, 0, plaintext, final=True)
+        return self._outer(200, json.dumps(obj).encode())
 
     def error(self, status: int, error: bytes) -> OuterResponse:
         code = ErrorCode(code_of(error) or ErrorCode.ENGINE_ERROR)
         redacted = json.loads(error_json(code, f"the engine rejected the request ({code})"))
-        redacted[ERROR_FIELD] = self._cipher.seal_response(ERROR_FIELD, 0, error, final=True)
-        return json_response(status, json.dumps(redacted).encode())
+        redacted[ERROR_FIELD] = self._cipher.seal_response(
+            ERROR_FIELD, 0, self.padding.pad_json(error), final=True)
+        return self._outer(status, json.dumps(redacted).encode())
 
     def _seal_event(self, payload: bytes, *, final: bool) -> bytes:
         obj = json.loads(payload)
-        plaintext = json.dumps(obj.get(self._field, [])).encode()
+        plaintext = self.padding.pad_json(json.dumps(obj.get(self._field, [])).encode())
         obj[self._field] = self._cipher.seal_response(self._field, self._seq, plaintext,
                                                       final=final)
         self._seq += 1
@@ -101,6 +105,7 @@ class ContinuumServer:
 
     def __init__(self, keyring: KeyRing, secrets: SecretStore) -> None:
         self._keyring, self.secrets = keyring, secrets
+        self._hybrid = pq.HybridKey()
 
     def accepts(self, request: OuterRequest) -> bool:
         field = PROMPT_FIELDS.get(request.path)
@@ -113,14 +118,22 @@ class ContinuumServer:
         return isinstance(payload, dict) and is_encrypted_field(payload.get(field))
 
     def published_keys(self) -> dict[str, bytes]:
-        # Secrets are sealed to the enclave's HPKE key (the OHTTP key configuration).
-        return {"continuum": encode_key_configs(self._keyring.key_configs())}
+        # Secrets are sealed to the enclave's HPKE key (the OHTTP key configuration), or
+        # to its hybrid post-quantum key (`enclave.continuum.pq`).
+        return {"continuum": encode_key_configs(self._keyring.key_configs()),
+                pq.KEY_NAME: self._hybrid.public_bytes}
+
+    def hybrid_key(self) -> OuterResponse:
+        """`GET /v1/secrets/key`: the ML-KEM-768 + X25519 key secrets may be sealed to."""
+        return json_response(200, json.dumps({"kem": pq.KEM_NAME,
+                                              "public_key": self._hybrid.public_bytes.hex()
+                                              }).encode())
 
     def register_secret(self, request: OuterRequest) -> OuterResponse:
         """`POST /v1/secrets`: raises `RequestRefused` for a body that does not open."""
         if len(request.body) > MAX_SECRET_BODY:
             raise MalformedRequest("the secret registration is too large")
-        secret = open_secret(self._keyring, _object(request.body))
+        secret = open_secret(self._keyring, _object(request.body), self._hybrid)
         secret_id, expires = self.secrets.register(secret)
         return json_response(200, json.dumps({"secret_id": secret_id,
                                               "expires_at": expires}).encode())
@@ -136,7 +149,9 @@ class ContinuumServer:
                     payload[name] = json.loads(cipher.open_request_field(name, value))
                 except (ValueError, UnicodeDecodeError):
                     raise MalformedRequest(f"sealed field `{name}` is not JSON") from None
-        return (InnerRequest("POST", request.path, json.dumps(payload).encode()),
+        unique = first.secret_id.encode() + first.request_nonce + first.iv
+        return (InnerRequest("POST", request.path, json.dumps(payload).encode(),
+                             replay_id=unique, tenant=first.secret_id.encode()),
                 ContinuumResponder(cipher, RESULT_FIELDS[request.path]))
 
     def refuse(self, error: Exception) -> OuterResponse:
@@ -197,8 +212,9 @@ class ContinuumClient:
 
     name = NAME
 
-    def __init__(self, secret_id: str, secret: bytes) -> None:
-        self.secret_id, self._secret = secret_id, secret
+    def __init__(self, secret_id: str, secret: bytes, *,
+                 padding: PaddingPolicy = DEFAULT_PADDING) -> None:
+        self.secret_id, self._secret, self._padding = secret_id, secret, padding
 
     def __repr__(self) -> str:
         return f"ContinuumClient(secret_id={self.secret_id}, secret=[redacted])"
@@ -214,7 +230,7 @@ class ContinuumClient:
             raise ValueError(f"a Continuum request to {request.path} needs `{field}`")
         cipher = FieldCipher.for_client(self.secret_id, self._secret)
         sealed = {**payload, field: cipher.seal_request_field(
-            field, json.dumps(payload[field]).encode())}
+            field, self._padding.pad_json(json.dumps(payload[field]).encode()))}
         return (OuterRequest("POST", request.path, (("content-type", "application/json"),),
                              json.dumps(sealed).encode()),
                 ContinuumOpener(cipher, RESULT_FIELDS[request.path]))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+import enclave.continuum.pq as pq
 from enclave.errors import DecryptError, UnknownKeyError, UnknownSecretError
 from enclave.keys import KeyRing
 from enclave.ohttp.keyconfig import KeyConfig
@@ -72,10 +73,29 @@ def seal_secret(config: KeyConfig, secret: bytes) -> dict[str, object]:
             "ciphertext": bytes(ciphertext).hex()}
 
 
-def open_secret(keyring: KeyRing, payload: object) -> bytes:
-    """Server side: the 32-byte secret inside a `POST /v1/secrets` body."""
+def seal_secret_hybrid(public_key: bytes, secret: bytes) -> dict[str, object]:
+    """Client side: the body of `POST /v1/secrets` sealed with ML-KEM-768 + X25519."""
+    if len(secret) != SECRET_SIZE:
+        raise ValueError(f"expected a {SECRET_SIZE}-byte secret, got {len(secret)}")
+    return {"kem": pq.KEM_NAME, "ciphertext": pq.seal(public_key, secret, SECRET_INFO).hex()}
+
+
+def open_secret(keyring: KeyRing, payload: object, hybrid: pq.HybridKey | None = None
+                ) -> bytes:
+    """Server side: the 32-byte secret inside a `POST /v1/secrets` body (sealed to the
+    classic key configuration, or with `"kem": "MLKEM768-X25519"` to `hybrid`)."""
     if not isinstance(payload, dict):
         raise DecryptError()
+    if "kem" in payload:
+        if payload["kem"] != pq.KEM_NAME or hybrid is None:
+            raise UnknownKeyError()
+        try:
+            secret = hybrid.open(bytes.fromhex(str(payload["ciphertext"])), SECRET_INFO)
+        except (KeyError, ValueError):
+            raise DecryptError() from None
+        if len(secret) != SECRET_SIZE:
+            raise DecryptError()
+        return secret
     key_id = payload.get("key_id")
     key = keyring.lookup(key_id) if isinstance(key_id, int) else None
     if key is None:

@@ -13,6 +13,7 @@ response to a streamed request gathers the stream into one message.
 
 from __future__ import annotations
 
+import email.utils
 from urllib.parse import urlsplit
 
 from enclave.dialect import (
@@ -27,7 +28,7 @@ from enclave.dialect import (
     plain_refusal,
     refusal,
 )
-from enclave.errors import RequestRefused, UnauthenticatedAnswer
+from enclave.errors import MalformedRequest, RequestRefused, UnauthenticatedAnswer
 from enclave.http_fields import media_type
 from enclave.keys import KeyRing
 from enclave.ohttp.bhttp import (
@@ -45,7 +46,12 @@ from enclave.ohttp.bhttp import (
 )
 from enclave.ohttp.bhttp import Response as BinaryResponse
 from enclave.ohttp.chunked import ChunkedRequestOpener, ChunkedRequestSealer, ChunkedResponseSealer
-from enclave.ohttp.encapsulation import ClientRequest, ResponseSealer, decapsulate_request
+from enclave.ohttp.encapsulation import (
+    ENCAPSULATED_HEADER_SIZE,
+    ClientRequest,
+    ResponseSealer,
+    decapsulate_request,
+)
 from enclave.ohttp.keyconfig import KeyConfig, encode_key_configs
 from enclave.ohttp.protocol import (
     CHUNKED_REQUEST_MEDIA_TYPE,
@@ -165,18 +171,32 @@ class OhttpServer:
             inner, responder = decode_request(message), _SingleShotResponder(sealer)
         else:
             raise UnsupportedMediaType()
-        return InnerRequest(inner.method.upper(), urlsplit(inner.path).path,
-                            inner.content), responder
+        return InnerRequest(inner.method.upper(), urlsplit(inner.path).path, inner.content,
+                            replay_id=request.body[:ENCAPSULATED_HEADER_SIZE],
+                            sent_at=_sent_at(inner.header("date"))), responder
 
     def refuse(self, error: Exception) -> OuterResponse:
         return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE
                              if getattr(error, "code", None) == ErrorCode.UNKNOWN_KEY else None)
 
 
+def _sent_at(date: str | None) -> float | None:
+    """The inner request's `Date` (RFC 9458 section 6.5), sealed with the request."""
+    if date is None:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        raise MalformedRequest("the inner Date header is not an HTTP date") from None
+
+
 # --- client side ---------------------------------------------------------------------------
 
 def _binary_request(request: InnerRequest) -> Request:
-    headers = (("content-type", "application/json"),) if request.body else ()
+    """The inner request, with the client's `Date` for the gateway's replay window."""
+    headers: tuple[tuple[str, str], ...] = (("date", email.utils.formatdate(usegmt=True)),)
+    if request.body:
+        headers += (("content-type", "application/json"),)
     return Request(request.method, request.path, "https", "cloister", headers, request.body)
 
 

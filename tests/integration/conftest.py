@@ -48,6 +48,7 @@ class RunningGateway:
         self.log_path = log_path
         self.simulated_roots = Path()
         self.tls_url = ""
+        self.metrics_url = ""  # the scrape-only listener
         self.state_dir = Path()
         self.serve_args: list[str] = []
         self.release_key: Path | None = None  # the operator's public key, if it signed
@@ -72,8 +73,10 @@ def cloister(*args: str, state_dir: Path | None = None, timeout: float = 180,
                           capture_output=True, text=True, timeout=timeout, env=environment)
 
 
-def listener_args(*, tls: bool = True) -> list[str]:
+def listener_args(*, tls: bool = True, metrics: bool = True) -> list[str]:
     args = ["--port", str(free_port())]
+    if metrics:
+        args += ["--metrics-port", str(free_port())]
     if tls:
         args += ["--tls", "--tls-port", str(free_port()), "--tls-host", "127.0.0.1"]
     return args
@@ -96,6 +99,9 @@ def start_gateway(*args: str, log_path: Path, state_dir: Path) -> RunningGateway
     gateway.simulated_roots = state_dir / "simulated-roots.pem"
     if "--tls-port" in serve_args:
         gateway.tls_url = f"https://127.0.0.1:{serve_args[serve_args.index('--tls-port') + 1]}"
+    if "--metrics-port" in serve_args:
+        port = serve_args[serve_args.index("--metrics-port") + 1]
+        gateway.metrics_url = f"http://127.0.0.1:{port}"
     gateway.state_dir = state_dir
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -147,8 +153,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     folder = tmp_path_factory.mktemp("gateway")
     started = time.monotonic()
     args = [*listener_args(), "--insecure-plaintext", "--attestation", "simulated"]
-    statement, public_key = sign_release(args, folder)
-    running = start_gateway(*args, "--reference-values", str(statement),
+    engine_args = ["--", "--enable-prompt-tokens-details"]  # usage shows cached tokens
+    statement, public_key = sign_release([*args, *engine_args], folder)
+    running = start_gateway(*args, "--reference-values", str(statement), *engine_args,
                             log_path=folder / "gateway.log", state_dir=folder / "state")
     running.release_key = public_key
     print(f"\nreal gateway ready in {time.monotonic() - started:.1f}s at {running.url}")

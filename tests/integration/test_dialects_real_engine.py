@@ -4,6 +4,7 @@ are detected where the dialect can detect them, and a wrong key is rejected."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 import httpx
@@ -43,8 +44,17 @@ class Damaging(httpx.AsyncBaseTransport):
 
 
 def flip_middle(body: bytes) -> bytes:
+    """One bit flipped in the middle of what the answer seals: the longest run of
+    ciphertext where the dialect writes it as text (Atoma base64, Continuum hex; their
+    other fields and padding are in the clear by the seeds' design), else the middle."""
+    runs = list(re.finditer(rb"[A-Za-z0-9+/]{64,}", body))
+    if runs:
+        longest = max(runs, key=lambda m: m.end() - m.start())
+        middle = (longest.start() + longest.end()) // 2
+    else:
+        middle = len(body) // 2
     out = bytearray(body)
-    out[len(out) // 2] ^= 0x01
+    out[middle] ^= 0x01
     return bytes(out)
 
 

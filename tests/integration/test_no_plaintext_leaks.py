@@ -80,7 +80,8 @@ async def test_canary_leaves_no_trace(gateway) -> None:
         plaintext_errors.append(r.content)
         r = await raw.post("/v1/secrets", json={"key_id": 0, "ciphertext": CANARY})
         plaintext_errors.append(r.content)
-        metrics = (await raw.get("/metrics")).text
+        assert (await raw.get("/metrics")).status_code == 404  # not on the public listener
+        metrics = httpx.get(f"{gateway.metrics_url}/metrics").text
 
     assert all(b"error" in e for e in plaintext_errors)
     for body in plaintext_errors:

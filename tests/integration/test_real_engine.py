@@ -118,7 +118,7 @@ def test_bad_input_gets_stable_codes_and_server_keeps_serving(client: httpx.Clie
 def test_client_disconnect_mid_stream_aborts_engine_request(gateway) -> None:
     max_tokens = 1900
     req = {**CHAT, "max_tokens": max_tokens, "stream": True}
-    with httpx.Client(base_url=gateway.url, timeout=60) as watcher:
+    with httpx.Client(base_url=gateway.metrics_url, timeout=60) as watcher:
         generated_before = metric(watcher, "vllm:generation_tokens_total")
         with (httpx.Client(base_url=gateway.url, timeout=60) as streamer,
               streamer.stream("POST", "/v1/chat/completions", json=req) as r):

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.engine
 def default_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     """What `make serve` starts: every default, the simulated TEE."""
     folder = tmp_path_factory.mktemp("default")
-    running = start_gateway(*listener_args(tls=False), "--attestation", "simulated",
+    running = start_gateway(*listener_args(tls=False, metrics=False), "--attestation", "simulated",
                             log_path=folder / "gateway.log", state_dir=folder / "state")
     yield running
     stop_gateway(running)

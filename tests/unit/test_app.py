@@ -11,6 +11,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.asgi import scrape
 from tests.doubles import CHAT_MODEL, EMBEDDING_DIM, EMBEDDING_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
 
@@ -185,8 +186,30 @@ async def test_server_keeps_serving_after_bad_input(plaintext_client) -> None:
     assert (await plaintext_client.post("/v1/chat/completions", json=CHAT)).status_code == 200
 
 
-async def test_metrics_expose_engine_state(default_client) -> None:
-    r = await default_client.get("/metrics")
-    assert r.status_code == 200
-    assert "cloister_engine_ready 1.0" in r.text
-    assert "cloister_engine_requests_unfinished 0.0" in r.text
+async def test_metrics_expose_engine_state(make_app) -> None:
+    app = make_app()
+    async with app.router.lifespan_context(app):
+        await start(app)
+        text = await scrape(app)
+    assert "cloister_engine_ready 1.0" in text
+    assert "cloister_engine_requests_unfinished 0.0" in text
+
+
+async def test_metrics_are_not_on_the_public_listener_without_a_token(make_app) -> None:
+    async with _public(make_app()) as public:
+        assert (await public.get("/metrics")).status_code == 404
+    async with _public(make_app(metrics_token="s3cret")) as public:
+        assert (await public.get("/metrics")).status_code == 404
+        wrong = await public.get("/metrics", headers={"authorization": "Bearer guess"})
+        assert wrong.status_code == 404
+        right = await public.get("/metrics", headers={"authorization": "Bearer s3cret"})
+        assert right.status_code == 200 and "cloister_engine_ready" in right.text
+
+
+@contextlib.asynccontextmanager
+async def _public(app):
+    async with app.router.lifespan_context(app):
+        await start(app)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gw") as client:
+            yield client

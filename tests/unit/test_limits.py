@@ -12,6 +12,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.asgi import scrape
 from tests.clients import client_for
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
@@ -71,7 +72,7 @@ async def test_full_gateway_answers_503_before_any_decryption() -> None:
         junk = await c.post("/.well-known/ohttp-gateway", content=b"\x01" * 60,
                             headers={"content-type": "message/ohttp-req"})
         await _release(held)
-        metrics = (await c.get("/metrics")).text
+        metrics = await scrape(app)
         return junk, metrics
 
     r, metrics = await _with(app, body)
@@ -141,7 +142,7 @@ async def test_slow_body_times_out_with_408() -> None:
     assert json.loads(sent[1]["body"])["error"]["code"] == "request_timeout"
 
 
-@pytest.mark.parametrize("path", ["/health", "/ready", "/metrics"])
+@pytest.mark.parametrize("path", ["/health", "/ready"])
 async def test_control_routes_are_never_shed(path) -> None:
     engine = DeterministicTestEngine()
     engine.unfinished = 10_000

@@ -156,7 +156,9 @@ class Clock:
 async def test_a_proxy_running_past_key_expiry_reattests_and_keeps_serving(engine, pki,
                                                                            mode) -> None:
     clock = Clock()
-    settings = Settings(key_rotation_seconds=3600, key_grace_seconds=600)
+    # The client dates its requests by the real clock; this test moves the gateway's.
+    settings = Settings(key_rotation_seconds=3600, key_grace_seconds=600,
+                        replay_window_seconds=2 * 86400)
     app = create_app(settings, engine.running, attestation=simulated(pki), clock=clock.seconds)
     async with app.router.lifespan_context(app):
         await start(app)

@@ -34,7 +34,8 @@ def _serve(app) -> tuple[uvicorn.Server, int, threading.Thread]:
 
 def test_slowloris_and_disconnect_floods_leave_others_served() -> None:
     engine = DeterministicTestEngine(token_delay=0.01)
-    app = create_app(Settings(insecure_plaintext=True, body_timeout_seconds=0.5), engine.running)
+    app = create_app(Settings(insecure_plaintext=True, body_timeout_seconds=0.5,
+                              metrics_token="scraper"), engine.running)
     server, port, thread = _serve(app)
     slow = []
     try:
@@ -60,7 +61,7 @@ def test_slowloris_and_disconnect_floods_leave_others_served() -> None:
             r = client.post("/v1/chat/completions", json=CHAT)
             assert r.status_code == 200
             time.sleep(1.0)  # the promised bodies time out (408), abandoned streams abort
-            metrics = client.get("/metrics").text
+            metrics = client.get("/metrics", headers={"authorization": "Bearer scraper"}).text
         assert 'cloister_rejected_requests_total{reason="request_timeout"} 20.0' in metrics
         assert engine.unfinished == 0
     finally:

@@ -1,0 +1,148 @@
+"""Padding inside the encryption, so the sizes on the wire say little about the text.
+
+Sealed answers leak their length: a whole answer grows with its token count, and each
+streamed chunk is its token plus a constant, which is what "What Was Your Prompt?"
+(USENIX Security 2024) and Whisper Leak (2025) read. Padding is added to the plaintext
+before a dialect seals it, in a form every client already ignores, so no dialect's wire
+format changes:
+
+    JSON bodies (answers, errors, requests)   trailing spaces: JSON allows whitespace
+                                              after the value (RFC 8259, section 2)
+    SSE chunks (streamed answers)             a comment block first, ":" then spaces
+                                              and a blank line: SSE parsers skip comment
+                                              lines (WHATWG HTML, server-sent events)
+
+Each plaintext grows to the next size of a `PaddingPolicy`: powers of two from a floor
+(`pow2:256`, the default: a chunk of one token fits 256 bytes, an answer of up to 64
+tokens falls in two or three sizes) or multiples of a step (`fixed:256`), or `off`.
+Sans-IO; the gateway wraps every dialect's responder (`padded`), clients pad their
+request bodies (`PaddingPolicy.pad_request`) and strip what they pass on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from enclave.dialect import InnerRequest, InnerResponse, OuterResponse, Responder, StreamStart
+from enclave.plaintext import IdentityResponder
+
+# A padded plaintext is never larger than this much over its size (bounds the cost of
+# an absurd policy and of padding a huge answer to a power of two).
+MAX_PADDING = 64 * 1024
+_COMMENT_OVERHEAD = 3  # ":" and "\n\n"
+
+
+@dataclass(frozen=True)
+class PaddingPolicy:
+    kind: str = "pow2"  # "pow2", "fixed" or "off"
+    size: int = 256
+
+    @classmethod
+    def parse(cls, text: str) -> PaddingPolicy:
+        """`off`, `pow2:N` or `fixed:N` (N bytes, 16 to 65536); `ValueError` otherwise."""
+        if text == "off":
+            return cls("off", 0)
+        kind, _, number = text.partition(":")
+        if kind not in ("pow2", "fixed") or not number.isdigit():
+            raise ValueError(f"padding must be off, pow2:N or fixed:N, not {text!r}")
+        size = int(number)
+        if not 16 <= size <= MAX_PADDING:
+            raise ValueError("the padding size must be between 16 and 65536 bytes")
+        return cls(kind, size)
+
+    def __str__(self) -> str:
+        return "off" if self.kind == "off" else f"{self.kind}:{self.size}"
+
+    def target(self, length: int, *, minimum_pad: int = 0) -> int:
+        """The padded size for `length` bytes that need at least `minimum_pad` more."""
+        if self.kind == "off":
+            return length
+        want = length + minimum_pad
+        if self.kind == "fixed":
+            target = -(-want // self.size) * self.size
+        else:
+            target = self.size
+            while target < want:
+                target *= 2
+        return target if target - length <= MAX_PADDING else length + minimum_pad
+
+    def pad_json(self, body: bytes) -> bytes:
+        return body + b" " * (self.target(len(body)) - len(body))
+
+    def pad_events(self, events: bytes) -> bytes:
+        """`events` behind an SSE comment block that brings the chunk to its size."""
+        if self.kind == "off":
+            return events
+        size = self.target(len(events), minimum_pad=_COMMENT_OVERHEAD)
+        return b":" + b" " * (size - len(events) - _COMMENT_OVERHEAD) + b"\n\n" + events
+
+    def pad_request(self, request: InnerRequest) -> InnerRequest:
+        if not request.body:
+            return request
+        return InnerRequest(request.method, request.path, self.pad_json(request.body))
+
+
+OFF = PaddingPolicy("off", 0)
+DEFAULT_PADDING = PaddingPolicy()
+
+
+@runtime_checkable
+class PadsItself(Protocol):
+    """A responder that re-frames the plaintext it is given (Atoma and Continuum seal
+    each event, or one field, on their own): it pads what it seals itself."""
+
+    def padded(self, policy: PaddingPolicy) -> Responder: ...
+
+
+def padded(responder: Responder, policy: PaddingPolicy) -> Responder:
+    """`responder` with every plaintext it seals padded under `policy` (the development
+    plaintext dialect seals nothing, so it is left alone)."""
+    if policy.kind == "off" or isinstance(responder, IdentityResponder):
+        return responder
+    if isinstance(responder, PadsItself):
+        return responder.padded(policy)
+    return PaddedResponder(responder, policy)
+
+
+class PaddedResponder:
+    """A dialect's responder whose every plaintext is padded before it is sealed."""
+
+    def __init__(self, inner: Responder, policy: PaddingPolicy) -> None:
+        self._inner, self._policy = inner, policy
+
+    @property
+    def streams(self) -> bool:
+        return self._inner.streams
+
+    def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
+        if content_type.startswith("text/event-stream"):
+            return self._inner.whole(status, content_type, self._policy.pad_events(body))
+        return self._inner.whole(status, content_type, self._policy.pad_json(body))
+
+    def error(self, status: int, error: bytes) -> OuterResponse:
+        return self._inner.error(status, self._policy.pad_json(error))
+
+    def start(self, status: int, content_type: str) -> StreamStart:
+        return self._inner.start(status, content_type)
+
+    def chunk(self, events: bytes) -> bytes:
+        return self._inner.chunk(self._policy.pad_events(events))
+
+    def end(self) -> bytes:
+        return self._inner.end()
+
+
+def strip_events(data: bytes) -> bytes:
+    """Client side: SSE bytes (whole events) without the comment blocks of padding."""
+    if not data.startswith(b":") and b"\n\n:" not in data:
+        return data
+    return b"\n\n".join(b for b in data.split(b"\n\n") if not b.startswith(b":"))
+
+
+def strip(response: InnerResponse) -> InnerResponse:
+    """Client side: an opened answer without its padding."""
+    if response.content_type.startswith("text/event-stream"):
+        return InnerResponse(response.status, response.content_type,
+                             strip_events(response.body))
+    return InnerResponse(response.status, response.content_type, response.body.rstrip(b" "))

@@ -1,0 +1,106 @@
+"""Replay protection: a sealed request is answered once.
+
+Every dialect's sealed request carries something unique to it that cannot be changed
+without breaking the decryption (`InnerRequest.replay_id`). The guard records it, after
+the request opened (so only authenticated requests take room), and refuses a second
+request with the same one (`409 replayed_request`), before the engine sees it. Where the
+dialect carries the client's clock inside the encryption (OHTTP: the inner `Date`
+header, RFC 9458 section 6.5), a request outside `window` seconds of ours is refused
+(`400 stale_request`) and its record is needed only for that window; otherwise the
+record is kept as long as any key that could open it is honoured (`horizon`).
+
+The record store is pluggable (`ReplayCache`) so that replicas can share one; the
+in-memory store is bounded by entries (each about 150 bytes: a 32-byte digest, its
+expiry and the dict and heap slots; 500,000 entries are about 75 MiB). A full store
+refuses new requests (`503 overloaded`) rather than forget one it still needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from enclave.dialect import InnerRequest
+from enclave.errors import RequestRefused
+from enclave.wire_errors import ErrorCode
+
+DEFAULT_WINDOW_SECONDS = 120.0
+DEFAULT_MAX_ENTRIES = 500_000
+
+
+class ReplayedRequest(RequestRefused):
+    code = ErrorCode.REPLAYED_REQUEST
+    message = "this request was already answered"
+
+
+class StaleRequest(RequestRefused):
+    code = ErrorCode.STALE_REQUEST
+    message = "the request's time is outside the accepted window: check the client's clock"
+
+
+class ReplayCacheFull(RequestRefused):
+    code = ErrorCode.OVERLOADED
+    message = "the gateway is at capacity; retry later"
+
+
+class ReplayCache(Protocol):
+    def add(self, key: bytes, expires_at: float, now: float) -> bool:
+        """Record `key` until `expires_at`; False if it is already recorded. Raises
+        `ReplayCacheFull` when it cannot record it."""
+
+
+class MemoryReplayCache:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        self._max = max_entries
+        self._expiry: dict[bytes, float] = {}
+        self._heap: list[tuple[float, bytes]] = []
+        self._lock = threading.Lock()  # requests may be opened in worker threads
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def add(self, key: bytes, expires_at: float, now: float) -> bool:
+        with self._lock:
+            self._prune(now)
+            if key in self._expiry:
+                return False
+            if len(self._expiry) >= self._max:
+                raise ReplayCacheFull()
+            self._expiry[key] = expires_at
+            heapq.heappush(self._heap, (expires_at, key))
+            return True
+
+    def _prune(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            _, key = heapq.heappop(self._heap)
+            if self._expiry.get(key, now + 1) <= now:
+                del self._expiry[key]
+
+
+class ReplayGuard:
+    """`horizon()`: until when a request opened now could still be opened (the newest
+    key's end of rotation plus its grace)."""
+
+    def __init__(self, cache: ReplayCache, *, horizon: Callable[[], float],
+                 window: float = DEFAULT_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._cache, self._horizon, self._window, self._clock = cache, horizon, window, clock
+
+    def check(self, dialect: str, request: InnerRequest) -> None:
+        """Raises `ReplayedRequest`, `StaleRequest` or `ReplayCacheFull`."""
+        if not request.replay_id:
+            return  # the development-only plaintext dialect has nothing to replay against
+        now = self._clock()
+        if request.sent_at is not None:
+            if abs(now - request.sent_at) > self._window:
+                raise StaleRequest()
+            expires = request.sent_at + self._window
+        else:
+            expires = self._horizon()
+        key = hashlib.sha256(dialect.encode() + b"\x00" + request.replay_id).digest()
+        if not self._cache.add(key, expires, now):
+            raise ReplayedRequest()
