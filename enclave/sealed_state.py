@@ -12,11 +12,15 @@ does not open.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from attestation.sev_guest import DEVICE, GuestRequest, default_ioctl, open_device
 from enclave.errors import DecryptError
@@ -37,6 +41,9 @@ class DataKey:
         if len(key) != KEY_SIZE:
             raise ValueError(f"expected a {KEY_SIZE}-byte data key, got {len(key)}")
         self._aead = AESGCM(key)
+        # A key of its own for MACs over stored rows (never the sealing key itself).
+        self._mac_key = HKDF(hashes.SHA256(), KEY_SIZE, salt=None,
+                             info=b"cloister-row-mac-v1").derive(key)
 
     def __repr__(self) -> str:
         return "DataKey([redacted])"
@@ -44,6 +51,10 @@ class DataKey:
     def seal(self, value: bytes, *, purpose: str) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, value, purpose.encode())
+
+    def mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of `data` (a canonical encoding of a stored row)."""
+        return hmac.new(self._mac_key, data, hashlib.sha256).digest()
 
     def open(self, sealed: bytes, *, purpose: str) -> bytes:
         try:

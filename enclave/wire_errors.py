@@ -41,6 +41,9 @@ class ErrorCode(enum.StrEnum):
     REPLAYED_REQUEST = "replayed_request"
     STALE_REQUEST = "stale_request"
     CACHE_SALT_REFUSED = "cache_salt_not_allowed"
+    STATE_INVALID = "stored_state_invalid"
+    STATE_ROLLED_BACK = "stored_state_rolled_back"
+    ADMIN_UNAUTHORIZED = "invalid_admin_signature"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -71,6 +74,9 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.REPLAYED_REQUEST: (409, "invalid_request_error"),
     ErrorCode.STALE_REQUEST: (400, "invalid_request_error"),
     ErrorCode.CACHE_SALT_REFUSED: (400, "invalid_request_error"),
+    ErrorCode.STATE_INVALID: (500, "server_error"),
+    ErrorCode.STATE_ROLLED_BACK: (500, "server_error"),
+    ErrorCode.ADMIN_UNAUTHORIZED: (401, "authentication_error"),
 }
 
 

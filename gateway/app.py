@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from enclave import atoma, continuum, ehbp
 from enclave.dialect import OuterRequest, OuterResponse, ServerDialect
-from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, Engine
+from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS
 from enclave.errors import RequestRefused
 from enclave.keys import KeyRing
 from enclave.ohttp.dialect import PATH as OHTTP_PATH
@@ -34,6 +34,7 @@ from enclave.plaintext import plaintext_dialect
 from enclave.replay import MemoryReplayCache, ReplayCache, ReplayGuard
 from enclave.wire_errors import ErrorCode, error_body
 from gateway import attestation_routes, limits, metrics
+from gateway.admin import AdminApi
 from gateway.body import read_body
 from gateway.context import RequestContext
 from gateway.endpoint import MAX_CONCURRENT_OPENS, EngineEndpoint, Mount, Services
@@ -130,8 +131,6 @@ def _routes(dialects: Dialects, services: Services,
         routes.append(Route("/metrics", metrics.scrape_endpoint(services.metrics,
                                                                 token=metrics_token),
                             methods=["GET"]))
-    if platform is not None:
-        routes += platform.routes()
     return routes
 
 
@@ -150,18 +149,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return json_response(500, error_body(ErrorCode.INTERNAL_ERROR, "internal error"))
 
 
-def _limited(factory: EngineFactory, settings: Settings) -> EngineFactory:
-    if settings.max_tokens is None:
-        return factory
-
-    @contextlib.asynccontextmanager
-    async def limited() -> AsyncIterator[Engine]:
-        async with factory() as engine:
-            yield limits.TokenLimitedEngine(engine, settings.max_tokens)  # type: ignore[arg-type]
-
-    return limited
-
-
 def create_app(
     settings: Settings,
     engine_factory: EngineFactory,
@@ -172,13 +159,14 @@ def create_app(
     tls_spki_sha256: bytes | None = None,
     clock: Callable[[], float] = time.time,
     replay_cache: ReplayCache | None = None,
+    admin: AdminApi | None = None,
 ) -> Starlette:
     """Build the gateway. The engine starts in the lifespan, in the background.
 
     `attestation` is the evidence providers and the workload manifest; without it the
     report endpoint answers 503 and no client that verifies will talk to this gateway.
     """
-    slot = EngineSlot(_limited(engine_factory, settings), on_failure=on_engine_failure)
+    slot = EngineSlot(engine_factory, on_failure=on_engine_failure)
     gateway_metrics = metrics.GatewayMetrics(slot.current)
     # Keys are made here, in the gateway process, after nothing but configuration has
     # been read; the engine's processes are spawned and never see them.
@@ -194,6 +182,7 @@ def create_app(
                                    max_per_client=settings.max_per_client,
                                    max_engine_queue=settings.max_engine_queue),
         padding=settings.padding, stream_interval=settings.stream_interval_ms / 1000,
+        max_tokens=settings.max_tokens,
         constant_rate=settings.constant_rate,
         replay=ReplayGuard(
             replay_cache if replay_cache is not None
@@ -210,6 +199,7 @@ def create_app(
     reports = (attestation_routes.ReportService(attestation, keyring, bound_keys, now=clock)
                if attestation is not None else None)
     platform = Platform(platform_store, services) if platform_store is not None else None
+    admin_routes = admin.routes() if admin is not None else []
 
     async def health(request: Request) -> Response:
         """Liveness: the process serves HTTP and its engine has not failed."""
@@ -243,21 +233,29 @@ def create_app(
                 reports.close()
             await slot.stop()
 
-    app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]),
-                Route("/ready", ready, methods=["GET"]),
-                *_routes(dialects, services, reports, attestation, platform,
-                         settings.metrics_token)],
-        lifespan=lifespan,
-        middleware=[Middleware(metrics.GatewayMiddleware, metrics=gateway_metrics)],
-        exception_handlers={GatewayError: gateway_error, HTTPException: _http_error,
-                            Exception: _unexpected_error},
-    )
+    public = [Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"]),
+              *_routes(dialects, services, reports, attestation, platform,
+                       settings.metrics_token)]
+
+    def listener(routes: list[BaseRoute], *, owns_lifespan: bool) -> Starlette:
+        return Starlette(
+            routes=routes, lifespan=lifespan if owns_lifespan else None,
+            middleware=[Middleware(metrics.GatewayMiddleware, metrics=gateway_metrics)],
+            exception_handlers={GatewayError: gateway_error, HTTPException: _http_error,
+                                Exception: _unexpected_error})
+
+    app = listener(public, owns_lifespan=True)
+    # The attested TLS listener is an app of its own: the platform and admin APIs exist
+    # there by construction, never on the public listener (no scheme or header check).
+    tls_only = [*(platform.routes() if platform is not None else []), *admin_routes]
+    tls_app = listener([*public, *tls_only], owns_lifespan=False) if tls_only else app
     # What tests and the CLI look at; request handling never reads these.
-    app.state.settings = settings
-    app.state.metrics = gateway_metrics
-    app.state.engine_slot = slot
-    app.state.keyring = keyring
-    app.state.dialects = dialects
-    app.state.reports = reports
+    for each in {app, tls_app}:
+        each.state.settings = settings
+        each.state.metrics = gateway_metrics
+        each.state.engine_slot = slot
+        each.state.keyring = keyring
+        each.state.dialects = dialects
+        each.state.reports = reports
+        each.state.tls_app = tls_app
     return app

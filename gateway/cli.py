@@ -108,6 +108,13 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--metrics-token-file", type=Path, default=None,
                        help="also serve /metrics on the public listener, to requests that "
                             "carry this file's token as `Authorization: Bearer`")
+    serve.add_argument("--admin-public-key", type=Path, default=None,
+                       help="the operator's Ed25519 admin key (`cloister admin keygen`): "
+                            "signed admin requests on the TLS listener; pinned in the "
+                            "workload manifest")
+    serve.add_argument("--forwarded-allow-ips", default=None,
+                       help="trust X-Forwarded-* headers only from these addresses (a "
+                            "front the operator runs); off by default")
     serve.add_argument("--padding", default="pow2:256", metavar="off|pow2:N|fixed:N",
                        help="pad every sealed plaintext to a size bucket (default pow2:256)")
     serve.add_argument("--stream-interval-ms", type=float, default=50.0,
@@ -187,6 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     apikey_sub = apikey.add_subparsers(dest="action", required=True)
     create = apikey_sub.add_parser("create", help="make a key and print it once")
     create.add_argument("--name", required=True)
+    create.add_argument("--account", default="default",
+                        help="the account (name or id) the key belongs to; made if new")
     create.add_argument("--budget-tokens", type=int, default=None)
     apikey_sub.add_parser("list", help="list keys (never the keys themselves)")
     revoke = apikey_sub.add_parser("revoke", help="revoke a key by id")
@@ -201,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     bot_create.add_argument("--model", required=True)
     bot_create.add_argument("--system-prompt", required=True)
     bot_create.add_argument("--description", default="")
+    bot_create.add_argument("--account", default="default",
+                            help="the account (name or id) the chatbot belongs to")
     _add_store_arguments(bot_create)
 
     demo = sub.add_parser("demo-model", help="build the offline demo model into PATH")
@@ -225,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway import cli_release
 
         return cli_release.run(args)
-    if args.command in ("proxy", "attest"):
+    if args.command in ("proxy", "attest", "admin"):
         return client_cli.run(args)
     if args.command == "demo-model":
         from enclave.demo_model import build_demo_model

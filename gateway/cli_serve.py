@@ -8,7 +8,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -185,14 +185,34 @@ def _platform_store(args: argparse.Namespace) -> PlatformStore:
         choice = "snp" if os.path.exists(SEV_GUEST) else f"file:{state / 'data-key'}"
     key = DataKey.from_snp() if choice == "snp" else DataKey.from_key_file(
         Path(choice.removeprefix("file:")))
-    return PlatformStore(args.database or f"sqlite:///{state / 'cloister.db'}", key)
+    return PlatformStore(args.database or f"sqlite:///{state / 'platform-v2.db'}", key)
+
+
+def _admin_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(path.read_bytes())
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise SystemExit("cloister serve: --admin-public-key must be an Ed25519 public key "
+                         "(`cloister admin keygen`)")
+    return key
+
+
+def _account(store: PlatformStore, name: str) -> str:
+    """Development: the account named `name` in the state folder, made if new."""
+    for account in store.list_accounts():
+        if name in (account.id, account.name):
+            return account.id
+    return store.create_account(name).id
 
 
 def run_apikey(args: argparse.Namespace) -> int:
     store = _platform_store(args)
     try:
         if args.action == "create":
-            api_key, key = store.create_api_key(args.name, budget_tokens=args.budget_tokens)
+            api_key, key = store.create_api_key(_account(store, args.account), args.name,
+                                                budget_tokens=args.budget_tokens)
             print(f"{api_key}\n(id {key.id}; shown once: it is stored only as a hash)")
         elif args.action == "list":
             for key in store.list_api_keys():
@@ -212,7 +232,8 @@ def run_apikey(args: argparse.Namespace) -> int:
 def run_chatbot(args: argparse.Namespace) -> int:
     store = _platform_store(args)
     try:
-        bot = store.create_chatbot(args.name, args.model, args.system_prompt, args.description)
+        bot = store.create_chatbot(_account(store, args.account), args.name, args.model,
+                                   args.system_prompt, args.description)
         print(bot.id)
     finally:
         store.close()
@@ -296,20 +317,31 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
 
         tls = make_tls_identity(args.tls_host or [args.host, "localhost"])
         store = _platform_store(args)
+    admin = None
+    if store is not None and args.admin_public_key is not None:
+        from gateway.admin import AdminApi
+
+        admin = AdminApi(store, _admin_key(args.admin_public_key))
     app = create_app(settings, lambda: open_vllm_engine(launch.generate, launch.embed),
                      on_engine_failure=on_engine_failure,
-                     attestation=attested, platform_store=store,
+                     attestation=attested, platform_store=store, admin=admin,
                      tls_spki_sha256=tls.spki_sha256 if tls is not None else None)
+    # Proxy headers (X-Forwarded-For/-Proto) only from a front the operator names.
+    forwarded = {"proxy_headers": args.forwarded_allow_ips is not None,
+                 "forwarded_allow_ips": args.forwarded_allow_ips}
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                             access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=int(args.shutdown_grace))
+                            timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
     server = uvicorn.Server(config)
     extra: list[uvicorn.Server] = []
     if tls is not None:
-        extra.append(uvicorn.Server(uvicorn.Config(
-            app, host=args.host, port=args.tls_port, log_config=None, access_log=False,
-            lifespan="off", ssl_certfile=str(tls.certfile), ssl_keyfile=str(tls.keyfile),
-            timeout_graceful_shutdown=int(args.shutdown_grace))))
+        with tls.files() as (certfile, keyfile):  # in memory, closed once loaded
+            tls_config = uvicorn.Config(
+                app.state.tls_app, host=args.host, port=args.tls_port, log_config=None,
+                access_log=False, lifespan="off", ssl_certfile=certfile, ssl_keyfile=keyfile,
+                timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
+            tls_config.load()
+        extra.append(uvicorn.Server(tls_config))
     if args.metrics_port is not None:
         from gateway.metrics import metrics_only_app
 

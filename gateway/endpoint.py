@@ -43,6 +43,7 @@ from enclave.errors import RequestRefused
 from enclave.padding import PaddingPolicy, padded
 from enclave.replay import ReplayGuard
 from enclave.wire_errors import ErrorCode, error_json, normalize_engine_error
+from gateway import sampling
 from gateway.body import read_body
 from gateway.coalesce import coalesced
 from gateway.context import RequestContext
@@ -104,6 +105,7 @@ class Services:
     # vLLM's prefix cache is shared within a tenant only: `cache_salt` is derived from
     # this key and the request's tenant (a new random one per gateway process).
     cache_salt_key: bytes = dataclasses.field(default_factory=lambda: os.urandom(32))
+    max_tokens: int | None = None  # `--max-tokens`: the output a request may ask for
 
 
 def _to_response(outer: OuterResponse) -> Response:
@@ -238,6 +240,8 @@ class EngineEndpoint:
             return (_to_response(responder.error(err.status, error_json(err.code, err.message))),
                     tracker, None)
         try:
+            if problem is None:
+                inner = _normalized(inner, services.max_tokens)
             if mount.gate is not None:
                 gated, tracker.observer = await mount.gate(request, inner)
                 if gated is not inner:  # the gate may rewrite the request: check it again
@@ -327,6 +331,16 @@ def _inner_problem(inner: InnerRequest) -> tuple[int, bytes] | None:
 SALTED_PATHS = frozenset({CHAT[1], COMPLETIONS[1]})
 
 
+def _normalized(inner: InnerRequest, cap: int | None) -> InnerRequest:
+    """Chat and completion requests with their cost fields in canonical form, under the
+    cap (`gateway.sampling`); raises `GatewayError`."""
+    if inner.method != "POST" or inner.path not in SALTED_PATHS:
+        return inner
+    payload = json.loads(inner.body)
+    sampling.normalize(payload, cap=cap)
+    return dataclasses.replace(inner, body=json.dumps(payload).encode())
+
+
 def _with_cache_salt(inner: InnerRequest, key: bytes) -> InnerRequest:
     """The request with vLLM's `cache_salt`: the same for one tenant's requests, so
     they reuse each other's prefix cache, and unrelated to any other tenant's (a request
@@ -334,8 +348,10 @@ def _with_cache_salt(inner: InnerRequest, key: bytes) -> InnerRequest:
     nothing about other tenants' prompts (CVE-2025-46570)."""
     if inner.method != "POST" or inner.path not in SALTED_PATHS:
         return inner
-    identity = inner.tenant or os.urandom(16)
-    salt = hmac.new(key, b"cloister-cache-salt-v1\x00" + identity, hashlib.sha256).hexdigest()
     payload = json.loads(inner.body)
-    payload["cache_salt"] = salt
+    payload["cache_salt"] = tenant_salt(key, inner.tenant or os.urandom(16))
     return dataclasses.replace(inner, body=json.dumps(payload).encode())
+
+
+def tenant_salt(key: bytes, tenant: bytes) -> str:
+    return hmac.new(key, b"cloister-cache-salt-v1\x00" + tenant, hashlib.sha256).hexdigest()

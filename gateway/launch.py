@@ -100,7 +100,24 @@ def security_settings(args: argparse.Namespace) -> dict[str, Any]:
         "constant_rate": bool(args.constant_rate),
         "replay_window_seconds": args.replay_window_seconds,
         "replay_cache_entries": args.replay_cache_entries,
+        "admin_key_sha256": _admin_key_id(args.admin_public_key),
+        "forwarded_allow_ips": args.forwarded_allow_ips,
     }
+
+
+def _admin_key_id(path: Path | None) -> str | None:
+    """Who may administer this gateway: the SHA-256 of the pinned admin public key."""
+    if path is None:
+        return None
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from enclave.admin_signature import key_id
+
+    key = load_pem_public_key(path.read_bytes())
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise LaunchRefused("--admin-public-key must be an Ed25519 public key")
+    return key_id(key)
 
 
 def check_environment() -> None:

@@ -4,24 +4,17 @@
                          engine queue (503 with Retry-After), asked by the engine endpoint
                          before it reads a body
     RateBuckets          a token bucket per client address (fresh attestation reports)
-    TokenLimitedEngine   refuses max_tokens above the configured cap with an OpenAI-shaped
-                         400 from the engine's side, so every dialect seals it like any
-                         other engine answer
-Body size and body read time are bounded in `gateway.body`.
+Body size and body read time are bounded in `gateway.body`; the output a request may ask
+for (`--max-tokens`, in every form vLLM accepts) in `gateway.sampling`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
-
-from enclave.engine import Engine
 from enclave.wire_errors import ErrorCode
 from gateway.errors import GatewayError
 
@@ -88,59 +81,3 @@ class RateBuckets:
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
         return wait
-
-
-class TokenLimitedEngine:
-    """An `Engine` that refuses requests for more than `max_tokens` output tokens."""
-
-    def __init__(self, engine: Engine, max_tokens: int) -> None:
-        self._engine = engine
-        self._max = max_tokens
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST":
-            return await self._engine(scope, receive, send)
-        message = await receive()
-        asked = _asked_tokens(message.get("body", b""))
-        if asked is not None and asked > self._max:
-            body = json.dumps({"error": {
-                "message": f"max_tokens must be at most {self._max}", "type": "BadRequestError",
-                "param": "max_tokens", "code": 400}}).encode()
-            await send({"type": "http.response.start", "status": 400,
-                        "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return message
-            return await receive()
-
-        await self._engine(scope, replay, send)
-
-    async def check_health(self) -> None:
-        await self._engine.check_health()
-
-    def unfinished_requests(self) -> int:
-        return self._engine.unfinished_requests()
-
-    def model_names(self) -> list[str]:
-        return self._engine.model_names()
-
-
-def _asked_tokens(body: bytes) -> int | None:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(payload, dict):
-        return None
-    values = [payload.get(k) for k in ("max_tokens", "max_completion_tokens")]
-    numbers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    return max(numbers) if numbers else None

@@ -14,8 +14,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,28 +26,46 @@ from enclave.dialect import InnerRequest
 from enclave.engine import EngineRequest
 from enclave.plaintext import platform_dialect
 from enclave.wire_errors import ErrorCode, normalize_engine_error
+from gateway import sampling
 from gateway.body import parse_json_object, read_body
 from gateway.context import RequestContext
-from gateway.endpoint import EngineEndpoint, Mount, NoObserver, Observer, Services
+from gateway.endpoint import (
+    EngineEndpoint,
+    Mount,
+    NoObserver,
+    Observer,
+    Services,
+    tenant_salt,
+)
 from gateway.engine_call import EngineCall
 from gateway.errors import GatewayError, json_response
-from gateway.platform_store import ApiKey, Chatbot, PlatformStore
+from gateway.platform_store import ApiKey, Chatbot, PlatformStore, Reservation, StoreError
 
 PREFIX = "/api/v1"
 NAME = "enclava"
+T = TypeVar("T")
+
+
+# The output a request may ask for when it names none and a budget is at stake (and
+# `--max-tokens` is not set): what the reservation covers.
+DEFAULT_MAX_TOKENS = 2048
+# Tokens a chat template adds around the prompt, over the body's bytes (an upper bound
+# of its tokens for byte-level tokenizers), in the reservation.
+TEMPLATE_TOKENS = 64
 
 
 class Meter:
-    """Records one request's usage against its API key, whatever way it ended."""
+    """Settles one request's reservation to its real usage, whatever way it ended: the
+    usage the engine reported (streams carry it in every event, so a stream cut short
+    is charged to the token it reached; a request that never got an answer, nothing)."""
 
     wants_usage = True
 
-    def __init__(self, store: PlatformStore, key_id: str) -> None:
-        self._store, self._key_id = store, key_id
+    def __init__(self, store: PlatformStore, reservation: Reservation) -> None:
+        self._store, self._reservation = store, reservation
 
     async def finish(self, usage: dict[str, Any] | None, completed: bool) -> None:
-        tokens = _tokens(usage)
-        await asyncio.to_thread(self._store.record_usage, self._key_id, tokens)
+        await asyncio.to_thread(self._store.settle, self._reservation, _tokens(usage))
 
 
 def _tokens(usage: dict[str, Any] | None) -> int:
@@ -54,6 +73,14 @@ def _tokens(usage: dict[str, Any] | None) -> int:
         return int((usage or {}).get("total_tokens") or 0)
     except (TypeError, ValueError):
         return 0
+
+
+async def _stored(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A store call off the event loop; its refusals as the gateway's errors."""
+    try:
+        return await asyncio.to_thread(call, *args, **kwargs)
+    except StoreError as exc:
+        raise GatewayError(exc.code, exc.message) from None
 
 
 def _iso(ts: float) -> str:
@@ -68,39 +95,46 @@ class Platform:
         self._services = services
 
     async def authenticate(self, request: Request) -> ApiKey:
-        if request.url.scheme != "https":
-            # The plaintext platform routes exist only on the attested TLS listener.
-            raise GatewayError(ErrorCode.NOT_FOUND, "no such route")
         RequestContext.of(request.scope).dialect = NAME
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise GatewayError(ErrorCode.UNAUTHORIZED, "missing Bearer API key")
-        key = await asyncio.to_thread(self._store.authenticate, token.strip())
+        key = await _stored(self._store.authenticate, token.strip())
         if key is None:
             raise GatewayError(ErrorCode.UNAUTHORIZED, "unknown or revoked API key")
         return key
 
-    async def _spender(self, request: Request) -> ApiKey:
-        key = await self.authenticate(request)
-        if key.exhausted:
-            raise GatewayError(ErrorCode.BUDGET_EXHAUSTED,
-                               "this API key's token budget is exhausted")
-        return key
+    async def _reserve(self, key: ApiKey, payload: dict[str, Any], body_size: int, *,
+                       generates: bool = True) -> Meter:
+        """Reserve the request's maximum cost: its prompt (bounded by the body's size)
+        and, when it generates, its output (`max_tokens` times the choices, a default
+        put in if absent)."""
+        output = 0
+        if generates:
+            limits = sampling.normalize(payload, cap=self._services.max_tokens
+                                        or DEFAULT_MAX_TOKENS)
+            output = limits.max_output or 0
+        reservation = await _stored(self._store.reserve, key.id,
+                                    body_size + TEMPLATE_TOKENS + output)
+        return Meter(self._store, reservation)
 
     # --- through the engine endpoint -------------------------------------------------------
 
     async def openai_gate(self, request: Request, inner: InnerRequest
                           ) -> tuple[InnerRequest, Observer]:
+        key = await self.authenticate(request)
         if inner.method == "GET":
-            await self.authenticate(request)
             return inner, NoObserver()
-        key = await self._spender(request)
-        return _as_tenant(_with_running_usage(inner), key), Meter(self._store, key.id)
+        payload = parse_json_object(inner.body)
+        meter = await self._reserve(key, payload, len(inner.body),
+                                    generates=inner.path != "/v1/embeddings")
+        inner = replace(inner, body=json.dumps(payload).encode())
+        return _as_tenant(_with_running_usage(inner), key), meter
 
     async def chatbot_gate(self, request: Request, inner: InnerRequest
                            ) -> tuple[InnerRequest, Observer]:
-        key = await self._spender(request)
-        bot = await self._chatbot(request)
+        key = await self.authenticate(request)
+        bot = await self._chatbot(request, key)
         payload = parse_json_object(inner.body)
         messages = payload.get("messages")
         if not isinstance(messages, list):
@@ -108,8 +142,10 @@ class Platform:
                                param="messages")
         payload["model"] = bot.model  # the chatbot's model, whatever the client named
         payload["messages"] = [{"role": "system", "content": bot.system_prompt}, *messages]
+        body = json.dumps(payload).encode()
+        meter = await self._reserve(key, payload, len(body))
         inner = InnerRequest("POST", "/v1/chat/completions", json.dumps(payload).encode())
-        return _as_tenant(_with_running_usage(inner), key), Meter(self._store, key.id)
+        return _as_tenant(_with_running_usage(inner), key), meter
 
     # --- answered here -----------------------------------------------------------------------
 
@@ -128,23 +164,24 @@ class Platform:
                                    "remaining_tokens": remaining, "exhausted": key.exhausted})
 
     async def chatbot_list(self, request: Request) -> Response:
-        await self.authenticate(request)
-        bots = await asyncio.to_thread(self._store.list_chatbots)
+        key = await self.authenticate(request)
+        bots = await _stored(self._store.list_chatbots, key.account_id)
         return json_response(200, {"chatbots": [
             {"id": b.id, "name": b.name, "type": "chatbot", "model": b.model,
              "description": b.description, "created_at": _iso(b.created_at)} for b in bots]})
 
-    async def _chatbot(self, request: Request) -> Chatbot:
-        bot = await asyncio.to_thread(self._store.get_chatbot,
-                                      request.path_params["chatbot_id"])
+    async def _chatbot(self, request: Request, key: ApiKey) -> Chatbot:
+        """The chatbot the path names, if it is the key's account's (else not found)."""
+        bot = await _stored(self._store.get_chatbot, request.path_params["chatbot_id"],
+                            account_id=key.account_id)
         if bot is None:
             raise GatewayError(ErrorCode.CHATBOT_NOT_FOUND, "no such chatbot")
         return bot
 
     async def chatbot_chat(self, request: Request) -> Response:
         """`{message, conversation_id?}` -> `{conversation_id, response, timestamp}`."""
-        key = await self._spender(request)
-        bot = await self._chatbot(request)
+        key = await self.authenticate(request)
+        bot = await self._chatbot(request, key)
         body = parse_json_object(await read_body(request, self._services.max_body_bytes,
                                                  timeout=self._services.body_timeout))
         message, conversation_id = body.get("message"), body.get("conversation_id")
@@ -153,32 +190,34 @@ class Platform:
                                param="message")
         history: list[dict[str, str]] = []
         if conversation_id is not None:
-            found = await asyncio.to_thread(self._store.conversation_history,
-                                            str(conversation_id), chatbot_id=bot.id,
-                                            api_key_id=key.id)
+            found = await _stored(self._store.conversation_history, str(conversation_id),
+                                  chatbot_id=bot.id, account_id=key.account_id)
             if found is None:
                 raise GatewayError(ErrorCode.CONVERSATION_NOT_FOUND, "no such conversation")
             history = found
-        payload = {"model": bot.model, "messages": [
+        payload: dict[str, Any] = {"model": bot.model, "messages": [
             {"role": "system", "content": bot.system_prompt}, *history,
             {"role": "user", "content": message}]}
-        status, content = await self._engine_answer(request, key, payload)
+        meter = await self._reserve(key, payload, len(json.dumps(payload)))
+        status, content = await self._engine_answer(request, key, payload, meter)
         if status >= 400:
             return Response(normalize_engine_error(status, content), status_code=status,
                             media_type="application/json")
         text = json.loads(content)["choices"][0]["message"].get("content") or ""
-        conversation_id = await asyncio.to_thread(
-            self._store.append_turn, conversation_id, chatbot_id=bot.id, api_key_id=key.id,
-            user=message, assistant=text)
+        conversation_id = await _stored(
+            self._store.append_turn, conversation_id, chatbot_id=bot.id,
+            account_id=key.account_id, api_key_id=key.id, user=message, assistant=text)
         return json_response(200, {"conversation_id": conversation_id, "response": text,
                                    "timestamp": _iso(dt.datetime.now(dt.UTC).timestamp())})
 
-    async def _engine_answer(self, request: Request, key: ApiKey, payload: dict[str, Any]
-                             ) -> tuple[int, bytes]:
-        """One whole engine answer, metered whatever happens."""
-        meter, usage = Meter(self._store, key.id), None
-        call = EngineCall(self._services.slot.get(), request.receive)
+    async def _engine_answer(self, request: Request, key: ApiKey, payload: dict[str, Any],
+                             meter: Meter) -> tuple[int, bytes]:
+        """One whole engine answer, settled whatever happens."""
+        usage, call = None, None
         try:
+            call = EngineCall(self._services.slot.get(), request.receive)
+            payload["cache_salt"] = tenant_salt(self._services.cache_salt_key,
+                                                f"api-key:{key.id}".encode())
             answer = await call.start(EngineRequest(
                 "POST", "/v1/chat/completions", json.dumps(payload).encode(),
                 request_id=RequestContext.of(request.scope).request_id))
@@ -187,7 +226,8 @@ class Platform:
                 usage = json.loads(content).get("usage")
             return answer.status, content
         finally:
-            await call.close()
+            if call is not None:
+                await call.close()
             await asyncio.shield(meter.finish(usage, usage is not None))
 
     def routes(self) -> list[BaseRoute]:

@@ -2,8 +2,10 @@
 
 The certificate is self-signed; what makes it trustworthy is that the attestation report
 binds the SHA-256 of its SubjectPublicKeyInfo (`tls-spki-sha256`), so a client that has
-verified the report pins exactly this certificate (`cloister attest --write-cert`).
-uvicorn wants files, so key and certificate go to a private 0700 runtime folder.
+verified the report pins exactly this certificate (`cloister attest --write-cert`). The
+private key never touches a disk: uvicorn wants paths, so `files()` hands it anonymous
+in-memory files (`memfd_create`, read through `/proc/self/fd`) for as long as the server
+loads its SSL context, and closes them at once.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,12 +30,27 @@ VALIDITY = dt.timedelta(days=30)
 
 @dataclass(frozen=True, repr=False)
 class TlsIdentity:
-    certfile: Path
-    keyfile: Path
+    cert_pem: bytes
+    key_pem: bytes
     spki_sha256: bytes
 
     def __repr__(self) -> str:
         return f"TlsIdentity(spki_sha256={self.spki_sha256.hex()}, key=[redacted])"
+
+    @contextmanager
+    def files(self) -> Iterator[tuple[str, str]]:
+        """(certificate path, key path) of in-memory files, gone when the block ends."""
+        fds = []
+        try:
+            for name, data in (("cloister-tls-cert", self.cert_pem),
+                               ("cloister-tls-key", self.key_pem)):
+                fd = os.memfd_create(name, os.MFD_CLOEXEC)
+                fds.append(fd)
+                os.write(fd, data)
+            yield f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}"
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 def make_tls_identity(hosts: list[str]) -> TlsIdentity:
@@ -52,13 +69,7 @@ def make_tls_identity(hosts: list[str]) -> TlsIdentity:
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    folder = Path(tempfile.mkdtemp(prefix="cloister-tls-"))
-    os.chmod(folder, 0o700)
-    keyfile, certfile = folder / "key.pem", folder / "cert.pem"
-    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM,
-                                   serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return TlsIdentity(certfile, keyfile, spki_sha256(cert))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return TlsIdentity(cert.public_bytes(serialization.Encoding.PEM), key_pem,
+                       spki_sha256(cert))

@@ -59,6 +59,9 @@ def add_parsers(sub: Any) -> None:
     attest.add_argument("--write-cert", type=Path, default=None,
                         help="for an https:// gateway: check that the certificate it presents "
                              "is the attested one and write it here, for pinning")
+    from proxy import admin_cli
+
+    admin_cli.add_parser(sub, _add_trust_arguments)
 
 
 def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +87,11 @@ def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "admin":
+        from proxy import admin_cli
+
+        trust = _trust(args) if args.resource != "keygen" else None
+        return admin_cli.run(args, trust, _statement_log(args) if trust else None)
     return run_proxy(args) if args.command == "proxy" else run_attest(args)
 
 

@@ -52,6 +52,7 @@ class RunningGateway:
         self.state_dir = Path()
         self.serve_args: list[str] = []
         self.release_key: Path | None = None  # the operator's public key, if it signed
+        self.admin_key: Path | None = None  # the operator's admin private key, if pinned
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -152,12 +153,17 @@ def sign_release(serve_args: list[str], folder: Path, *, version: int = 1) -> tu
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     folder = tmp_path_factory.mktemp("gateway")
     started = time.monotonic()
-    args = [*listener_args(), "--insecure-plaintext", "--attestation", "simulated"]
+    admin_key = folder / "admin.key"
+    made = cloister("admin", "keygen", "--out", str(admin_key))
+    assert made.returncode == 0, made.stderr
+    args = [*listener_args(), "--insecure-plaintext", "--attestation", "simulated",
+            "--admin-public-key", f"{admin_key}.pub"]
     engine_args = ["--", "--enable-prompt-tokens-details"]  # usage shows cached tokens
     statement, public_key = sign_release([*args, *engine_args], folder)
     running = start_gateway(*args, "--reference-values", str(statement), *engine_args,
                             log_path=folder / "gateway.log", state_dir=folder / "state")
     running.release_key = public_key
+    running.admin_key = admin_key
     print(f"\nreal gateway ready in {time.monotonic() - started:.1f}s at {running.url}")
     yield running
     stop_gateway(running)

@@ -11,10 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from enclave.errors import DecryptError
 from enclave.sealed_state import DataKey
 from gateway.app import create_app
-from gateway.platform_store import PlatformStore
+from gateway.platform_store import PlatformStore, StateInvalid
 from gateway.settings import Settings
 from tests.asgi import call_until_hang_up, http_scope
 from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, DeterministicTestEngine
@@ -26,17 +25,28 @@ CANARY = "CANARY-platform-3f9a"
 @pytest.fixture
 def store_factory(tmp_path: Path):
     def make() -> PlatformStore:
-        return PlatformStore(f"sqlite:///{tmp_path / 'cloister.db'}",
+        return PlatformStore(f"sqlite:///{tmp_path / 'platform.db'}",
                              DataKey.from_key_file(tmp_path / "data-key"))
     return make
 
 
+def new_key(store: PlatformStore, name: str, *, account: str = "acme",
+            budget_tokens: int | None = None):
+    """(secret, record) of a new key of the account named `account` (made if new)."""
+    found = [a.id for a in store.list_accounts() if a.name == account]
+    account_id = found[0] if found else store.create_account(account).id
+    return store.create_api_key(account_id, name, budget_tokens=budget_tokens)
+
+
 @contextlib.asynccontextmanager
-async def platform(store: PlatformStore, engine: DeterministicTestEngine, scheme="https"):
-    app = create_app(Settings(), engine.running, platform_store=store)
+async def platform(store: PlatformStore, engine: DeterministicTestEngine, scheme="https",
+                   **settings):
+    """A client of the TLS listener's app (https) or of the public one (http)."""
+    app = create_app(Settings(**settings), engine.running, platform_store=store)
     async with app.router.lifespan_context(app):
         await start(app)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+        served = app.state.tls_app if scheme == "https" else app
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=served),
                                      base_url=f"{scheme}://gw") as client:
             yield client
 
@@ -47,15 +57,19 @@ def _auth(key: str) -> dict[str, str]:
 
 async def test_routes_exist_only_on_the_tls_listener(store_factory) -> None:
     store = store_factory()
-    key, _ = store.create_api_key("k")
+    key, _ = new_key(store, "k")
     async with platform(store, DeterministicTestEngine(), scheme="http") as client:
         r = await client.get("/api/v1/models", headers=_auth(key))
+        # a proxy header does not make the public listener the TLS one
+        forged = await client.get("/api/v1/models", headers={
+            **_auth(key), "x-forwarded-proto": "https"})
     assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    assert forged.status_code == 404
 
 
 async def test_openai_routes_with_a_valid_key_record_usage(store_factory) -> None:
     store = store_factory()
-    key, record = store.create_api_key("team", budget_tokens=1000)
+    key, record = new_key(store, "team", budget_tokens=1000)
     assert key.startswith("clst_") and len(key) > 40
     async with platform(store, DeterministicTestEngine()) as client:
         chat = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "a b"}],
@@ -85,26 +99,28 @@ async def test_missing_unknown_or_malformed_keys_get_401(store_factory, header) 
     assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_api_key")
 
 
-async def test_revoked_key_and_exhausted_budget(store_factory) -> None:
+async def test_revoked_key_and_a_budget_that_does_not_cover_the_request(store_factory) -> None:
     store = store_factory()
-    revoked, record = store.create_api_key("old")
+    revoked, record = new_key(store, "old")
     store.revoke_api_key(record.id)
-    small, _ = store.create_api_key("small", budget_tokens=4)
+    small, _ = new_key(store, "small", budget_tokens=40)
     chat = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "a b"}],
             "max_tokens": 3}
-    async with platform(store, DeterministicTestEngine()) as client:
+    engine = DeterministicTestEngine()
+    async with platform(store, engine) as client:
         r = await client.post("/api/v1/chat/completions", json=chat, headers=_auth(revoked))
         assert r.status_code == 401
-        assert (await client.post("/api/v1/chat/completions", json=chat,
-                                  headers=_auth(small))).status_code == 200
         r = await client.post("/api/v1/chat/completions", json=chat, headers=_auth(small))
+    # its maximum cost (the prompt's bytes, the template, max_tokens) is over 40 tokens
     assert (r.status_code, r.json()["error"]["code"]) == (402, "budget_exhausted")
+    assert engine.seen_bodies == []
 
 
 async def test_chatbot_remembers_the_conversation_and_seals_it(store_factory, tmp_path) -> None:
     store = store_factory()
-    key, _ = store.create_api_key("bots")
-    bot = store.create_chatbot("Support", CHAT_MODEL, f"system says {CANARY}", "helps")
+    key, record = new_key(store, "bots")
+    bot = store.create_chatbot(record.account_id, "Support", CHAT_MODEL,
+                               f"system says {CANARY}", "helps")
     engine = DeterministicTestEngine()
     async with platform(store, engine) as client:
         listed = (await client.get("/api/v1/chatbot/list", headers=_auth(key))).json()
@@ -126,15 +142,15 @@ async def test_chatbot_remembers_the_conversation_and_seals_it(store_factory, tm
                                        {"role": "user", "content": "hi"}]},
                                    headers=_auth(key))
         assert compat.status_code == 200 and engine.seen_bodies[-1]["model"] == CHAT_MODEL
-    raw = (tmp_path / "cloister.db").read_bytes()
+    raw = (tmp_path / "platform.db").read_bytes()
     assert CANARY.encode() not in raw and b"first" not in raw
 
 
 async def test_unknown_chatbot_and_conversation_and_bad_bodies(store_factory) -> None:
     store = store_factory()
-    key, _ = store.create_api_key("k")
-    other_key, _ = store.create_api_key("other")
-    bot = store.create_chatbot("b", CHAT_MODEL, "p")
+    key, record = new_key(store, "k")
+    other_key, _ = new_key(store, "other", account="globex")
+    bot = store.create_chatbot(record.account_id, "b", CHAT_MODEL, "p")
     async with platform(store, DeterministicTestEngine()) as client:
         r = await client.post("/api/v1/chatbot/external/nope/chat", json={"message": "x"},
                               headers=_auth(key))
@@ -146,7 +162,7 @@ async def test_unknown_chatbot_and_conversation_and_bad_bodies(store_factory) ->
         mine = (await client.post(url, json={"message": "x"}, headers=_auth(key))).json()
         r = await client.post(url, json={"message": "y", "conversation_id":
                                          mine["conversation_id"]}, headers=_auth(other_key))
-        assert r.status_code == 404  # another key's conversation is not yours
+        assert r.status_code == 404  # another account's chatbot is not yours
         for bad in (b"{", b"[]", json.dumps({"message": ""}).encode()):
             r = await client.post(url, content=bad, headers=_auth(key))
             assert r.status_code == 400
@@ -154,28 +170,30 @@ async def test_unknown_chatbot_and_conversation_and_bad_bodies(store_factory) ->
 
 async def test_restart_with_the_same_data_key_loses_nothing(store_factory) -> None:
     store = store_factory()
-    key, record = store.create_api_key("persist", budget_tokens=50)
-    bot = store.create_chatbot("b", CHAT_MODEL, f"prompt {CANARY}")
+    key, record = new_key(store, "persist", budget_tokens=5000)
+    bot = store.create_chatbot(record.account_id, "b", CHAT_MODEL, f"prompt {CANARY}")
     async with platform(store, DeterministicTestEngine()) as client:
         first = (await client.post(f"/api/v1/chatbot/external/{bot.id}/chat",
                                    json={"message": "remember me"}, headers=_auth(key))).json()
     store.close()
     again = store_factory()  # a new process: same database, same key file
     assert again.authenticate(key) is not None
-    assert again.get_chatbot(bot.id).system_prompt == f"prompt {CANARY}"
+    assert again.get_chatbot(bot.id, account_id=record.account_id).system_prompt == (
+        f"prompt {CANARY}")
     history = again.conversation_history(first["conversation_id"], chatbot_id=bot.id,
-                                         api_key_id=record.id)
+                                         account_id=record.account_id)
     assert history and history[0] == {"role": "user", "content": "remember me"}
     assert again.get_api_key(record.id).used_tokens > 0
 
 
 def test_another_data_key_cannot_open_sealed_rows(store_factory, tmp_path) -> None:
     store = store_factory()
-    bot = store.create_chatbot("b", CHAT_MODEL, "secret prompt")
+    account = store.create_account("acme")
+    bot = store.create_chatbot(account.id, "b", CHAT_MODEL, "secret prompt")
     store.close()
-    stranger = PlatformStore(f"sqlite:///{tmp_path / 'cloister.db'}", DataKey(os.urandom(32)))
-    with pytest.raises(DecryptError):
-        stranger.get_chatbot(bot.id)
+    stranger = PlatformStore(f"sqlite:///{tmp_path / 'platform.db'}", DataKey(os.urandom(32)))
+    with pytest.raises(StateInvalid):
+        stranger.get_chatbot(bot.id, account_id=account.id)
     assert "[redacted]" in repr(DataKey(os.urandom(32)))
 
 
@@ -183,7 +201,7 @@ async def test_a_client_that_hangs_up_mid_stream_is_still_metered(store_factory)
     """Metering happens on every path: a stream cut by its client records what the engine
     generated until then (attack: hang up before the usage event to use tokens for free)."""
     store = store_factory()
-    key, record = store.create_api_key("leaver", budget_tokens=10_000)
+    key, record = new_key(store, "leaver", budget_tokens=10_000)
     engine = DeterministicTestEngine()
     app = create_app(Settings(), engine.running, platform_store=store)
     body = json.dumps({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "a b"}],
@@ -194,9 +212,9 @@ async def test_a_client_that_hangs_up_mid_stream_is_still_metered(store_factory)
     engine.pause_after = 5  # the engine waits (for the test) after five tokens
     async with app.router.lifespan_context(app):
         await start(app)
-        await call_until_hang_up(app, scope, body, hang_up_after=lambda m: (
+        await call_until_hang_up(app.state.tls_app, scope, body, hang_up_after=lambda m: (
             m["type"] == "http.response.body" and engine.paused.is_set()))
     assert engine.aborted == 1
     used = store.get_api_key(record.id)
-    assert used.requests == 1
+    assert used.requests == 1 and used.reserved_tokens == 0  # settled
     assert used.used_tokens == 2 + 5  # the prompt and the five tokens generated
