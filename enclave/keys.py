@@ -1,7 +1,10 @@
 """Key custody: the enclave's HPKE X25519 key pairs, one per epoch, rotated with overlap.
 
 Keys are generated inside the gateway process at start and never leave it (DESIGN
-section 5). The current key serves new requests; after a rotation the previous key is
+section 5); in a fleet (`derive`), each epoch's key comes from the fleet seed instead, and
+epochs follow the wall clock (epoch = floor(time / rotation)), so every replica holds the
+same key at the same time and honours the next one a little early (clock skew). The
+current key serves new requests; after a rotation the previous key is
 still accepted for a grace window so that in-flight clients finish, and then forgotten.
 A private key never appears in a repr, a log line, an exception or a metric.
 """
@@ -24,6 +27,8 @@ from enclave.ohttp.suites import hpke_suite
 # Defaults: a new key a day, the old one honoured for an hour after.
 DEFAULT_ROTATION_SECONDS = 24 * 3600.0
 DEFAULT_GRACE_SECONDS = 3600.0
+# How far apart replicas' clocks may be at an epoch boundary.
+FLEET_CLOCK_SKEW = 120.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -74,6 +79,7 @@ class KeyRing:
         clock: Callable[[], float] = time.time,
         on_rotate: Callable[[HpkeKeyPair], None] | None = None,
         initial_key: HpkeKeyPair | None = None,
+        derive: Callable[[int], bytes] | None = None,
     ) -> None:
         if grace_seconds > rotation_seconds:
             raise ValueError("the grace window must not outlast the rotation period")
@@ -82,9 +88,20 @@ class KeyRing:
         self._clock = clock
         self._on_rotate = on_rotate
         self._lock = threading.Lock()
+        self._derive = derive
         self.epoch = 0
-        self._current = initial_key or HpkeKeyPair.generate(0, now=clock())
         self._previous: HpkeKeyPair | None = None
+        if derive is not None:
+            self.epoch = int(clock() // rotation_seconds)
+            self._current = self._derived(self.epoch)
+            self._previous = self._derived(self.epoch - 1)
+        else:
+            self._current = initial_key or HpkeKeyPair.generate(0, now=clock())
+
+    def _derived(self, epoch: int) -> HpkeKeyPair:
+        assert self._derive is not None
+        return HpkeKeyPair.generate(epoch % 256, now=epoch * self._rotation,
+                                    private_bytes=self._derive(epoch))
 
     def __repr__(self) -> str:
         return f"KeyRing(epoch={self.epoch}, key_id={self._current.key_id})"
@@ -114,6 +131,9 @@ class KeyRing:
         in_grace = self._clock() < self._current.created_at + self._grace
         if prev is not None and key_id == prev.key_id and in_grace:
             return prev
+        if self._derive is not None and key_id == (self.epoch + 1) % 256 and \
+                self._clock() > self.expires_at() - FLEET_CLOCK_SKEW:
+            return self._derived(self.epoch + 1)  # a replica whose clock is ahead
         return None
 
     def honoured_keys(self) -> list[HpkeKeyPair]:
@@ -136,9 +156,14 @@ class KeyRing:
     def rotate(self, *, now: float | None = None) -> bool:
         with self._lock:
             now = self._clock() if now is None else now
-            self.epoch += 1
-            self._previous = self._current
-            self._current = HpkeKeyPair.generate(self.epoch % 256, now=now)
+            if self._derive is not None:  # the epoch the clock says (the fleet's)
+                epoch = max(self.epoch + 1, int(now // self._rotation))
+                self._previous, self._current = self._derived(epoch - 1), self._derived(epoch)
+                self.epoch = epoch
+            else:
+                self.epoch += 1
+                self._previous = self._current
+                self._current = HpkeKeyPair.generate(self.epoch % 256, now=now)
             rotated = self._current
         if self._on_rotate is not None:
             self._on_rotate(rotated)

@@ -44,6 +44,8 @@ class ErrorCode(enum.StrEnum):
     STATE_INVALID = "stored_state_invalid"
     STATE_ROLLED_BACK = "stored_state_rolled_back"
     ADMIN_UNAUTHORIZED = "invalid_admin_signature"
+    UNKNOWN_CHALLENGE = "unknown_challenge"
+    JOIN_REFUSED = "join_refused"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -77,6 +79,8 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.STATE_INVALID: (500, "server_error"),
     ErrorCode.STATE_ROLLED_BACK: (500, "server_error"),
     ErrorCode.ADMIN_UNAUTHORIZED: (401, "authentication_error"),
+    ErrorCode.UNKNOWN_CHALLENGE: (400, "invalid_request_error"),
+    ErrorCode.JOIN_REFUSED: (403, "permission_error"),
 }
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
+from nacl.signing import SigningKey
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -23,10 +25,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+import enclave.continuum.pq as pq
 from enclave import atoma, continuum, ehbp
 from enclave.dialect import OuterRequest, OuterResponse, ServerDialect
 from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS
 from enclave.errors import RequestRefused
+from enclave.fleet import FleetSecrets
 from enclave.keys import KeyRing
 from enclave.ohttp.dialect import PATH as OHTTP_PATH
 from enclave.ohttp.dialect import OhttpServer
@@ -58,10 +62,17 @@ class Dialects:
     plaintext: ServerDialect
 
     @classmethod
-    def create(cls, keyring: KeyRing, settings: Settings) -> Dialects:
+    def create(cls, keyring: KeyRing, settings: Settings,
+               fleet: FleetSecrets | None = None) -> Dialects:
+        """Keys made here, or (in a fleet) derived from the fleet's seed."""
+        signer, hybrid = atoma.NodeSigner(), None
+        if fleet is not None:
+            signer = atoma.NodeSigner(SigningKey(fleet.derive("atoma-signing-ed25519")))
+            hybrid = pq.HybridKey(mlkem_seed=fleet.derive("continuum-mlkem768", 64),
+                                  x25519_private=fleet.derive("continuum-x25519"))
         return cls(OhttpServer(keyring), ehbp.EhbpServer(keyring),
-                   atoma.AtomaServer(keyring, atoma.NodeSigner()),
-                   continuum.ContinuumServer(keyring, continuum.SecretStore()),
+                   atoma.AtomaServer(keyring, signer),
+                   continuum.ContinuumServer(keyring, continuum.SecretStore(), hybrid),
                    plaintext_dialect(insecure_plaintext=settings.insecure_plaintext))
 
     def all(self) -> tuple[ServerDialect, ...]:
@@ -160,6 +171,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     replay_cache: ReplayCache | None = None,
     admin: AdminApi | None = None,
+    fleet: FleetSecrets | None = None,
 ) -> Starlette:
     """Build the gateway. The engine starts in the lifespan, in the background.
 
@@ -172,8 +184,9 @@ def create_app(
     # been read; the engine's processes are spawned and never see them.
     keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
                       grace_seconds=settings.key_grace_seconds,
-                      on_rotate=lambda _key: gateway_metrics.key_rotations.inc(), clock=clock)
-    dialects = Dialects.create(keyring, settings)
+                      on_rotate=lambda _key: gateway_metrics.key_rotations.inc(), clock=clock,
+                      derive=fleet.hpke_key if fleet is not None else None)
+    dialects = Dialects.create(keyring, settings, fleet)
     services = Services(
         slot=slot, metrics=gateway_metrics, max_body_bytes=settings.max_body_bytes,
         body_timeout=settings.body_timeout_seconds, opens=asyncio.Semaphore(
@@ -183,6 +196,7 @@ def create_app(
                                    max_engine_queue=settings.max_engine_queue),
         padding=settings.padding, stream_interval=settings.stream_interval_ms / 1000,
         max_tokens=settings.max_tokens,
+        cache_salt_key=fleet.derive("cache-salt") if fleet is not None else os.urandom(32),
         constant_rate=settings.constant_rate,
         replay=ReplayGuard(
             replay_cache if replay_cache is not None

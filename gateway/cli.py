@@ -112,6 +112,12 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="the operator's Ed25519 admin key (`cloister admin keygen`): "
                             "signed admin requests on the TLS listener; pinned in the "
                             "workload manifest")
+    serve.add_argument("--join", action="append", default=[], metavar="URL",
+                       help="a fleet replica: obtain the fleet's seed from this attested "
+                            "keyholder (repeatable) and derive every key from it")
+    serve.add_argument("--release-key", type=Path, action="append", default=[],
+                       help="with --join: the keys the --reference-values statements are "
+                            "signed with (they must name the keyholder's workload)")
     serve.add_argument("--forwarded-allow-ips", default=None,
                        help="trust X-Forwarded-* headers only from these addresses (a "
                             "front the operator runs); off by default")
@@ -189,6 +195,9 @@ def _parser() -> argparse.ArgumentParser:
                                "(base64), or a Confidential Containers init-data document")
     client_cli.add_parsers(sub)
     _add_release_parsers(sub)
+    from gateway import cli_keyholder
+
+    cli_keyholder.add_parser(sub)
 
     apikey = sub.add_parser("apikey", help="manage the platform API's keys")
     apikey_sub = apikey.add_subparsers(dest="action", required=True)
@@ -236,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway import cli_release
 
         return cli_release.run(args)
+    if args.command == "keyholder":
+        from gateway import cli_keyholder
+
+        return cli_keyholder.run(args)
     if args.command in ("proxy", "attest", "admin"):
         return client_cli.run(args)
     if args.command == "demo-model":

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from gateway.settings import Settings
 if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when used
     from attestation.providers import Sources
     from attestation.types import CpuProvider
+    from enclave.fleet import FleetSecrets
     from gateway.attestation_routes import Attested
     from gateway.launch import Launch
     from gateway.platform_store import PlatformStore
@@ -89,7 +91,7 @@ def _simulated_statement(args: argparse.Namespace, launch: Launch,
 def _same_workload(args: argparse.Namespace, defaults: argparse.Namespace) -> bool:
     """Whether `args` ask for the default workload (listeners and folders aside)."""
     ignored = {"host", "port", "tls_port", "state_dir", "shutdown_grace", "reference_values",
-               "pccs_url", "amd_kds_url", "metrics_host"}
+               "pccs_url", "amd_kds_url", "metrics_host", "join", "release_key"}
     return all(getattr(args, k) == v for k, v in vars(defaults).items() if k not in ignored)
 
 
@@ -174,12 +176,18 @@ def launch_pin_text(kind: str, digest: bytes) -> str:
     return base64.b64encode(launch_value(digest, platform)).decode() + "\n"
 
 
-def _platform_store(args: argparse.Namespace) -> PlatformStore:
+def _platform_store(args: argparse.Namespace, fleet: FleetSecrets | None = None
+                    ) -> PlatformStore:
+    """The platform's store, sealed with the fleet's data key when the gateway is a
+    fleet replica (every replica reads what any other wrote)."""
     from enclave.sealed_state import SEV_GUEST, DataKey
     from gateway.platform_store import PlatformStore
 
     state = _state_dir(args)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if fleet is not None:
+        return PlatformStore(args.database or f"sqlite:///{state / 'platform-v2.db'}",
+                             DataKey(fleet.derive("data-key")))
     choice = args.data_key
     if choice == "auto":
         choice = "snp" if os.path.exists(SEV_GUEST) else f"file:{state / 'data-key'}"
@@ -303,6 +311,21 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
         failed = True
         server.should_exit = True
 
+    fleet = None
+    if args.join:
+        from enclave.fleet import FleetSecrets
+        from gateway.cli_keyholder import fleet_trust
+        from gateway.join import JoinRefused, obtain_seed
+
+        roots, policy = fleet_trust(args, _state_dir(args))
+        started = time.monotonic()
+        try:
+            fleet = FleetSecrets(asyncio.run(obtain_seed(args.join, attested, roots=roots,
+                                                         policy=policy)))
+        except JoinRefused as exc:
+            print(f"cloister serve: {exc}", file=sys.stderr)
+            return 2
+        log.info("joined_fleet", duration_ms=round((time.monotonic() - started) * 1000, 1))
     tls = None
     store = None
     if args.tls:
@@ -315,17 +338,24 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
                   "--data-key file:PATH (on a measured, encrypted disk)", file=sys.stderr)
             return 2
 
-        tls = make_tls_identity(args.tls_host or [args.host, "localhost"])
-        store = _platform_store(args)
+        tls = make_tls_identity(args.tls_host or [args.host, "localhost"],
+                                fleet_secret=fleet.derive("tls-p256") if fleet else None)
+        store = _platform_store(args, fleet)
     admin = None
     if store is not None and args.admin_public_key is not None:
         from gateway.admin import AdminApi
 
         admin = AdminApi(store, _admin_key(args.admin_public_key))
+    replay_cache = None
+    if fleet is not None and args.database is not None:
+        from gateway.replay_store import SqlReplayCache
+
+        replay_cache = SqlReplayCache(args.database)  # shared by the fleet's replicas
     app = create_app(settings, lambda: open_vllm_engine(launch.generate, launch.embed),
                      on_engine_failure=on_engine_failure,
                      attestation=attested, platform_store=store, admin=admin,
-                     tls_spki_sha256=tls.spki_sha256 if tls is not None else None)
+                     tls_spki_sha256=tls.spki_sha256 if tls is not None else None,
+                     fleet=fleet, replay_cache=replay_cache)
     # Proxy headers (X-Forwarded-For/-Proto) only from a front the operator names.
     forwarded = {"proxy_headers": args.forwarded_allow_ips is not None,
                  "forwarded_allow_ips": args.forwarded_allow_ips}

@@ -102,6 +102,7 @@ def security_settings(args: argparse.Namespace) -> dict[str, Any]:
         "replay_cache_entries": args.replay_cache_entries,
         "admin_key_sha256": _admin_key_id(args.admin_public_key),
         "forwarded_allow_ips": args.forwarded_allow_ips,
+        "fleet_member": bool(args.join),
     }
 
 

@@ -199,9 +199,8 @@ _KEY_FIELDS = ("id", "account_id", "name", "lookup", "created_at", "revoked_at",
 
 class PlatformStore:
     def __init__(self, url: str, data_key: DataKey) -> None:
-        # Several replicas on one database: each transaction reads one snapshot.
-        options = {} if url.startswith("sqlite") else {"isolation_level": "REPEATABLE READ"}
-        self._engine = sa.create_engine(url, future=True, **options)
+        self._engine = _engine(url)
+        self._sqlite = url.startswith("sqlite")
         self._key = data_key
         self._writing = threading.Lock()  # one transaction at a time per process
         self._seen: dict[str, int] = {}  # account id -> highest committed version seen
@@ -287,6 +286,8 @@ class PlatformStore:
         """A consistent view for reading: an account and its keys are checked together,
         so no write may land between the two reads (a false alarm otherwise)."""
         with self._writing, self._engine.connect() as db:
+            if not self._sqlite:  # one snapshot for the whole read (other replicas write)
+                db = db.execution_options(isolation_level="REPEATABLE READ")
             yield db
 
     @contextmanager
@@ -358,13 +359,15 @@ class PlatformStore:
         return [self._key_row(r) for r in rows]
 
     def _update_key(self, key_id: str, change: Any) -> ApiKey | None:
-        """Apply `change(fields) -> fields | None` to a key in one transaction."""
+        """Apply `change(fields) -> fields | None` to a key in one transaction. Locks go
+        account first, then its keys, in every transaction (no deadlock between them)."""
         with self._transaction() as db:
-            row = db.execute(sa.select(api_keys).where(api_keys.c.id == key_id)
-                             .with_for_update()).first()
+            row = db.execute(sa.select(api_keys.c.account_id).where(
+                api_keys.c.id == key_id)).first()
             if row is None:
                 return None
             account = self._verified_account(db, row.account_id, lock=True)
+            row = db.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
             fields = change(self._key_fields(row))
             if fields is None:
                 return None
@@ -531,6 +534,22 @@ class PlatformStore:
             db.execute(conversations.update().where(conversations.c.id == conversation_id)
                        .values(message_count=count, mac=self._mac("conversations", fields)))
         return conversation_id
+
+
+def _engine(url: str) -> sa.Engine:
+    """SQLite: every transaction takes the write lock at its start (BEGIN IMMEDIATE), so
+    processes sharing the file never interleave a read-modify-write. Others: READ
+    COMMITTED with row locks (`FOR UPDATE`) for writes, REPEATABLE READ for reads."""
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, future=True)
+    engine = sa.create_engine(url, future=True, connect_args={"isolation_level": None,
+                                                              "timeout": 30})
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
 
 
 def _message_purpose(conversation_id: str, position: int, role: str) -> str:

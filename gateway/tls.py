@@ -53,22 +53,34 @@ class TlsIdentity:
                 os.close(fd)
 
 
-def make_tls_identity(hosts: list[str]) -> TlsIdentity:
-    key = ec.generate_private_key(ec.SECP256R1())
+def make_tls_identity(hosts: list[str], *, fleet_secret: bytes | None = None) -> TlsIdentity:
+    """A new key and certificate; or, in a fleet, the fleet's (`fleet_secret`): the same
+    key and, byte for byte, the same certificate on every replica (deterministic ECDSA,
+    a serial and validity derived from the secret and the day), so a client pins one."""
+    if fleet_secret is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        serial = x509.random_serial_number()
+    else:
+        order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 n
+        key = ec.derive_private_key(int.from_bytes(fleet_secret, "big") % (order - 1) + 1,
+                                    ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) \
+            - dt.timedelta(days=1)
+        serial = int.from_bytes(fleet_secret[:16], "big") >> 1 or 1
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloister attested TLS")])
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .public_key(key.public_key()).serial_number(serial)
             .not_valid_before(now).not_valid_after(now + VALIDITY)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+            .sign(key, hashes.SHA256(), ecdsa_deterministic=fleet_secret is not None))
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return TlsIdentity(cert.public_bytes(serialization.Encoding.PEM), key_pem,

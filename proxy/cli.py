@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "admin":
         from proxy import admin_cli
 
+        configure_logging("warning")  # stdout carries the answer's JSON; logs go to stderr
         trust = _trust(args) if args.resource != "keygen" else None
         return admin_cli.run(args, trust, _statement_log(args) if trust else None)
     return run_proxy(args) if args.command == "proxy" else run_attest(args)

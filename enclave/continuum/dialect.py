@@ -103,9 +103,10 @@ class ContinuumServer:
     name = NAME
     end_authenticated = True
 
-    def __init__(self, keyring: KeyRing, secrets: SecretStore) -> None:
+    def __init__(self, keyring: KeyRing, secrets: SecretStore,
+                 hybrid: pq.HybridKey | None = None) -> None:
         self._keyring, self.secrets = keyring, secrets
-        self._hybrid = pq.HybridKey()
+        self._hybrid = hybrid or pq.HybridKey()
 
     def accepts(self, request: OuterRequest) -> bool:
         field = PROMPT_FIELDS.get(request.path)

@@ -30,9 +30,13 @@ _SUITE = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AE
 class HybridKey:
     """The gateway's hybrid private key (made in the enclave, never exported)."""
 
-    def __init__(self) -> None:
-        self._mlkem = mlkem.MLKEM768PrivateKey.generate()
-        self._x25519 = x25519.X25519PrivateKey.generate()
+    def __init__(self, *, mlkem_seed: bytes | None = None,
+                 x25519_private: bytes | None = None) -> None:
+        """Random, or from a fleet's secrets (a 64-byte ML-KEM seed, 32 X25519 bytes)."""
+        self._mlkem = (mlkem.MLKEM768PrivateKey.from_seed_bytes(mlkem_seed)
+                       if mlkem_seed is not None else mlkem.MLKEM768PrivateKey.generate())
+        self._x25519 = (x25519.X25519PrivateKey.from_private_bytes(x25519_private)
+                        if x25519_private is not None else x25519.X25519PrivateKey.generate())
         self._key = hpke.MLKEM768X25519PrivateKey(self._mlkem, self._x25519)
         self.public_bytes = (
             self._mlkem.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

@@ -32,6 +32,21 @@ def test_every_manifest_validates_against_the_kubernetes_schema(manifests) -> No
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
 
 
+def test_the_keyholder_is_its_own_replicated_workload_the_gateways_join(manifests) -> None:
+    keyholder = [d for d in yaml.safe_load_all((DEPLOY / "k8s/keyholder.yaml").read_text())
+                 if d]
+    for manifest in keyholder:
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    stateful = next(m for m in keyholder if m["kind"] == "StatefulSet")
+    assert stateful["spec"]["replicas"] >= 2
+    assert stateful["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    args = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"][
+        "spec"]["containers"][0]["args"]
+    joins = [args[i + 1] for i, a in enumerate(args) if a == "--join"]
+    assert len(joins) == stateful["spec"]["replicas"]
+    assert all(j.startswith("http://cloister-keyholder-") for j in joins)
+
+
 def test_a_broken_manifest_is_caught_by_the_validator(manifests) -> None:
     deployment = next(m for m in manifests if m["kind"] == "Deployment")
     broken = json.loads(json.dumps(deployment))

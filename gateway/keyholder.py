@@ -1,0 +1,128 @@
+"""`cloister keyholder`: holds a fleet's root seed in its TEE and releases it to replicas
+that prove they run an accepted workload (the protocol in `enclave.key_release`).
+
+    GET  /health
+    GET  /v1/attestation/report?nonce=  its own evidence, binding its signing key
+                                        (`keyholder-signing-ed25519`) and its workload
+    POST /v1/keyholder/challenge        {"challenge": hex}: single use, 60 s
+    POST /v1/keyholder/release          {"challenge", "evidence"} -> {"sealed_seed",
+                                        "signature"} (base64), or 403 join_refused with
+                                        the verifier's reason
+
+The replica's evidence is verified with Cloister's own verifier against the same signed
+reference values clients use: hardware, collateral, binding (the challenge is the nonce),
+launch pinning and an accepted workload digest. The seed is made inside the keyholder at
+first start, or obtained from another keyholder by the same protocol (`--join`), and
+never leaves a TEE in the clear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from attestation.errors import VerificationError
+from attestation.verify import Policy, TrustRoots, verify_evidence
+from enclave import key_release
+from enclave.keys import KeyRing
+from enclave.wire_errors import ErrorCode
+from gateway import attestation_routes
+from gateway.attestation_routes import Attested, ReportService
+from gateway.body import parse_json_object, read_body
+from gateway.errors import GatewayError, json_response
+from gateway.metrics import GatewayMetrics
+
+log = structlog.get_logger("cloister.keyholder")
+CHALLENGE_SECONDS = 60.0
+MAX_CHALLENGES = 10_000
+MAX_RELEASE_BODY = 1 << 20
+
+
+class Keyholder:
+    def __init__(self, seed: bytes, attested: Attested, *, roots: TrustRoots,
+                 policy: Policy, clock: Callable[[], float] = time.time) -> None:
+        self._seed, self._roots, self._policy, self._clock = seed, roots, policy, clock
+        self._signer = ed25519.Ed25519PrivateKey.generate()
+        public = self._signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self._challenges: dict[bytes, float] = {}
+        self.releases = 0
+        self.reports = ReportService(attested, KeyRing(),
+                                     lambda: {key_release.SIGNING_KEY: public})
+
+    def __repr__(self) -> str:
+        return "Keyholder(seed=[redacted])"
+
+    async def challenge(self, request: Request) -> Response:
+        now = self._clock()
+        self._challenges = {c: t for c, t in self._challenges.items() if t > now}
+        if len(self._challenges) >= MAX_CHALLENGES:
+            raise GatewayError(ErrorCode.OVERLOADED, "too many open challenges",
+                               headers={"Retry-After": "5"})
+        challenge = os.urandom(32)
+        self._challenges[challenge] = now + CHALLENGE_SECONDS
+        return json_response(200, {"challenge": challenge.hex(),
+                                   "expires_in": int(CHALLENGE_SECONDS)})
+
+    async def release(self, request: Request) -> Response:
+        body = parse_json_object(await read_body(request, MAX_RELEASE_BODY, timeout=30))
+        try:
+            challenge = bytes.fromhex(str(body["challenge"]))
+            evidence = json.dumps(body["evidence"]).encode()
+        except (KeyError, ValueError):
+            raise GatewayError(ErrorCode.INVALID_REQUEST, "a release needs `challenge` and "
+                               "`evidence`") from None
+        expires = self._challenges.pop(challenge, None)  # single use, whatever follows
+        if expires is None or expires < self._clock():
+            raise GatewayError(ErrorCode.UNKNOWN_CHALLENGE, "unknown, used or expired "
+                               "challenge: ask for a new one")
+        started = time.perf_counter()
+        try:
+            claims = await asyncio.to_thread(
+                verify_evidence, evidence, expected_nonce=challenge, roots=self._roots,
+                policy=self._policy, now=dt.datetime.fromtimestamp(self._clock(), dt.UTC))
+        except VerificationError as exc:
+            raise GatewayError(ErrorCode.JOIN_REFUSED, f"the replica's evidence: {exc}"
+                               ) from None
+        recipient = claims.keys.get(key_release.RECIPIENT_KEY)
+        if recipient is None or len(recipient) != 32:
+            raise GatewayError(ErrorCode.JOIN_REFUSED, "the evidence binds no recipient key")
+        sealed, signature = key_release.seal(self._seed, recipient, challenge, self._signer)
+        self.releases += 1
+        log.info("seed_released", detail=claims.workload.digest,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        return json_response(200, {"sealed_seed": base64.b64encode(sealed).decode(),
+                                   "signature": base64.b64encode(signature).decode(),
+                                   "workload": claims.workload.digest})
+
+    def app(self) -> Starlette:
+        async def health(request: Request) -> Response:
+            return json_response(200, {"status": "ok", "role": "keyholder"})
+
+        async def gateway_error(request: Request, exc: Exception) -> Response:
+            assert isinstance(exc, GatewayError)
+            return exc.response()
+
+        metrics = GatewayMetrics(lambda: None)
+        app = Starlette(routes=[
+            Route("/health", health, methods=["GET"]),
+            Route(attestation_routes.PATH,
+                  attestation_routes.report_endpoint(self.reports, metrics), methods=["GET"]),
+            Route("/v1/keyholder/challenge", self.challenge, methods=["POST"]),
+            Route("/v1/keyholder/release", self.release, methods=["POST"]),
+        ], exception_handlers={GatewayError: gateway_error})
+        app.state.keyholder = self
+        return app
+

@@ -1,0 +1,286 @@
+"""A fleet behind one address, for real: a keyholder, two gateway replicas with the real
+engine joining it, a real PostgreSQL they share, and a round-robin TCP balancer on
+loopback in front; `cloister proxy` and the OpenAI SDK, the admin CLI and the platform
+API through the balancer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.balancer import RoundRobinBalancer
+from tests.integration.conftest import (
+    ROOT,
+    STARTUP_TIMEOUT_S,
+    cloister,
+    free_port,
+)
+
+pytestmark = pytest.mark.engine
+MODEL = "cloister-demo"
+
+
+class Fleet:
+    def __init__(self, folder: Path, database: str) -> None:
+        self.folder, self.database = folder, database
+        self.state = folder / "state"
+        self.release_key = folder / "release.key"
+        self.admin_key = folder / "admin.key"
+        self.statement = folder / "statement.json"
+        self.keyholder_url = ""
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.replicas: list[dict[str, int]] = []
+        self.logs: list[Path] = []
+
+    def replica_args(self, ports: dict[str, int], *extra: str) -> list[str]:
+        return ["--port", str(ports["http"]), "--tls", "--tls-port", str(ports["tls"]),
+                "--tls-host", "127.0.0.1", "--metrics-port", str(ports["metrics"]),
+                "--attestation", "simulated", "--state-dir", str(self.state),
+                "--database", self.database, "--embedding-model", "none",
+                "--join", self.keyholder_url, "--release-key", f"{self.release_key}.pub",
+                "--reference-values", str(self.statement),
+                "--admin-public-key", f"{self.admin_key}.pub", *extra]
+
+    def spawn(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
+        log = self.folder / f"{name}.log"
+        self.logs.append(log)
+        env = {**os.environ, "CLOISTER_CACHE": str(ROOT / ".cache")}
+        process = subprocess.Popen([sys.executable, "-m", "gateway", *argv], cwd=ROOT,
+                                   env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def trust(self) -> list[str]:
+        return ["--release-key", f"{self.release_key}.pub",
+                "--simulated-roots", str(self.state / "simulated-roots.pem")]
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], log: Path,
+          timeout: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"not ready:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, postgres) -> Iterator[Fleet]:
+    folder = tmp_path_factory.mktemp("fleet")
+    fleet = Fleet(folder, postgres.create_database("fleet"))
+    for made in (cloister("release", "keygen", "--out", str(fleet.release_key)),
+                 cloister("admin", "keygen", "--out", str(fleet.admin_key))):
+        assert made.returncode == 0, made.stderr
+    keyholder_port = free_port()
+    fleet.keyholder_url = f"http://127.0.0.1:{keyholder_port}"
+    fleet.replicas = [{"http": free_port(), "tls": free_port(), "metrics": free_port()}
+                      for _ in range(2)]
+    gateway = cloister("workload", "--digest-only", *fleet.replica_args(fleet.replicas[0]))
+    keyholder = cloister("keyholder", "--attestation", "simulated", "--print-digest")
+    assert gateway.returncode == 0 and keyholder.returncode == 0, gateway.stderr
+    from attestation.simulated import simulated_measurement
+    from attestation.simulated_intel import MR_SEAM
+
+    values = folder / "VALUES.toml"
+    values.write_text(
+        f'version = 1\nvalid_days = 7\nworkloads = ["{gateway.stdout.strip()}", '
+        f'"{keyholder.stdout.strip()}"]\n[platforms.simulated-sev-snp]\n'
+        f'measurements = ["{simulated_measurement().hex()}"]\n[platforms.simulated-tdx]\n'
+        f'mrtd = ["{simulated_measurement().hex()}"]\nmrseam = ["{MR_SEAM.hex()}"]\n')
+    signed = cloister("release", "sign", "--key", str(fleet.release_key), "--values",
+                      str(values), "--out", str(fleet.statement))
+    assert signed.returncode == 0, signed.stderr
+    holder = fleet.spawn("keyholder", "keyholder", "--port", str(keyholder_port),
+                         "--attestation", "simulated", "--state-dir", str(fleet.state),
+                         "--reference-values", str(fleet.statement),
+                         "--release-key", f"{fleet.release_key}.pub")
+    _wait(f"{fleet.keyholder_url}/health", holder, fleet.logs[-1])
+    started = time.monotonic()
+    replicas = [fleet.spawn(f"replica{i}", "serve", *fleet.replica_args(ports))
+                for i, ports in enumerate(fleet.replicas)]
+    for process, ports, log in zip(replicas, fleet.replicas, fleet.logs[1:], strict=True):
+        _wait(f"http://127.0.0.1:{ports['http']}/ready", process, log)
+    print(f"\nfleet of two replicas ready {time.monotonic() - started:.1f}s after start")
+    yield fleet
+    for process in fleet.processes:
+        process.terminate()
+    for process in fleet.processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _balancer(fleet: Fleet, kind: str) -> RoundRobinBalancer:
+    return RoundRobinBalancer([("127.0.0.1", ports[kind]) for ports in fleet.replicas])
+
+
+def _served(fleet: Fleet, index: int) -> float:
+    """Inference requests a replica answered with 200 (any dialect)."""
+    text = httpx.get(f"http://127.0.0.1:{fleet.replicas[index]['metrics']}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("cloister_requests_total{") and 'status="200"' in line
+               and 'dialect="control"' not in line)
+
+
+def _served_all(fleet: Fleet) -> list[float]:
+    return [_served(fleet, i) for i in range(2)]
+
+
+@pytest.mark.parametrize("protocol", ["ohttp", "ehbp", "atoma"])
+def test_keys_fetched_from_one_replica_work_on_the_other(fleet, protocol) -> None:
+    """A new connection per request, so the balancer alternates: the report, the keys and
+    the requests each land on whichever replica is next."""
+    import asyncio
+
+    from proxy.attestor import Attestor
+    from proxy.dialects import make_client
+    from proxy.trust import load_trust
+
+    trust = load_trust(release_keys=[Path(f"{fleet.release_key}.pub")], policy=None,
+                       simulated_roots=fleet.state / "simulated-roots.pem")
+    before = _served_all(fleet)
+    with _balancer(fleet, "http") as lb:
+        url = f"http://127.0.0.1:{lb.port}"
+
+        def fresh() -> httpx.AsyncHTTPTransport:
+            return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
+
+        async def run() -> list[int]:
+            client = make_client(url, protocol, transport=fresh(),
+                                 attestation=Attestor(url, trust=trust, transport=fresh()))
+            body = json.dumps({"model": MODEL, "max_tokens": 2,
+                               "messages": [{"role": "user", "content": "hi"}]}).encode()
+            try:
+                return [(await client.request("POST", "/v1/chat/completions", body)).status
+                        for _ in range(4)]
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(run()) == [200] * 4
+    after = _served_all(fleet)
+    assert all(a > b for a, b in zip(after, before, strict=True))  # both replicas answered
+
+
+def test_the_proxy_and_the_sdk_work_through_a_balancer_over_the_fleet(fleet, tmp_path) -> None:
+    with _balancer(fleet, "http") as lb:
+        port = free_port()
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "proxy", "--gateway",
+             f"http://127.0.0.1:{lb.port}", "--port", str(port), "--state-dir",
+             str(tmp_path), *fleet.trust()], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT)
+        try:
+            _wait(f"http://127.0.0.1:{port}/v1/models", proxy, Path(os.devnull))
+            sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local")
+            for _ in range(3):
+                reply = sdk.chat.completions.create(
+                    model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+                assert reply.choices[0].message.content is not None
+        finally:
+            proxy.terminate()
+            proxy.wait(30)
+        assert all(count > 0 for count in lb.counts.values())  # report and keys: A and B
+
+
+def _admin(fleet: Fleet, url: str, *args: str) -> dict:
+    done = cloister("admin", "--gateway", url, "--key", str(fleet.admin_key),
+                    *fleet.trust(), *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_conversation_alternates_replicas_through_the_balancer(fleet, tmp_path) -> None:
+    with _balancer(fleet, "tls") as lb:
+        url = f"https://127.0.0.1:{lb.port}"
+        account = _admin(fleet, url, "accounts", "create", "acme")
+        key = _admin(fleet, url, "keys", "create", "--account", account["id"], "--name", "t",
+                     "--budget-tokens", "50000")["key"]
+        bot = _admin(fleet, url, "chatbots", "create", "--account", account["id"], "--name",
+                     "b", "--model", MODEL, "--system-prompt", "Be brief.")
+        cert = tmp_path / "fleet.pem"
+        attested = cloister("attest", "--gateway", url, *fleet.trust(), "--write-cert",
+                            str(cert))
+        assert attested.returncode == 0, attested.stderr
+        tls = ssl.create_default_context(cafile=str(cert))  # one certificate, every replica
+        conversation, replies = None, []
+        for turn in range(4):
+            with httpx.Client(verify=tls, timeout=120) as client:  # a new connection each
+                r = client.post(f"{url}/api/v1/chatbot/external/{bot['id']}/chat",
+                                headers={"authorization": f"Bearer {key}"},
+                                json={"message": f"turn {turn}",
+                                      **({"conversation_id": conversation}
+                                         if conversation else {})})
+            assert r.status_code == 200, r.text
+            conversation = r.json()["conversation_id"]
+            replies.append(r.json()["response"])
+        counts = list(lb.counts.values())
+    assert all(c > 0 for c in counts)  # the turns went to both replicas
+
+
+def test_a_request_replayed_to_the_other_replica_is_refused(fleet) -> None:
+    from proxy.attestor import Unverified
+    from proxy.dialects import make_client
+    from tests.integration.test_side_channels import Tap
+
+    a, b = (f"http://127.0.0.1:{ports['http']}" for ports in fleet.replicas)
+    tap = Tap()
+    client = make_client(a, "ehbp", attestation=Unverified(), transport=tap)
+    import asyncio
+
+    async def once() -> int:
+        body = json.dumps({"model": MODEL, "max_tokens": 2,
+                           "messages": [{"role": "user", "content": "x"}]}).encode()
+        try:
+            return (await client.request("POST", "/v1/chat/completions", body)).status
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(once()) == 200
+    captured = next(r for r in reversed(tap.sent) if r.method == "POST")
+    replayed = httpx.post(f"{b}{captured.url.path}", content=captured.content, timeout=60,
+                          headers={k: v for k, v in captured.headers.items()
+                                   if k not in ("content-length", "host")})
+    assert replayed.status_code == 409
+
+
+def test_a_replica_with_another_max_tokens_is_refused_the_seed(fleet) -> None:
+    ports = {"http": free_port(), "tls": free_port(), "metrics": free_port()}
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve",
+                           *fleet.replica_args(ports, "--max-tokens", "7")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CLOISTER_CACHE": str(ROOT / ".cache")})
+    assert done.returncode == 2
+    assert "join_refused" in done.stderr and "workload_not_allowed" in done.stderr
+
+
+def test_the_note_numbers(fleet) -> None:
+    """What a join costs: the replicas' `joined_fleet` and the keyholder's
+    `seed_released` durations (printed for the record)."""
+    keyholder = fleet.logs[0].read_text()
+    releases = [float(m) for m in re.findall(r'"duration_ms": ([0-9.]+)[^\n]*seed_released',
+                                             keyholder)
+                + re.findall(r'seed_released[^\n]*"duration_ms": ([0-9.]+)', keyholder)]
+    joins = [float(m) for log in fleet.logs[1:3] for m in re.findall(
+        r'joined_fleet[^\n]*"duration_ms": ([0-9.]+)|"duration_ms": ([0-9.]+)[^\n]*joined_fleet',
+        log.read_text()) for m in m if m]
+    assert releases and joins
+    print(f"\nkeyholder: {len(releases)} releases, {min(releases):.1f} to {max(releases):.1f} "
+          f"ms each; replicas joined in {', '.join(f'{j:.0f} ms' for j in joins)}")

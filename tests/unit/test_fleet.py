@@ -1,0 +1,236 @@
+"""A fleet behind one address, in process: a keyholder releases the seed only to attested
+replicas running an accepted workload, replicas holding the same seed answer each other's
+clients, share replay records and platform state."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+from itertools import cycle
+from pathlib import Path
+
+import httpx
+import pytest
+
+from attestation.errors import Reason
+from attestation.simulated import SimulatedPki
+from attestation.verify import Policy, TrustRoots
+from attestation.workload import workload_digest
+from enclave.fleet import FleetSecrets
+from enclave.sealed_state import DataKey
+from gateway.app import create_app
+from gateway.join import JoinRefused, obtain_seed
+from gateway.keyholder import Keyholder
+from gateway.platform_store import PlatformStore
+from gateway.replay_store import SqlReplayCache
+from gateway.settings import Settings
+from gateway.workload import build_manifest
+from tests.attested import TEST_WORKLOAD, accepting, simulated, workload
+from tests.clients import client_for
+from tests.doubles import CHAT_MODEL, DeterministicTestEngine
+from tests.unit.conftest import start
+from tests.unit.test_platform import new_key
+
+KEYHOLDER = build_manifest([], {"role": "keyholder", "attestation": "simulated",
+                                "joins_a_keyholder": False})
+SEED = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> SimulatedPki:
+    return SimulatedPki.load_or_create(tmp_path_factory.mktemp("pki"))
+
+
+def _policy(*manifests) -> Policy:
+    values = accepting()
+    return Policy((dataclasses.replace(values, workloads=frozenset(
+        workload_digest(m).hex() for m in manifests)),))
+
+
+def _keyholder(pki, policy: Policy) -> Keyholder:
+    return Keyholder(SEED, simulated(pki, KEYHOLDER),
+                     roots=TrustRoots().with_simulated(pki.roots_pem()), policy=policy)
+
+
+async def _join(pki, keyholder: Keyholder, manifest, policy: Policy) -> bytes:
+    transport = httpx.ASGITransport(app=keyholder.app())
+    return await obtain_seed(["http://keyholder"], simulated(pki, manifest),
+                             roots=TrustRoots().with_simulated(pki.roots_pem()), policy=policy,
+                             transport=transport)
+
+
+async def test_an_attested_replica_of_an_accepted_workload_gets_the_seed(pki) -> None:
+    policy = _policy(KEYHOLDER, TEST_WORKLOAD)
+    keyholder = _keyholder(pki, policy)
+    assert await _join(pki, keyholder, TEST_WORKLOAD, policy) == SEED
+    assert keyholder.releases == 1
+
+
+async def test_a_replica_with_other_settings_is_refused_the_seed(pki) -> None:
+    """`--max-tokens` differs: another workload digest, not in the reference values."""
+    policy = _policy(KEYHOLDER, TEST_WORKLOAD)
+    keyholder = _keyholder(pki, policy)
+    with pytest.raises(JoinRefused, match=Reason.WORKLOAD_NOT_ALLOWED.value):
+        await _join(pki, keyholder, workload(max_tokens=64), policy)
+    assert keyholder.releases == 0
+
+
+async def test_a_keyholder_whose_workload_is_not_accepted_is_not_trusted(pki) -> None:
+    replica_view = _policy(TEST_WORKLOAD)  # the replica's values do not name the keyholder
+    with pytest.raises(JoinRefused, match=Reason.WORKLOAD_NOT_ALLOWED.value):
+        await _join(pki, _keyholder(pki, _policy(KEYHOLDER, TEST_WORKLOAD)), TEST_WORKLOAD,
+                    replica_view)
+
+
+async def test_challenges_are_single_use_and_evidence_must_bind_the_recipient(pki) -> None:
+    from attestation import evidence
+    from enclave import key_release
+
+    policy = _policy(KEYHOLDER, TEST_WORKLOAD)
+    keyholder = _keyholder(pki, policy)
+    replica = simulated(pki, TEST_WORKLOAD)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=keyholder.app()),
+                                 base_url="http://keyholder") as http:
+        challenge = bytes.fromhex((await http.post("/v1/keyholder/challenge")).json()
+                                  ["challenge"])
+        now = int(dt.datetime.now(dt.UTC).timestamp())
+        doc = evidence.collect(replica.cpu, replica.gpu,
+                               keys={key_release.RECIPIENT_KEY: b"\x01" * 32},
+                               workload=replica.workload, nonce=challenge, expires_at=now + 300,
+                               now=now, collateral=replica.collateral)
+        swapped = json.loads(doc.to_json())
+        swapped["keys"][key_release.RECIPIENT_KEY] = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="
+        refused = await http.post("/v1/keyholder/release", json={
+            "challenge": challenge.hex(), "evidence": swapped})
+        reused = await http.post("/v1/keyholder/release", json={
+            "challenge": challenge.hex(), "evidence": json.loads(doc.to_json())})
+        unknown = await http.post("/v1/keyholder/release", json={
+            "challenge": "00" * 32, "evidence": json.loads(doc.to_json())})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "join_refused")
+    assert any(reason in refused.json()["error"]["message"]  # the keys are in both
+               for reason in ("report_data_mismatch", "nonce_mismatch"))
+    for answer in (reused, unknown):
+        assert (answer.status_code, answer.json()["error"]["code"]) == (400,
+                                                                       "unknown_challenge")
+    assert keyholder.releases == 0
+
+
+# --- replicas that share a seed ------------------------------------------------------------
+
+
+class RoundRobin(httpx.AsyncBaseTransport):
+    """A load balancer: each request to the next replica."""
+
+    def __init__(self, *apps) -> None:
+        self._next = cycle([httpx.ASGITransport(app=app) for app in apps])
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await next(self._next).handle_async_request(request)
+
+
+@pytest.fixture
+async def started():
+    """Starts apps (their lifespans run until the test ends)."""
+    async with contextlib.AsyncExitStack() as stack:
+        async def start_all(apps) -> None:
+            for app in apps:
+                await stack.enter_async_context(app.router.lifespan_context(app))
+                await start(app)
+        yield start_all
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path: Path) -> str:
+    """The replicas' shared database: an SQLite file, or a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def _replicas(count: int, url: str, *, shared_db: bool = True, **kwargs):
+    fleet = FleetSecrets(SEED)
+    engines = [DeterministicTestEngine() for _ in range(count)]
+    apps = [create_app(Settings(), e.running, fleet=fleet,
+                       replay_cache=SqlReplayCache(url) if shared_db else None,
+                       platform_store=PlatformStore(url, DataKey(fleet.derive("data-key"))),
+                       **kwargs) for e in engines]
+    return apps, engines, url
+
+
+@pytest.mark.parametrize("protocol", ["ohttp", "ehbp", "atoma"])
+async def test_a_request_sealed_to_one_replicas_key_is_answered_by_another(
+        database, started, protocol) -> None:
+    apps, engines, _ = _replicas(2, database)
+    await started(apps)
+    client = client_for(apps[0], protocol, transport=RoundRobin(*apps))
+    body = json.dumps({"model": CHAT_MODEL, "max_tokens": 2,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    for _ in range(4):  # keys from one replica, requests alternating
+        assert (await client.request("POST", "/v1/chat/completions", body)).status == 200
+    await client.aclose()
+    assert all(engine.seen_bodies for engine in engines)  # both replicas served
+    keys = [app.state.dialects.published_keys() for app in apps]
+    assert keys[0] == keys[1]
+
+
+async def test_a_request_replayed_to_another_replica_is_refused(database, started) -> None:
+    from tests.unit.test_side_channels import Wiretap, _chat, _resend
+
+    apps, engines, _ = _replicas(2, database)
+    await started(apps)
+    tap = Wiretap(apps[0])
+    client = client_for(apps[0], "ehbp", transport=tap)
+    assert (await client.request("POST", "/v1/chat/completions", _chat(2))).status == 200
+    await client.aclose()
+    captured = next(r for r in reversed(tap.requests) if r.method == "POST")
+    replayed = await _resend(apps[1], captured)
+    assert replayed.status_code == 409
+    assert engines[1].seen_bodies == []
+
+
+async def test_a_conversation_started_on_one_replica_continues_on_another(
+        database, started) -> None:
+    apps, engines, url = _replicas(2, database)
+    store = PlatformStore(url, DataKey(FleetSecrets(SEED).derive("data-key")))
+    key, record = new_key(store, "team", budget_tokens=100_000)
+    bot = store.create_chatbot(record.account_id, "bot", CHAT_MODEL, "be nice")
+    await started(apps)
+    tls = [httpx.AsyncClient(transport=httpx.ASGITransport(app=a.state.tls_app),
+                             base_url="https://gw") for a in apps]
+    url_chat = f"/api/v1/chatbot/external/{bot.id}/chat"
+    auth = {"authorization": f"Bearer {key}"}
+    first = (await tls[0].post(url_chat, json={"message": "on A"}, headers=auth)).json()
+    second = await tls[1].post(url_chat, headers=auth, json={
+        "message": "on B", "conversation_id": first["conversation_id"]})
+    listed = await tls[1].get("/api/v1/chatbot/list", headers=auth)
+    for client in tls:
+        await client.aclose()
+    assert second.status_code == 200 and listed.status_code == 200
+    sent = engines[1].seen_bodies[-1]["messages"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == ["on A", "on B"]
+
+
+async def test_budgets_hold_across_replicas(database, started) -> None:
+    """Twenty requests at once, alternating between two replicas (two processes' worth of
+    locks: only the database's row locks keep the reservations atomic)."""
+    import asyncio
+
+    apps, engines, url = _replicas(2, database)
+    for engine in engines:
+        engine.token_delay = 0.005
+    store = PlatformStore(url, DataKey(FleetSecrets(SEED).derive("data-key")))
+    key, record = new_key(store, "team", budget_tokens=1000)
+    await started(apps)
+    async with httpx.AsyncClient(transport=RoundRobin(*[a.state.tls_app for a in apps]),
+                                 base_url="https://gw") as client:
+        answers = await asyncio.gather(*[client.post(
+            "/api/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+            json={"model": CHAT_MODEL, "max_tokens": 100,
+                  "messages": [{"role": "user", "content": "a b"}]}) for _ in range(20)])
+    served = [a for a in answers if a.status_code == 200]
+    assert served and all(a.status_code in (200, 402) for a in answers)
+    used = store.get_api_key(record.id)
+    assert used.used_tokens == sum(a.json()["usage"]["total_tokens"] for a in served)
+    assert used.used_tokens <= 1000 and used.reserved_tokens == 0
