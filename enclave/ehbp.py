@@ -1,7 +1,9 @@
 """EHBP, Tinfoil's encrypted HTTP body protocol: sans-IO, both sides.
 
 Constants MUST NOT diverge from Tinfoil's ehbp `protocol.py` (DESIGN section 4):
-    keys     GET /.well-known/hpke-keys as application/ohttp-keys; key_id 0,
+    keys     GET /.well-known/hpke-keys as application/ohttp-keys: ONE bare key
+             configuration (no length prefix, exactly one suite; Tinfoil's
+             `ServerIdentity.unmarshal_public_config`), key_id 0,
              X25519 / HKDF-SHA256 / AES-256-GCM
     request  header Ehbp-Encapsulated-Key: hex(enc); SetupBaseS(pk, info="ehbp request");
              body = {u32 BE length || HPKE-Seal(aad="", chunk)}*
@@ -45,7 +47,7 @@ from enclave.errors import (
 )
 from enclave.http_fields import field_value
 from enclave.keys import HpkeKeyPair, KeyRing
-from enclave.ohttp.keyconfig import KeyConfig, encode_key_configs
+from enclave.ohttp.keyconfig import KeyConfig
 from enclave.ohttp.protocol import (
     KEM_X25519_HKDF_SHA256,
     KEYS_MEDIA_TYPE,
@@ -264,7 +266,7 @@ class EhbpServer:
         return request.header(ENCAPSULATED_KEY_HEADER) is not None
 
     def published_keys(self) -> dict[str, bytes]:
-        return {"ehbp": encode_key_configs([key_config(self._keyring.current())])}
+        return {"ehbp": key_config(self._keyring.current()).encode()}
 
     def key_configs(self) -> OuterResponse:
         """`GET /.well-known/hpke-keys`."""

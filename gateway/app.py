@@ -24,6 +24,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import enclave.continuum.pq as pq
 from enclave import atoma, continuum, ehbp
@@ -113,6 +114,24 @@ def _secrets_endpoint(dialect: continuum.ContinuumServer, services: Services) ->
     return register
 
 
+class _NodeLock:
+    """`POST /v1/nodes/lock`: the node key, for a model the engine serves."""
+
+    def __init__(self, dialect: atoma.AtomaServer, services: Services) -> None:
+        self._dialect, self._services = dialect, services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        dialect = self._dialect
+        RequestContext.of(scope).dialect = dialect.name
+        try:
+            body = await read_body(Request(scope, receive), atoma.MAX_LOCK_BODY,
+                                   timeout=self._services.body_timeout)
+            answer = dialect.node_lock(body, self._services.slot.get().model_names())
+        except GatewayError as err:
+            answer = dialect.refuse(err)
+        await _to_response(answer)(scope, receive, send)
+
+
 def _routes(dialects: Dialects, services: Services,
             reports: attestation_routes.ReportService | None,
             attested: attestation_routes.Attested | None, platform: Platform | None,
@@ -120,7 +139,13 @@ def _routes(dialects: Dialects, services: Services,
     openai = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.continuum),
                              Mount(dialects.plaintext)], services)
     models = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.plaintext)], services)
-    confidential = EngineEndpoint([Mount(dialects.atoma)], services)
+    atoma_gate = platform.metered_gate if platform is not None else None
+    confidential: ASGIApp = EngineEndpoint([Mount(dialects.atoma, atoma_gate)], services)
+    lock: ASGIApp = _NodeLock(dialects.atoma, services)
+    if platform is not None:  # accounts exist: every Atoma route takes a Bearer API key
+        confidential = platform.bearer_required(confidential, dialects.atoma.name,
+                                                dialects.atoma.refuse)
+        lock = platform.bearer_required(lock, dialects.atoma.name, dialects.atoma.refuse)
     routes: list[BaseRoute] = [
         Route(MODELS[1], models, methods=["GET"]),
         *[Route(path, openai, methods=["POST"]) for _, path in (CHAT, COMPLETIONS, EMBEDDINGS)],
@@ -129,6 +154,7 @@ def _routes(dialects: Dialects, services: Services,
         Route(ehbp.KEYS_PATH, _control(dialects.ehbp.key_configs, "control"), methods=["GET"]),
         Route(atoma.NODE_PATH, _control(dialects.atoma.node_info, "control"), methods=["GET"]),
         *[Route(path, confidential, methods=["POST"]) for path in atoma.ENGINE_PATHS],
+        Route(atoma.LOCK_PATH, lock, methods=["POST"]),
         Route(continuum.SECRETS_PATH, _secrets_endpoint(dialects.continuum, services),
               methods=["POST"]),
         Route(continuum.HYBRID_KEY_PATH, _control(dialects.continuum.hybrid_key, "control"),

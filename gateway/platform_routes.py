@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from enclave.dialect import InnerRequest
+from enclave.dialect import InnerRequest, OuterResponse
 from enclave.engine import EngineRequest
 from enclave.plaintext import platform_dialect
 from enclave.wire_errors import ErrorCode, normalize_engine_error
@@ -52,6 +53,10 @@ DEFAULT_MAX_TOKENS = 2048
 # Tokens a chat template adds around the prompt, over the body's bytes (an upper bound
 # of its tokens for byte-level tokenizers), in the reservation.
 TEMPLATE_TOKENS = 64
+
+
+# Where `Platform.bearer_required` leaves the authenticated key for the gate.
+API_KEY_STATE = "cloister_api_key"
 
 
 class Meter:
@@ -104,6 +109,33 @@ class Platform:
             raise GatewayError(ErrorCode.UNAUTHORIZED, "unknown or revoked API key")
         return key
 
+    def bearer_required(self, app: ASGIApp, dialect: str,
+                        refuse: Callable[[Exception], OuterResponse]) -> ASGIApp:
+        """`app` behind a platform API key, checked before the body is read or opened: a
+        wrong token costs no crypto and gets the dialect's own refusal (`refuse`). The key
+        is left in the scope for the gate (`metered_gate`)."""
+        return _BearerRequired(self, app, dialect, refuse)
+
+    def rejected(self, err: GatewayError) -> None:
+        self._services.metrics.rejected.labels(err.code.value).inc()
+
+    async def metered_gate(self, request: Request, inner: InnerRequest
+                           ) -> tuple[InnerRequest, Observer]:
+        """For a dialect behind `bearer_required`: the request runs as the key's tenant,
+        and its cost is reserved against the key's budget and settled when it ends."""
+        key = request.scope["state"][API_KEY_STATE]
+        return await self._metered(key, inner)
+
+    async def _metered(self, key: ApiKey, inner: InnerRequest
+                       ) -> tuple[InnerRequest, Observer]:
+        if inner.method == "GET":
+            return _as_tenant(inner, key), NoObserver()
+        payload = parse_json_object(inner.body)
+        meter = await self._reserve(key, payload, len(inner.body),
+                                    generates=inner.path != "/v1/embeddings")
+        inner = replace(inner, body=json.dumps(payload).encode())
+        return _as_tenant(_with_running_usage(inner), key), meter
+
     async def _reserve(self, key: ApiKey, payload: dict[str, Any], body_size: int, *,
                        generates: bool = True) -> Meter:
         """Reserve the request's maximum cost: its prompt (bounded by the body's size)
@@ -125,11 +157,7 @@ class Platform:
         key = await self.authenticate(request)
         if inner.method == "GET":
             return inner, NoObserver()
-        payload = parse_json_object(inner.body)
-        meter = await self._reserve(key, payload, len(inner.body),
-                                    generates=inner.path != "/v1/embeddings")
-        inner = replace(inner, body=json.dumps(payload).encode())
-        return _as_tenant(_with_running_usage(inner), key), meter
+        return await self._metered(key, inner)
 
     async def chatbot_gate(self, request: Request, inner: InnerRequest
                            ) -> tuple[InnerRequest, Observer]:
@@ -247,6 +275,27 @@ class Platform:
             Route(f"{PREFIX}/chatbot/external/{{chatbot_id}}/chat/completions", chatbot,
                   methods=["POST"]),
         ]
+
+
+class _BearerRequired:
+    """An ASGI app (not a function, which Starlette would treat as a request handler)."""
+
+    def __init__(self, platform: Platform, app: ASGIApp, dialect: str,
+                 refuse: Callable[[Exception], OuterResponse]) -> None:
+        self._platform, self._app, self._dialect, self._refuse = platform, app, dialect, refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            key = await self._platform.authenticate(Request(scope, receive))
+        except GatewayError as err:
+            RequestContext.of(scope).dialect = self._dialect
+            self._platform.rejected(err)
+            refusal = self._refuse(err)
+            await Response(refusal.body, status_code=refusal.status,
+                           headers=dict(refusal.headers))(scope, receive, send)
+            return
+        scope.setdefault("state", {})[API_KEY_STATE] = key
+        await self._app(scope, receive, send)
 
 
 def _as_tenant(inner: InnerRequest, key: ApiKey) -> InnerRequest:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from enclave.dialect import InnerResponse
@@ -39,15 +39,6 @@ class UpstreamClient(Protocol):
                ) -> AbstractAsyncContextManager[InnerStream]: ...
 
     async def aclose(self) -> None: ...
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "proxy_error", "code": code,
-                                   "param": None}}, status_code=status)
-
-
-def _gateway_error(exc: ProxyError) -> JSONResponse:
-    return _error(502, exc.code, str(exc))
 
 
 class ModelResolver:
@@ -75,35 +66,65 @@ class ModelResolver:
         return models[-1] if path == "/v1/embeddings" else models[0]
 
 
-async def _forward(request: Request) -> Response:
-    client: UpstreamClient = request.app.state.client
-    body = await request.body()
-    if len(body) > MAX_LOCAL_BODY:
-        return _error(413, "body_too_large", f"request body exceeds {MAX_LOCAL_BODY} bytes")
+class LocalAnswer:
+    """One answer as the local side passes it on: whole (`body`), or streamed
+    (`chunks()`, which closes the upstream stream when it ends or is closed)."""
+
+    def __init__(self, status: int, content_type: str, *, body: bytes = b"",
+                 stream: AsyncIterator[bytes] | None = None) -> None:
+        self.status, self.content_type, self.body, self._stream = (status, content_type,
+                                                                   body, stream)
+
+    @property
+    def streamed(self) -> bool:
+        return self._stream is not None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        assert self._stream is not None
+        return self._stream
+
+    @classmethod
+    def error(cls, status: int, code: str, message: str) -> LocalAnswer:
+        return cls(status, "application/json", body=json.dumps(
+            {"error": {"message": message, "type": "proxy_error", "code": code,
+                       "param": None}}).encode())
+
+
+async def forward(client: UpstreamClient, models: ModelResolver, method: str, path: str,
+                  body: bytes) -> LocalAnswer:
+    """What `cloister proxy` and the in-process transport (`proxy.transport`) both do with
+    one local request: resolve model `latest`, seal it, and open the authenticated answer.
+    Errors of the proxy itself are OpenAI-shaped with a stable code."""
     try:
-        payload = json.loads(body)
-        if not isinstance(payload, dict):
-            raise ValueError
-    except ValueError:
-        return _error(400, "invalid_json", "request body must be a JSON object")
-    try:
-        payload["model"] = await request.app.state.models.resolve(
-            request.url.path, payload.get("model"))
+        if method == "GET":
+            if path != "/v1/models":
+                return LocalAnswer.error(404, "not_found", "no such route")
+            r = await client.request("GET", "/v1/models")
+            return LocalAnswer(r.status, r.content_type, body=r.body)
+        if len(body) > MAX_LOCAL_BODY:
+            return LocalAnswer.error(413, "body_too_large",
+                                     f"request body exceeds {MAX_LOCAL_BODY} bytes")
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError
+        except ValueError:
+            return LocalAnswer.error(400, "invalid_json", "request body must be a JSON object")
+        payload["model"] = await models.resolve(path, payload.get("model"))
         inner = json.dumps(payload).encode()
         if payload.get("stream") is True:
-            return await _forward_stream(request, client, inner)
-        r = await client.request("POST", request.url.path, inner)
+            return await _forward_stream(client, path, inner)
+        r = await client.request("POST", path, inner)
     except ProxyError as exc:
-        return _gateway_error(exc)
-    return Response(r.body, status_code=r.status, media_type=r.content_type)
+        return LocalAnswer.error(502, exc.code, str(exc))
+    return LocalAnswer(r.status, r.content_type, body=r.body)
 
 
-async def _forward_stream(request: Request, client: UpstreamClient, inner: bytes) -> Response:
+async def _forward_stream(client: UpstreamClient, path: str, inner: bytes) -> LocalAnswer:
     stack = AsyncExitStack()
-    stream = await stack.enter_async_context(client.stream("POST", request.url.path, inner))
-    media_type = stream.content_type
+    stream = await stack.enter_async_context(client.stream("POST", path, inner))
 
-    async def body() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes]:
         # A truncated or tampered stream raises here, after some events went out: the
         # local connection is then cut without `data: [DONE]`, which SDKs report.
         async with stack:
@@ -113,21 +134,22 @@ async def _forward_stream(request: Request, client: UpstreamClient, inner: bytes
     if stream.status >= 400:
         async with stack:
             content = b"".join([c async for c in stream.chunks()])
-        return Response(content, status_code=stream.status, media_type=media_type)
-    return StreamingResponse(body(), status_code=stream.status, media_type=media_type)
+        return LocalAnswer(stream.status, stream.content_type, body=content)
+    return LocalAnswer(stream.status, stream.content_type, stream=chunks())
 
 
-async def _models(request: Request) -> Response:
-    try:
-        r = await request.app.state.client.request("GET", "/v1/models")
-    except ProxyError as exc:
-        return _gateway_error(exc)
-    return Response(r.body, status_code=r.status, media_type=r.content_type)
+async def _forward(request: Request) -> Response:
+    answer = await forward(request.app.state.client, request.app.state.models,
+                           request.method, request.url.path, await request.body())
+    if answer.streamed:
+        return StreamingResponse(answer.chunks(), status_code=answer.status,
+                                 media_type=answer.content_type)
+    return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
 
 
 def create_proxy_app(client: UpstreamClient) -> Starlette:
     routes = [
-        Route("/v1/models", _models, methods=["GET"]),
+        Route("/v1/models", _forward, methods=["GET"]),
         Route("/v1/chat/completions", _forward, methods=["POST"]),
         Route("/v1/completions", _forward, methods=["POST"]),
         Route("/v1/embeddings", _forward, methods=["POST"]),

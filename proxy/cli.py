@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -38,6 +39,9 @@ def add_parsers(sub: Any) -> None:
     proxy.add_argument("--port", type=int, default=8080)
     proxy.add_argument("--protocol", choices=["ohttp", "ehbp", "atoma", "continuum"],
                        default="ohttp", help="how requests are encrypted to the gateway")
+    proxy.add_argument("--api-key", default=os.environ.get("CLOISTER_API_KEY"),
+                       help="--protocol atoma: the platform API key sent as Bearer (default "
+                            "$CLOISTER_API_KEY); a gateway with accounts requires one")
     _add_trust_arguments(proxy)
     proxy.add_argument("--report-mode", choices=["nonce", "challenge"], default="nonce",
                        help="nonce: a fresh hardware report per verification; challenge: "
@@ -129,7 +133,7 @@ def _dialect_client(args: argparse.Namespace, url: str, trust: Trust,
                                 Attestor(url, trust=trust, statements=statements,
                                          report_mode=args.report_mode,
                                          reattest_seconds=args.reattest_seconds))
-    return make_client(url, args.protocol, attestation=attestation)
+    return make_client(url, args.protocol, attestation=attestation, api_key=args.api_key)
 
 
 def run_proxy(args: argparse.Namespace) -> int:

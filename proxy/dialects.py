@@ -3,7 +3,7 @@ claims of the attestation report vouch for them. Everything else is the dialect'
 sans-IO client side in `enclave/`.
 
     ohttp       GET /.well-known/ohttp-gateway   bound as `ohttp`
-    ehbp        GET /.well-known/hpke-keys       bound as `ehbp`
+    ehbp        GET /.well-known/hpke-keys       bound as `ehbp` (one bare configuration)
     atoma       GET /v1/confidential/node        bound as `atoma-node-x25519` and
                                                  `atoma-signing-ed25519`
     continuum   GET /.well-known/ohttp-gateway   bound as `continuum`; then a secret,
@@ -105,19 +105,27 @@ class EhbpKeys(_Static):
     sealed_models = True
 
     async def fetch(self, http: httpx.AsyncClient) -> EhbpClient:
-        configs = _configs(await _get(http, ehbp.KEYS_PATH))
-        return EhbpClient(_first(configs, lambda c: c.supports(ehbp.SUITE)))
+        """EHBP publishes one bare key configuration (no list, one suite)."""
+        try:
+            config = KeyConfig.decode(await _get(http, ehbp.KEYS_PATH))
+        except KeyConfigError as exc:
+            raise UnauthenticatedAnswer("malformed key configuration") from exc
+        return EhbpClient(_first([config], lambda c: c.supports(ehbp.SUITE)))
 
     def vouched(self, candidate: Any, claims: VerifiedEvidence) -> bool:
-        return isinstance(candidate, EhbpClient) and candidate.config in _bound(claims, "ehbp")
+        return (isinstance(candidate, EhbpClient)
+                and candidate.config.encode() == claims.keys.get("ehbp"))
 
 
 class AtomaKeys(_Static):
     name = "atoma"
     sealed_models = False
 
+    def __init__(self, api_key: str | None = None) -> None:
+        self._api_key = api_key  # sent as Bearer: a gateway with accounts requires one
+
     async def fetch(self, http: httpx.AsyncClient) -> AtomaClient:
-        return AtomaClient.from_node_info(await _get(http, NODE_PATH))
+        return AtomaClient.from_node_info(await _get(http, NODE_PATH), api_key=self._api_key)
 
     def vouched(self, candidate: Any, claims: VerifiedEvidence) -> bool:
         return isinstance(candidate, AtomaClient) and candidate.node_keys == (
@@ -192,7 +200,10 @@ KEYS: dict[str, type[OhttpKeys | EhbpKeys | AtomaKeys | ContinuumKeys]] = {
 
 
 def make_client(gateway_url: str, protocol: str, *, attestation: Attestation,
-                transport: httpx.AsyncBaseTransport | None = None) -> GatewayClient:
-    """A client for one gateway in one dialect (`ohttp`, `ehbp`, `atoma`, `continuum`)."""
-    return GatewayClient(gateway_url, KEYS[protocol](), attestation=attestation,
-                         transport=transport)
+                transport: httpx.AsyncBaseTransport | None = None,
+                api_key: str | None = None) -> GatewayClient:
+    """A client for one gateway in one dialect (`ohttp`, `ehbp`, `atoma`, `continuum`);
+    `api_key` is the platform API key Atoma requests carry where the gateway keeps
+    accounts (the other dialects are anonymous)."""
+    keys = AtomaKeys(api_key) if protocol == "atoma" else KEYS[protocol]()
+    return GatewayClient(gateway_url, keys, attestation=attestation, transport=transport)

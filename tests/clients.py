@@ -17,9 +17,10 @@ PROTOCOLS = ("ohttp", "ehbp", "atoma", "continuum")
 
 
 def client_for(app: Any, protocol: str = "ohttp", *,
-               transport: httpx.AsyncBaseTransport | None = None) -> GatewayClient:
+               transport: httpx.AsyncBaseTransport | None = None,
+               api_key: str | None = None) -> GatewayClient:
     return make_client("http://gw", protocol, attestation=Unverified(),
-                       transport=transport or httpx.ASGITransport(app=app))
+                       transport=transport or httpx.ASGITransport(app=app), api_key=api_key)
 
 
 def unreachable_client(protocol: str = "ohttp") -> GatewayClient:

@@ -3,6 +3,8 @@
 
 from enclave.atoma.dialect import (
     ENGINE_PATHS,
+    LOCK_PATH,
+    MAX_LOCK_BODY,
     NODE_PATH,
     AtomaClient,
     AtomaServer,
@@ -18,6 +20,6 @@ from enclave.atoma.envelope import (
     open_request,
 )
 
-__all__ = ["ENGINE_PATHS", "NODE_PATH", "OPEN_FAILED", "AtomaClient", "AtomaServer",
-           "ClientSession", "ConfidentialRequest", "EnvelopeSealer", "InvalidBody", "NodeSigner",
-           "StaleNodeKey", "open_request"]
+__all__ = ["ENGINE_PATHS", "LOCK_PATH", "MAX_LOCK_BODY", "NODE_PATH", "OPEN_FAILED",
+           "AtomaClient", "AtomaServer", "ClientSession", "ConfidentialRequest",
+           "EnvelopeSealer", "InvalidBody", "NodeSigner", "StaleNodeKey", "open_request"]

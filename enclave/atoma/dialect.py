@@ -1,11 +1,14 @@
 """The Atoma dialect over the dialect interface (`enclave.dialect`), both sides.
 
     GET  /v1/confidential/node                 the node's X25519 and Ed25519 public keys
+    POST /v1/nodes/lock {model}                the SDK's way to the node key: `{node_small_id,
+                                               public_key, stack_small_id}` (atoma-sdk)
     POST /v1/confidential/chat/completions     (and /completions, /embeddings)
 
 Each answer is one sealed, signed envelope (`enclave.atoma.envelope`); a stream is SSE
-events of envelopes, then `data: [DONE]`. Upstream Atoma leaves the order and the end of
-a stream unauthenticated. Inside each chunk's plaintext we add `cloister_seq` (0, 1, ...)
+events whose data is an envelope (the SDK reads each event as its
+`ConfidentialComputeStreamResponse`, `{"data": envelope}`), then `data: [DONE]`.
+Upstream Atoma leaves the order and the end of a stream unauthenticated. Inside each chunk's plaintext we add `cloister_seq` (0, 1, ...)
 and, before `[DONE]`, a last chunk with `"choices": []` and `cloister_end: true`: Atoma
 clients ignore unknown fields; ours refuses a swapped, duplicated or dropped chunk, an
 injected `[DONE]` and a stream that ends without that last chunk.
@@ -46,6 +49,11 @@ from enclave.keys import KeyRing
 NAME = "atoma"
 PREFIX = "/v1/confidential"
 NODE_PATH = f"{PREFIX}/node"
+LOCK_PATH = "/v1/nodes/lock"
+MAX_LOCK_BODY = 4096  # `{"model": ...}`
+# One node, one stack: the ids the SDK carries back in every envelope.
+NODE_SMALL_ID = 1
+STACK_SMALL_ID = 1
 ENGINE_PATHS = {f"{PREFIX}/chat/completions": "/v1/chat/completions",
                 f"{PREFIX}/completions": "/v1/completions",
                 f"{PREFIX}/embeddings": "/v1/embeddings"}
@@ -53,8 +61,11 @@ SEQ_FIELD = "cloister_seq"
 END_FIELD = "cloister_end"
 
 
+ERROR_KINDS = {401: "AuthError", 404: "NotFound", 429: "TooManyRequests"}
+
+
 def error_object(status: int, code: str, message: str) -> bytes:
-    kind = "InternalError" if status >= 500 else "InvalidBody"
+    kind = "InternalError" if status >= 500 else ERROR_KINDS.get(status, "InvalidBody")
     return json.dumps({"error": {"type": kind, "code": code, "message": message}}).encode()
 
 
@@ -124,6 +135,23 @@ class AtomaServer:
             "signing_public_key": b64(self._signer.public_key),
             "signature_scheme": "ed25519",
             "expires_at": int(self._keyring.expires_at())}).encode())
+
+    def node_lock(self, body: bytes, models: list[str]) -> OuterResponse:
+        """`POST /v1/nodes/lock {model}`: the current node key for a model served here."""
+        try:
+            model = json.loads(body).get("model")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            model = None
+        if not isinstance(model, str):
+            return json_response(400, error_object(400, "invalid_request",
+                                                   "`model` must be a string"))
+        if model not in models:
+            return json_response(404, error_object(404, "model_not_found",
+                                                   "no node serves this model"))
+        return json_response(200, json.dumps({
+            "node_small_id": NODE_SMALL_ID, "stack_small_id": STACK_SMALL_ID,
+            "public_key": b64(self._keyring.current().public_key),
+            "stack_entry_digest": None}).encode())
 
     def open(self, request: OuterRequest) -> tuple[InnerRequest, AtomaResponder]:
         try:
@@ -197,17 +225,19 @@ class AtomaClient:
 
     name = NAME
 
-    def __init__(self, node_dh_public_key: bytes, signing_public_key: bytes) -> None:
+    def __init__(self, node_dh_public_key: bytes, signing_public_key: bytes, *,
+                 api_key: str | None = None) -> None:
         self.node_keys = (node_dh_public_key, signing_public_key)
+        self._api_key = api_key  # Bearer, where the gateway keeps accounts
 
     @classmethod
-    def from_node_info(cls, body: bytes) -> AtomaClient:
+    def from_node_info(cls, body: bytes, *, api_key: str | None = None) -> AtomaClient:
         """From `GET /v1/confidential/node`; `UnauthenticatedAnswer` if malformed (the keys
         are checked against the attestation report before use)."""
         try:
             info = json.loads(body)
             return cls(decode_b64_field(info, "node_dh_public_key", 32),
-                       decode_b64_field(info, "signing_public_key", 32))
+                       decode_b64_field(info, "signing_public_key", 32), api_key=api_key)
         except (ValueError, RequestRefused, AttributeError) as exc:
             raise UnauthenticatedAnswer("malformed node keys") from exc
 
@@ -219,5 +249,8 @@ class AtomaClient:
             model = ""
         envelope = session.seal_request(request.body, model_name=str(model), stream=stream)
         path = PREFIX + request.path.removeprefix("/v1")
-        return (OuterRequest("POST", path, (("content-type", "application/json"),),
-                             json.dumps(envelope).encode()), AtomaOpener(session))
+        headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+        if self._api_key is not None:
+            headers += (("authorization", f"Bearer {self._api_key}"),)
+        return (OuterRequest("POST", path, headers, json.dumps(envelope).encode()),
+                AtomaOpener(session))

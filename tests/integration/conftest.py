@@ -53,6 +53,7 @@ class RunningGateway:
         self.serve_args: list[str] = []
         self.release_key: Path | None = None  # the operator's public key, if it signed
         self.admin_key: Path | None = None  # the operator's admin private key, if pinned
+        self.api_key: str | None = None  # a platform API key (Atoma requests carry one)
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -164,6 +165,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
                             log_path=folder / "gateway.log", state_dir=folder / "state")
     running.release_key = public_key
     running.admin_key = admin_key
+    made = cloister("apikey", "create", "--name", "dialects", "--budget-tokens", "10000000",
+                    state_dir=running.state_dir)
+    assert made.returncode == 0, made.stderr
+    running.api_key = made.stdout.split()[0]
     print(f"\nreal gateway ready in {time.monotonic() - started:.1f}s at {running.url}")
     yield running
     stop_gateway(running)
@@ -200,5 +205,5 @@ def dialect_client(gateway: RunningGateway, protocol: str, *,
 
     trust = load_trust(release_keys=[gateway.release_key] if gateway.release_key else [],
                        policy=None, simulated_roots=gateway.simulated_roots)
-    return make_client(gateway.url, protocol, transport=transport,
+    return make_client(gateway.url, protocol, transport=transport, api_key=gateway.api_key,
                        attestation=Attestor(gateway.url, trust=trust))

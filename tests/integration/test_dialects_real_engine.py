@@ -110,7 +110,8 @@ async def test_wrong_key_is_rejected_by_the_real_gateway(gateway) -> None:
         session = atoma.ClientSession(KeyRing().current().public_key, b"\x00" * 32)
         envelope = session.seal_request(json.dumps(CHAT).encode(), model_name="cloister-demo",
                                         stream=False)
-        r = await raw.post("/v1/confidential/chat/completions", json=envelope)
+        r = await raw.post("/v1/confidential/chat/completions", json=envelope,
+                           headers={"authorization": f"Bearer {gateway.api_key}"})
         error = r.json()["error"]
         assert (r.status_code, error["type"], error["code"]) == (400, "InvalidBody",
                                                                  "unknown_key")

@@ -144,8 +144,18 @@ def _served_all(fleet: Fleet) -> list[float]:
     return [_served(fleet, i) for i in range(2)]
 
 
+@pytest.fixture(scope="module")
+def fleet_key(fleet) -> str:
+    """A platform API key in the shared database (Atoma requests carry one)."""
+    with _balancer(fleet, "tls") as lb:
+        url = f"https://127.0.0.1:{lb.port}"
+        account = _admin(fleet, url, "accounts", "create", "atoma-users")
+        return str(_admin(fleet, url, "keys", "create", "--account", account["id"],
+                          "--name", "atoma", "--budget-tokens", "50000")["key"])
+
+
 @pytest.mark.parametrize("protocol", ["ohttp", "ehbp", "atoma"])
-def test_keys_fetched_from_one_replica_work_on_the_other(fleet, protocol) -> None:
+def test_keys_fetched_from_one_replica_work_on_the_other(fleet, fleet_key, protocol) -> None:
     """A new connection per request, so the balancer alternates: the report, the keys and
     the requests each land on whichever replica is next."""
     import asyncio
@@ -164,7 +174,7 @@ def test_keys_fetched_from_one_replica_work_on_the_other(fleet, protocol) -> Non
             return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
 
         async def run() -> list[int]:
-            client = make_client(url, protocol, transport=fresh(),
+            client = make_client(url, protocol, transport=fresh(), api_key=fleet_key,
                                  attestation=Attestor(url, trust=trust, transport=fresh()))
             body = json.dumps({"model": MODEL, "max_tokens": 2,
                                "messages": [{"role": "user", "content": "hi"}]}).encode()

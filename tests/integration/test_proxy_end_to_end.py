@@ -46,7 +46,7 @@ def proxy_url(relay: RecordingRelay, gateway: RunningGateway, protocol: str, tmp
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "proxy", "--gateway", f"http://127.0.0.1:{relay.port}",
          "--port", str(port), *gateway.trust_args(),
-         "--protocol", protocol],
+         "--protocol", protocol, "--api-key", gateway.api_key or ""],
         cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

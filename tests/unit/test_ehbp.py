@@ -3,6 +3,7 @@ dialect shares is in `test_dialect_contract.py`."""
 
 from __future__ import annotations
 
+import ehbp as tinfoil  # Tinfoil's published client (tinfoil-ehbp)
 import httpx
 import pytest
 
@@ -10,7 +11,7 @@ from enclave import ehbp
 from enclave.dialect import InnerRequest, OuterRequest, OuterResponse
 from enclave.errors import DecryptError, UnauthenticatedAnswer, UnknownKeyError
 from enclave.keys import KeyRing
-from enclave.ohttp import decode_key_configs
+from enclave.ohttp import KeyConfig
 
 
 def test_round_trip_and_one_byte_at_a_time() -> None:
@@ -67,9 +68,12 @@ async def test_keys_are_published_with_key_id_0_and_aes_256(gateway_app) -> None
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway_app),
                                  base_url="http://gw") as raw:
         r = await raw.get("/.well-known/hpke-keys")
-    (config,) = decode_key_configs(r.content)
+    assert r.headers["content-type"] == "application/ohttp-keys"  # compared exactly by Tinfoil
+    config = KeyConfig.decode(r.content)  # one bare configuration, not a list
     assert (config.key_id, config.suites) == (0, (ehbp.SUITE,))
     assert config.public_key == gateway_app.state.keyring.current().public_key
+    identity = tinfoil.ServerIdentity.unmarshal_public_config(r.content)  # Tinfoil's parser
+    assert identity.public_key_bytes() == config.public_key
 
 
 async def test_gateway_answers_422_problem_for_unknown_key(gateway_app) -> None:
