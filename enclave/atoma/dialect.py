@@ -10,8 +10,9 @@ events whose data is an envelope (the SDK reads each event as its
 `ConfidentialComputeStreamResponse`, `{"data": envelope}`), then `data: [DONE]`.
 Upstream Atoma leaves the order and the end of a stream unauthenticated. Inside each
 chunk's plaintext we add `cloister_seq` (0, 1, ...) and, before `[DONE]`, a last chunk
-with `"choices": []` and `cloister_end: true`: Atoma clients ignore unknown fields; ours refuses a swapped, duplicated or dropped chunk, an
-injected `[DONE]` and a stream that ends without that last chunk.
+with `"choices": []` and `cloister_end: true`: Atoma clients ignore unknown fields;
+ours refuses a swapped, duplicated or dropped chunk, an injected `[DONE]` and a stream
+that ends without that last chunk.
 
 Errors are named like the seed's: `InvalidBody` (400) for a malformed, stale or
 unopenable envelope or a missing or non-boolean `stream`, with a stable `code`
