@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,7 +39,7 @@ from enclave.ohttp.dialect import OhttpServer
 from enclave.plaintext import plaintext_dialect
 from enclave.replay import MemoryReplayCache, ReplayCache, ReplayGuard
 from enclave.wire_errors import ErrorCode, error_body
-from gateway import attestation_routes, limits, metrics
+from gateway import attestation_routes, limits, metrics, platform_docs
 from gateway.admin import AdminApi
 from gateway.body import read_body
 from gateway.context import RequestContext
@@ -50,6 +51,7 @@ from gateway.platform_store import PlatformStore
 from gateway.settings import Settings
 
 log = structlog.get_logger("cloister.gateway")
+VERSION = importlib.metadata.version("cloister")
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,8 @@ def create_app(
     app = listener(public, owns_lifespan=True)
     # The attested TLS listener is an app of its own: the platform and admin APIs exist
     # there by construction, never on the public listener (no scheme or header check).
-    tls_only = [*(platform.routes() if platform is not None else []), *admin_routes]
+    tls_only = [*(platform.routes() + platform_docs.docs_routes(VERSION)
+                  if platform is not None else []), *admin_routes]
     tls_app = listener([*public, *tls_only], owns_lifespan=False) if tls_only else app
     # What tests and the CLI look at; request handling never reads these.
     for each in {app, tls_app}:

@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from enclave.dialect import InnerResponse
+from proxy import status_page
 from proxy.client import InnerStream
 from proxy.errors import ProxyError
 
@@ -39,6 +40,9 @@ class UpstreamClient(Protocol):
                ) -> AbstractAsyncContextManager[InnerStream]: ...
 
     async def aclose(self) -> None: ...
+
+    def gateways(self) -> list[Any]:
+        """The gateway clients behind it (for the status page)."""
 
 
 class ModelResolver:
@@ -153,6 +157,7 @@ def create_proxy_app(client: UpstreamClient) -> Starlette:
         Route("/v1/chat/completions", _forward, methods=["POST"]),
         Route("/v1/completions", _forward, methods=["POST"]),
         Route("/v1/embeddings", _forward, methods=["POST"]),
+        *status_page.routes(),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

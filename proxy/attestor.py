@@ -57,6 +57,8 @@ class Attestation(Protocol):
     """How a client decides to trust the keys it fetched."""
 
     last: VerifiedEvidence | None
+    last_statement: VerifiedStatement | None
+    verified_at: float
 
     async def verify(self, vouches: KeyCheck) -> None:
         """Raise `GatewayNotAttested` unless the gateway's report verifies and
@@ -165,7 +167,7 @@ class Attestor:
         self._trust, self._statements = trust, statements
         self._challenge = report_mode == "challenge"
         self._reattest, self._clock = reattest_seconds, clock
-        self._verified_at = 0.0
+        self.verified_at = 0.0  # when the last verification succeeded (Unix time)
         self.last: VerifiedEvidence | None = None
         self.last_statement: VerifiedStatement | None = None
         self.new_statement = False
@@ -177,7 +179,7 @@ class Attestor:
                                         nonce=nonce, challenge=self._challenge, now=now)
         if not vouches(claims):
             raise GatewayNotAttested("the gateway's keys are not the attested ones")
-        self.last, self._verified_at = claims, now.timestamp()
+        self.last, self.verified_at = claims, now.timestamp()
         matched = next((s for s in candidates if s.values is claims.accepted), None)
         self.last_statement = matched
         if matched is not None and self._statements is not None:
@@ -194,7 +196,7 @@ class Attestor:
         life = self.last.expires_at - self.last.generated_at
         margin = min(EXPIRY_MARGIN, life / 4)
         return (now >= self.last.expires_at - margin
-                or now - self._verified_at >= self._reattest)
+                or now - self.verified_at >= self._reattest)
 
     async def _policy(self) -> tuple[Policy, list[VerifiedStatement]]:
         if self._trust.policy is not None:
@@ -211,6 +213,8 @@ class Unverified:
     """DEVELOPMENT ONLY: trusts whatever keys the gateway (or anyone in between) sends."""
 
     last: VerifiedEvidence | None = None
+    last_statement: VerifiedStatement | None = None
+    verified_at = 0.0
 
     async def verify(self, vouches: KeyCheck) -> None:
         return None

@@ -108,6 +108,9 @@ class GatewayClient:
         await self._http.aclose()
         await self.attestation.aclose()
 
+    def gateways(self) -> list[GatewayClient]:
+        return [self]
+
     def _stale(self, dialect: ClientDialect | None) -> bool:
         return (dialect is None or self.keys.expired(dialect) or self.attestation.due())
 

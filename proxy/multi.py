@@ -104,6 +104,9 @@ class MultiGatewayClient:
         assert last is not None
         raise last
 
+    def gateways(self) -> list[Any]:
+        return list(self._clients)
+
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()

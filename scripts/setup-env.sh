@@ -39,6 +39,9 @@ if [ "$CLOISTER_ENGINE" = cpu ]; then
   # PyPI's builds of these do not match torch 2.13.0+cpu and break `import transformers`.
   "${pip[@]}" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+# atoma-sdk pins pydantic<2.11 and httpx<0.29 (older than vLLM's); its code runs unchanged
+# on the newer ones, so it goes in without its pins (its other imports are test extras).
+"${pip[@]}" install --quiet --no-deps atoma-sdk==0.1.3
 "$VENV/bin/python" -c "import vllm, transformers, starlette, pyhpke" 2>/dev/null || {
   echo "setup-env: the engine does not import; see the pip output above" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -3,6 +3,7 @@
 #   squashfs-tools, cryptsetup-bin   reproducible dm-verity model volumes (deploy/)
 #   ovmf                             a firmware image to compute SNP launch measurements of
 #   postgresql                       the real database the platform and fleet tests use
+#   chromium                         the headless browser of the docs and status-page tests
 # Installed with apt-get when missing (as root); otherwise says what to install.
 set -euo pipefail
 need=()
@@ -10,6 +11,7 @@ command -v mksquashfs >/dev/null 2>&1 || need+=(squashfs-tools)
 command -v veritysetup >/dev/null 2>&1 || [ -x /usr/sbin/veritysetup ] || need+=(cryptsetup-bin)
 [ -f /usr/share/ovmf/OVMF.fd ] || need+=(ovmf)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup-system: please install: ${need[*]} (sudo apt-get install ${need[*]})" >&2
