@@ -133,8 +133,10 @@ SCHEMAS: dict[str, Any] = {
         "usage": {"type": "object", "properties": {
             "total_tokens": {"type": "integer"}, "requests": {"type": "integer"}}}}},
     "BudgetStatus": {"type": "object", "properties": {
-        "budget_tokens": {"type": "integer", "nullable": True}, "used_tokens": {"type": "integer"},
-        "remaining_tokens": {"type": "integer", "nullable": True}, "exhausted": {"type": "boolean"}}},
+        "budget_tokens": {"type": "integer", "nullable": True},
+        "used_tokens": {"type": "integer"},
+        "remaining_tokens": {"type": "integer", "nullable": True},
+        "exhausted": {"type": "boolean"}}},
     "ChatbotList": {"type": "object", "properties": {"chatbots": {"type": "array", "items": {
         "type": "object", "properties": {
             "id": {"type": "string"}, "name": {"type": "string"},
