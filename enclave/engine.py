@@ -34,6 +34,11 @@ ENGINE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, MODELS})
 ENGINE_AHEAD = 32
 
 
+class EngineDead(Exception):
+    """The engine is gone for good (its process died): only a restart brings it back.
+    `check_health` raises it; any other exception there means not ready (yet)."""
+
+
 class Engine(Protocol):
     """What the gateway needs from an inference engine."""
 

@@ -23,7 +23,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, Receive, Scope, Send
+from enclave.engine import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    MODELS,
+    EngineDead,
+    Receive,
+    Scope,
+    Send,
+)
 from enclave.isolation import isolate_engine_environment
 from enclave.vllm_serving import serve_openai
 
@@ -223,8 +232,13 @@ class VLLMEngine:
         return cards
 
     async def check_health(self) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         for served in self._served():
-            await served.client.check_health()
+            try:
+                await served.client.check_health()
+            except EngineDeadError:
+                raise EngineDead("the engine core process died") from None
 
     def unfinished_requests(self) -> int:
         return sum(s.client.get_num_unfinished_requests() for s in self._served())

@@ -45,7 +45,7 @@ async def _send_json(send: Send, status: int, payload: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _stream(generator: AsyncGenerator[str, None], receive: Receive, send: Send) -> None:
+async def relay_stream(generator: AsyncGenerator[str, None], receive: Receive, send: Send) -> None:
     """Relay vLLM's SSE strings; a client that goes away aborts the engine request."""
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
@@ -121,6 +121,6 @@ async def serve_openai(state: Any, scope: Scope, receive: Receive, send: Send) -
     elif hasattr(result, "model_dump"):
         await _send_json(send, 200, result.model_dump())
     elif hasattr(result, "__aiter__"):
-        await _stream(result, receive, send)
+        await relay_stream(result, receive, send)
     else:
         await result(scope, receive, send)

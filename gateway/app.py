@@ -75,7 +75,8 @@ class Dialects:
                                   x25519_private=fleet.derive("continuum-x25519"))
         return cls(OhttpServer(keyring), ehbp.EhbpServer(keyring),
                    atoma.AtomaServer(keyring, signer),
-                   continuum.ContinuumServer(keyring, continuum.SecretStore(), hybrid),
+                   continuum.ContinuumServer(keyring, continuum.SecretStore(
+                       per_owner=settings.secrets_per_client), hybrid),
                    plaintext_dialect(insecure_plaintext=settings.insecure_plaintext))
 
     def all(self) -> tuple[ServerDialect, ...]:
@@ -102,14 +103,25 @@ def _control(answer: Callable[[], OuterResponse], dialect: str) -> Endpoint:
     return endpoint
 
 
-def _secrets_endpoint(dialect: continuum.ContinuumServer, services: Services) -> Endpoint:
+def _secrets_endpoint(dialect: continuum.ContinuumServer, services: Services,
+                      buckets: limits.RateBuckets) -> Endpoint:
+    """`POST /v1/secrets`, anonymous: rate-limited per client (small bursts), and each
+    client holds a bounded number of secrets (`SecretStore`)."""
     async def register(request: Request) -> Response:
         RequestContext.of(request.scope).dialect = dialect.name
+        client = limits.client_key(request.scope)
+        wait = buckets.take(client)
+        if wait is not None:
+            services.metrics.rejected.labels(ErrorCode.RATE_LIMITED.value).inc()
+            refused = _to_response(dialect.refuse(GatewayError(
+                ErrorCode.RATE_LIMITED, "too many secret registrations; retry later")))
+            refused.headers["retry-after"] = str(wait)
+            return refused
         try:
             body = await read_body(request, continuum.MAX_SECRET_BODY,
                                    timeout=services.body_timeout)
             outer = OuterRequest(request.method, request.url.path, (), body)
-            return _to_response(dialect.register_secret(outer))
+            return _to_response(dialect.register_secret(outer, owner=client))
         except (RequestRefused, GatewayError) as err:
             services.metrics.crypto_failures.labels(dialect.name, "open_secret").inc()
             return _to_response(dialect.refuse(err))
@@ -137,7 +149,7 @@ class _NodeLock:
 def _routes(dialects: Dialects, services: Services,
             reports: attestation_routes.ReportService | None,
             attested: attestation_routes.Attested | None, platform: Platform | None,
-            metrics_token: str | None) -> list[BaseRoute]:
+            metrics_token: str | None, secret_buckets: limits.RateBuckets) -> list[BaseRoute]:
     openai = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.continuum),
                              Mount(dialects.plaintext)], services)
     models = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.plaintext)], services)
@@ -157,7 +169,8 @@ def _routes(dialects: Dialects, services: Services,
         Route(atoma.NODE_PATH, _control(dialects.atoma.node_info, "control"), methods=["GET"]),
         *[Route(path, confidential, methods=["POST"]) for path in atoma.ENGINE_PATHS],
         Route(atoma.LOCK_PATH, lock, methods=["POST"]),
-        Route(continuum.SECRETS_PATH, _secrets_endpoint(dialects.continuum, services),
+        Route(continuum.SECRETS_PATH, _secrets_endpoint(dialects.continuum, services,
+                                                        secret_buckets),
               methods=["POST"]),
         Route(continuum.HYBRID_KEY_PATH, _control(dialects.continuum.hybrid_key, "control"),
               methods=["GET"]),
@@ -223,7 +236,7 @@ def create_app(
                                    max_per_client=settings.max_per_client,
                                    max_engine_queue=settings.max_engine_queue),
         padding=settings.padding, stream_interval=settings.stream_interval_ms / 1000,
-        max_tokens=settings.max_tokens,
+        max_tokens=settings.max_tokens, write_timeout=settings.write_timeout_seconds,
         cache_salt_key=fleet.derive("cache-salt") if fleet is not None else os.urandom(32),
         constant_rate=settings.constant_rate,
         replay=ReplayGuard(
@@ -277,7 +290,9 @@ def create_app(
 
     public = [Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"]),
               *_routes(dialects, services, reports, attestation, platform,
-                       settings.metrics_token)]
+                       settings.metrics_token, limits.RateBuckets(
+                           rate=settings.secret_registrations_per_second,
+                           burst=settings.secret_registration_burst))]
 
     def listener(routes: list[BaseRoute], *, owns_lifespan: bool) -> Starlette:
         return Starlette(

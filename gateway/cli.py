@@ -99,6 +99,12 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="engine backlog past which new work gets 503")
     serve.add_argument("--body-timeout", type=float, default=30.0,
                        help="seconds a client has to send its whole body (408 after)")
+    serve.add_argument("--head-timeout", type=float, default=10.0,
+                       help="seconds a connection has to send a complete request head "
+                            "(closed after; heads over 32 KiB are refused with 400)")
+    serve.add_argument("--write-timeout", type=float, default=20.0,
+                       help="seconds a stream may wait on a reader that stopped reading "
+                            "(then its engine request is aborted and its slot freed)")
     serve.add_argument("--max-tokens", type=int, default=None,
                        help="cap on max_tokens a request may ask for")
     serve.add_argument("--metrics-port", type=int, default=None,

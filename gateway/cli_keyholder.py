@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         seed = os.urandom(32)
     keyholder = Keyholder(seed, attested, roots=roots, policy=policy)
+    from gateway.http_protocol import listener_options
+
     uvicorn.run(keyholder.app(), host=args.host, port=args.port, log_config=None,
-                access_log=False)
+                access_log=False, **listener_options())
     return 0

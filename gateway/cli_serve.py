@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from enclave.logs import configure_logging
+from gateway.http_protocol import listener_options
 from gateway.settings import Settings
 
 if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when used
@@ -297,6 +298,8 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
                         max_in_flight=args.max_in_flight, max_per_client=args.max_per_client,
                         max_engine_queue=args.max_engine_queue,
                         body_timeout_seconds=args.body_timeout, max_tokens=args.max_tokens,
+                        head_timeout_seconds=args.head_timeout,
+                        write_timeout_seconds=args.write_timeout,
                         padding=PaddingPolicy.parse(args.padding),
                         stream_interval_ms=args.stream_interval_ms,
                         constant_rate=args.constant_rate,
@@ -359,8 +362,9 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
     # Proxy headers (X-Forwarded-For/-Proto) only from a front the operator names.
     forwarded = {"proxy_headers": args.forwarded_allow_ips is not None,
                  "forwarded_allow_ips": args.forwarded_allow_ips}
+    bounded = listener_options(args.head_timeout)  # every listener: see gateway.http_protocol
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
-                            access_log=False, lifespan="on",
+                            access_log=False, lifespan="on", **bounded,
                             timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
     server = uvicorn.Server(config)
     extra: list[uvicorn.Server] = []
@@ -369,6 +373,7 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
             tls_config = uvicorn.Config(
                 app.state.tls_app, host=args.host, port=args.tls_port, log_config=None,
                 access_log=False, lifespan="off", ssl_certfile=certfile, ssl_keyfile=keyfile,
+                **bounded,
                 timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
             tls_config.load()
         extra.append(uvicorn.Server(tls_config))
@@ -377,7 +382,7 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
 
         extra.append(uvicorn.Server(uvicorn.Config(
             metrics_only_app(app.state.metrics), host=args.metrics_host, port=args.metrics_port,
-            log_config=None, access_log=False, lifespan="off")))
+            log_config=None, access_log=False, lifespan="off", **bounded)))
 
     async def all_listeners() -> None:
         side = [asyncio.create_task(s.serve()) for s in extra]

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from enclave import sse
 from enclave.dialect import (
     InnerRequest,
     OuterRequest,
@@ -50,7 +51,7 @@ from gateway.context import RequestContext
 from gateway.engine_call import EngineCall
 from gateway.engine_slot import EngineSlot
 from gateway.errors import GatewayError
-from gateway.limits import Admission
+from gateway.limits import Admission, client_key
 from gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger("cloister.gateway")
@@ -106,6 +107,9 @@ class Services:
     # this key and the request's tenant (a new random one per gateway process).
     cache_salt_key: bytes = dataclasses.field(default_factory=lambda: os.urandom(32))
     max_tokens: int | None = None  # `--max-tokens`: the output a request may ask for
+    # A stream write that does not go through in this many seconds (the reader stopped
+    # reading) ends the stream: the engine request is aborted, the admission slot freed.
+    write_timeout: float = 20.0
 
 
 def _to_response(outer: OuterResponse) -> Response:
@@ -154,27 +158,46 @@ class _Relay:
         self._call, self._answer, self._responder = call, answer, responder
         self._start, self._tracker = start, tracker
         self._interval, self._constant = services.stream_interval, services.constant_rate
+        self._write_timeout = services.write_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start, responder, tracker = self._start, self._responder, self._tracker
+
+        async def bounded(message: dict[str, Any]) -> None:
+            async with asyncio.timeout(self._write_timeout):  # a timer, not a task
+                await send(message)
+
         try:
-            await send({"type": "http.response.start", "status": start.status,
-                        "headers": [(k.encode(), v.encode()) for k, v in start.headers]})
+            await bounded({"type": "http.response.start", "status": start.status,
+                           "headers": [(k.encode(), v.encode()) for k, v in start.headers]})
             if start.body:
-                await send({"type": "http.response.body", "body": start.body,
-                            "more_body": True})
+                await bounded({"type": "http.response.body", "body": start.body,
+                               "more_body": True})
             pieces = coalesced(self._answer.chunks(), self._interval,
                                constant_rate=self._constant)
-            async for chunk in pieces:
-                if self._call.gone.is_set():
-                    return
-                if chunk:
-                    tracker.saw_chunk(chunk)
-                await send({"type": "http.response.body", "body": responder.chunk(chunk),
-                            "more_body": True})
+            try:
+                async for chunk in pieces:
+                    if self._call.gone.is_set():
+                        return
+                    if chunk:
+                        tracker.saw_chunk(chunk)
+                    await bounded({"type": "http.response.body",
+                                   "body": responder.chunk(chunk), "more_body": True})
+            except (OSError, TimeoutError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the engine failed mid-stream
+                log.error("engine_stream_failed", error_type=type(exc).__name__)
+                failed = sse.event(error_json(ErrorCode.ENGINE_FAILED,
+                                              "the inference engine failed")) + sse.event(sse.DONE)
+                await bounded({"type": "http.response.body", "body": responder.chunk(failed),
+                               "more_body": True})
             if not self._call.gone.is_set():
-                await send({"type": "http.response.body", "body": responder.end()})
+                await bounded({"type": "http.response.body", "body": responder.end()})
                 tracker.completed = True
+        except TimeoutError:
+            # The reader stopped reading: give up on it. Returning unfinished makes the
+            # server close the connection; the endpoint aborts the engine request.
+            log.warning("stream_write_timeout", seconds=self._write_timeout)
         except OSError:
             pass  # the client went away while we were writing (ASGI spec 2.4)
 
@@ -192,7 +215,7 @@ class EngineEndpoint:
         request = Request(scope, receive)
         context = RequestContext.of(scope)
         services = self._services
-        client = (scope.get("client") or ("unknown", 0))[0]
+        client = client_key(scope)
         refusal = services.admission.refusal(client, services.slot.unfinished_requests())
         if refusal is not None:
             services.metrics.rejected.labels(refusal.code.value).inc()

@@ -2,8 +2,10 @@
 
 The HTTP listener comes up at once so that `/health` answers while a model loads (tens of
 seconds on a CPU, minutes for a large model on a GPU); `/ready` turns 200 only once the
-engine answers a health check. If the engine cannot start, the slot records that, calls
-`on_failure` (the CLI stops the server and exits non-zero) and `/health` says so.
+engine answers a health check. If the engine cannot start, or dies once started (its
+health check, polled every `WATCH_SECONDS`, raises `EngineDead`), the slot records that,
+calls `on_failure` (the CLI stops the server and exits non-zero, so systemd or Kubernetes
+restarts it) and `/health` and `/ready` say so.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 
 import structlog
 
-from enclave.engine import Engine
+from enclave.engine import Engine, EngineDead
 from enclave.wire_errors import ErrorCode
 from gateway.errors import GatewayError
 
@@ -25,6 +27,8 @@ log = structlog.get_logger("cloister.engine")
 
 # A client that arrives while the engine loads is told to come back after this many seconds.
 RETRY_AFTER_SECONDS = 5
+# How often a running engine's health is checked (a dead one is noticed within this).
+WATCH_SECONDS = 0.5
 
 
 class EngineSlot:
@@ -54,7 +58,7 @@ class EngineSlot:
                 self._engine = engine
                 self._started.set()
                 log.info("engine_started", models=engine.model_names())
-                await self._stop.wait()
+                await self._watch(engine)
         except Exception as exc:  # noqa: BLE001 - reported, then the server stops
             self._failed = True
             # The exception type is safe to log; its text may quote configuration.
@@ -64,6 +68,21 @@ class EngineSlot:
         finally:
             self._engine = None
             self._started.set()
+
+    async def _watch(self, engine: Engine) -> None:
+        """Until stopped: raise `EngineDead` as soon as a health check says so."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), WATCH_SECONDS)
+            if self._stop.is_set():
+                return
+            try:
+                await engine.check_health()
+            except EngineDead:
+                self._engine = None  # no new request reaches it
+                raise
+            except Exception:  # noqa: BLE001 - not ready is not dead: /ready reports it
+                continue
 
     async def stop(self) -> None:
         self._stop.set()
@@ -84,7 +103,7 @@ class EngineSlot:
         if self._engine is not None:
             return self._engine
         if self._failed:
-            raise GatewayError(ErrorCode.ENGINE_FAILED, "the inference engine failed to start")
+            raise GatewayError(ErrorCode.ENGINE_FAILED, "the inference engine failed")
         raise GatewayError(
             ErrorCode.ENGINE_NOT_READY,
             "the inference engine is starting; retry shortly",

@@ -3,7 +3,9 @@
     Admission            per-client concurrency (429) and gateway-wide capacity or a full
                          engine queue (503 with Retry-After), asked by the engine endpoint
                          before it reads a body
-    RateBuckets          a token bucket per client address (fresh attestation reports)
+    RateBuckets          a token bucket per client (fresh attestation reports, secret
+                         registrations)
+    client_key           who a request counts against: its API key, else its address
 Body size and body read time are bounded in `gateway.body`; the output a request may ask
 for (`--max-tokens`, in every form vLLM accepts) in `gateway.sampling`.
 """
@@ -11,9 +13,11 @@ for (`--max-tokens`, in every form vLLM accepts) in `gateway.sampling`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from enclave.wire_errors import ErrorCode
 from gateway.errors import GatewayError
@@ -55,6 +59,17 @@ class Admission:
             self.per_client[client] -= 1
             if not self.per_client[client]:
                 del self.per_client[client]
+
+
+def client_key(scope: Any) -> str:
+    """Whom a request counts against: the API key it carries (hashed), where it carries
+    one (the platform API, Atoma: everyone behind one relay or NAT is not one client),
+    else its address (the socket's, or the forwarded one from a front the operator named
+    with `--forwarded-allow-ips`)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return "key:" + hashlib.sha256(value[7:].strip()).hexdigest()[:32]
+    return str((scope.get("client") or ("unknown", 0))[0])
 
 
 class RateBuckets:

@@ -30,6 +30,15 @@ class Settings:
     max_engine_queue: int = 512
     # A client must deliver its whole body within this many seconds (slow-body attacks).
     body_timeout_seconds: float = 30.0
+    # A stream whose reader stops reading is given up after this many seconds without a
+    # write going through: its engine request is aborted and its admission slot freed.
+    write_timeout_seconds: float = 20.0
+    # A connection must deliver a complete request head this soon (slowloris).
+    head_timeout_seconds: float = 10.0
+    # Continuum secrets one client may hold at once, and how fast it may register them.
+    secrets_per_client: int = 64
+    secret_registrations_per_second: float = 2.0
+    secret_registration_burst: int = 20
     # Output tokens a request may ask for; None leaves it to the model's context length.
     max_tokens: int | None = None
     # Side channels (enclave.padding, gateway.coalesce): every sealed plaintext padded to

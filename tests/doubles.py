@@ -19,8 +19,11 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from enclave.engine import EngineDead
+from enclave.vllm_serving import relay_stream
 
 CHAT_MODEL = "test-chat"
 EMBEDDING_MODEL = "test-embed"
@@ -62,6 +65,7 @@ class DeterministicTestEngine:
         self.unfinished = 0
         self.aborted = 0
         self.healthy = True
+        self.killed = asyncio.Event()  # `kill()`: the engine process died
         self.seen_bodies: list[dict[str, Any]] = []
         self._app = Starlette(routes=[
             Route("/v1/models", self._models, methods=["GET"]),
@@ -73,7 +77,14 @@ class DeterministicTestEngine:
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         await self._app(scope, receive, send)
 
+    def kill(self) -> None:
+        """As if the engine core process were killed: streams in flight fail, and the
+        health check says the engine is dead (not merely unready)."""
+        self.killed.set()
+
     async def check_health(self) -> None:
+        if self.killed.is_set():
+            raise EngineDead("killed")
         if not self.healthy:
             raise RuntimeError("engine unhealthy")
 
@@ -146,9 +157,8 @@ class DeterministicTestEngine:
         options = body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage"))
         continuous = include_usage and bool(options.get("continuous_usage_stats"))
-        return StreamingResponse(self._events(words, usage if include_usage else None, chat,
-                                              continuous=continuous),
-                                 media_type="text/event-stream")
+        return _ClosingStream(self._events(words, usage if include_usage else None, chat,
+                                           continuous=continuous))
 
     async def _events(self, words: list[str], usage: dict[str, int] | None,
                       chat: bool, *, continuous: bool = False) -> AsyncIterator[str]:
@@ -161,7 +171,9 @@ class DeterministicTestEngine:
                     await asyncio.sleep(self.token_delay)
                 if self.pause_after is not None and i == self.pause_after:
                     self.paused.set()
-                    await asyncio.Event().wait()  # until the request is cancelled
+                    await self.killed.wait()  # until the request is cancelled, or kill()
+                if self.killed.is_set():
+                    raise RuntimeError("the engine core died")
                 piece = word if i == 0 else " " + word
                 choice = ({"index": 0, "delta": {"content": piece}} if chat
                           else {"index": 0, "text": piece})
@@ -181,6 +193,18 @@ class DeterministicTestEngine:
             self.unfinished -= 1
             if not finished:
                 self.aborted += 1
+
+
+class _ClosingStream:
+    """The SSE answer through the real engine bridge's relay (`relay_stream`): it watches
+    for `http.disconnect` and closes the generator however the answer ends (vLLM aborts
+    the request there)."""
+
+    def __init__(self, events: AsyncIterator[str]) -> None:
+        self._events = events
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await relay_stream(self._events, receive, send)  # type: ignore[arg-type]
 
 
 def _sse(payload: dict[str, Any]) -> str:

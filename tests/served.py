@@ -26,12 +26,14 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def served(app: Any) -> Iterator[str]:
-    """`app` (its lifespan included) at `http://127.0.0.1:PORT` while the block runs."""
+def served(app: Any, **options: Any) -> Iterator[str]:
+    """`app` (its lifespan included) at `http://127.0.0.1:PORT` while the block runs;
+    `options` go to `uvicorn.Config` (e.g. the gateway's `listener_options()`)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                                    **options))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
                               daemon=True)
     thread.start()

@@ -130,12 +130,13 @@ class ContinuumServer:
                                               "public_key": self._hybrid.public_bytes.hex()
                                               }).encode())
 
-    def register_secret(self, request: OuterRequest) -> OuterResponse:
-        """`POST /v1/secrets`: raises `RequestRefused` for a body that does not open."""
+    def register_secret(self, request: OuterRequest, owner: str = "") -> OuterResponse:
+        """`POST /v1/secrets`: raises `RequestRefused` for a body that does not open.
+        `owner` (the client) bounds how many secrets one client holds (`SecretStore`)."""
         if len(request.body) > MAX_SECRET_BODY:
             raise MalformedRequest("the secret registration is too large")
         secret = open_secret(self._keyring, _object(request.body), self._hybrid)
-        secret_id, expires = self.secrets.register(secret)
+        secret_id, expires = self.secrets.register(secret, owner)
         return json_response(200, json.dumps({"secret_id": secret_id,
                                               "expires_at": expires}).encode())
 

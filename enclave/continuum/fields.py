@@ -46,6 +46,8 @@ SUITE = SymmetricSuite(Kdf.HKDF_SHA256, Aead.AES_256_GCM)
 FIELD_PATTERN = re.compile(r"^([0-9a-f]{32}):([0-9a-f]{32}):([0-9a-f]{24}):([0-9a-f]+)$")
 # Secrets held at once and for how long: bounded memory whatever clients do.
 MAX_SECRETS = 100_000
+# Secrets one client may hold at once (a proxy needs one per gateway and key epoch).
+MAX_SECRETS_PER_OWNER = 64
 SECRET_TTL_SECONDS = 3600
 # The request fields that carry the prompt, by route.
 PROMPT_FIELDS = {"/v1/chat/completions": "messages", "/v1/completions": "prompt",
@@ -116,35 +118,71 @@ def open_secret(keyring: KeyRing, payload: object, hybrid: pq.HybridKey | None =
 class _Held:
     secret: bytes
     expires_at: float
+    owner: str
 
 
 class SecretStore:
-    """Inference secrets by id, in enclave memory only; oldest evicted past the bound."""
+    """Inference secrets by id, in enclave memory only, each with its owner (the client
+    that registered it). An owner holds at most `per_owner`: past that its own oldest
+    goes. Past `max_secrets` in all, the oldest secret of whoever holds the most goes: one
+    client registering without end evicts only its own secrets, never another's."""
 
     def __init__(self, *, ttl: float = SECRET_TTL_SECONDS, max_secrets: int = MAX_SECRETS,
+                 per_owner: int = MAX_SECRETS_PER_OWNER,
                  clock: Callable[[], float] = time.time) -> None:
         self._held: OrderedDict[str, _Held] = OrderedDict()
-        self._ttl, self._max, self._clock = ttl, max_secrets, clock
+        self._owned: dict[str, OrderedDict[str, None]] = {}
+        self._ttl, self._max, self._per_owner, self._clock = (ttl, max_secrets, per_owner,
+                                                              clock)
 
     def __repr__(self) -> str:
         return f"SecretStore({len(self._held)} secrets, [redacted])"
 
-    def register(self, secret: bytes) -> tuple[str, int]:
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def register(self, secret: bytes, owner: str = "") -> tuple[str, int]:
+        self._expire()
         secret_id = os.urandom(SECRET_ID_SIZE).hex()
         expires = self._clock() + self._ttl
-        self._held[secret_id] = _Held(secret, expires)
+        self._held[secret_id] = _Held(secret, expires, owner)
+        owned = self._owned.setdefault(owner, OrderedDict())
+        owned[secret_id] = None
+        while len(owned) > self._per_owner:
+            self._forget(next(iter(owned)))
         while len(self._held) > self._max:
-            self._held.popitem(last=False)
+            greediest = max(self._owned.values(), key=len)
+            self._forget(next(iter(greediest)))
         return secret_id, int(expires)
+
+    def _forget(self, secret_id: str) -> None:
+        held = self._held.pop(secret_id, None)
+        if held is None:
+            return
+        owned = self._owned.get(held.owner)
+        if owned is not None:
+            owned.pop(secret_id, None)
+            if not owned:
+                del self._owned[held.owner]
+
+    def _expire(self) -> None:
+        """Drop expired secrets (they were registered in order, with one lifetime)."""
+        now = self._clock()
+        while self._held:
+            oldest, held = next(iter(self._held.items()))
+            if held.expires_at > now:
+                return
+            self._forget(oldest)
 
     def clear(self) -> None:
         """Forget every secret (clients register new ones when told `unknown_secret`)."""
         self._held.clear()
+        self._owned.clear()
 
     def get(self, secret_id: str) -> bytes:
         held = self._held.get(secret_id)
         if held is None or held.expires_at <= self._clock():
-            self._held.pop(secret_id, None)
+            self._forget(secret_id)
             raise UnknownSecretError()
         return held.secret
 
