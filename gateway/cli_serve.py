@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when
     from gateway.launch import Launch
     from gateway.platform_store import PlatformStore
 
+# After the engine dies: how long `/health` and `/ready` answer 503 before the exit.
+FAILURE_DRAIN_SECONDS = 3.0
+
+
 def _state_dir(args: argparse.Namespace) -> Path:
     if args.state_dir is not None:
         return Path(args.state_dir)
@@ -310,9 +314,13 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
     failed = False
 
     def on_engine_failure() -> None:
+        """The engine died: `/health` and `/ready` answer 503 `engine_failed` for a short
+        drain (probes and balancers see it; streams in flight get their sealed error),
+        then the process exits non-zero so its supervisor restarts it."""
         nonlocal failed
         failed = True
-        server.should_exit = True
+        asyncio.get_running_loop().call_later(FAILURE_DRAIN_SECONDS,
+                                              setattr, server, "should_exit", True)
 
     fleet = None
     if args.join:

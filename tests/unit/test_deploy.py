@@ -70,6 +70,16 @@ def test_deployment_is_confidential_gpu_backed_replicated_and_probed(manifests) 
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
 
 
+def test_a_gateway_whose_engine_died_is_restarted(manifests) -> None:
+    """The gateway exits non-zero when its engine dies (`gateway.engine_slot`): each
+    deployment must restart it on exactly that."""
+    pod = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod.get("restartPolicy", "Always") == "Always"  # a Deployment's only choice
+    unit = (DEPLOY / "cvm/cloister.service").read_text()
+    assert re.search(r"^Restart=(on-failure|always)$", unit, re.M)
+    assert re.search(r"^RestartSec=\d+", unit, re.M)  # not a tight restart loop
+
+
 def _exported_metric_names() -> set[str]:
     app = create_app(Settings(), DeterministicTestEngine().running)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
