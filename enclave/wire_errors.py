@@ -46,6 +46,7 @@ class ErrorCode(enum.StrEnum):
     ADMIN_UNAUTHORIZED = "invalid_admin_signature"
     UNKNOWN_CHALLENGE = "unknown_challenge"
     JOIN_REFUSED = "join_refused"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -81,6 +82,7 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.ADMIN_UNAUTHORIZED: (401, "authentication_error"),
     ErrorCode.UNKNOWN_CHALLENGE: (400, "invalid_request_error"),
     ErrorCode.JOIN_REFUSED: (403, "permission_error"),
+    ErrorCode.STORE_UNAVAILABLE: (503, "server_error"),
 }
 
 

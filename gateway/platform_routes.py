@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -40,7 +41,14 @@ from gateway.endpoint import (
 )
 from gateway.engine_call import EngineCall
 from gateway.errors import GatewayError, json_response
-from gateway.platform_store import ApiKey, Chatbot, PlatformStore, Reservation, StoreError
+from gateway.platform_store import (
+    ApiKey,
+    Chatbot,
+    PlatformStore,
+    Reservation,
+    StoreError,
+    StoreUnavailable,
+)
 
 PREFIX = "/api/v1"
 NAME = "enclava"
@@ -54,6 +62,10 @@ DEFAULT_MAX_TOKENS = 2048
 # of its tokens for byte-level tokenizers), in the reservation.
 TEMPLATE_TOKENS = 64
 
+
+# Seconds between attempts to settle a reservation while the database is unavailable.
+SETTLE_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 16, 32)
+log = structlog.get_logger("cloister.platform")
 
 # Where `Platform.bearer_required` leaves the authenticated key for the gate.
 API_KEY_STATE = "cloister_api_key"
@@ -70,7 +82,16 @@ class Meter:
         self._store, self._reservation = store, reservation
 
     async def finish(self, usage: dict[str, Any] | None, completed: bool) -> None:
-        await asyncio.to_thread(self._store.settle, self._reservation, _tokens(usage))
+        """Settle; while the database is unavailable, retry (backing off) for a while:
+        until settled, the reservation holds the request's maximum against the budget,
+        so nothing is given away."""
+        for delay in SETTLE_RETRY_DELAYS:
+            try:
+                await asyncio.to_thread(self._store.settle, self._reservation, _tokens(usage))
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(delay)
+        log.error("settle_abandoned", code=ErrorCode.STORE_UNAVAILABLE.value)
 
 
 def _tokens(usage: dict[str, Any] | None) -> int:

@@ -45,10 +45,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 
 from enclave.errors import DecryptError
 from enclave.sealed_state import DataKey
 from enclave.wire_errors import ErrorCode
+
+log = structlog.get_logger("cloister.store")
 
 KEY_PREFIX = "clst_"
 # Characters of a key kept in clear to find its row (the rest is only hashed).
@@ -129,6 +132,15 @@ class StateInvalid(StoreError):
 class StateRolledBack(StoreError):
     code = ErrorCode.STATE_ROLLED_BACK
     message = "the stored state is older than what this gateway has seen"
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or written (down, disk full): retry later. Nothing
+    was written, so nothing is lost; the type only is logged (the driver's text may quote
+    the database's address)."""
+
+    code = ErrorCode.STORE_UNAVAILABLE
+    message = "the platform's database is unavailable; retry later"
 
 
 class BudgetExhausted(StoreError):
@@ -285,7 +297,7 @@ class PlatformStore:
     def _read(self) -> Iterator[sa.Connection]:
         """A consistent view for reading: an account and its keys are checked together,
         so no write may land between the two reads (a false alarm otherwise)."""
-        with self._writing, self._engine.connect() as db:
+        with self._writing, _available(), self._engine.connect() as db:
             if not self._sqlite:  # one snapshot for the whole read (other replicas write)
                 db = db.execution_options(isolation_level="REPEATABLE READ")
             yield db
@@ -293,7 +305,7 @@ class PlatformStore:
     @contextmanager
     def _transaction(self) -> Iterator[sa.Connection]:
         """One write transaction; the versions it wrote count as seen once committed."""
-        with self._writing:
+        with self._writing, _available():
             self._committing = {}
             with self._engine.begin() as db:
                 yield db
@@ -534,6 +546,16 @@ class PlatformStore:
             db.execute(conversations.update().where(conversations.c.id == conversation_id)
                        .values(message_count=count, mac=self._mac("conversations", fields)))
         return conversation_id
+
+
+@contextmanager
+def _available() -> Iterator[None]:
+    """The database's own failures (unreachable, full, read-only) as `StoreUnavailable`."""
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        log.error("store_unavailable", error_type=type(exc.orig).__name__)
+        raise StoreUnavailable() from None
 
 
 def _engine(url: str) -> sa.Engine:

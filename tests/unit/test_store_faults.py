@@ -1,0 +1,75 @@
+"""The platform's database goes away mid-run (a real PostgreSQL that stops accepting
+connections and drops the ones it had): the platform API answers `503 store_unavailable`,
+the gateway keeps serving everything else, and when the database is back nothing is lost
+(keys, usage and budgets are as they were, the pending settlement lands)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from enclave.sealed_state import DataKey
+from gateway.platform_store import PlatformStore, StoreUnavailable
+from tests.doubles import CHAT_MODEL, DeterministicTestEngine
+from tests.unit.test_platform import new_key, platform
+
+CHAT = {"model": CHAT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+
+
+def _set_available(postgres, url: str, available: bool) -> None:  # type: ignore[no-untyped-def]
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres",
+                         autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {str(available).lower()}")
+        if not available:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s", (name,))
+
+
+async def test_the_database_going_away_is_a_503_and_nothing_is_lost(
+        postgres, postgres_url, tmp_path) -> None:
+    store = PlatformStore(postgres_url, DataKey.from_key_file(tmp_path / "data-key"))
+    key, record = new_key(store, "k", budget_tokens=10_000)
+    auth = {"authorization": f"Bearer {key}"}
+    async with platform(store, DeterministicTestEngine()) as tls:
+        assert (await tls.post("/api/v1/chat/completions", json=CHAT,
+                               headers=auth)).status_code == 200
+        used = store.get_api_key(record.id)
+        assert used is not None
+        _set_available(postgres, postgres_url, False)
+        try:
+            down = await tls.post("/api/v1/chat/completions", json=CHAT, headers=auth)
+            assert down.status_code == 503
+            assert down.json()["error"]["code"] == "store_unavailable"
+            assert postgres_url.split("@")[1] not in down.text  # no address in the error
+            assert (await tls.get("/health")).status_code == 200
+            with pytest.raises(StoreUnavailable):
+                store.list_accounts()
+        finally:
+            _set_available(postgres, postgres_url, True)
+        back = await tls.post("/api/v1/chat/completions", json=CHAT, headers=auth)
+        assert back.status_code == 200
+    after = store.get_api_key(record.id)
+    assert after is not None and after.requests == used.requests + 1
+    assert after.reserved_tokens == 0 and after.used_tokens > used.used_tokens
+
+
+async def test_a_settlement_waits_for_the_database(postgres, postgres_url, tmp_path,
+                                                   monkeypatch) -> None:
+    from gateway import platform_routes
+
+    monkeypatch.setattr(platform_routes, "SETTLE_RETRY_DELAYS", (0.2,) * 50)
+    store = PlatformStore(postgres_url, DataKey.from_key_file(tmp_path / "data-key"))
+    key, record = new_key(store, "k", budget_tokens=10_000)
+    reservation = store.reserve(record.id, 500)
+    meter = platform_routes.Meter(store, reservation)
+    _set_available(postgres, postgres_url, False)
+    settling = asyncio.create_task(meter.finish({"total_tokens": 7}, True))
+    await asyncio.sleep(0.5)
+    assert not settling.done()  # still trying, the reservation still held
+    _set_available(postgres, postgres_url, True)
+    await asyncio.wait_for(settling, 10)
+    settled = store.get_api_key(record.id)
+    assert settled is not None and (settled.used_tokens, settled.reserved_tokens) == (7, 0)
