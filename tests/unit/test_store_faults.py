@@ -73,3 +73,25 @@ async def test_a_settlement_waits_for_the_database(postgres, postgres_url, tmp_p
     await asyncio.wait_for(settling, 10)
     settled = store.get_api_key(record.id)
     assert settled is not None and (settled.used_tokens, settled.reserved_tokens) == (7, 0)
+
+
+def test_a_full_disk_is_store_unavailable_and_reads_go_on(tmp_path) -> None:
+    """SQLite's own 'database or disk is full' (SQLITE_FULL), made by capping the file at
+    its current size, as a full disk would."""
+    import sqlalchemy as sa
+
+    store = PlatformStore(f"sqlite:///{tmp_path / 'p.db'}",
+                          DataKey.from_key_file(tmp_path / "data-key"))
+    key, record = new_key(store, "k")
+    engine = store._engine  # the test reaches in to cap the file, nothing else
+
+    @sa.event.listens_for(engine, "connect")
+    def cap(dbapi, _record) -> None:  # type: ignore[no-untyped-def]
+        pages = dbapi.execute("PRAGMA page_count").fetchone()[0]
+        dbapi.execute(f"PRAGMA max_page_count = {pages}")
+
+    engine.dispose()
+    with pytest.raises(StoreUnavailable):
+        for n in range(200):  # until a new page is needed
+            store.create_account(f"account-{n}" + "x" * 2000)
+    assert store.authenticate(key) is not None  # what is stored is still served
