@@ -107,7 +107,7 @@ class ReportService:
         self._pending += 1
         try:
             doc = await asyncio.get_running_loop().run_in_executor(self._pool, work)
-        except ProviderError as exc:
+        except (ProviderError, OSError) as exc:  # the hardware or its driver, failing
             raise GatewayError(ErrorCode.ATTESTATION_UNAVAILABLE,
                                "attestation evidence is unavailable") from exc
         finally:

@@ -17,7 +17,7 @@ import pytest
 from attestation.challenge import ChallengeAnswer
 from attestation.errors import Reason, VerificationError
 from attestation.simulated import SimulatedPki
-from attestation.types import CpuEvidence, CpuProvider
+from attestation.types import CpuEvidence, CpuProvider, ProviderError
 from attestation.verify import TrustRoots, verify_challenge_answer, verify_evidence
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -25,6 +25,7 @@ from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
 from tests.attested import policy, simulated, trusting
+from tests.clients import client_for
 from tests.doubles import CHAT_MODEL
 from tests.unit.conftest import start
 
@@ -203,3 +204,44 @@ async def test_a_proxy_reattests_on_its_period(engine, pki) -> None:
         await client.dialect()
         assert attestor.last is not first
         await client.aclose()
+
+
+class FailingQuote:
+    """A CPU evidence provider whose hardware stops answering (the TSM report interface
+    errors, the quote service is down) once `failing` is set."""
+
+    def __init__(self, inner: CpuProvider) -> None:
+        self._inner = inner
+        self.platform = inner.platform
+        self.failing = False
+
+    def get_report(self, report_data: bytes) -> CpuEvidence:
+        if self.failing:
+            raise ProviderError("configfs-tsm refused the report: Input/output error "
+                                "at 0xdeadbeef")
+        return self._inner.get_report(report_data)
+
+
+async def test_an_attestation_provider_failing_mid_run(engine, pki) -> None:
+    """Reports answer `503 attestation_unavailable` (no provider detail), inference goes
+    on, and reports come back when the provider does."""
+    attested = simulated(pki)
+    failing = FailingQuote(attested.cpu)
+    app = create_app(Settings(), engine.running,
+                     attestation=dataclasses.replace(attested, cpu=failing))
+    async with app.router.lifespan_context(app):
+        await start(app)
+        async with _client(app, "192.0.2.9") as client:
+            assert (await _fresh(client, b"c" * 32)).status_code == 200
+            failing.failing = True
+            down = await _fresh(client, b"d" * 32)
+            served = client_for(app, "ohttp")
+            answer = await served.request("POST", "/v1/chat/completions",
+                                          json.dumps(CHAT).encode())
+            await served.aclose()
+            failing.failing = False
+            back = await _fresh(client, b"e" * 32)
+    assert (down.status_code, down.json()["error"]["code"]) == (503, "attestation_unavailable")
+    assert "deadbeef" not in down.text and "tsm" not in down.text
+    assert answer.status == 200
+    assert back.status_code == 200
