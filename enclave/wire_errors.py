@@ -47,6 +47,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_CHALLENGE = "unknown_challenge"
     JOIN_REFUSED = "join_refused"
     STORE_UNAVAILABLE = "store_unavailable"
+    CLIENT_GONE = "client_closed_request"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -83,6 +84,7 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.UNKNOWN_CHALLENGE: (400, "invalid_request_error"),
     ErrorCode.JOIN_REFUSED: (403, "permission_error"),
     ErrorCode.STORE_UNAVAILABLE: (503, "server_error"),
+    ErrorCode.CLIENT_GONE: (499, "invalid_request_error"),  # nginx's status for it
 }
 
 

@@ -48,7 +48,7 @@ from gateway import sampling
 from gateway.body import read_body
 from gateway.coalesce import coalesced
 from gateway.context import RequestContext
-from gateway.engine_call import EngineCall
+from gateway.engine_call import ClientGone, EngineCall
 from gateway.engine_slot import EngineSlot
 from gateway.errors import GatewayError
 from gateway.limits import Admission, client_key
@@ -280,6 +280,8 @@ class EngineEndpoint:
             answer = await call.start(EngineRequest(inner.method, inner.path, inner.body,
                                                     request_id=context.request_id))
             return await self._answer(call, answer, responder, tracker), tracker, call
+        except ClientGone as gone:  # answered to no one; counted under its status
+            return _to_response(responder.error(gone.status, gone.body_json())), tracker, call
         except Exception as exc:  # noqa: BLE001 - answered sealed; the type only is logged
             log.error("engine_call_failed", error_type=type(exc).__name__)
             failed = responder.error(500, error_json(ErrorCode.INTERNAL_ERROR, "internal error"))

@@ -9,10 +9,20 @@ watch; the endpoint calls it in a `finally`, so no watch outlives its request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from starlette.types import Receive
 
 from enclave.engine import Engine, EngineRequest, EngineResponse, call_engine
+from enclave.wire_errors import ErrorCode
+from gateway.errors import GatewayError
+
+
+class ClientGone(GatewayError):
+    """The client left before the engine answered; nobody is there to answer."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.CLIENT_GONE, "the client closed the connection")
 
 
 class EngineCall:
@@ -24,10 +34,24 @@ class EngineCall:
         self.answer: EngineResponse | None = None
 
     async def start(self, request: EngineRequest) -> EngineResponse:
-        """Start `request` on the engine; its answer's head is known on return."""
+        """Start `request` on the engine; its answer's head is known on return. A whole
+        (non-streamed) answer's head comes only when it is complete: a client that leaves
+        before then cancels the engine's work (vLLM aborts the request) and this raises
+        `ClientGone`."""
         self._watch = asyncio.create_task(self._watch_client())
-        self.answer = await call_engine(self._engine, request,
-                                        wait_for_disconnect=self._client_gone)
+        calling = asyncio.ensure_future(call_engine(self._engine, request,
+                                                    wait_for_disconnect=self._client_gone))
+        leaving = asyncio.ensure_future(self.gone.wait())
+        try:
+            await asyncio.wait({calling, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+        if not calling.done():
+            calling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await calling
+            raise ClientGone()
+        self.answer = calling.result()
         return self.answer
 
     async def _client_gone(self) -> None:

@@ -66,6 +66,7 @@ class DeterministicTestEngine:
         self.aborted = 0
         self.healthy = True
         self.killed = asyncio.Event()  # `kill()`: the engine process died
+        self.generating_whole = asyncio.Event()  # a non-streamed answer is being made
         self.seen_bodies: list[dict[str, Any]] = []
         self._app = Starlette(routes=[
             Route("/v1/models", self._models, methods=["GET"]),
@@ -148,6 +149,7 @@ class DeterministicTestEngine:
                  "total_tokens": len(prompt.split()) + len(words)}
         kind = "chat.completion" if chat else "text_completion"
         if not body.get("stream"):
+            await self._whole(len(words))
             text = " ".join(words)
             choice = ({"index": 0, "message": {"role": "assistant", "content": text},
                        "finish_reason": "length"} if chat
@@ -159,6 +161,20 @@ class DeterministicTestEngine:
         continuous = include_usage and bool(options.get("continuous_usage_stats"))
         return _ClosingStream(self._events(words, usage if include_usage else None, chat,
                                            continuous=continuous))
+
+    async def _whole(self, tokens: int) -> None:
+        """A whole answer takes its tokens' time too; cancelled, it counts as aborted."""
+        self.unfinished += 1
+        self.generating_whole.set()
+        finished = False
+        try:
+            for _ in range(tokens if self.token_delay else 0):
+                await asyncio.sleep(self.token_delay)
+            finished = True
+        finally:
+            self.unfinished -= 1
+            if not finished:
+                self.aborted += 1
 
     async def _events(self, words: list[str], usage: dict[str, int] | None,
                       chat: bool, *, continuous: bool = False) -> AsyncIterator[str]:

@@ -142,7 +142,10 @@ class ContinuumServer:
 
     def open(self, request: OuterRequest) -> tuple[InnerRequest, ContinuumResponder]:
         payload = _object(request.body)
-        first = SealedField.parse(payload[PROMPT_FIELDS[request.path]])
+        field = PROMPT_FIELDS.get(request.path)
+        if field is None or field not in payload:
+            raise MalformedRequest("no sealed prompt field for this route")
+        first = SealedField.parse(payload[field])
         secret = self.secrets.get(first.secret_id)
         cipher = FieldCipher(first.secret_id, secret, first.request_nonce)
         for name, value in list(payload.items()):

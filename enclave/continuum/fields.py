@@ -43,7 +43,8 @@ IV_SIZE = 12
 SECRET_INFO = b"cloister-continuum-secret-v1"
 LABEL = b"cloister-continuum-v1"
 SUITE = SymmetricSuite(Kdf.HKDF_SHA256, Aead.AES_256_GCM)
-FIELD_PATTERN = re.compile(r"^([0-9a-f]{32}):([0-9a-f]{32}):([0-9a-f]{24}):([0-9a-f]+)$")
+FIELD_PATTERN = re.compile(
+    r"^([0-9a-f]{32}):([0-9a-f]{32}):([0-9a-f]{24}):((?:[0-9a-f]{2})+)$")
 # Secrets held at once and for how long: bounded memory whatever clients do.
 MAX_SECRETS = 100_000
 # Secrets one client may hold at once (a proxy needs one per gateway and key epoch).
@@ -197,8 +198,8 @@ class SealedField:
     ciphertext: bytes
 
     @classmethod
-    def parse(cls, value: str) -> SealedField:
-        match = FIELD_PATTERN.match(value)
+    def parse(cls, value: object) -> SealedField:
+        match = FIELD_PATTERN.match(value) if isinstance(value, str) else None
         if match is None:
             raise DecryptError()
         return cls(match[1], bytes.fromhex(match[2]), bytes.fromhex(match[3]),

@@ -196,3 +196,28 @@ async def test_the_per_client_limit_counts_api_keys_not_the_shared_address(make_
     assert client_key(alice) != client_key(bob) != client_key(relay)
     assert client_key(relay) == "10.9.9.9"
     assert "alice-key" not in client_key(alice)  # hashed, never the key itself
+
+
+async def test_a_client_that_leaves_before_a_whole_answer_aborts_it() -> None:
+    """Non-streamed: vLLM's answer comes whole, so nothing is written until it is done; a
+    client that leaves before then stops the engine's work (it ran to the end before)."""
+    from tests.asgi import call_until_hang_up, http_scope
+
+    engine = DeterministicTestEngine(token_delay=0.01)
+    app = create_app(Settings(insecure_plaintext=True), engine.running)
+    body = json.dumps({**CHAT, "max_tokens": 5000}).encode()
+    hang_up = asyncio.Event()
+    async with app.router.lifespan_context(app):
+        await start(app)
+
+        async def leave_when_working() -> None:
+            await engine.generating_whole.wait()
+            hang_up.set()
+
+        leaver = asyncio.create_task(leave_when_working())
+        started = time.monotonic()
+        await call_until_hang_up(app, http_scope("POST", "/v1/chat/completions", body=body),
+                                 body, hang_up_after=lambda _m: False, hang_up=hang_up)
+        await leaver
+    assert time.monotonic() - started < 10  # not the 50 s the whole answer takes
+    assert engine.aborted == 1 and engine.unfinished == 0
