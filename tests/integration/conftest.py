@@ -105,18 +105,31 @@ def start_gateway(*args: str, log_path: Path, state_dir: Path) -> RunningGateway
         port = serve_args[serve_args.index("--metrics-port") + 1]
         gateway.metrics_url = f"http://127.0.0.1:{port}"
     gateway.state_dir = state_dir
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        wait_ready(f"{gateway.url}/ready", process, log_path)
+    except RuntimeError:
+        stop_gateway(gateway)
+        raise
+    return gateway
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
+               timeout: float = STARTUP_TIMEOUT_S) -> None:
+    """Until `url` answers 200; `RuntimeError` with the log's tail if the process exits
+    first or the time runs out."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log_tail()}")
+            raise RuntimeError(f"exited with {process.returncode}:\n"
+                               f"{log_path.read_text(errors='replace')[-3000:]}")
         try:
-            if httpx.get(f"{gateway.url}/ready", timeout=2).status_code == 200:
-                return gateway
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(1)
-    stop_gateway(gateway)
-    raise RuntimeError(f"gateway not ready after {STARTUP_TIMEOUT_S}s:\n{gateway.log_tail()}")
+    raise RuntimeError(f"not ready after {timeout}s:\n"
+                       f"{log_path.read_text(errors='replace')[-3000:]}")
 
 
 def stop_gateway(gateway: RunningGateway) -> None:

@@ -22,9 +22,9 @@ import pytest
 from tests.balancer import RoundRobinBalancer
 from tests.integration.conftest import (
     ROOT,
-    STARTUP_TIMEOUT_S,
     cloister,
     free_port,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.engine
@@ -66,21 +66,6 @@ class Fleet:
                 "--simulated-roots", str(self.state / "simulated-roots.pem")]
 
 
-def _wait(url: str, process: subprocess.Popen[bytes], log: Path,
-          timeout: float = STARTUP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"not ready:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, postgres) -> Iterator[Fleet]:
     folder = tmp_path_factory.mktemp("fleet")
@@ -111,12 +96,12 @@ def fleet(tmp_path_factory, postgres) -> Iterator[Fleet]:
                          "--attestation", "simulated", "--state-dir", str(fleet.state),
                          "--reference-values", str(fleet.statement),
                          "--release-key", f"{fleet.release_key}.pub")
-    _wait(f"{fleet.keyholder_url}/health", holder, fleet.logs[-1])
+    wait_ready(f"{fleet.keyholder_url}/health", holder, fleet.logs[-1])
     started = time.monotonic()
     replicas = [fleet.spawn(f"replica{i}", "serve", *fleet.replica_args(ports))
                 for i, ports in enumerate(fleet.replicas)]
     for process, ports, log in zip(replicas, fleet.replicas, fleet.logs[1:], strict=True):
-        _wait(f"http://127.0.0.1:{ports['http']}/ready", process, log)
+        wait_ready(f"http://127.0.0.1:{ports['http']}/ready", process, log)
     print(f"\nfleet of two replicas ready {time.monotonic() - started:.1f}s after start")
     yield fleet
     for process in fleet.processes:
@@ -198,7 +183,7 @@ def test_the_proxy_and_the_sdk_work_through_a_balancer_over_the_fleet(fleet, tmp
              str(tmp_path), *fleet.trust()], cwd=ROOT, stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT)
         try:
-            _wait(f"http://127.0.0.1:{port}/v1/models", proxy, Path(os.devnull))
+            wait_ready(f"http://127.0.0.1:{port}/v1/models", proxy, Path(os.devnull))
             sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local")
             for _ in range(3):
                 reply = sdk.chat.completions.create(

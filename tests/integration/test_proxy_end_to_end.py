@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
+from tests.balancer import RecordingRelay
 from tests.integration.conftest import ROOT, RunningGateway, free_port
-from tests.integration.relay import RecordingRelay
 
 pytestmark = pytest.mark.engine
 

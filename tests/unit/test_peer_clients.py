@@ -27,6 +27,7 @@ from enclave.sealed_state import DataKey
 from gateway.app import create_app
 from gateway.platform_store import PlatformStore
 from gateway.settings import Settings
+from tests.clients import exercise_openai_sdk
 from tests.doubles import CHAT_MODEL, EMBEDDING_DIM, EMBEDDING_MODEL, DeterministicTestEngine
 from tests.served import served
 from tests.unit.test_platform import new_key
@@ -80,12 +81,7 @@ def test_tinfoil_transport_under_the_openai_sdk(tmp_path) -> None:
         identity = tinfoil.ServerIdentity.unmarshal_public_config(keys.content)
         http = httpx.Client(transport=tinfoil.EHBPTransport(identity))
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", http_client=http)
-        reply = sdk.chat.completions.create(**CHAT)  # type: ignore[call-overload]
-        assert reply.choices[0].message.content
-        stream = sdk.chat.completions.create(**CHAT, stream=True)  # type: ignore[call-overload]
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        emb = sdk.embeddings.create(model=EMBEDDING_MODEL, input="x")
-        assert len(emb.data[0].embedding) == EMBEDDING_DIM
+        exercise_openai_sdk(sdk, CHAT, EMBEDDING_MODEL)
         http.close()
 
 

@@ -19,8 +19,8 @@ from proxy.transport import (
     NoReferenceValues,
     openai_client,
 )
-from tests.clients import PROTOCOLS
-from tests.doubles import CHAT_MODEL, EMBEDDING_DIM, EMBEDDING_MODEL, DeterministicTestEngine
+from tests.clients import PROTOCOLS, exercise_openai_sdk
+from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, DeterministicTestEngine
 from tests.served import served
 
 CHAT = {"model": CHAT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
@@ -37,12 +37,7 @@ def test_the_openai_sdk_over_the_sync_transport(gateway_url, protocol) -> None:
     transport = CloisterTransport(make_client(gateway_url, protocol, attestation=Unverified()))
     with httpx.Client(transport=transport) as http:
         sdk = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="-", http_client=http)  # type: ignore[arg-type]
-        reply = sdk.chat.completions.create(**CHAT)  # type: ignore[call-overload]
-        assert reply.choices[0].message.content
-        stream = sdk.chat.completions.create(**CHAT, stream=True)  # type: ignore[call-overload]
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        emb = sdk.embeddings.create(model=EMBEDDING_MODEL, input="x")
-        assert len(emb.data[0].embedding) == EMBEDDING_DIM
+        exercise_openai_sdk(sdk, CHAT, EMBEDDING_MODEL)
         assert [m.id for m in sdk.models.list()] == [CHAT_MODEL, EMBEDDING_MODEL]
 
 
