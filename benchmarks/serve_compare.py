@@ -42,11 +42,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attestation.verify import Policy, TrustRoots  # noqa: E402
 from enclave.demo_model import ensure_demo_model  # noqa: E402
 from proxy.attestor import Attestor  # noqa: E402
 from proxy.client import GatewayClient  # noqa: E402
 from proxy.dialects import make_client  # noqa: E402
+from proxy.trust import load_trust  # noqa: E402
 
 SERVED = "cloister-demo"
 ENGINE_ARGS = ["--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30)]
@@ -75,13 +75,15 @@ class Result:
     requests: int
     wall: float
     samples: list[Sample] = field(default_factory=list)
+    repeat: int = 0
 
     def summary(self) -> dict[str, float | int | str]:
         ttfts = [s.ttft for s in self.samples if s.ttft is not None]
         itls = [x for s in self.samples for x in s.itls]
         tokens = sum(s.tokens for s in self.samples)
         return {"target": self.target, "mode": self.mode, "concurrency": self.concurrency,
-                "requests": self.requests, "req_per_s": self.requests / self.wall,
+                "repeat": self.repeat, "requests": self.requests,
+                "req_per_s": self.requests / self.wall,
                 "tok_per_s": tokens / self.wall,
                 "ttft_p50_ms": _pct(ttfts, 50), "ttft_p99_ms": _pct(ttfts, 99),
                 "itl_p50_ms": _pct(itls, 50), "itl_p99_ms": _pct(itls, 99)}
@@ -213,13 +215,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-async def sweep(args: argparse.Namespace, urls: dict[str, str], roots_pem: bytes
-                ) -> list[Result]:
+async def sweep(args: argparse.Namespace, urls: dict[str, str]) -> list[Result]:
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     vllm = httpx.AsyncClient(base_url=urls["vllm"], timeout=600, limits=limits)
     proxied = httpx.AsyncClient(base_url=urls["proxy"], timeout=600, limits=limits)
-    attestor = Attestor(urls["cloister"], roots=TrustRoots().with_simulated(roots_pem),
-                        policy=Policy())
+    # The simulated TEE's own release statement, as `cloister proxy --simulated-roots` does
+    attestor = Attestor(urls["cloister"], trust=load_trust(
+        release_keys=[], policy=None, simulated_roots=args.simulated_roots))
     ohttp = make_client(urls["cloister"], "ohttp", attestation=attestor,
                         transport=httpx.AsyncHTTPTransport(limits=limits))
     targets: dict[str, Callable[[bytes, bool], Awaitable[Sample]]] = {
@@ -230,34 +232,72 @@ async def sweep(args: argparse.Namespace, urls: dict[str, str], roots_pem: bytes
     results = []
     for name, one in targets.items():  # warm-up: compile paths, fill caches
         await run_level(name, one, concurrency=2, total=4, max_tokens=8, stream=True)
-    for stream in (True, False):
-        for level in args.levels:
-            total = max(8, level * args.requests_per_stream)
-            for name, one in targets.items():  # alternate targets within each level
-                result = await run_level(name, one, concurrency=level, total=total,
-                                         max_tokens=args.max_tokens, stream=stream)
-                print(json.dumps(result.summary()), flush=True)
-                results.append(result)
+    names = list(targets)
+    for repeat in range(args.repeats):  # interleaved: every cell once per repetition,
+        order = names[repeat % len(names):] + names[:repeat % len(names)]  # rotated
+        for stream in (True, False):
+            for level in args.levels:
+                total = max(8, level * args.requests_per_stream)
+                for name in order:
+                    result = await run_level(name, targets[name], concurrency=level,
+                                             total=total, max_tokens=args.max_tokens,
+                                             stream=stream)
+                    result.repeat = repeat
+                    print(json.dumps(result.summary()), flush=True)
+                    results.append(result)
     await vllm.aclose()
     await proxied.aclose()
     await ohttp.aclose()
     return results
 
 
+def _median(values: list[float]) -> float:
+    clean = sorted(v for v in values if v == v)  # NaN-free
+    if not clean:
+        return float("nan")
+    mid = len(clean) // 2
+    return clean[mid] if len(clean) % 2 else (clean[mid - 1] + clean[mid]) / 2
+
+
+def ratios(rows: list[dict[str, float | int | str]]) -> list[dict[str, float | int | str]]:
+    """Per cell (mode, concurrency, target): the ratio to vLLM of each repetition (taken
+    against vLLM's run of the same repetition), then their median, min and max."""
+    by = {(r["mode"], r["concurrency"], r["target"], r["repeat"]): r for r in rows}
+    cells: dict[tuple[object, ...], dict[str, list[float]]] = {}
+    for (mode, conc, target, repeat), r in by.items():
+        base = by[(mode, conc, "vllm", repeat)]
+        cell = cells.setdefault((mode, conc, target), {
+            "req": [], "ttft": [], "req_per_s": [], "ttft_p50_ms": []})
+        cell["req"].append(float(r["req_per_s"]) / float(base["req_per_s"]))
+        cell["ttft"].append(float(r["ttft_p50_ms"]) / float(base["ttft_p50_ms"])
+                            if mode == "stream" else float("nan"))
+        cell["req_per_s"].append(float(r["req_per_s"]))
+        cell["ttft_p50_ms"].append(float(r["ttft_p50_ms"]))
+    out = []
+    for (mode, conc, target), c in cells.items():
+        req = sorted(c["req"])
+        ttft = sorted(v for v in c["ttft"] if v == v)
+        out.append({"mode": mode, "concurrency": conc, "target": target,
+                    "repeats": len(req), "req_per_s": _median(c["req_per_s"]),
+                    "ttft_p50_ms": _median(c["ttft_p50_ms"]),
+                    "req_ratio": _median(req), "req_ratio_min": req[0],
+                    "req_ratio_max": req[-1], "ttft_ratio": _median(ttft),
+                    "ttft_ratio_min": ttft[0] if ttft else float("nan"),
+                    "ttft_ratio_max": ttft[-1] if ttft else float("nan")})
+    return out
+
+
 def _table(rows: list[dict[str, float | int | str]]) -> str:
-    by = {(r["mode"], r["concurrency"], r["target"]): r for r in rows}
-    lines = ["| mode | conc | target | req/s | tok/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 "
-             "| req/s vs vLLM | TTFT p50 vs vLLM |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for (mode, conc, target), r in by.items():
-        base = by[(mode, conc, "vllm")]
-        ratio = float(r["req_per_s"]) / float(base["req_per_s"])
-        ttft_ratio = (float(r["ttft_p50_ms"]) / float(base["ttft_p50_ms"])
-                      if mode == "stream" else float("nan"))
-        lines.append(f"| {mode} | {conc} | {target} | {r['req_per_s']:.2f} | "
-                     f"{r['tok_per_s']:.0f} | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | "
-                     f"{r['itl_p50_ms']:.1f} | {r['itl_p99_ms']:.1f} | {ratio:.3f} | "
-                     f"{ttft_ratio:.3f} |")
+    lines = ["| mode | conc | target | req/s (median) | TTFT p50 ms (median) | req/s vs vLLM "
+             "median [min, max] | TTFT p50 vs vLLM median [min, max] |",
+             "| --- | ---: | --- | ---: | ---: | --- | --- |"]
+    for r in ratios(rows):
+        ttft = ("-" if r["mode"] != "stream" else
+                f"{r['ttft_ratio']:.3f} [{r['ttft_ratio_min']:.3f}, {r['ttft_ratio_max']:.3f}]")
+        lines.append(f"| {r['mode']} | {r['concurrency']} | {r['target']} | "
+                     f"{r['req_per_s']:.2f} | {r['ttft_p50_ms']:.1f} | "
+                     f"{r['req_ratio']:.3f} [{r['req_ratio_min']:.3f}, "
+                     f"{r['req_ratio_max']:.3f}] | {ttft} |")
     return "\n".join(lines)
 
 
@@ -271,7 +311,7 @@ def _plot(rows: list[dict[str, float | int | str]], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
     for target in ("vllm", "cloister", "cloister-proxy"):
-        pts = [(r["concurrency"], r["req_per_s"]) for r in rows
+        pts = [(r["concurrency"], r["req_per_s"]) for r in ratios(rows)
                if r["target"] == target and r["mode"] == "stream"]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=target)
     ax.set_xscale("log", base=2)
@@ -288,6 +328,8 @@ def main() -> None:
                         type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests-per-stream", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved repetitions of every cell (ratios: median, spread)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--profile", action="store_true")
@@ -319,8 +361,8 @@ def main() -> None:
                         "--port", str(ports["proxy"]), "--simulated-roots",
                         str(work / "state" / "simulated-roots.pem")], work / "proxy.log", env)
         _wait(urls["proxy"] + "/v1/models", proxy, timeout=60)
-        roots = (work / "state" / "simulated-roots.pem").read_bytes()
-        results = asyncio.run(sweep(args, urls, roots))
+        args.simulated_roots = work / "state" / "simulated-roots.pem"
+        results = asyncio.run(sweep(args, urls))
     finally:
         for proc in (proxy, gateway, vllm):
             if proc is not None:

@@ -223,17 +223,25 @@ class EngineEndpoint:
             return
         tracker: _Tracker | None = None
         call: EngineCall | None = None
+        settled = False
         with services.admission.admitted(client):
             try:
                 answer, tracker, call = await self._serve(request, context)
+                if tracker is not None and not isinstance(answer, _Relay):
+                    # A whole answer is settled before it is sent: whoever has the answer
+                    # sees its usage (a stream settles when it has ended).
+                    settled = True
+                    await asyncio.shield(tracker.observer.finish(tracker.usage,
+                                                                 tracker.completed))
                 await answer(scope, receive, send)
             finally:
                 if call is not None:
                     await call.close()
                 if tracker is not None:
                     services.metrics.in_flight.labels(context.dialect).dec()
-                    await asyncio.shield(tracker.observer.finish(tracker.usage,
-                                                                 tracker.completed))
+                    if not settled:
+                        await asyncio.shield(tracker.observer.finish(tracker.usage,
+                                                                     tracker.completed))
 
     async def _serve(self, request: Request, context: RequestContext
                      ) -> tuple[Any, _Tracker | None, EngineCall | None]:
