@@ -47,6 +47,7 @@ from proxy.attestor import Attestor  # noqa: E402
 from proxy.client import GatewayClient  # noqa: E402
 from proxy.dialects import make_client  # noqa: E402
 from proxy.trust import load_trust  # noqa: E402
+from tests.integration.conftest import sign_release  # noqa: E402
 
 SERVED = "cloister-demo"
 ENGINE_ARGS = ["--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30)]
@@ -221,7 +222,7 @@ async def sweep(args: argparse.Namespace, urls: dict[str, str]) -> list[Result]:
     proxied = httpx.AsyncClient(base_url=urls["proxy"], timeout=600, limits=limits)
     # The simulated TEE's own release statement, as `cloister proxy --simulated-roots` does
     attestor = Attestor(urls["cloister"], trust=load_trust(
-        release_keys=[], policy=None, simulated_roots=args.simulated_roots))
+        release_keys=[args.release_key], policy=None, simulated_roots=args.simulated_roots))
     ohttp = make_client(urls["cloister"], "ohttp", attestation=attestor,
                         transport=httpx.AsyncHTTPTransport(limits=limits))
     targets: dict[str, Callable[[bytes, bool], Awaitable[Sample]]] = {
@@ -346,11 +347,15 @@ def main() -> None:
     vllm = _start([sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry",
                    "--model", model, "--served-model-name", SERVED, "--port",
                    str(ports["vllm"]), *ENGINE_ARGS], work / "vllm.log", env)
-    gateway = _start([*python, "-m", "gateway", "serve", "--model", model,
-                      "--served-model-name", SERVED, "--port", str(ports["cloister"]),
-                      "--embedding-model", "none", "--attestation", "simulated",
-                      "--max-in-flight", "1024", "--max-per-client", "1024", "--",
-                      *ENGINE_ARGS], work / "cloister.log", env)
+    serve_args = ["--model", model, "--served-model-name", SERVED, "--port",
+                  str(ports["cloister"]), "--embedding-model", "none", "--attestation",
+                  "simulated", "--max-in-flight", "1024", "--max-per-client", "1024"]
+    # The operator's release for exactly this workload, as for any non-default gateway.
+    os.environ["CLOISTER_STATE"] = env["CLOISTER_STATE"]
+    statement, release_key = sign_release([*serve_args, "--", *ENGINE_ARGS], work)
+    args.release_key = release_key
+    gateway = _start([*python, "-m", "gateway", "serve", *serve_args, "--reference-values",
+                      str(statement), "--", *ENGINE_ARGS], work / "cloister.log", env)
     proxy = None
     try:
         started = time.monotonic()
@@ -358,8 +363,9 @@ def main() -> None:
         _wait(urls["cloister"] + "/ready", gateway)
         startup = time.monotonic() - started
         proxy = _start([sys.executable, "-m", "gateway", "proxy", "--gateway", urls["cloister"],
-                        "--port", str(ports["proxy"]), "--simulated-roots",
-                        str(work / "state" / "simulated-roots.pem")], work / "proxy.log", env)
+                        "--port", str(ports["proxy"]), "--release-key", str(release_key),
+                        "--simulated-roots", str(work / "state" / "simulated-roots.pem")],
+                       work / "proxy.log", env)
         _wait(urls["proxy"] + "/v1/models", proxy, timeout=60)
         args.simulated_roots = work / "state" / "simulated-roots.pem"
         results = asyncio.run(sweep(args, urls))

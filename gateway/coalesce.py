@@ -1,7 +1,9 @@
 """Streamed tokens sent on a timer, so that chunk count and timing say less.
 
 `coalesced` relays the engine's first chunk at once (time to first token is unchanged),
-then every `interval` seconds whatever arrived since, in one piece. With `constant_rate`
+then every `interval` seconds whatever arrived since, in one piece; when the engine has
+finished, what is left goes at once (the end of a stream is seen anyway; waiting out
+the interval only cost every request up to one interval). With `constant_rate`
 it also sends an empty piece when nothing arrived, until the engine is done: the
 dialect pads it like any chunk (`enclave.padding`), so an observer sees one chunk of the
 same size every interval whether or not a token was ready.
@@ -22,6 +24,7 @@ async def coalesced(chunks: AsyncIterator[bytes], interval: float, *,
         return
     pending: list[bytes] = []
     arrived = asyncio.Event()
+    finished = asyncio.Event()
     failure: list[BaseException] = []
     done = False
 
@@ -36,6 +39,7 @@ async def coalesced(chunks: AsyncIterator[bytes], interval: float, *,
         finally:
             done = True
             arrived.set()
+            finished.set()
 
     task = asyncio.create_task(pump())
     try:
@@ -51,7 +55,12 @@ async def coalesced(chunks: AsyncIterator[bytes], interval: float, *,
                 yield b""
             if done and not pending:
                 break
-            await asyncio.sleep(interval)
+            if constant_rate:  # the timer alone decides: the end is not told apart
+                await asyncio.sleep(interval)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await finished.wait()
         if failure:
             raise failure[0]
     finally:

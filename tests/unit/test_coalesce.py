@@ -56,3 +56,17 @@ async def test_an_engine_failure_reaches_the_relay() -> None:
     with pytest.raises(RuntimeError, match="engine died"):
         async for _ in pieces:
             pass
+
+
+async def test_the_end_of_a_stream_is_not_held_back_by_the_timer() -> None:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    pieces = coalesced(_source(queue), 10.0)  # an interval no test would wait out
+    await queue.put(b"a")
+    assert await anext(pieces) == b"a"
+    await queue.put(b"b")
+    await queue.put(END)
+    started = asyncio.get_running_loop().time()
+    assert await anext(pieces) == b"b"
+    with pytest.raises(StopAsyncIteration):
+        await anext(pieces)
+    assert asyncio.get_running_loop().time() - started < 5
