@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -252,6 +253,46 @@ async def sweep(args: argparse.Namespace, urls: dict[str, str]) -> list[Result]:
     return results
 
 
+def client_crypto_ms(max_tokens: int, requests: int = 200) -> dict[str, float]:
+    """The load generator's own crypto for one `cloister` request, measured apart (so it
+    is not read as the gateway's): sealing the request and opening the answer with the
+    sans-IO client side; the gateway's side is run too but not timed."""
+    from enclave.dialect import InnerRequest, OuterRequest, OuterResponse
+    from enclave.keys import KeyRing
+    from enclave.ohttp.dialect import OhttpClient, OhttpServer
+
+    ring = KeyRing()
+    server, client = OhttpServer(ring), OhttpClient(ring.current().key_config())
+    event = json.dumps({"id": "c", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"content": " token"}}]}).encode()
+    timings: dict[str, float] = {}
+    for stream in (True, False):
+        spent = 0.0
+        for i in range(requests):
+            start = time.perf_counter()
+            outer, opener = client.seal(InnerRequest("POST", "/v1/chat/completions",
+                                                     _body(i, max_tokens, stream)),
+                                        stream=stream)
+            spent += time.perf_counter() - start
+            _, responder = server.open(OuterRequest("POST", "/", outer.headers, outer.body))
+            if stream:
+                head = responder.start(200, "text/event-stream")
+                wire = [responder.chunk(b"data: " + event + b"\n\n")
+                        for _ in range(max_tokens)] + [responder.end()]
+                start = time.perf_counter()
+                opener.begin(head.status, head.headers)
+                for piece in [head.body, *wire]:
+                    opener.push(piece)
+                opener.finish()
+            else:
+                answer = responder.whole(200, "application/json", event * 4)
+                start = time.perf_counter()
+                opener.whole(OuterResponse(answer.status, answer.headers, answer.body))
+            spent += time.perf_counter() - start
+        timings["stream" if stream else "whole"] = round(spent / requests * 1000, 3)
+    return timings
+
+
 def _median(values: list[float]) -> float:
     clean = sorted(v for v in values if v == v)  # NaN-free
     if not clean:
@@ -375,13 +416,17 @@ def main() -> None:
                 _stop(proc)
     rows = [r.summary() for r in results]
     meta = _meta(args, model, startup)
+    meta["client_crypto_ms_per_request"] = client_crypto_ms(args.max_tokens)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     (args.out / f"serve_compare-{stamp}.json").write_text(
         json.dumps({"meta": meta, "results": rows}, indent=2))
     table = _table(rows)
+    crypto = meta["client_crypto_ms_per_request"]
     md = [f"Run {meta['date']} on {meta['machine']}; {meta['versions']}; model {meta['model']};"
           f" max_tokens {args.max_tokens}, EOS ignored. Command: `{meta['command']}`", "",
-          table]
+          table, "", f"The load generator's own crypto per `cloister` request (measured "
+          f"apart, included in its cells): {crypto['stream']} ms streamed, "
+          f"{crypto['whole']} ms whole."]
     if args.profile and profile.exists():
         md += ["", "Gateway profile (cProfile, top 15 by own time):", "```",
                _profile_top(profile), "```"]
@@ -391,7 +436,7 @@ def main() -> None:
     print(f"\nwritten to {args.out}{' (with plot)' if plotted else ''}")
 
 
-def _meta(args: argparse.Namespace, model: str, startup: float) -> dict[str, str | float]:
+def _meta(args: argparse.Namespace, model: str, startup: float) -> dict[str, Any]:
     from importlib import metadata
 
     try:
