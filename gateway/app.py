@@ -43,7 +43,13 @@ from gateway import attestation_routes, limits, metrics, platform_docs
 from gateway.admin import AdminApi
 from gateway.body import read_body
 from gateway.context import RequestContext
-from gateway.endpoint import MAX_CONCURRENT_OPENS, EngineEndpoint, Mount, Services
+from gateway.endpoint import (
+    MAX_CONCURRENT_OPENS,
+    EngineEndpoint,
+    Mount,
+    Services,
+    to_response,
+)
 from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import GatewayError, json_response
 from gateway.platform_routes import Platform
@@ -89,17 +95,13 @@ class Dialects:
         return keys
 
 
-def _to_response(outer: OuterResponse) -> Response:
-    return Response(outer.body, status_code=outer.status, headers=dict(outer.headers))
-
-
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _control(answer: Callable[[], OuterResponse], dialect: str) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         RequestContext.of(request.scope).dialect = dialect
-        return _to_response(answer())
+        return to_response(answer())
     return endpoint
 
 
@@ -113,7 +115,7 @@ def _secrets_endpoint(dialect: continuum.ContinuumServer, services: Services,
         wait = buckets.take(client)
         if wait is not None:
             services.metrics.rejected.labels(ErrorCode.RATE_LIMITED.value).inc()
-            refused = _to_response(dialect.refuse(GatewayError(
+            refused = to_response(dialect.refuse(GatewayError(
                 ErrorCode.RATE_LIMITED, "too many secret registrations; retry later")))
             refused.headers["retry-after"] = str(wait)
             return refused
@@ -121,10 +123,10 @@ def _secrets_endpoint(dialect: continuum.ContinuumServer, services: Services,
             body = await read_body(request, continuum.MAX_SECRET_BODY,
                                    timeout=services.body_timeout)
             outer = OuterRequest(request.method, request.url.path, (), body)
-            return _to_response(dialect.register_secret(outer, owner=client))
+            return to_response(dialect.register_secret(outer, owner=client))
         except (RequestRefused, GatewayError) as err:
             services.metrics.crypto_failures.labels(dialect.name, "open_secret").inc()
-            return _to_response(dialect.refuse(err))
+            return to_response(dialect.refuse(err))
     return register
 
 
@@ -143,7 +145,7 @@ class _NodeLock:
             answer = dialect.node_lock(body, self._services.slot.get().model_names())
         except GatewayError as err:
             answer = dialect.refuse(err)
-        await _to_response(answer)(scope, receive, send)
+        await to_response(answer)(scope, receive, send)
 
 
 def _routes(dialects: Dialects, services: Services,

@@ -112,7 +112,8 @@ class Services:
     write_timeout: float = 20.0
 
 
-def _to_response(outer: OuterResponse) -> Response:
+def to_response(outer: OuterResponse) -> Response:
+    """A dialect's answer as a Starlette response."""
     return Response(outer.body, status_code=outer.status, headers=dict(outer.headers))
 
 
@@ -268,7 +269,7 @@ class EngineEndpoint:
                 services.replay.check(mount.dialect.name, inner)
         except RequestRefused as err:
             services.metrics.rejected.labels(err.code.value).inc()
-            return (_to_response(responder.error(err.status, error_json(err.code, err.message))),
+            return (to_response(responder.error(err.status, error_json(err.code, err.message))),
                     tracker, None)
         try:
             if problem is None:
@@ -278,29 +279,29 @@ class EngineEndpoint:
                 if gated is not inner:  # the gate may rewrite the request: check it again
                     inner, problem = gated, _inner_problem(gated)
             if problem is not None:
-                return _to_response(responder.error(*problem)), tracker, None
+                return to_response(responder.error(*problem)), tracker, None
             inner = _with_cache_salt(inner, services.cache_salt_key)
             engine = services.slot.get()
         except GatewayError as err:
-            return _to_response(responder.error(err.status, err.body_json())), tracker, None
+            return to_response(responder.error(err.status, err.body_json())), tracker, None
         call = EngineCall(engine, request.receive)
         try:
             answer = await call.start(EngineRequest(inner.method, inner.path, inner.body,
                                                     request_id=context.request_id))
             return await self._answer(call, answer, responder, tracker), tracker, call
         except ClientGone as gone:  # answered to no one; counted under its status
-            return _to_response(responder.error(gone.status, gone.body_json())), tracker, call
+            return to_response(responder.error(gone.status, gone.body_json())), tracker, call
         except Exception as exc:  # noqa: BLE001 - answered sealed; the type only is logged
             log.error("engine_call_failed", error_type=type(exc).__name__)
             failed = responder.error(500, error_json(ErrorCode.INTERNAL_ERROR, "internal error"))
-            return _to_response(failed), tracker, call
+            return to_response(failed), tracker, call
 
     async def _answer(self, call: EngineCall, answer: EngineResponse, responder: Responder,
                       tracker: _Tracker) -> Any:
         if answer.status >= 400 and not answer.is_event_stream:
             body = normalize_engine_error(answer.status, await answer.read())
             tracker.completed = True
-            return _to_response(responder.error(answer.status, body))
+            return to_response(responder.error(answer.status, body))
         content_type = answer.content_type or "application/json"
         if answer.is_event_stream and responder.streams:
             start = responder.start(answer.status, content_type)
@@ -308,7 +309,7 @@ class EngineEndpoint:
         content = await answer.read()  # a stream is gathered when the dialect needs one message
         tracker.saw_whole(content)
         tracker.completed = True
-        return _to_response(responder.whole(answer.status, content_type, content))
+        return to_response(responder.whole(answer.status, content_type, content))
 
     async def _open(self, outer: OuterRequest) -> _Opened:
         if len(outer.body) <= INLINE_OPEN_BYTES:
@@ -319,7 +320,7 @@ class EngineEndpoint:
     def _refused(self, dialect: ServerDialect, error: Exception) -> Response:
         code = getattr(error, "code", ErrorCode.INTERNAL_ERROR)
         self._services.metrics.rejected.labels(str(code)).inc()
-        response = _to_response(dialect.refuse(error))
+        response = to_response(dialect.refuse(error))
         for name, value in getattr(error, "headers", {}).items():
             response.headers[name] = value
         return response

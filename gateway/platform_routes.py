@@ -38,6 +38,7 @@ from gateway.endpoint import (
     Observer,
     Services,
     tenant_salt,
+    to_response,
 )
 from gateway.engine_call import EngineCall
 from gateway.errors import GatewayError, json_response
@@ -265,8 +266,7 @@ class Platform:
         usage, call = None, None
         try:
             call = EngineCall(self._services.slot.get(), request.receive)
-            payload["cache_salt"] = tenant_salt(self._services.cache_salt_key,
-                                                f"api-key:{key.id}".encode())
+            payload["cache_salt"] = tenant_salt(self._services.cache_salt_key, _tenant(key))
             answer = await call.start(EngineRequest(
                 "POST", "/v1/chat/completions", json.dumps(payload).encode(),
                 request_id=RequestContext.of(request.scope).request_id))
@@ -311,17 +311,19 @@ class _BearerRequired:
         except GatewayError as err:
             RequestContext.of(scope).dialect = self._dialect
             self._platform.rejected(err)
-            refusal = self._refuse(err)
-            await Response(refusal.body, status_code=refusal.status,
-                           headers=dict(refusal.headers))(scope, receive, send)
+            await to_response(self._refuse(err))(scope, receive, send)
             return
         scope.setdefault("state", {})[API_KEY_STATE] = key
         await self._app(scope, receive, send)
 
 
-def _as_tenant(inner: InnerRequest, key: ApiKey) -> InnerRequest:
+def _tenant(key: ApiKey) -> bytes:
     """Requests under one API key share a prefix cache; no one else's do."""
-    return dataclasses.replace(inner, tenant=f"api-key:{key.id}".encode())
+    return f"api-key:{key.id}".encode()
+
+
+def _as_tenant(inner: InnerRequest, key: ApiKey) -> InnerRequest:
+    return dataclasses.replace(inner, tenant=_tenant(key))
 
 
 def _with_running_usage(inner: InnerRequest) -> InnerRequest:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import httpx
 
 from proxy.app import LocalAnswer, ModelResolver, UpstreamClient, forward
-from proxy.attestor import Attestor
+from proxy.attestor import REATTEST_SECONDS, Attestor
 from proxy.dialects import make_client
 from proxy.errors import ProxyError
 from proxy.trust import StatementLog, default_state_dir, load_trust
@@ -42,7 +42,7 @@ def verified_client(gateway_url: str, *, protocol: str = "ohttp",
                     release_keys: Sequence[Path | str] = (), policy: Path | str | None = None,
                     simulated_roots: Path | str | None = None, api_key: str | None = None,
                     state_dir: Path | None = None, report_mode: str = "nonce",
-                    reattest_seconds: float = 3600.0) -> UpstreamClient:
+                    reattest_seconds: float = REATTEST_SECONDS) -> UpstreamClient:
     """A gateway client that verifies exactly as `cloister proxy` does; refused (fail
     closed) when nothing names the right measurement and workload."""
     trust = load_trust(release_keys=[Path(k) for k in release_keys],
