@@ -151,6 +151,30 @@ def _usage_of(body: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
+# How long an answer and its admission slot wait for the request's cost to be settled.
+# Past it (the database is away: `Meter` retries for a minute) the settlement goes on
+# in the background and the answer goes out: an outage must not hold every slot.
+SETTLE_WAIT_SECONDS = 2.0
+_settling: set[asyncio.Task[None]] = set()
+
+
+async def _settle(tracker: _Tracker) -> None:
+    """Tell the observer how the request ended, waiting at most `SETTLE_WAIT_SECONDS`;
+    the telling is never cancelled with the request (it was shielded before)."""
+    if isinstance(tracker.observer, NoObserver):
+        return
+    task = asyncio.ensure_future(tracker.observer.finish(tracker.usage, tracker.completed))
+    _settling.add(task)  # the loop keeps only a weak reference to a task
+    task.add_done_callback(_settled)
+    await asyncio.wait({task}, timeout=SETTLE_WAIT_SECONDS)
+
+
+def _settled(task: asyncio.Task[None]) -> None:
+    _settling.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("settle_failed", error_type=type(task.exception()).__name__)
+
+
 class _Relay:
     """Relays a streamed engine answer through the responder, coalesced on a timer."""
 
@@ -232,8 +256,7 @@ class EngineEndpoint:
                     # A whole answer is settled before it is sent: whoever has the answer
                     # sees its usage (a stream settles when it has ended).
                     settled = True
-                    await asyncio.shield(tracker.observer.finish(tracker.usage,
-                                                                 tracker.completed))
+                    await _settle(tracker)
                 await answer(scope, receive, send)
             finally:
                 if call is not None:
@@ -241,8 +264,7 @@ class EngineEndpoint:
                 if tracker is not None:
                     services.metrics.in_flight.labels(context.dialect).dec()
                     if not settled:
-                        await asyncio.shield(tracker.observer.finish(tracker.usage,
-                                                                     tracker.completed))
+                        await _settle(tracker)
 
     async def _serve(self, request: Request, context: RequestContext
                      ) -> tuple[Any, _Tracker | None, EngineCall | None]:

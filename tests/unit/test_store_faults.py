@@ -95,3 +95,40 @@ def test_a_full_disk_is_store_unavailable_and_reads_go_on(tmp_path) -> None:
         for n in range(200):  # until a new page is needed
             store.create_account(f"account-{n}" + "x" * 2000)
     assert store.authenticate(key) is not None  # what is stored is still served
+
+
+async def test_an_answer_does_not_wait_for_a_database_that_went_away(
+        postgres, postgres_url, tmp_path, monkeypatch) -> None:
+    """The database goes away while the engine works: the answer still goes out (after
+    at most `SETTLE_WAIT_SECONDS`, not the minute the settlement keeps retrying), and the
+    settlement lands once the database is back."""
+    import time
+
+    from gateway import endpoint, platform_routes
+
+    monkeypatch.setattr(platform_routes, "SETTLE_RETRY_DELAYS", (0.2,) * 100)
+    monkeypatch.setattr(endpoint, "SETTLE_WAIT_SECONDS", 0.5)
+    store = PlatformStore(postgres_url, DataKey.from_key_file(tmp_path / "data-key"))
+    key, record = new_key(store, "k", budget_tokens=10_000)
+    engine = DeterministicTestEngine(token_delay=0.01)
+    async with platform(store, engine) as tls:
+        async def away_while_working() -> None:
+            await engine.generating_whole.wait()
+            await asyncio.to_thread(_set_available, postgres, postgres_url, False)
+
+        outage = asyncio.create_task(away_while_working())
+        started = time.monotonic()
+        answer = await tls.post("/api/v1/chat/completions", json={**CHAT, "max_tokens": 20},
+                                headers={"authorization": f"Bearer {key}"})
+        waited = time.monotonic() - started
+        await outage
+        _set_available(postgres, postgres_url, True)
+        assert answer.status_code == 200 and waited < 5
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            settled = store.get_api_key(record.id)
+            if settled is not None and settled.reserved_tokens == 0:
+                break
+            await asyncio.sleep(0.1)
+    assert settled is not None and settled.reserved_tokens == 0
+    assert settled.used_tokens == answer.json()["usage"]["total_tokens"]
