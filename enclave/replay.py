@@ -47,13 +47,23 @@ class ReplayCacheFull(RequestRefused):
     message = "the gateway is at capacity; retry later"
 
 
+class ReplayCacheUnavailable(RequestRefused):
+    code = ErrorCode.STORE_UNAVAILABLE
+    message = "the replay records are unavailable; retry later"
+
+
 class ReplayCache(Protocol):
+    # Whether `add` waits on I/O (a shared database): then it is called off the event loop.
+    blocking: bool
+
     def add(self, key: bytes, expires_at: float, now: float) -> bool:
         """Record `key` until `expires_at`; False if it is already recorded. Raises
-        `ReplayCacheFull` when it cannot record it."""
+        `ReplayCacheFull` when it cannot record it, `ReplayCacheUnavailable` when its
+        store cannot be reached."""
 
 
 class MemoryReplayCache:
+    blocking = False
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._max = max_entries
         self._expiry: dict[bytes, float] = {}
@@ -90,8 +100,14 @@ class ReplayGuard:
                  clock: Callable[[], float] = time.time) -> None:
         self._cache, self._horizon, self._window, self._clock = cache, horizon, window, clock
 
+    @property
+    def blocking(self) -> bool:
+        """Whether `check` waits on I/O (call it off the event loop then)."""
+        return self._cache.blocking
+
     def check(self, dialect: str, request: InnerRequest) -> None:
-        """Raises `ReplayedRequest`, `StaleRequest` or `ReplayCacheFull`."""
+        """Raises `ReplayedRequest`, `StaleRequest`, `ReplayCacheFull` or
+        `ReplayCacheUnavailable`."""
         if not request.replay_id:
             return  # the development-only plaintext dialect has nothing to replay against
         now = self._clock()

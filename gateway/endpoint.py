@@ -287,7 +287,9 @@ class EngineEndpoint:
         tracker = _Tracker(services, context.dialect, context.started_at, NoObserver())
         responder = padded(responder, services.padding)
         try:
-            if services.replay is not None:
+            if services.replay is not None and services.replay.blocking:
+                await asyncio.to_thread(services.replay.check, mount.dialect.name, inner)
+            elif services.replay is not None:
                 services.replay.check(mount.dialect.name, inner)
         except RequestRefused as err:
             services.metrics.rejected.labels(err.code.value).inc()

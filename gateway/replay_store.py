@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from enclave.replay import ReplayCacheUnavailable
+
 SWEEP_EVERY = 1000
 
 _metadata = sa.MetaData()
@@ -21,12 +23,20 @@ replay_records = sa.Table(
 
 
 class SqlReplayCache:
+    blocking = True  # a database round trip per request: called off the event loop
+
     def __init__(self, url: str) -> None:
         self._engine = sa.create_engine(url, future=True)
         _metadata.create_all(self._engine)
         self._inserts = 0
 
     def add(self, key: bytes, expires_at: float, now: float) -> bool:
+        try:
+            return self._add(key, expires_at, now)
+        except sa.exc.OperationalError:  # unreachable, full: the driver's text stays here
+            raise ReplayCacheUnavailable() from None
+
+    def _add(self, key: bytes, expires_at: float, now: float) -> bool:
         self._inserts += 1
         with self._engine.begin() as db:
             if self._inserts % SWEEP_EVERY == 0:

@@ -132,3 +132,36 @@ async def test_an_answer_does_not_wait_for_a_database_that_went_away(
             await asyncio.sleep(0.1)
     assert settled is not None and settled.reserved_tokens == 0
     assert settled.used_tokens == answer.json()["usage"]["total_tokens"]
+
+
+async def test_shared_replay_records_unreachable_are_a_503_not_a_500(
+        postgres, postgres_url) -> None:
+    """A fleet's replay records live in the shared database: while it is away, sealed
+    requests are refused `503 store_unavailable` (sealed, no driver text), and served
+    again when it is back."""
+    import json as jsonlib
+
+    from gateway.app import create_app
+    from gateway.replay_store import SqlReplayCache
+    from gateway.settings import Settings
+    from tests.clients import client_for
+    from tests.unit.conftest import start
+
+    app = create_app(Settings(), DeterministicTestEngine().running,
+                     replay_cache=SqlReplayCache(postgres_url))
+    body = jsonlib.dumps(CHAT).encode()
+    async with app.router.lifespan_context(app):
+        await start(app)
+        client = client_for(app, "ohttp")
+        assert (await client.request("POST", "/v1/chat/completions", body)).status == 200
+        _set_available(postgres, postgres_url, False)
+        try:
+            down = await client.request("POST", "/v1/chat/completions", body)
+        finally:
+            _set_available(postgres, postgres_url, True)
+        back = await client.request("POST", "/v1/chat/completions", body)
+        await client.aclose()
+    assert down.status == 503
+    assert jsonlib.loads(down.body)["error"]["code"] == "store_unavailable"
+    assert postgres_url.split("@")[1] not in down.body.decode()
+    assert back.status == 200
