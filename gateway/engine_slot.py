@@ -73,7 +73,8 @@ class EngineSlot:
         """Until stopped: raise `EngineDead` as soon as a health check says so."""
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), WATCH_SECONDS)
+                async with asyncio.timeout(WATCH_SECONDS):  # a timer, not a task
+                    await self._stop.wait()
             if self._stop.is_set():
                 return
             try:

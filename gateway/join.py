@@ -73,9 +73,9 @@ async def _from(url: str, attested: Attested, roots: TrustRoots, policy: Policy,
                                    content=_release_body(challenge, document.to_json()),
                                    headers={"content-type": "application/json"})
         if released.status_code != 200:
-            code = released.json().get("error", {}).get("code", "")
-            message = released.json().get("error", {}).get("message", "")
-            raise JoinRefused(f"HTTP {released.status_code} {code}: {message}")
+            error = released.json().get("error", {})
+            raise JoinRefused(f"HTTP {released.status_code} {error.get('code', '')}: "
+                              f"{error.get('message', '')}")
         body = released.json()
         return key_release.open_sealed(base64.b64decode(body["sealed_seed"]),
                                        base64.b64decode(body["signature"]), challenge,

@@ -67,7 +67,9 @@ class Keyholder:
 
     async def challenge(self, request: Request) -> Response:
         now = self._clock()
-        self._challenges = {c: t for c, t in self._challenges.items() if t > now}
+        # Challenges expire in the order they were made (one lifetime): drop from the front.
+        while self._challenges and next(iter(self._challenges.values())) <= now:
+            del self._challenges[next(iter(self._challenges))]
         if len(self._challenges) >= MAX_CHALLENGES:
             raise GatewayError(ErrorCode.OVERLOADED, "too many open challenges",
                                headers={"Retry-After": "5"})
