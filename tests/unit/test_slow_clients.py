@@ -3,69 +3,52 @@ stop the gateway from serving everyone else."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 
 import httpx
-import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
+from tests.served import served
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
-
-
-def _serve(app) -> tuple[uvicorn.Server, int, threading.Thread]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                           lifespan="on"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return server, port, thread
 
 
 def test_slowloris_and_disconnect_floods_leave_others_served() -> None:
     engine = DeterministicTestEngine(token_delay=0.01)
     app = create_app(Settings(insecure_plaintext=True, body_timeout_seconds=0.5,
                               metrics_token="scraper"), engine.running)
-    server, port, thread = _serve(app)
     slow = []
-    try:
-        for _ in range(40):  # half-sent headers, never finished
-            sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le")
-            slow.append(sock)
-        for _ in range(20):  # bodies promised and never sent
-            sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
-            slow.append(sock)
-        for _ in range(30):  # streams abandoned after the request line of the answer
-            sock = socket.create_connection(("127.0.0.1", port))
-            body = b'{"model": "test-chat", "messages": [], "max_tokens": 500, "stream": true}'
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\n\r\n" + body)
-            sock.recv(64)
-            sock.close()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            assert client.get("/health").status_code == 200
-            r = client.post("/v1/chat/completions", json=CHAT)
-            assert r.status_code == 200
-            time.sleep(1.0)  # the promised bodies time out (408), abandoned streams abort
-            metrics = client.get("/metrics", headers={"authorization": "Bearer scraper"}).text
-        assert 'cloister_rejected_requests_total{reason="request_timeout"} 20.0' in metrics
-        assert engine.unfinished == 0
-    finally:
-        for sock in slow:
-            sock.close()
-        server.should_exit = True
-        thread.join(10)
+    with served(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        try:
+            for _ in range(40):  # half-sent headers, never finished
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le")
+                slow.append(sock)
+            for _ in range(20):  # bodies promised and never sent
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+                slow.append(sock)
+            for _ in range(30):  # streams abandoned after the request line of the answer
+                sock = socket.create_connection(("127.0.0.1", port))
+                body = b'{"model": "test-chat", "messages": [], "max_tokens": 500, "stream": true}'
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                sock.recv(64)
+                sock.close()
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                assert client.get("/health").status_code == 200
+                r = client.post("/v1/chat/completions", json=CHAT)
+                assert r.status_code == 200
+                time.sleep(1.0)  # the promised bodies time out (408), abandoned streams abort
+                metrics = client.get("/metrics", headers={"authorization": "Bearer scraper"}).text
+            assert 'cloister_rejected_requests_total{reason="request_timeout"} 20.0' in metrics
+            assert engine.unfinished == 0
+        finally:
+            for sock in slow:
+                sock.close()
