@@ -115,3 +115,14 @@ async def test_gateway_rejects_bad_secrets_and_fields(gateway_app) -> None:
         fake = ":".join(["ab" * 16, "cd" * 16, "ef" * 12, "00" * 20])
         r = await raw.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": fake})
         assert (r.status_code, r.json()["error"]["code"]) == (400, "unknown_secret")
+
+
+async def test_a_sealed_field_with_odd_length_hex_is_refused_not_a_500(gateway_app) -> None:
+    """Found by `benchmarks/fuzz.py`: a field matching the sealed-field shape but with an
+    odd number of hex digits passed `accepts` and crashed the opener (ValueError: 500)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway_app),
+                                 base_url="http://gw") as raw:
+        odd = ":".join(["ab" * 16, "cd" * 16, "ef" * 12, "0" * 41])
+        r = await raw.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": odd})
+        assert r.status_code == 400
+        assert (await raw.get("/health")).status_code == 200
