@@ -16,8 +16,10 @@ statement never seen before is announced.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -106,17 +108,20 @@ class StatementLog:
             return False
 
     def record(self, gateway: str, statement: VerifiedStatement) -> bool:
-        """Remember `statement` as accepted for `gateway`; True if it is new here."""
+        """Remember `statement` as accepted for `gateway`; True if it is new here. Safe
+        with other clients (threads, processes) recording in the same folder at once."""
         self._folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        versions = self._load_versions()
-        versions[gateway] = max(versions.get(gateway, 0), statement.values.version)
-        tmp = self._versions.with_suffix(".tmp")
-        tmp.write_text(json.dumps(versions, indent=2, sort_keys=True))
-        tmp.replace(self._versions)
-        if self.seen(statement.digest):
-            return False
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        with self._log.open("a") as log:
-            log.write(f"{stamp} {gateway} {statement.digest} v{statement.values.version} "
-                      f"{statement.key_id}\n")
+        with (self._folder / "statements.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            versions = self._load_versions()
+            versions[gateway] = max(versions.get(gateway, 0), statement.values.version)
+            with tempfile.NamedTemporaryFile("w", dir=self._folder, delete=False) as tmp:
+                tmp.write(json.dumps(versions, indent=2, sort_keys=True))
+            os.replace(tmp.name, self._versions)
+            if self.seen(statement.digest):
+                return False
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            with self._log.open("a") as log:
+                log.write(f"{stamp} {gateway} {statement.digest} v{statement.values.version} "
+                          f"{statement.key_id}\n")
         return True

@@ -137,3 +137,26 @@ def test_accept_any_measurement_warns_on_every_start(tmp_path, capsys) -> None:
     policy.write_text("accept_any_measurement = true\n")
     assert main(["attest", "--gateway", "http://127.0.0.1:9", "--policy", str(policy)]) == 1
     assert "accept_any_measurement" in capsys.readouterr().err
+
+
+def test_clients_recording_statements_at_once_lose_nothing(release_key, tmp_path) -> None:
+    """Many clients of one user (threads of an app, several proxies) accept statements at
+    the same time: each write of the versions file is whole and none is lost (the first
+    version wrote through one shared temporary name, and a racing rename failed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from attestation.statement import verify_statement
+
+    trusted = {key_id(release_key.public_key()): release_key.public_key()}
+    statements = [verify_statement(_statement(release_key, version=v), trusted,
+                                   now=dt.datetime.now(dt.UTC)) for v in range(1, 9)]
+    logs = [StatementLog(tmp_path) for _ in range(16)]
+
+    def record(i: int) -> bool:  # gateway i % 4 gets versions i % 8 + 1: g+1 and g+5
+        return logs[i % 16].record(f"https://gateway-{i % 4}", statements[i % 8])
+
+    with ThreadPoolExecutor(16) as pool:
+        new = list(pool.map(record, range(64)))
+    assert sum(new) == 8  # each statement is new exactly once
+    versions = json.loads((tmp_path / "statement-versions.json").read_text())
+    assert versions == {f"https://gateway-{g}": g + 5 for g in range(4)}
