@@ -21,7 +21,7 @@ import structlog
 ALLOWED_FIELDS = frozenset({
     "event", "level", "timestamp", "logger", "request_id", "dialect", "route", "status",
     "duration_ms", "error_type", "code", "reason", "models", "detail", "gateway", "platform",
-    "key_id", "epoch", "exc_type",
+    "key_id", "epoch", "exc_type", "worker", "workers",
 })
 # Third-party loggers whose messages may carry request content.
 _REQUEST_HANDLING = ("vllm.entrypoints", "vllm.renderers", "uvicorn.error", "uvicorn.access",

@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import enum
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,21 +163,37 @@ def engine_arguments(spec: ModelSpec) -> dict[str, Any]:
             for name, value in sorted(namespace.items())}
 
 
-def _start_async_llm(args: Any) -> tuple[Any, float]:
+def _engine_args(args: Any, *, frontends: int = 1, rank: int = 0) -> Any:
+    """vLLM's engine arguments for parsed `args`, as the `rank`th of `frontends` frontend
+    processes (rank -1: the process that launches the engine core for them)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import propagate_flash_late_interaction
+
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    propagate_flash_late_interaction(args, engine_args)
+    if frontends > 1:
+        engine_args._api_process_count = frontends
+        engine_args._api_process_rank = rank
+    return engine_args
+
+
+def _start_async_llm(args: Any, frontend: dict[str, Any] | None = None) -> tuple[Any, float]:
     """Create the AsyncLLM (blocking: waits for the engine-core process to come up).
 
     This is vLLM's `build_async_engine_client_from_engine_args` less its context
     manager, so that it can run in a worker thread and the event loop keeps answering
     `/health` while the model loads. AsyncLLM supports construction outside a running
-    loop: it starts its output handler on first use.
+    loop: it starts its output handler on first use. With `frontend` (one of
+    `EngineCores.frontends`) it connects to an engine core launched for several frontend
+    processes instead of starting its own.
     """
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.launchers.cli_args import propagate_flash_late_interaction
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    engine_args = AsyncEngineArgs.from_cli_args(args)
-    propagate_flash_late_interaction(args, engine_args)
+    addresses = dict(frontend) if frontend is not None else {}
+    count, index = addresses.pop("client_count", 1), addresses.pop("client_index", 0)
+    addresses.pop("api_server_loads", None)  # the listener's business, not the engine's
+    engine_args = _engine_args(args, frontends=count, rank=index)
     config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
     client = AsyncLLM.from_vllm_config(
         vllm_config=config,
@@ -185,14 +201,75 @@ def _start_async_llm(args: Any) -> tuple[Any, float]:
         enable_log_requests=False,
         aggregate_engine_logging=engine_args.aggregate_engine_logging,
         disable_log_stats=engine_args.disable_log_stats,
+        client_addresses=addresses or None, client_count=count, client_index=index,
     )
     return client, config.shutdown_timeout
 
 
+@dataclass
+class EngineCores:
+    """One model's engine core, launched for several frontend processes (vLLM's
+    multi-API-server machinery). `listeners`: vLLM's listening sockets, one input and
+    one output per frontend, which each frontend adopts; `launch`: vLLM's record of the
+    processes it started."""
+
+    listeners: Any
+    launch: Any
+
+    @property
+    def stats_address(self) -> str | None:
+        coordinator = self.launch.coordinator
+        return coordinator.get_stats_publish_address() if coordinator is not None else None
+
+    def frontend(self, index: int) -> dict[str, Any]:
+        """What the `index`th frontend's AsyncLLM connects with (as vLLM's
+        `APIServerProcessManager` hands its servers)."""
+        sent, received = self.listeners.inputs[index], self.listeners.outputs[index]
+        frontend = {"input_address": sent.address, "output_address": received.address,
+                    "input_listener": sent.socket, "output_listener": received.socket,
+                    "client_count": len(self.listeners.inputs), "client_index": index}
+        if self.stats_address is not None:
+            frontend["stats_update_address"] = self.stats_address
+        if self.launch.tensor_queue is not None:
+            frontend["tensor_queue"] = self.launch.tensor_queue
+        return frontend
+
+    def close_listeners(self) -> None:
+        """The launcher's copies of the listening sockets, once handed to the frontends."""
+        for listener in (*self.listeners.inputs, *self.listeners.outputs):
+            listener.close()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        for part in (self.launch.engine_manager, self.launch.coordinator):
+            if part is not None:
+                part.shutdown(timeout=timeout)
+
+
+@contextlib.contextmanager
+def launch_engine_cores(spec: ModelSpec, frontends: int) -> Iterator[EngineCores]:
+    """Start `spec`'s engine core for `frontends` frontend processes, as `vllm serve
+    --api-server-count` does. Start the frontends inside the block (and name them in
+    `launch.watched_frontend_processes`); leaving it waits for the engine core to be up,
+    raising if it, or a watched frontend, failed. The caller shuts the cores down
+    (`EngineCores.shutdown`) once the frontends are done."""
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.utils import bind_engine_zmq_listeners, launch_core_engines
+    from vllm.v1.executor import Executor
+
+    engine_args = _engine_args(_parse_args(spec), frontends=frontends, rank=-1)
+    config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    listeners = bind_engine_zmq_listeners(config, frontends)
+    with launch_core_engines(config, Executor.get_class(config),
+                             not engine_args.disable_log_stats,
+                             listeners.addresses) as launch:
+        yield EngineCores(listeners, launch)
+
+
 @contextlib.asynccontextmanager
-async def _serve_model(spec: ModelSpec) -> AsyncIterator[_ServedModel]:
+async def _serve_model(spec: ModelSpec, frontend: dict[str, Any] | None = None
+                       ) -> AsyncIterator[_ServedModel]:
     args = await asyncio.to_thread(_parse_args, spec)
-    client, shutdown_timeout = await asyncio.to_thread(_start_async_llm, args)
+    client, shutdown_timeout = await asyncio.to_thread(_start_async_llm, args, frontend)
     try:
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -252,16 +329,22 @@ class VLLMEngine:
 
 @contextlib.asynccontextmanager
 async def open_vllm_engine(
-    generate: ModelSpec, embed: ModelSpec | None = None
+    generate: ModelSpec, embed: ModelSpec | None = None, *,
+    frontends: tuple[dict[str, Any], dict[str, Any] | None] | None = None,
 ) -> AsyncIterator[VLLMEngine]:
-    """Start the engine processes (isolated per DESIGN section 3) and serve until exit."""
-    isolate_engine_environment()
+    """Start the engine processes (isolated per DESIGN section 3) and serve until exit.
+    With `frontends` (this process's entry of each model's `EngineCores.frontends`), the
+    engine cores run already, launched for several gateway processes; this one connects."""
+    if frontends is None:
+        isolate_engine_environment()
+    generating, embedding = frontends if frontends is not None else (None, None)
     async with contextlib.AsyncExitStack() as stack:
         # vLLM keeps one set of `vllm:*` Prometheus metrics per process and the last
         # AsyncLLM created wins it: start the embedding engine first so that the
         # generation engine's metrics are the ones exported.
-        emb = await stack.enter_async_context(_serve_model(embed)) if embed else None
-        gen = await stack.enter_async_context(_serve_model(generate))
+        emb = (await stack.enter_async_context(_serve_model(embed, embedding))
+               if embed else None)
+        gen = await stack.enter_async_context(_serve_model(generate, generating))
         yield VLLMEngine(gen, emb)
 
 

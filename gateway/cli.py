@@ -25,6 +25,13 @@ from gateway.settings import DEFAULT_MAX_BODY_BYTES
 from proxy import cli as client_cli
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="state folder (default $CLOISTER_STATE or "
@@ -147,6 +154,10 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--tls-host", action="append", default=None,
                        help="name or address the TLS certificate is for (repeatable)")
     _add_store_arguments(serve)
+    serve.add_argument("--workers", type=_positive, default=1, metavar="N",
+                       help="gateway processes (HTTP, crypto, framing) in front of one engine "
+                            "core per model, on vLLM's multi-API-server machinery; they share "
+                            "keys, replay records, state and metrics")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("engine_args", nargs=argparse.REMAINDER,
                        help="after `--`: arguments for the vLLM engine (e.g. --max-model-len); "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -22,8 +23,10 @@ if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when
     from attestation.types import CpuProvider
     from enclave.fleet import FleetSecrets
     from gateway.attestation_routes import Attested
+    from gateway.engine_slot import EngineFactory
     from gateway.launch import Launch
     from gateway.platform_store import PlatformStore
+    from gateway.workers import WorkerListeners
 
 # After the engine dies: how long `/health` and `/ready` answer 503 before the exit.
 FAILURE_DRAIN_SECONDS = 3.0
@@ -96,7 +99,7 @@ def _simulated_statement(args: argparse.Namespace, launch: Launch,
 def _same_workload(args: argparse.Namespace, defaults: argparse.Namespace) -> bool:
     """Whether `args` ask for the default workload (listeners and folders aside)."""
     ignored = {"host", "port", "tls_port", "state_dir", "shutdown_grace", "reference_values",
-               "pccs_url", "amd_kds_url", "metrics_host", "join", "release_key"}
+               "pccs_url", "amd_kds_url", "metrics_host", "join", "release_key", "workers"}
     return all(getattr(args, k) == v for k, v in vars(defaults).items() if k not in ignored)
 
 
@@ -105,12 +108,10 @@ def _attested(args: argparse.Namespace, launch: Launch, defaults: argparse.Names
     """The evidence's sources, or why the gateway must not serve."""
     import json
 
-    from gateway.attestation_routes import Attested
-
     sources = _attestation(args, launch)
     if sources is None:
         return "no attestation"
-    init_data = args.launch_init_data.read_bytes() if args.launch_init_data else None
+    init_data = _init_data(args)
     pinned = _check_launch_pin(sources.cpu, launch.digest, init_data)
     if pinned is None:
         return ("the host pinned another workload at launch (HOST_DATA / MRCONFIGID); this "
@@ -128,8 +129,27 @@ def _attested(args: argparse.Namespace, launch: Launch, defaults: argparse.Names
         _simulated_roots(args)
         if not statements:
             statements.append(_simulated_statement(args, launch, defaults))
-    return Attested(sources.cpu, sources.gpu, sources.collateral, launch.manifest, init_data,
-                    tuple(statements))
+    return _attested_by(sources, args, launch, tuple(statements))
+
+
+def _init_data(args: argparse.Namespace) -> bytes | None:
+    return args.launch_init_data.read_bytes() if args.launch_init_data else None
+
+
+def _attested_by(sources: Sources, args: argparse.Namespace, launch: Launch,
+                 statements: tuple[bytes, ...]) -> Attested:
+    from gateway.attestation_routes import Attested
+
+    return Attested(sources.cpu, sources.gpu, sources.collateral, launch.manifest,
+                    _init_data(args), statements)
+
+
+def attested_worker(args: argparse.Namespace, launch: Launch,
+                    statements: tuple[bytes, ...]) -> Attested | None:
+    """A worker process's own evidence sources, for what its parent checked and chose
+    (`_attested`): the same workload and reference values."""
+    sources = _attestation(args, launch)
+    return None if sources is None else _attested_by(sources, args, launch, statements)
 
 
 def _check_launch_pin(cpu: CpuProvider, digest: bytes, init_data: bytes | None
@@ -256,11 +276,8 @@ def run_chatbot(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
     """`defaults`: these flags' defaults, the workload the simulated TEE's statement
     covers."""
-    import uvicorn
-
     from enclave.padding import PaddingPolicy
     from enclave.vllm_engine import open_vllm_engine
-    from gateway.app import create_app
     from gateway.launch import LaunchRefused, check_environment, prepare
 
     try:
@@ -294,23 +311,60 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
     if args.insecure_plaintext:
         log.warning("insecure_plaintext_enabled",
                     detail="plaintext prompts are accepted: development only")
-    settings = Settings(host=args.host, port=args.port,
-                        insecure_plaintext=args.insecure_plaintext,
-                        max_body_bytes=args.max_body_bytes,
-                        key_rotation_seconds=args.key_rotation_seconds,
-                        key_grace_seconds=args.key_grace_seconds,
-                        max_in_flight=args.max_in_flight, max_per_client=args.max_per_client,
-                        max_engine_queue=args.max_engine_queue,
-                        body_timeout_seconds=args.body_timeout, max_tokens=args.max_tokens,
-                        head_timeout_seconds=args.head_timeout,
-                        write_timeout_seconds=args.write_timeout,
-                        padding=PaddingPolicy.parse(args.padding),
-                        stream_interval_ms=args.stream_interval_ms,
-                        constant_rate=args.constant_rate,
-                        replay_window_seconds=args.replay_window_seconds,
-                        replay_cache_entries=args.replay_cache_entries,
-                        metrics_token=(args.metrics_token_file.read_text().strip()
-                                       if args.metrics_token_file else None))
+    seed = None
+    if args.join:
+        from gateway.cli_keyholder import fleet_trust
+        from gateway.join import JoinRefused, obtain_seed
+
+        roots, policy = fleet_trust(args, _state_dir(args))
+        started = time.monotonic()
+        try:
+            seed = asyncio.run(obtain_seed(args.join, attested, roots=roots, policy=policy))
+        except JoinRefused as exc:
+            print(f"cloister serve: {exc}", file=sys.stderr)
+            return 2
+        log.info("joined_fleet", duration_ms=round((time.monotonic() - started) * 1000, 1))
+    if args.workers > 1:
+        from gateway.workers import run_workers
+
+        return run_workers(args, launch, attested.statements, seed)
+    return serve_process(args, launch, attested, seed,
+                         lambda: open_vllm_engine(launch.generate, launch.embed))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from enclave.padding import PaddingPolicy
+
+    return Settings(host=args.host, port=args.port, insecure_plaintext=args.insecure_plaintext,
+                    max_body_bytes=args.max_body_bytes,
+                    key_rotation_seconds=args.key_rotation_seconds,
+                    key_grace_seconds=args.key_grace_seconds,
+                    max_in_flight=args.max_in_flight, max_per_client=args.max_per_client,
+                    max_engine_queue=args.max_engine_queue,
+                    body_timeout_seconds=args.body_timeout, max_tokens=args.max_tokens,
+                    head_timeout_seconds=args.head_timeout,
+                    write_timeout_seconds=args.write_timeout,
+                    padding=PaddingPolicy.parse(args.padding),
+                    stream_interval_ms=args.stream_interval_ms,
+                    constant_rate=args.constant_rate,
+                    replay_window_seconds=args.replay_window_seconds,
+                    replay_cache_entries=args.replay_cache_entries,
+                    metrics_token=(args.metrics_token_file.read_text().strip()
+                                   if args.metrics_token_file else None))
+
+
+def serve_process(args: argparse.Namespace, launch: Launch, attested: Attested,
+                  seed: bytes | None, engine: EngineFactory, *,
+                  worker: WorkerListeners | None = None) -> int:
+    """Serve in this process until told to stop; the exit status. `seed`: the fleet's
+    (or this gateway's workers') root secret, whence every key; `worker`: the listening
+    sockets and shared state when this process is one of `--workers` (`gateway.workers`)."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    log = structlog.get_logger("cloister.cli")
+    settings = _settings(args)
     failed = False
 
     def on_engine_failure() -> None:
@@ -323,20 +377,10 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
                                               setattr, server, "should_exit", True)
 
     fleet = None
-    if args.join:
+    if seed is not None:
         from enclave.fleet import FleetSecrets
-        from gateway.cli_keyholder import fleet_trust
-        from gateway.join import JoinRefused, obtain_seed
 
-        roots, policy = fleet_trust(args, _state_dir(args))
-        started = time.monotonic()
-        try:
-            fleet = FleetSecrets(asyncio.run(obtain_seed(args.join, attested, roots=roots,
-                                                         policy=policy)))
-        except JoinRefused as exc:
-            print(f"cloister serve: {exc}", file=sys.stderr)
-            return 2
-        log.info("joined_fleet", duration_ms=round((time.monotonic() - started) * 1000, 1))
+        fleet = FleetSecrets(seed)
     tls = None
     store = None
     if args.tls:
@@ -351,19 +395,22 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
 
         tls = make_tls_identity(args.tls_host or [args.host, "localhost"],
                                 fleet_secret=fleet.derive("tls-p256") if fleet else None)
-        store = _platform_store(args, fleet)
+        # The stored state outlives this run: sealed with the fleet's key in a fleet, with
+        # the TEE's (or the named file's) otherwise, never with a seed made for this run.
+        store = _platform_store(args, fleet if args.join else None)
     admin = None
     if store is not None and args.admin_public_key is not None:
         from gateway.admin import AdminApi
 
         admin = AdminApi(store, _admin_key(args.admin_public_key))
     replay_cache = None
-    if fleet is not None and args.database is not None:
+    if worker is not None or (fleet is not None and args.database is not None):
         from gateway.replay_store import SqlReplayCache
 
-        replay_cache = SqlReplayCache(args.database)  # shared by the fleet's replicas
-    app = create_app(settings, lambda: open_vllm_engine(launch.generate, launch.embed),
-                     on_engine_failure=on_engine_failure,
+        # Shared by the fleet's replicas, or by this gateway's workers.
+        replay_cache = SqlReplayCache(worker.replay_url if worker is not None
+                                      else args.database)
+    app = create_app(settings, engine, on_engine_failure=on_engine_failure,
                      attestation=attested, platform_store=store, admin=admin,
                      tls_spki_sha256=tls.spki_sha256 if tls is not None else None,
                      fleet=fleet, replay_cache=replay_cache)
@@ -371,11 +418,15 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
     forwarded = {"proxy_headers": args.forwarded_allow_ips is not None,
                  "forwarded_allow_ips": args.forwarded_allow_ips}
     bounded = listener_options(args.head_timeout)  # every listener: see gateway.http_protocol
+
+    def make_server(config: uvicorn.Config, *, main: bool = False) -> uvicorn.Server:
+        return worker.server(config, main=main) if worker is not None else uvicorn.Server(config)
+
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                             access_log=False, lifespan="on", **bounded,
                             timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
-    server = uvicorn.Server(config)
-    extra: list[uvicorn.Server] = []
+    server = make_server(config, main=True)
+    listeners = [(server, worker.main if worker is not None else None)]
     if tls is not None:
         with tls.files() as (certfile, keyfile):  # in memory, closed once loaded
             tls_config = uvicorn.Config(
@@ -384,24 +435,33 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
                 **bounded,
                 timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
             tls_config.load()
-        extra.append(uvicorn.Server(tls_config))
+        listeners.append((make_server(tls_config), worker.tls if worker is not None else None))
     if args.metrics_port is not None:
         from gateway.metrics import metrics_only_app
 
-        extra.append(uvicorn.Server(uvicorn.Config(
-            metrics_only_app(app.state.metrics), host=args.metrics_host, port=args.metrics_port,
-            log_config=None, access_log=False, lifespan="off", **bounded)))
+        listeners.append((make_server(uvicorn.Config(
+            metrics_only_app(app.state.metrics), host=args.metrics_host,
+            port=args.metrics_port, log_config=None, access_log=False, lifespan="off",
+            **bounded)), worker.metrics if worker is not None else None))
 
     async def all_listeners() -> None:
-        side = [asyncio.create_task(s.serve()) for s in extra]
-        await server.serve()  # the main listener owns the lifespan (engine, keys)
-        for s in extra:
-            s.should_exit = True
+        if worker is not None:
+            worker.stop_on_signals([each for each, _ in listeners])
+        side = [asyncio.create_task(each.serve(_sockets(sock))) for each, sock in listeners[1:]]
+        # The main listener owns the lifespan (engine, keys).
+        await server.serve(_sockets(listeners[0][1]))
+        for each, _ in listeners[1:]:
+            each.should_exit = True
         await asyncio.gather(*side)
 
     asyncio.run(all_listeners())
     if store is not None:
         store.close()
+    if replay_cache is not None:
+        replay_cache.close()
+    log.info("stopped", reason="engine failed" if failed else "asked to stop")
     return 1 if failed else 0
 
 
+def _sockets(sock: socket.socket | None) -> list[socket.socket] | None:
+    return [sock] if sock is not None else None

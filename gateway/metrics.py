@@ -2,6 +2,10 @@
 
 vLLM registers its metrics in prometheus-client's default registry; the gateway's live in
 a registry of the app's own, so that several apps in one process (tests) never collide.
+With several gateway processes (`cloister serve --workers N`), prometheus-client's
+multiprocess mode is on (`PROMETHEUS_MULTIPROC_DIR`, set before the workers start): every
+process writes its values to that folder and a scrape, answered by any worker, sums them
+all; only the engine's live gauges are that worker's own.
 Every label takes values from a fixed set (dialects, route templates, status codes,
 error codes, stages): nothing from request content, nothing unbounded.
 """
@@ -9,6 +13,7 @@ error codes, stages): nothing from request content, nothing unbounded.
 from __future__ import annotations
 
 import hmac
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -21,6 +26,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -66,8 +72,9 @@ class _EngineCollector(Collector):
 class GatewayMetrics:
     def __init__(self, engine: Callable[[], Any]) -> None:
         """`engine` answers the running engine (or None) at scrape time."""
+        self.live = CollectorRegistry(auto_describe=False)
+        self.live.register(_EngineCollector(engine))
         r = self.registry = CollectorRegistry(auto_describe=False)
-        r.register(_EngineCollector(engine))
         self.requests = Counter("cloister_requests", "Requests by dialect, route and status",
                                 ["dialect", "route", "status"], registry=r)
         self.duration = Histogram("cloister_request_duration_seconds",
@@ -77,7 +84,7 @@ class GatewayMetrics:
                               "Time from request start to the first streamed chunk sent",
                               ["dialect"], buckets=TTFT_BUCKETS, registry=r)
         self.in_flight = Gauge("cloister_requests_in_flight", "Requests being served",
-                               ["dialect"], registry=r)
+                               ["dialect"], registry=r, multiprocess_mode="livesum")
         self.crypto_failures = Counter("cloister_crypto_failures",
                                        "Requests that failed to open, by dialect and stage",
                                        ["dialect", "stage"], registry=r)
@@ -144,10 +151,20 @@ def scrape_endpoint(metrics: GatewayMetrics, *, token: str | None = None
         if expected is not None and not hmac.compare_digest(
                 request.headers.get("authorization", "").encode(), expected):
             raise HTTPException(404)
-        body = generate_latest(metrics.registry) + generate_latest(REGISTRY)
-        return Response(body, media_type=CONTENT_TYPE)
+        return Response(render(metrics), media_type=CONTENT_TYPE)
 
     return scrape
+
+
+def render(metrics: GatewayMetrics) -> bytes:
+    """The exposition text: the engine's live gauges, then every counted value (the
+    gateway's and vLLM's; with several gateway processes, summed over all of them)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        every = CollectorRegistry(auto_describe=False)
+        multiprocess.MultiProcessCollector(every)  # type: ignore[no-untyped-call]
+        return generate_latest(metrics.live) + generate_latest(every)
+    return (generate_latest(metrics.live) + generate_latest(metrics.registry)
+            + generate_latest(REGISTRY))
 
 
 def metrics_only_app(metrics: GatewayMetrics) -> ASGIApp:

@@ -50,6 +50,7 @@ import structlog
 from enclave.errors import DecryptError
 from enclave.sealed_state import DataKey
 from enclave.wire_errors import ErrorCode
+from gateway.database import open_database
 
 log = structlog.get_logger("cloister.store")
 
@@ -211,7 +212,7 @@ _KEY_FIELDS = ("id", "account_id", "name", "lookup", "created_at", "revoked_at",
 
 class PlatformStore:
     def __init__(self, url: str, data_key: DataKey) -> None:
-        self._engine = _engine(url)
+        self._engine = open_database(url)
         self._sqlite = url.startswith("sqlite")
         self._key = data_key
         self._writing = threading.Lock()  # one transaction at a time per process
@@ -556,22 +557,6 @@ def _available() -> Iterator[None]:
     except sa.exc.OperationalError as exc:
         log.error("store_unavailable", error_type=type(exc.orig).__name__)
         raise StoreUnavailable() from None
-
-
-def _engine(url: str) -> sa.Engine:
-    """SQLite: every transaction takes the write lock at its start (BEGIN IMMEDIATE), so
-    processes sharing the file never interleave a read-modify-write. Others: READ
-    COMMITTED with row locks (`FOR UPDATE`) for writes, REPEATABLE READ for reads."""
-    if not url.startswith("sqlite"):
-        return sa.create_engine(url, future=True)
-    engine = sa.create_engine(url, future=True, connect_args={"isolation_level": None,
-                                                              "timeout": 30})
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
 
 
 def _message_purpose(conversation_id: str, position: int, role: str) -> str:

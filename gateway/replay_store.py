@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from enclave.replay import ReplayCacheUnavailable
+from gateway.database import open_database
 
 SWEEP_EVERY = 1000
 
@@ -25,8 +26,9 @@ replay_records = sa.Table(
 class SqlReplayCache:
     blocking = True  # a database round trip per request: called off the event loop
 
-    def __init__(self, url: str) -> None:
-        self._engine = sa.create_engine(url, future=True)
+    def __init__(self, url: str, *, scratch: bool = False) -> None:
+        """`scratch`: see `gateway.database.open_database`."""
+        self._engine = open_database(url, scratch=scratch)
         _metadata.create_all(self._engine)
         self._inserts = 0
 

@@ -1,0 +1,33 @@
+"""Opening the SQL database that gateway processes share (the platform's state, the
+replay records), with the locking discipline that makes sharing safe."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+
+def open_database(url: str, *, scratch: bool = False) -> sa.Engine:
+    """SQLite: every transaction takes the write lock at its start (BEGIN IMMEDIATE), so
+    processes sharing the file never interleave a read-modify-write. Others: READ
+    COMMITTED with row locks (`FOR UPDATE`) for writes, REPEATABLE READ for reads.
+
+    `scratch`: a SQLite file that need not survive a crash of the machine (the replay
+    records of one run's workers, on tmpfs): a write-ahead log and no fsync."""
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, future=True)
+    engine = sa.create_engine(url, future=True, connect_args={"isolation_level": None,
+                                                              "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(connection: object, _record: object) -> None:
+        if scratch:
+            cursor = connection.cursor()  # type: ignore[attr-defined]
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=OFF")
+            cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,180 @@
+"""`cloister serve --workers 2` for real: two gateway processes in front of one real vLLM
+engine core (vLLM's multi-API-server machinery). Clients verify either worker against
+the operator's signed release, both publish the same keys, a request one worker answered
+is refused by the other, the metrics add up over both, and when the engine core dies the
+whole gateway exits non-zero with no process left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import (
+    RunningGateway,
+    listener_args,
+    sign_release,
+    start_gateway,
+    stop_gateway,
+)
+from tests.integration.test_engine_death import _descendants, _engine_core
+
+pytestmark = pytest.mark.engine
+MODEL = "cloister-demo"
+HELD_OPEN = 6  # connections open at once: the least loaded worker accepts each
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    folder = tmp_path_factory.mktemp("workers")
+    args = [*listener_args(tls=False), "--attestation", "simulated", "--embedding-model",
+            "none", "--workers", "2"]
+    statement, public_key = sign_release(args, folder)
+    started = time.monotonic()
+    running = start_gateway(*args, "--reference-values", str(statement),
+                            log_path=folder / "gateway.log", state_dir=folder / "state")
+    print(f"\ntwo workers ready {time.monotonic() - started:.1f}s after start")
+    running.release_key = public_key
+    yield running
+    stop_gateway(running)
+
+
+def _worker_of(gateway: RunningGateway) -> dict[str, int]:
+    """Which worker answered each request (by request id), from the gateway's log."""
+    answered = {}
+    for line in gateway.log_path.read_text(errors="replace").splitlines():
+        if '"request_id"' in line and '"worker"' in line and line.startswith("{"):
+            record = json.loads(line)
+            if record.get("event") == "request":
+                answered[record["request_id"]] = record["worker"]
+    return answered
+
+
+def _held_open(gateway: RunningGateway, path: str) -> list[httpx.Response]:
+    """`HELD_OPEN` GETs of `path`, each on its own connection, all open at once."""
+    clients = [httpx.Client(base_url=gateway.url, timeout=30) for _ in range(HELD_OPEN)]
+    try:
+        with ThreadPoolExecutor(HELD_OPEN) as pool:
+            return list(pool.map(lambda c: c.get(path), clients))
+    finally:
+        for each in clients:
+            each.close()
+
+
+def _answered_by(gateway: RunningGateway, responses: list[httpx.Response]) -> Counter[int]:
+    time.sleep(0.5)  # the access line is written as the answer completes
+    workers = _worker_of(gateway)
+    return Counter(workers[r.headers["x-request-id"]] for r in responses)
+
+
+def test_every_worker_publishes_the_same_attested_keys(workers) -> None:
+    from enclave import atoma, continuum, ehbp
+    from enclave.ohttp.dialect import PATH as OHTTP_PATH
+
+    answers = []
+    for path in (ehbp.KEYS_PATH, OHTTP_PATH, atoma.NODE_PATH, continuum.HYBRID_KEY_PATH):
+        published = _held_open(workers, path)
+        assert [a.status_code for a in published] == [200] * HELD_OPEN
+        assert len({a.content for a in published}) == 1, path
+        answers += published
+    assert set(_answered_by(workers, answers)) == {0, 1}
+
+
+def test_the_sdk_verifies_and_chats_through_either_worker(workers, tmp_path) -> None:
+    from proxy.transport import openai_client
+
+    state = tmp_path / "client"
+
+    def chat(i: int) -> str:
+        sdk = openai_client(workers.url, protocol="ohttp" if i % 2 else "ehbp",
+                            release_keys=[workers.release_key],
+                            simulated_roots=workers.simulated_roots,
+                            state_dir=state)
+        answer = sdk.chat.completions.create(
+            model=MODEL, max_tokens=4, messages=[{"role": "user", "content": f"hi {i}"}])
+        streamed = sdk.chat.completions.create(
+            model=MODEL, max_tokens=4, stream=True,
+            messages=[{"role": "user", "content": f"again {i}"}])
+        pieces = [c.choices[0].delta.content or "" for c in streamed if c.choices]
+        return (answer.choices[0].message.content or "") + "".join(pieces)
+
+    before = Counter(_worker_of(workers).values())
+    with ThreadPoolExecutor(HELD_OPEN) as pool:
+        texts = list(pool.map(chat, range(HELD_OPEN)))
+    assert all(texts)
+    time.sleep(0.5)
+    served = Counter(_worker_of(workers).values()) - before
+    assert served[0] > 0 and served[1] > 0, served
+
+
+def test_a_request_one_worker_answered_is_refused_by_the_other(workers) -> None:
+    from proxy.attestor import Unverified
+    from proxy.dialects import make_client
+    from tests.integration.test_side_channels import Tap
+
+    tap = Tap()
+    client = make_client(workers.url, "ehbp", attestation=Unverified(), transport=tap)
+
+    async def once() -> int:
+        body = json.dumps({"model": MODEL, "max_tokens": 2,
+                           "messages": [{"role": "user", "content": "x"}]}).encode()
+        try:
+            return (await client.request("POST", "/v1/chat/completions", body)).status
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(once()) == 200
+    captured = next(r for r in reversed(tap.sent) if r.method == "POST")
+    headers = {k: v for k, v in captured.headers.items() if k not in ("content-length", "host")}
+    clients = [httpx.Client(base_url=workers.url, timeout=60) for _ in range(HELD_OPEN)]
+    try:
+        with ThreadPoolExecutor(HELD_OPEN) as pool:
+            replays = list(pool.map(lambda c: c.post(captured.url.path,
+                                                     content=captured.content,
+                                                     headers=headers), clients))
+    finally:
+        for each in clients:
+            each.close()
+    assert [r.status_code for r in replays] == [409] * HELD_OPEN
+    assert set(_answered_by(workers, replays)) == {0, 1}
+
+
+def test_the_metrics_add_up_over_the_workers(workers) -> None:
+    def health_200() -> float:
+        text = httpx.get(f"{workers.metrics_url}/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("cloister_requests_total{") and 'route="/health"' in line
+                   and 'status="200"' in line)
+
+    before = health_200()
+    answers = _held_open(workers, "/health") + _held_open(workers, "/health")
+    assert set(_answered_by(workers, answers)) == {0, 1}
+    assert health_200() - before == len(answers)
+
+
+def test_when_the_engine_core_dies_the_gateway_exits_non_zero(workers) -> None:
+    """Last in this module: it takes the gateway down."""
+    processes = _descendants(workers.process.pid)
+    assert len(processes) >= 3  # two workers and the engine core (and vLLM's helpers)
+    os.kill(_engine_core(workers.process.pid), signal.SIGKILL)
+    assert workers.process.wait(timeout=120) != 0
+    time.sleep(1)
+    left = [pid for pid in processes if Path(f"/proc/{pid}").exists()
+            and "zombie" not in _state(pid)]
+    assert left == []
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "zombie"
