@@ -34,7 +34,7 @@ class SealedEventsResponder:
     streams = True
 
     def __init__(self) -> None:
-        self._last: dict[str, Any] = {}
+        self._last = b"{}"
         self.padding = OFF
 
     def padded(self, policy: PaddingPolicy) -> SealedEventsResponder:
@@ -55,14 +55,19 @@ class SealedEventsResponder:
         out = []
         for data in sse.data_of(events):
             if data == sse.DONE:
-                end = json.dumps({**self._last, "choices": []}).encode()
+                end = json.dumps({**self._kept(), "choices": []}).encode()
                 out.append(self._seal_event(end, final=True))
                 out.append(sse.event(sse.DONE))
                 continue
-            with contextlib.suppress(ValueError, AttributeError):
-                self._last = {k: v for k, v in json.loads(data).items() if k in KEPT_ON_END}
+            self._last = data  # parsed once, at the end, not per event
             out.append(self._seal_event(data, final=False))
         return self.padding.pad_events(b"".join(out))
+
+    def _kept(self) -> dict[str, Any]:
+        """What the end chunk keeps of the engine's last event."""
+        with contextlib.suppress(ValueError, AttributeError, UnicodeDecodeError):
+            return {k: v for k, v in json.loads(self._last).items() if k in KEPT_ON_END}
+        return {}
 
     def end(self) -> bytes:
         return b""
