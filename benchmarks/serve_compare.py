@@ -6,13 +6,17 @@
 Starts vLLM's own OpenAI server and `cloister serve` on the same model with the same
 engine arguments, then drives each with the same prompts and `max_tokens` (EOS ignored,
 so lengths match), alternating targets at every concurrency level, streamed and not:
-  vllm             plain HTTP + JSON / SSE to vLLM's server
+  vllm             plain HTTP + JSON / SSE to vLLM's server (its default: every token sent)
+  vllm-interval    vLLM's server with `--stream-interval K`, K the tokens Cloister's
+                   default 50 ms coalescing puts in one sealed chunk (measured at
+                   concurrency 1 before the sweep): the like-for-like stream interval
   cloister         chunked OHTTP through the client library, in this process (no proxy)
+  cloister-w2      the same against `cloister serve --workers 2` (--workers N: 0 to skip)
   cloister-proxy   the same requests through `cloister proxy` (plain HTTP to it)
 Reports requests/s, output tokens/s, time to first token p50/p99 and inter-token latency
-p50/p99 per target, and the ratios Cloister/vLLM; writes JSON and a Markdown table (and
-a PNG plot if matplotlib is installed). With --profile, the gateway runs under cProfile
-and the top functions by own time are written next to the results.
+p50/p99 per target, and the ratios to vLLM (and to vllm-interval); writes JSON and a
+Markdown table (and a PNG plot if matplotlib is installed). With --profile, the gateway
+runs under cProfile and the top functions by own time are written next to the results.
 
 On a CPU machine every number includes the load generator sharing the cores; compare
 ratios, not absolute times.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -67,6 +72,7 @@ class Sample:
     ttft: float | None
     itls: list[float]
     tokens: int
+    deliveries: int = 0
 
 
 @dataclass
@@ -116,27 +122,38 @@ def _sse_tokens(event: bytes) -> int:
 
 
 class _TokenClock:
-    """Time to first token and inter-token gaps, from SSE events as they arrive."""
+    """Time to first token and inter-token gaps, from SSE events as they arrive; and how
+    many arrivals carried tokens (a sealed chunk, or what one network read brought)."""
 
     def __init__(self, start: float) -> None:
         self.start = self.last = start
         self.ttft: float | None = None
         self.itls: list[float] = []
-        self.tokens = 0
+        self.tokens = self.deliveries = 0
+        self.usage: int | None = None
 
     def events(self, events: list[bytes]) -> None:
+        delivered = False
         for event in events:
             n = _sse_tokens(event)
             if n:
+                delivered = True
                 now = time.perf_counter()
                 if self.ttft is None:
                     self.ttft = now - self.start
                 else:
                     self.itls.append(now - self.last)
                 self.last, self.tokens = now, self.tokens + n
+            elif event.startswith(b"data: {") and b'"usage"' in event:
+                usage = json.loads(event[6:]).get("usage") or {}
+                self.usage = usage.get("completion_tokens", self.usage)
+        self.deliveries += delivered
 
     def sample(self) -> Sample:
-        return Sample(time.perf_counter() - self.start, self.ttft, self.itls, self.tokens)
+        # With a stream interval one event carries several tokens: the usage counts them.
+        tokens = self.usage if self.usage is not None else self.tokens
+        return Sample(time.perf_counter() - self.start, self.ttft, self.itls, tokens,
+                      self.deliveries)
 
 
 async def _http_one(client: httpx.AsyncClient, body: bytes, stream: bool) -> Sample:
@@ -217,19 +234,40 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def _attested_client(args: argparse.Namespace, url: str,
+                     limits: httpx.Limits) -> GatewayClient:
+    """A chunked-OHTTP client of `url` verifying the operator's release for this workload,
+    as `cloister proxy --release-key ... --simulated-roots ...` does."""
+    attestor = Attestor(url, trust=load_trust(
+        release_keys=[args.release_key], policy=None, simulated_roots=args.simulated_roots))
+    return make_client(url, "ohttp", attestation=attestor,
+                       transport=httpx.AsyncHTTPTransport(limits=limits))
+
+
+async def tokens_per_chunk(args: argparse.Namespace, url: str) -> float:
+    """Tokens in one sealed chunk of Cloister's streams at concurrency 1 (its default
+    time-based coalescing), what `vllm serve --stream-interval` is then set to."""
+    client = _attested_client(args, url, httpx.Limits())
+    try:
+        one = lambda b, s: _ohttp_one(client, b, s)  # noqa: E731
+        await run_level("cloister", one, concurrency=1, total=2, max_tokens=8, stream=True)
+        result = await run_level("cloister", one, concurrency=1, total=8,
+                                 max_tokens=args.max_tokens, stream=True)
+    finally:
+        await client.aclose()
+    return (sum(x.tokens for x in result.samples)
+            / max(1, sum(x.deliveries for x in result.samples)))
+
+
 async def sweep(args: argparse.Namespace, urls: dict[str, str]) -> list[Result]:
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    vllm = httpx.AsyncClient(base_url=urls["vllm"], timeout=600, limits=limits)
-    proxied = httpx.AsyncClient(base_url=urls["proxy"], timeout=600, limits=limits)
-    # The simulated TEE's own release statement, as `cloister proxy --simulated-roots` does
-    attestor = Attestor(urls["cloister"], trust=load_trust(
-        release_keys=[args.release_key], policy=None, simulated_roots=args.simulated_roots))
-    ohttp = make_client(urls["cloister"], "ohttp", attestation=attestor,
-                        transport=httpx.AsyncHTTPTransport(limits=limits))
+    plain = {name: httpx.AsyncClient(base_url=urls[name], timeout=600, limits=limits)
+             for name in ("vllm", "vllm-interval", "cloister-proxy") if name in urls}
+    sealed = {name: _attested_client(args, urls[name], limits)
+              for name in ("cloister", "cloister-w2") if name in urls}
     targets: dict[str, Callable[[bytes, bool], Awaitable[Sample]]] = {
-        "vllm": lambda b, s: _http_one(vllm, b, s),
-        "cloister": lambda b, s: _ohttp_one(ohttp, b, s),
-        "cloister-proxy": lambda b, s: _http_one(proxied, b, s),
+        **{n: functools.partial(_http_one, c) for n, c in plain.items()},
+        **{n: functools.partial(_ohttp_one, c) for n, c in sealed.items()},
     }
     results = []
     for name, one in targets.items():  # warm-up: compile paths, fill caches
@@ -247,9 +285,10 @@ async def sweep(args: argparse.Namespace, urls: dict[str, str]) -> list[Result]:
                     result.repeat = repeat
                     print(json.dumps(result.summary()), flush=True)
                     results.append(result)
-    await vllm.aclose()
-    await proxied.aclose()
-    await ohttp.aclose()
+    for client in plain.values():
+        await client.aclose()
+    for each in sealed.values():
+        await each.aclose()
     return results
 
 
@@ -301,17 +340,21 @@ def _median(values: list[float]) -> float:
     return clean[mid] if len(clean) % 2 else (clean[mid - 1] + clean[mid]) / 2
 
 
-def ratios(rows: list[dict[str, float | int | str]]) -> list[dict[str, float | int | str]]:
-    """Per cell (mode, concurrency, target): the ratio to vLLM of each repetition (taken
-    against vLLM's run of the same repetition), then their median, min and max."""
+def ratios(rows: list[dict[str, float | int | str]], base: str = "vllm"
+           ) -> list[dict[str, float | int | str]]:
+    """Per cell (mode, concurrency, target): the ratio to `base` of each repetition
+    (taken against `base`'s run of the same repetition), then their median, min and
+    max."""
     by = {(r["mode"], r["concurrency"], r["target"], r["repeat"]): r for r in rows}
     cells: dict[tuple[object, ...], dict[str, list[float]]] = {}
     for (mode, conc, target, repeat), r in by.items():
-        base = by[(mode, conc, "vllm", repeat)]
+        if (mode, conc, base, repeat) not in by:
+            continue
+        reference = by[(mode, conc, base, repeat)]
         cell = cells.setdefault((mode, conc, target), {
             "req": [], "ttft": [], "req_per_s": [], "ttft_p50_ms": []})
-        cell["req"].append(float(r["req_per_s"]) / float(base["req_per_s"]))
-        cell["ttft"].append(float(r["ttft_p50_ms"]) / float(base["ttft_p50_ms"])
+        cell["req"].append(float(r["req_per_s"]) / float(reference["req_per_s"]))
+        cell["ttft"].append(float(r["ttft_p50_ms"]) / float(reference["ttft_p50_ms"])
                             if mode == "stream" else float("nan"))
         cell["req_per_s"].append(float(r["req_per_s"]))
         cell["ttft_p50_ms"].append(float(r["ttft_p50_ms"]))
@@ -319,7 +362,7 @@ def ratios(rows: list[dict[str, float | int | str]]) -> list[dict[str, float | i
     for (mode, conc, target), c in cells.items():
         req = sorted(c["req"])
         ttft = sorted(v for v in c["ttft"] if v == v)
-        out.append({"mode": mode, "concurrency": conc, "target": target,
+        out.append({"mode": mode, "concurrency": conc, "target": target, "base": base,
                     "repeats": len(req), "req_per_s": _median(c["req_per_s"]),
                     "ttft_p50_ms": _median(c["ttft_p50_ms"]),
                     "req_ratio": _median(req), "req_ratio_min": req[0],
@@ -329,17 +372,27 @@ def ratios(rows: list[dict[str, float | int | str]]) -> list[dict[str, float | i
     return out
 
 
+def _ratio(r: dict[str, float | int | str], name: str) -> str:
+    if r[f"{name}_ratio"] != r[f"{name}_ratio"]:
+        return "-"
+    return (f"{r[f'{name}_ratio']:.3f} [{r[f'{name}_ratio_min']:.3f}, "
+            f"{r[f'{name}_ratio_max']:.3f}]")
+
+
 def _table(rows: list[dict[str, float | int | str]]) -> str:
-    lines = ["| mode | conc | target | req/s (median) | TTFT p50 ms (median) | req/s vs vLLM "
-             "median [min, max] | TTFT p50 vs vLLM median [min, max] |",
-             "| --- | ---: | --- | ---: | ---: | --- | --- |"]
+    """One line per cell: medians, and the ratios to vLLM and (where it ran) to vLLM at
+    the like-for-like stream interval."""
+    interval = {(r["mode"], r["concurrency"], r["target"]): r
+                for r in ratios(rows, "vllm-interval")}
+    lines = ["| mode | conc | target | req/s | TTFT p50 ms | req/s vs vLLM | TTFT p50 vs "
+             "vLLM | req/s vs vLLM-interval | TTFT p50 vs vLLM-interval |",
+             "| --- | ---: | --- | ---: | ---: | --- | --- | --- | --- |"]
     for r in ratios(rows):
-        ttft = ("-" if r["mode"] != "stream" else
-                f"{r['ttft_ratio']:.3f} [{r['ttft_ratio_min']:.3f}, {r['ttft_ratio_max']:.3f}]")
+        same = interval.get((r["mode"], r["concurrency"], r["target"]))
         lines.append(f"| {r['mode']} | {r['concurrency']} | {r['target']} | "
-                     f"{r['req_per_s']:.2f} | {r['ttft_p50_ms']:.1f} | "
-                     f"{r['req_ratio']:.3f} [{r['req_ratio_min']:.3f}, "
-                     f"{r['req_ratio_max']:.3f}] | {ttft} |")
+                     f"{r['req_per_s']:.2f} | {r['ttft_p50_ms']:.1f} | {_ratio(r, 'req')} | "
+                     f"{_ratio(r, 'ttft')} | {_ratio(same, 'req') if same else '-'} | "
+                     f"{_ratio(same, 'ttft') if same else '-'} |")
     return "\n".join(lines)
 
 
@@ -352,7 +405,7 @@ def _plot(rows: list[dict[str, float | int | str]], path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    for target in ("vllm", "cloister", "cloister-proxy"):
+    for target in ("vllm", "vllm-interval", "cloister", "cloister-w2", "cloister-proxy"):
         pts = [(r["concurrency"], r["req_per_s"]) for r in ratios(rows)
                if r["target"] == target and r["mode"] == "stream"]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=target)
@@ -373,6 +426,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved repetitions of every cell (ratios: median, spread)")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also run `cloister serve --workers N` (cloister-w2); 0 or 1: not")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
@@ -381,49 +436,75 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serve-compare-"))
     env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
            "CLOISTER_STATE": str(work / "state"), "HF_HUB_OFFLINE": "1"}
-    ports = {"vllm": free_port(), "cloister": free_port(), "proxy": free_port()}
+    names = ["vllm", "vllm-interval", "cloister", "cloister-proxy"]
+    names += ["cloister-w2"] if args.workers > 1 else []
+    ports = {name: free_port() for name in names}
     urls = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
     profile = work / "gateway.prof"
     python = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if args.profile else [])
-    vllm = _start([sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry",
-                   "--model", model, "--served-model-name", SERVED, "--port",
-                   str(ports["vllm"]), *ENGINE_ARGS], work / "vllm.log", env)
-    serve_args = ["--model", model, "--served-model-name", SERVED, "--port",
-                  str(ports["cloister"]), "--embedding-model", "none", "--attestation",
-                  "simulated", "--max-in-flight", "1024", "--max-per-client", "1024"]
+
+    def vllm_serve(name: str, *extra: str) -> subprocess.Popen[bytes]:
+        return _start([sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry",
+                       "--model", model, "--served-model-name", SERVED, "--port",
+                       str(ports[name]), *ENGINE_ARGS, *extra], work / f"{name}.log", env)
+
+    serve_args = ["--model", model, "--served-model-name", SERVED, "--embedding-model",
+                  "none", "--attestation", "simulated", "--max-in-flight", "1024",
+                  "--max-per-client", "1024"]
     # The operator's release for exactly this workload, as for any non-default gateway.
     os.environ["CLOISTER_STATE"] = env["CLOISTER_STATE"]
     statement, release_key = sign_release([*serve_args, "--", *ENGINE_ARGS], work)
     args.release_key = release_key
-    gateway = _start([*python, "-m", "gateway", "serve", *serve_args, "--reference-values",
-                      str(statement), "--", *ENGINE_ARGS], work / "cloister.log", env)
-    proxy = None
+    args.simulated_roots = work / "state" / "simulated-roots.pem"
+
+    def cloister_serve(name: str, *extra: str, run: list[str]) -> subprocess.Popen[bytes]:
+        return _start([*run, "-m", "gateway", "serve", *serve_args, "--port", str(ports[name]),
+                       *extra, "--reference-values", str(statement), "--", *ENGINE_ARGS],
+                      work / f"{name}.log", env)
+
+    processes = [vllm_serve("vllm"), cloister_serve("cloister", run=python)]
+    if "cloister-w2" in ports:
+        processes.append(cloister_serve("cloister-w2", "--workers", str(args.workers),
+                                        run=[sys.executable]))
     try:
         started = time.monotonic()
-        _wait(urls["vllm"] + "/health", vllm)
-        _wait(urls["cloister"] + "/ready", gateway)
+        _wait(urls["vllm"] + "/health", processes[0])
+        _wait(urls["cloister"] + "/ready", processes[1])
         startup = time.monotonic() - started
-        proxy = _start([sys.executable, "-m", "gateway", "proxy", "--gateway", urls["cloister"],
-                        "--port", str(ports["proxy"]), "--release-key", str(release_key),
-                        "--simulated-roots", str(work / "state" / "simulated-roots.pem")],
-                       work / "proxy.log", env)
-        _wait(urls["proxy"] + "/v1/models", proxy, timeout=60)
-        args.simulated_roots = work / "state" / "simulated-roots.pem"
+        if "cloister-w2" in ports:
+            _wait(urls["cloister-w2"] + "/ready", processes[2])
+        processes.append(_start(
+            [sys.executable, "-m", "gateway", "proxy", "--gateway", urls["cloister"],
+             "--port", str(ports["cloister-proxy"]), "--release-key", str(release_key),
+             "--simulated-roots", str(args.simulated_roots)], work / "proxy.log", env))
+        _wait(urls["cloister-proxy"] + "/v1/models", processes[-1], timeout=60)
+        per_chunk = asyncio.run(tokens_per_chunk(args, urls["cloister"]))
+        args.stream_interval = max(1, round(per_chunk))
+        print(f"cloister: {per_chunk:.2f} tokens per sealed chunk at concurrency 1; "
+              f"vllm-interval runs with --stream-interval {args.stream_interval}", flush=True)
+        processes.append(vllm_serve("vllm-interval", "--stream-interval",
+                                    str(args.stream_interval)))
+        _wait(urls["vllm-interval"] + "/health", processes[-1])
         results = asyncio.run(sweep(args, urls))
     finally:
-        for proc in (proxy, gateway, vllm):
-            if proc is not None:
-                _stop(proc)
+        for proc in reversed(processes):
+            _stop(proc)
     rows = [r.summary() for r in results]
     meta = _meta(args, model, startup)
     meta["client_crypto_ms_per_request"] = client_crypto_ms(args.max_tokens)
+    meta["tokens_per_sealed_chunk_at_1"] = round(per_chunk, 2)
+    meta["vllm_interval_stream_interval"] = args.stream_interval
+    meta["cloister_w2_workers"] = args.workers
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     (args.out / f"serve_compare-{stamp}.json").write_text(
         json.dumps({"meta": meta, "results": rows}, indent=2))
     table = _table(rows)
     crypto = meta["client_crypto_ms_per_request"]
     md = [f"Run {meta['date']} on {meta['machine']}; {meta['versions']}; model {meta['model']};"
-          f" max_tokens {args.max_tokens}, EOS ignored. Command: `{meta['command']}`", "",
+          f" max_tokens {args.max_tokens}, EOS ignored. Command: `{meta['command']}`. "
+          f"vllm-interval: `--stream-interval {args.stream_interval}` ({per_chunk:.2f} "
+          f"tokens per sealed chunk in Cloister's streams at concurrency 1); cloister-w2: "
+          f"`--workers {args.workers}`.", "",
           table, "", f"The load generator's own crypto per `cloister` request (measured "
           f"apart, included in its cells): {crypto['stream']} ms streamed, "
           f"{crypto['whole']} ms whole."]
