@@ -71,6 +71,8 @@ def error_object(status: int, code: str, message: str) -> bytes:
 
 
 def usage_of(content: bytes) -> Any:
+    if b'"usage"' not in content:  # most stream events: not parsed for nothing
+        return None
     try:
         return json.loads(content).get("usage")
     except (ValueError, AttributeError):
