@@ -36,8 +36,8 @@ HELD_OPEN = 6  # connections open at once: the least loaded worker accepts each
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     folder = tmp_path_factory.mktemp("workers")
-    args = [*listener_args(tls=False), "--attestation", "simulated", "--embedding-model",
-            "none", "--workers", "2"]
+    args = [*listener_args(), "--attestation", "simulated", "--embedding-model", "none",
+            "--workers", "2"]
     statement, public_key = sign_release(args, folder)
     started = time.monotonic()
     running = start_gateway(*args, "--reference-values", str(statement),
@@ -59,12 +59,23 @@ def _worker_of(gateway: RunningGateway) -> dict[str, int]:
     return answered
 
 
-def _held_open(gateway: RunningGateway, path: str) -> list[httpx.Response]:
-    """`HELD_OPEN` GETs of `path`, each on its own connection, all open at once."""
-    clients = [httpx.Client(base_url=gateway.url, timeout=30) for _ in range(HELD_OPEN)]
+def _held_open(gateway: RunningGateway, path: str, *, tls: bool = False
+               ) -> list[httpx.Response]:
+    """`HELD_OPEN` GETs of `path`, each on its own connection, all open at once; over
+    TLS, each answer's `certificate` is the one its connection was served with."""
+    clients = [httpx.Client(base_url=gateway.tls_url if tls else gateway.url, timeout=30,
+                            verify=False) for _ in range(HELD_OPEN)]
+
+    def get(client: httpx.Client) -> httpx.Response:
+        answer = client.get(path)
+        if tls:
+            answer.certificate = (answer.extensions["network_stream"]  # type: ignore[attr-defined]
+                                  .get_extra_info("ssl_object").getpeercert(True))
+        return answer
+
     try:
         with ThreadPoolExecutor(HELD_OPEN) as pool:
-            return list(pool.map(lambda c: c.get(path), clients))
+            return list(pool.map(get, clients))
     finally:
         for each in clients:
             each.close()
@@ -86,6 +97,15 @@ def test_every_worker_publishes_the_same_attested_keys(workers) -> None:
         assert [a.status_code for a in published] == [200] * HELD_OPEN
         assert len({a.content for a in published}) == 1, path
         answers += published
+    assert set(_answered_by(workers, answers)) == {0, 1}
+
+
+def test_every_worker_serves_the_same_attested_tls_certificate(workers) -> None:
+    """One TLS key for all workers (derived from the seed), so the certificate a client
+    pinned from the report is the one any worker presents."""
+    answers = _held_open(workers, "/health", tls=True)
+    certificates = {a.certificate for a in answers}  # type: ignore[attr-defined]
+    assert len(certificates) == 1 and None not in certificates
     assert set(_answered_by(workers, answers)) == {0, 1}
 
 
