@@ -231,28 +231,12 @@ def test_a_conversation_alternates_replicas_through_the_balancer(fleet, tmp_path
 
 
 def test_a_request_replayed_to_the_other_replica_is_refused(fleet) -> None:
-    from proxy.attestor import Unverified
-    from proxy.dialects import make_client
-    from tests.integration.test_side_channels import Tap
+    from tests.integration.test_side_channels import answered_ehbp_request, replay_headers
 
     a, b = (f"http://127.0.0.1:{ports['http']}" for ports in fleet.replicas)
-    tap = Tap()
-    client = make_client(a, "ehbp", attestation=Unverified(), transport=tap)
-    import asyncio
-
-    async def once() -> int:
-        body = json.dumps({"model": MODEL, "max_tokens": 2,
-                           "messages": [{"role": "user", "content": "x"}]}).encode()
-        try:
-            return (await client.request("POST", "/v1/chat/completions", body)).status
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(once()) == 200
-    captured = next(r for r in reversed(tap.sent) if r.method == "POST")
+    captured = answered_ehbp_request(a)
     replayed = httpx.post(f"{b}{captured.url.path}", content=captured.content, timeout=60,
-                          headers={k: v for k, v in captured.headers.items()
-                                   if k not in ("content-length", "host")})
+                          headers=replay_headers(captured))
     assert replayed.status_code == 409
 
 

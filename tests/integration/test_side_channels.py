@@ -42,6 +42,33 @@ class Tap(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def answered_ehbp_request(url: str) -> httpx.Request:
+    """One sealed EHBP chat request, as it went on the wire to `url` and was answered
+    200 there: what an attacker on the path captures to send again."""
+    import asyncio
+
+    from proxy.attestor import Unverified
+    from proxy.dialects import make_client
+
+    tap = Tap()
+    client = make_client(url, "ehbp", attestation=Unverified(), transport=tap)
+
+    async def once() -> int:
+        body = json.dumps({"model": MODEL, "max_tokens": 2,
+                           "messages": [{"role": "user", "content": "x"}]}).encode()
+        try:
+            return (await client.request("POST", "/v1/chat/completions", body)).status
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(once()) == 200
+    return next(r for r in reversed(tap.sent) if r.method == "POST")
+
+
+def replay_headers(captured: httpx.Request) -> dict[str, str]:
+    return {k: v for k, v in captured.headers.items() if k not in ("content-length", "host")}
+
+
 def _chat(tokens: int, prompt: str = "Tell me about the sea.") -> bytes:
     return json.dumps({"model": MODEL, "max_tokens": tokens, "ignore_eos": True,
                        "temperature": 0, "messages": [{"role": "user", "content": prompt}]}

@@ -6,7 +6,6 @@ whole gateway exits non-zero with no process left behind."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ import pytest
 
 from tests.integration.conftest import (
     RunningGateway,
+    cloister,
     listener_args,
     sign_release,
     start_gateway,
@@ -137,24 +137,10 @@ def test_the_sdk_verifies_and_chats_through_either_worker(workers, tmp_path) -> 
 
 
 def test_a_request_one_worker_answered_is_refused_by_the_other(workers) -> None:
-    from proxy.attestor import Unverified
-    from proxy.dialects import make_client
-    from tests.integration.test_side_channels import Tap
+    from tests.integration.test_side_channels import answered_ehbp_request, replay_headers
 
-    tap = Tap()
-    client = make_client(workers.url, "ehbp", attestation=Unverified(), transport=tap)
-
-    async def once() -> int:
-        body = json.dumps({"model": MODEL, "max_tokens": 2,
-                           "messages": [{"role": "user", "content": "x"}]}).encode()
-        try:
-            return (await client.request("POST", "/v1/chat/completions", body)).status
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(once()) == 200
-    captured = next(r for r in reversed(tap.sent) if r.method == "POST")
-    headers = {k: v for k, v in captured.headers.items() if k not in ("content-length", "host")}
+    captured = answered_ehbp_request(workers.url)
+    headers = replay_headers(captured)
     clients = [httpx.Client(base_url=workers.url, timeout=60) for _ in range(HELD_OPEN)]
     try:
         with ThreadPoolExecutor(HELD_OPEN) as pool:
@@ -181,6 +167,16 @@ def test_the_metrics_add_up_over_the_workers(workers) -> None:
     assert health_200() - before == len(answers)
 
 
+def test_the_number_of_workers_is_not_part_of_the_workload(workers) -> None:
+    """Same code, model and security settings at any N: one signed release covers them."""
+    args = list(workers.serve_args)
+    at = args.index("--workers")
+    single = [*args[:at], *args[at + 2:]]
+    digests = {cloister("workload", "--digest-only", *each).stdout.strip()
+               for each in (args, single, [*single, "--workers", "8"])}
+    assert len(digests) == 1 and "" not in digests
+
+
 def test_when_the_engine_core_dies_the_gateway_exits_non_zero(workers) -> None:
     """Last in this module: it takes the gateway down."""
     processes = _descendants(workers.process.pid)
@@ -198,3 +194,4 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (OSError, IndexError):
         return "zombie"
+
