@@ -311,6 +311,10 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
     if args.insecure_plaintext:
         log.warning("insecure_plaintext_enabled",
                     detail="plaintext prompts are accepted: development only")
+    if args.tls and _unsealable(args):
+        print("cloister serve: this TEE has no firmware-derived sealing key; name one with "
+              "--data-key file:PATH (on a measured, encrypted disk)", file=sys.stderr)
+        return 2
     seed = None
     if args.join:
         from gateway.cli_keyholder import fleet_trust
@@ -330,6 +334,15 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
         return run_workers(args, launch, attested.statements, seed)
     return serve_process(args, launch, attested, seed,
                          lambda: open_vllm_engine(launch.generate, launch.embed))
+
+
+def _unsealable(args: argparse.Namespace) -> bool:
+    """Whether stored state would be sealed with a key the hardware does not protect:
+    a real TEE without a firmware-derived key and no key file named."""
+    from enclave.sealed_state import SEV_GUEST
+
+    hardware = not args.attestation.startswith("simulated")
+    return hardware and args.data_key == "auto" and not os.path.exists(SEV_GUEST)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -384,14 +397,7 @@ def serve_process(args: argparse.Namespace, launch: Launch, attested: Attested,
     tls = None
     store = None
     if args.tls:
-        from enclave.sealed_state import SEV_GUEST
         from gateway.tls import make_tls_identity
-
-        hardware = not args.attestation.startswith("simulated")
-        if hardware and args.data_key == "auto" and not os.path.exists(SEV_GUEST):
-            print("cloister serve: this TEE has no firmware-derived sealing key; name one with "
-                  "--data-key file:PATH (on a measured, encrypted disk)", file=sys.stderr)
-            return 2
 
         tls = make_tls_identity(args.tls_host or [args.host, "localhost"],
                                 fleet_secret=fleet.derive("tls-p256") if fleet else None)
