@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -22,6 +23,14 @@ async def start(app: Starlette) -> None:
     await app.state.engine_slot.wait_started()
 
 
+@contextlib.asynccontextmanager
+async def running(app: Starlette) -> AsyncIterator[Starlette]:
+    """`app` with its lifespan entered and its engine started."""
+    async with app.router.lifespan_context(app):
+        await start(app)
+        yield app
+
+
 @pytest.fixture
 def make_app(engine: DeterministicTestEngine) -> Callable[..., Starlette]:
     def factory(**settings: object) -> Starlette:
@@ -32,8 +41,7 @@ def make_app(engine: DeterministicTestEngine) -> Callable[..., Starlette]:
 @pytest.fixture
 async def plaintext_client(make_app) -> AsyncIterator[httpx.AsyncClient]:
     app = make_app(insecure_plaintext=True, max_body_bytes=64 * 1024)
-    async with app.router.lifespan_context(app):
-        await start(app)
+    async with running(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             yield client
@@ -42,20 +50,17 @@ async def plaintext_client(make_app) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def default_client(make_app) -> AsyncIterator[httpx.AsyncClient]:
     app = make_app()
-    async with app.router.lifespan_context(app):
-        await start(app)
+    async with running(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             yield client
 
 
-__all__ = ["asyncio", "start"]
+__all__ = ["asyncio", "running", "start"]
 
 
 @pytest.fixture
 async def gateway_app(make_app) -> AsyncIterator[Starlette]:
     """A gateway (default settings: plaintext refused) with its lifespan running."""
-    app = make_app(max_body_bytes=64 * 1024)
-    async with app.router.lifespan_context(app):
-        await start(app)
+    async with running(make_app(max_body_bytes=64 * 1024)) as app:
         yield app

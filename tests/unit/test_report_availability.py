@@ -27,7 +27,7 @@ from proxy.dialects import make_client
 from tests.attested import policy, simulated, trusting
 from tests.clients import client_for
 from tests.doubles import CHAT_MODEL
-from tests.unit.conftest import start
+from tests.unit.conftest import running
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -53,8 +53,7 @@ async def _fresh(client: httpx.AsyncClient, nonce: bytes) -> httpx.Response:
 @pytest.fixture
 async def attested_app(engine, pki):
     app = create_app(Settings(), engine.running, attestation=simulated(pki))
-    async with app.router.lifespan_context(app):
-        await start(app)
+    async with running(app):
         yield app
 
 
@@ -97,16 +96,15 @@ async def test_one_slow_quote_never_blocks_other_report_requests(engine, pki) ->
     slow = SlowFirstQuote(attested.cpu)
     app = create_app(Settings(), engine.running,
                      attestation=dataclasses.replace(attested, cpu=slow))
-    async with app.router.lifespan_context(app):
-        await start(app)
-        async with _client(app, "192.0.2.1") as first, _client(app, "192.0.2.2") as second:
-            stuck = asyncio.create_task(_fresh(first, b"a" * 32))
-            assert await asyncio.to_thread(slow.entered.wait, 30)
-            answered = await asyncio.wait_for(_fresh(second, b"b" * 32), 30)
-            cached = await asyncio.wait_for(second.get("/v1/attestation/report"), 30)
-            assert not stuck.done()
-            slow.release.set()
-            assert (await stuck).status_code == 200
+    async with (running(app), _client(app, "192.0.2.1") as first,
+                _client(app, "192.0.2.2") as second):
+        stuck = asyncio.create_task(_fresh(first, b"a" * 32))
+        assert await asyncio.to_thread(slow.entered.wait, 30)
+        answered = await asyncio.wait_for(_fresh(second, b"b" * 32), 30)
+        cached = await asyncio.wait_for(second.get("/v1/attestation/report"), 30)
+        assert not stuck.done()
+        slow.release.set()
+        assert (await stuck).status_code == 200
     assert answered.status_code == 200 and cached.status_code == 200
 
 
@@ -161,8 +159,7 @@ async def test_a_proxy_running_past_key_expiry_reattests_and_keeps_serving(engin
     settings = Settings(key_rotation_seconds=3600, key_grace_seconds=600,
                         replay_window_seconds=2 * 86400)
     app = create_app(settings, engine.running, attestation=simulated(pki), clock=clock.seconds)
-    async with app.router.lifespan_context(app):
-        await start(app)
+    async with running(app):
         transport = httpx.ASGITransport(app=app)
         attestor = Attestor("http://gw", trust=trusting(pki), transport=transport,
                             report_mode=mode, clock=clock.utc)
@@ -191,8 +188,7 @@ async def test_a_proxy_running_past_key_expiry_reattests_and_keeps_serving(engin
 async def test_a_proxy_reattests_on_its_period(engine, pki) -> None:
     clock = Clock()
     app = create_app(Settings(), engine.running, attestation=simulated(pki), clock=clock.seconds)
-    async with app.router.lifespan_context(app):
-        await start(app)
+    async with running(app):
         transport = httpx.ASGITransport(app=app)
         attestor = Attestor("http://gw", trust=trusting(pki), transport=transport,
                             reattest_seconds=600, clock=clock.utc)
@@ -229,18 +225,16 @@ async def test_an_attestation_provider_failing_mid_run(engine, pki) -> None:
     failing = FailingQuote(attested.cpu)
     app = create_app(Settings(), engine.running,
                      attestation=dataclasses.replace(attested, cpu=failing))
-    async with app.router.lifespan_context(app):
-        await start(app)
-        async with _client(app, "192.0.2.9") as client:
-            assert (await _fresh(client, b"c" * 32)).status_code == 200
-            failing.failing = True
-            down = await _fresh(client, b"d" * 32)
-            served = client_for(app, "ohttp")
-            answer = await served.request("POST", "/v1/chat/completions",
-                                          json.dumps(CHAT).encode())
-            await served.aclose()
-            failing.failing = False
-            back = await _fresh(client, b"e" * 32)
+    async with running(app), _client(app, "192.0.2.9") as client:
+        assert (await _fresh(client, b"c" * 32)).status_code == 200
+        failing.failing = True
+        down = await _fresh(client, b"d" * 32)
+        served = client_for(app, "ohttp")
+        answer = await served.request("POST", "/v1/chat/completions",
+                                      json.dumps(CHAT).encode())
+        await served.aclose()
+        failing.failing = False
+        back = await _fresh(client, b"e" * 32)
     assert (down.status_code, down.json()["error"]["code"]) == (503, "attestation_unavailable")
     assert "deadbeef" not in down.text and "tsm" not in down.text
     assert answer.status == 200
