@@ -192,7 +192,6 @@ def _start_async_llm(args: Any, frontend: dict[str, Any] | None = None) -> tuple
 
     addresses = dict(frontend) if frontend is not None else {}
     count, index = addresses.pop("client_count", 1), addresses.pop("client_index", 0)
-    addresses.pop("api_server_loads", None)  # the listener's business, not the engine's
     engine_args = _engine_args(args, frontends=count, rank=index)
     config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
     client = AsyncLLM.from_vllm_config(

@@ -19,6 +19,10 @@ from gateway.http_protocol import listener_options
 from gateway.settings import Settings
 
 if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when used
+    from collections.abc import Sequence
+
+    import uvicorn
+
     from attestation.providers import Sources
     from attestation.types import CpuProvider
     from enclave.fleet import FleetSecrets
@@ -26,6 +30,7 @@ if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when
     from gateway.engine_slot import EngineFactory
     from gateway.launch import Launch
     from gateway.platform_store import PlatformStore
+    from gateway.replay_store import SqlReplayCache
     from gateway.workers import WorkerListeners
 
 # After the engine dies: how long `/health` and `/ready` answer 503 before the exit.
@@ -333,7 +338,29 @@ def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
 
         return run_workers(args, launch, attested.statements, seed)
     return serve_process(args, launch, attested, seed,
-                         lambda: open_vllm_engine(launch.generate, launch.embed))
+                         lambda: open_vllm_engine(launch.generate, launch.embed),
+                         listening=OwnListeners())
+
+
+class OwnListeners:
+    """How a gateway that is one process listens: uvicorn binds each listener and
+    handles the signals itself; nothing is shared with other processes. (The other way:
+    `gateway.workers.WorkerListeners`.)"""
+
+    main: socket.socket | None = None
+    tls: socket.socket | None = None
+    metrics: socket.socket | None = None
+
+    def server(self, config: uvicorn.Config, *, main: bool = False) -> uvicorn.Server:
+        import uvicorn
+
+        return uvicorn.Server(config)
+
+    def stop_on_signals(self, servers: Sequence[uvicorn.Server]) -> None:
+        """Nothing to add: uvicorn's own handlers stop the main listener."""
+
+    def shared_replay_cache(self) -> SqlReplayCache | None:
+        return None
 
 
 def _unsealable(args: argparse.Namespace) -> bool:
@@ -368,10 +395,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def serve_process(args: argparse.Namespace, launch: Launch, attested: Attested,
                   seed: bytes | None, engine: EngineFactory, *,
-                  worker: WorkerListeners | None = None) -> int:
+                  listening: OwnListeners | WorkerListeners) -> int:
     """Serve in this process until told to stop; the exit status. `seed`: the fleet's
-    (or this gateway's workers') root secret, whence every key; `worker`: the listening
-    sockets and shared state when this process is one of `--workers` (`gateway.workers`)."""
+    (or this gateway's workers') root secret, whence every key; `listening`: how this
+    process listens, alone or as one of `--workers` (`gateway.workers`)."""
     import uvicorn
 
     from gateway.app import create_app
@@ -409,13 +436,11 @@ def serve_process(args: argparse.Namespace, launch: Launch, attested: Attested,
         from gateway.admin import AdminApi
 
         admin = AdminApi(store, _admin_key(args.admin_public_key))
-    replay_cache = None
-    if worker is not None or (fleet is not None and args.database is not None):
+    replay_cache = listening.shared_replay_cache()  # this gateway's workers'
+    if replay_cache is None and fleet is not None and args.database is not None:
         from gateway.replay_store import SqlReplayCache
 
-        # Shared by the fleet's replicas, or by this gateway's workers.
-        replay_cache = SqlReplayCache(worker.replay_url if worker is not None
-                                      else args.database)
+        replay_cache = SqlReplayCache(args.database)  # shared by the fleet's replicas
     app = create_app(settings, engine, on_engine_failure=on_engine_failure,
                      attestation=attested, platform_store=store, admin=admin,
                      tls_spki_sha256=tls.spki_sha256 if tls is not None else None,
@@ -425,14 +450,11 @@ def serve_process(args: argparse.Namespace, launch: Launch, attested: Attested,
                  "forwarded_allow_ips": args.forwarded_allow_ips}
     bounded = listener_options(args.head_timeout)  # every listener: see gateway.http_protocol
 
-    def make_server(config: uvicorn.Config, *, main: bool = False) -> uvicorn.Server:
-        return worker.server(config, main=main) if worker is not None else uvicorn.Server(config)
-
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                             access_log=False, lifespan="on", **bounded,
                             timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
-    server = make_server(config, main=True)
-    listeners = [(server, worker.main if worker is not None else None)]
+    server = listening.server(config, main=True)
+    listeners = [(server, listening.main)]
     if tls is not None:
         with tls.files() as (certfile, keyfile):  # in memory, closed once loaded
             tls_config = uvicorn.Config(
@@ -441,18 +463,17 @@ def serve_process(args: argparse.Namespace, launch: Launch, attested: Attested,
                 **bounded,
                 timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
             tls_config.load()
-        listeners.append((make_server(tls_config), worker.tls if worker is not None else None))
+        listeners.append((listening.server(tls_config), listening.tls))
     if args.metrics_port is not None:
         from gateway.metrics import metrics_only_app
 
-        listeners.append((make_server(uvicorn.Config(
+        listeners.append((listening.server(uvicorn.Config(
             metrics_only_app(app.state.metrics), host=args.metrics_host,
             port=args.metrics_port, log_config=None, access_log=False, lifespan="off",
-            **bounded)), worker.metrics if worker is not None else None))
+            **bounded)), listening.metrics))
 
     async def all_listeners() -> None:
-        if worker is not None:
-            worker.stop_on_signals([each for each, _ in listeners])
+        listening.stop_on_signals([each for each, _ in listeners])
         side = [asyncio.create_task(each.serve(_sockets(sock))) for each, sock in listeners[1:]]
         # The main listener owns the lifespan (engine, keys).
         await server.serve(_sockets(listeners[0][1]))

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from enclave.vllm_engine import EngineCores
     from gateway.launch import Launch
+    from gateway.replay_store import SqlReplayCache
 
 
 @dataclass
@@ -55,6 +56,7 @@ class WorkerPlan:
     tls: socket.socket | None
     metrics: socket.socket | None
     replay_url: str
+    replay_scratch: bool  # a file of this run's (`gateway.database.open_database`)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class WorkerListeners:
     tls: socket.socket | None
     metrics: socket.socket | None
     replay_url: str
+    replay_scratch: bool
     peer_loads: tuple[Any, int] | None
 
     def server(self, config: uvicorn.Config, *, main: bool = False) -> uvicorn.Server:
@@ -83,6 +86,11 @@ class WorkerListeners:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop)
+
+    def shared_replay_cache(self) -> SqlReplayCache:
+        from gateway.replay_store import SqlReplayCache
+
+        return SqlReplayCache(self.replay_url, scratch=self.replay_scratch)
 
 
 def _scratch_folder() -> str:
@@ -144,7 +152,7 @@ def run_workers(args: argparse.Namespace, launch: Launch, statements: tuple[byte
             cores.append(generate)
             plan = WorkerPlan(args, launch, statements, seed,
                               [embed.frontend(i) for i in range(count)] if embed else None,
-                              tls, metrics, replay_url)
+                              tls, metrics, replay_url, not shared_fleet_db)
             manager = APIServerProcessManager(
                 f"http://{args.host}:{args.port}", main, argparse.Namespace(cloister=plan),
                 count, generate.listeners.inputs, generate.listeners.outputs,
@@ -199,9 +207,10 @@ def worker_main(listen_address: str, sock: socket.socket, parent_args: argparse.
         sys.exit(2)
     launch = plan.launch
     listeners = WorkerListeners(sock, plan.tls, plan.metrics, plan.replay_url,
+                                plan.replay_scratch,
                                 (loads, index) if loads is not None else None)
     sys.exit(serve_process(
         plan.args, launch, attested, plan.seed,
         lambda: open_vllm_engine(launch.generate, launch.embed,
                                  frontends=(client_config, embed_frontend)),
-        worker=listeners))
+        listening=listeners))
