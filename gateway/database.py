@@ -18,9 +18,9 @@ def open_database(url: str, *, scratch: bool = False) -> sa.Engine:
     engine = sa.create_engine(url, future=True, connect_args={"isolation_level": None,
                                                               "timeout": 30})
 
-    @sa.event.listens_for(engine, "connect")
-    def _connect(connection: object, _record: object) -> None:
-        if scratch:
+    if scratch:
+        @sa.event.listens_for(engine, "connect")
+        def _connect(connection: object, _record: object) -> None:
             cursor = connection.cursor()  # type: ignore[attr-defined]
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=OFF")
