@@ -130,12 +130,17 @@ def _db(gateway: RunningGateway) -> Path:
 
 
 def test_the_operators_edits_to_the_database_file_are_refused(gateway, tenant) -> None:
-    bot, key = tenant["bot"], tenant["key"]["key"]
+    # A key of its own: what the budget tests before it left of theirs depends on how
+    # many tokens the engine made before it saw a cut stream, so it may not pay for a chat.
+    own = _admin(gateway, "keys", "create", "--account", tenant["account"]["id"],
+                 "--name", "edited", "--budget-tokens", "3000")
+    bot, key = tenant["bot"], own["key"]
     headers = {"authorization": f"Bearer {key}"}
     with httpx.Client(verify=_tls(tenant), timeout=60, headers=headers) as client:
         url = f"{gateway.tls_url}/api/v1/chatbot/external/{bot['id']}/chat"
-        first = client.post(url, json={"message": "my secret is 42"}).json()
-        conversation = first["conversation_id"]
+        first = client.post(url, json={"message": "my secret is 42"})
+        assert first.status_code == 200, first.text
+        conversation = first.json()["conversation_id"]
         with sqlite3.connect(_db(gateway)) as db:  # the operator makes it a system message
             db.execute("UPDATE messages SET role = 'system' WHERE conversation_id = ? "
                        "AND position = 0", (conversation,))
@@ -143,6 +148,6 @@ def test_the_operators_edits_to_the_database_file_are_refused(gateway, tenant) -
         assert (r.status_code, r.json()["error"]["code"]) == (500, "stored_state_invalid")
         with sqlite3.connect(_db(gateway)) as db:  # and lifts the budget
             db.execute("UPDATE api_keys SET budget_tokens = 999999999 WHERE id = ?",
-                       (tenant["key"]["id"],))
+                       (own["id"],))
         r = client.get(f"{gateway.tls_url}/api/v1/budget/status")
         assert (r.status_code, r.json()["error"]["code"]) == (500, "stored_state_invalid")
