@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -81,10 +81,20 @@ def _held_open(gateway: RunningGateway, path: str, *, tls: bool = False
             each.close()
 
 
+def _logged(gateway: RunningGateway, done: Callable[[dict[str, int]], bool]
+            ) -> dict[str, int]:
+    """`_worker_of` once `done` holds of it: a worker writes a request's access line as
+    the answer completes, so the client can read the answer before the line is there."""
+    deadline = time.monotonic() + 30
+    while not done(answered := _worker_of(gateway)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return answered
+
+
 def _answered_by(gateway: RunningGateway, responses: list[httpx.Response]) -> Counter[int]:
-    time.sleep(0.5)  # the access line is written as the answer completes
-    workers = _worker_of(gateway)
-    return Counter(workers[r.headers["x-request-id"]] for r in responses)
+    ids = [r.headers["x-request-id"] for r in responses]
+    workers = _logged(gateway, lambda answered: all(i in answered for i in ids))
+    return Counter(workers[i] for i in ids)
 
 
 def test_every_worker_publishes_the_same_attested_keys(workers) -> None:
@@ -131,8 +141,12 @@ def test_the_sdk_verifies_and_chats_through_either_worker(workers, tmp_path) -> 
     with ThreadPoolExecutor(HELD_OPEN) as pool:
         texts = list(pool.map(chat, range(HELD_OPEN)))
     assert all(texts)
-    time.sleep(0.5)
-    served = Counter(_worker_of(workers).values()) - before
+
+    def both_served(answered: dict[str, int]) -> bool:
+        served = Counter(answered.values()) - before
+        return served[0] > 0 and served[1] > 0
+
+    served = Counter(_logged(workers, both_served).values()) - before
     assert served[0] > 0 and served[1] > 0, served
 
 
