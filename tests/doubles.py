@@ -66,6 +66,7 @@ class DeterministicTestEngine:
         self.aborted = 0
         self.healthy = True
         self.killed = asyncio.Event()  # `kill()`: the engine process died
+        self.health_checks = 0
         self.generating_whole = asyncio.Event()  # a non-streamed answer is being made
         self.seen_bodies: list[dict[str, Any]] = []
         self._app = Starlette(routes=[
@@ -84,6 +85,7 @@ class DeterministicTestEngine:
         self.killed.set()
 
     async def check_health(self) -> None:
+        self.health_checks += 1
         if self.killed.is_set():
             raise EngineDead("killed")
         if not self.healthy:
