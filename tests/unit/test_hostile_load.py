@@ -76,9 +76,7 @@ def test_a_head_that_never_ends_is_cut_off() -> None:
     with served(app, **listener_options(head_timeout=0.5)) as url:
         sock = _connect(url)
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n")  # and nothing more
-        started = time.monotonic()
-        assert sock.recv(100) == b""  # closed by the gateway
-        assert time.monotonic() - started < 5
+        assert sock.recv(100) == b""  # closed by the gateway (waiting would time out)
         sock.close()
         with httpx.Client() as keep_alive:  # a slow reader of answers is not cut off
             for _ in range(2):
@@ -218,9 +216,7 @@ async def test_a_client_that_leaves_before_a_whole_answer_aborts_it() -> None:
             hang_up.set()
 
         leaver = asyncio.create_task(leave_when_working())
-        started = time.monotonic()
         await call_until_hang_up(app, http_scope("POST", "/v1/chat/completions", body=body),
                                  body, hang_up_after=lambda _m: False, hang_up=hang_up)
         await leaver
-    assert time.monotonic() - started < 10  # not the 50 s the whole answer takes
-    assert engine.aborted == 1 and engine.unfinished == 0
+    assert engine.aborted == 1 and engine.unfinished == 0  # stopped, not run to the end
