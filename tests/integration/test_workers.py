@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     stop_gateway,
 )
 from tests.integration.test_engine_death import _descendants, _engine_core
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.engine
 MODEL = "cloister-demo"
@@ -81,19 +82,11 @@ def _held_open(gateway: RunningGateway, path: str, *, tls: bool = False
             each.close()
 
 
-def _logged(gateway: RunningGateway, done: Callable[[dict[str, int]], bool]
-            ) -> dict[str, int]:
-    """`_worker_of` once `done` holds of it: a worker writes a request's access line as
-    the answer completes, so the client can read the answer before the line is there."""
-    deadline = time.monotonic() + 30
-    while not done(answered := _worker_of(gateway)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return answered
-
-
 def _answered_by(gateway: RunningGateway, responses: list[httpx.Response]) -> Counter[int]:
+    # A worker writes a request's access line as the answer completes, so the client can
+    # read the answer before the line is there.
     ids = [r.headers["x-request-id"] for r in responses]
-    workers = _logged(gateway, lambda answered: all(i in answered for i in ids))
+    workers = wait_until(lambda: _worker_of(gateway), lambda logged: all(i in logged for i in ids))
     return Counter(workers[i] for i in ids)
 
 
@@ -141,12 +134,8 @@ def test_the_sdk_verifies_and_chats_through_either_worker(workers, tmp_path) -> 
     with ThreadPoolExecutor(HELD_OPEN) as pool:
         texts = list(pool.map(chat, range(HELD_OPEN)))
     assert all(texts)
-
-    def both_served(answered: dict[str, int]) -> bool:
-        served = Counter(answered.values()) - before
-        return served[0] > 0 and served[1] > 0
-
-    served = Counter(_logged(workers, both_served).values()) - before
+    served = wait_until(lambda: Counter(_worker_of(workers).values()) - before,
+                        lambda served: served[0] > 0 and served[1] > 0)
     assert served[0] > 0 and served[1] > 0, served
 
 

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import socket
-import time
 
 import httpx
 import pytest
@@ -30,6 +29,7 @@ from tests.clients import client_for
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.served import served
 from tests.unit.conftest import start
+from tests.waiting import wait_until
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
 
@@ -98,9 +98,7 @@ def test_a_reader_that_stops_reading_gives_back_its_slot_and_engine_request() ->
                          b"Content-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             silent.append(sock)  # never read
-        deadline = time.monotonic() + 30
-        while engine.aborted < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: engine.aborted, lambda aborted: aborted >= 3)
         assert engine.aborted == 3 and engine.unfinished == 0
         assert httpx.post(f"{url}/v1/chat/completions", json=CHAT).status_code == 200
         for sock in silent:

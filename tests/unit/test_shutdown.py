@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 
 import httpx
 import uvicorn
@@ -14,6 +13,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
+from tests.waiting import wait_until
 
 
 def _port() -> int:
@@ -30,9 +30,7 @@ def test_in_flight_stream_finishes_after_shutdown_is_asked() -> None:
                                            lifespan="on", timeout_graceful_shutdown=10))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: server.started, timeout=10, interval=0.02)
     body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "go"}],
             "max_tokens": 20, "stream": True}
     with (httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as client,
