@@ -37,9 +37,9 @@ SERVER = """
 import sys, uvicorn
 sys.path.insert(0, {root!r}); sys.path.insert(1, {here!r})
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.doubles import DeterministicTestEngine
-app = create_app(Settings(), DeterministicTestEngine().running)
+app = create_app(ServeConfig.of(), DeterministicTestEngine().running)
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 """
 

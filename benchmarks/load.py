@@ -41,10 +41,10 @@ import uvicorn
 from enclave.logs import configure_logging
 from gateway.app import create_app
 from gateway.http_protocol import listener_options
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.doubles import DeterministicTestEngine
 configure_logging("info")  # as in production: one JSON line per request, to stderr
-app = create_app(Settings(insecure_plaintext=False, max_in_flight={max_in_flight},
+app = create_app(ServeConfig.of(insecure_plaintext=False, max_in_flight={max_in_flight},
                           max_per_client={max_in_flight}, max_engine_queue={max_in_flight}),
                  DeterministicTestEngine(token_delay={token_delay}).running)
 server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port={port}, log_level="warning",

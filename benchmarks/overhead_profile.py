@@ -29,7 +29,7 @@ from enclave.logs import configure_logging  # noqa: E402
 from enclave.ohttp import ChunkedRequestSealer  # noqa: E402
 from enclave.ohttp.bhttp import Request, encode_request  # noqa: E402
 from gateway.app import create_app  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
+from gateway.config import ServeConfig  # noqa: E402
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine  # noqa: E402
 
 CATEGORIES = [
@@ -113,7 +113,7 @@ async def main(requests: int, max_tokens: int, interval_ms: float) -> None:
     engine = DeterministicTestEngine()
     # Coalescing off by default (`--stream-interval-ms`): every engine event is a chunk,
     # so the cost per chunk is measured, not the wait of the timer.
-    app = create_app(Settings(max_per_client=10**6, max_in_flight=10**6,
+    app = create_app(ServeConfig.of(max_per_client=10**6, max_in_flight=10**6,
                               stream_interval_ms=interval_ms), engine.running)
     async with app.router.lifespan_context(app):
         await app.state.engine_slot.wait_started()

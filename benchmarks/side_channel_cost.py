@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from enclave.padding import PaddingPolicy  # noqa: E402
 from gateway.app import create_app  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
+from gateway.config import ServeConfig  # noqa: E402
 from proxy.attestor import Unverified  # noqa: E402
 from proxy.dialects import make_client  # noqa: E402
 
@@ -73,7 +73,7 @@ def _free_port() -> int:
 async def run_config(name: str, engine: Any, model: str, args: argparse.Namespace
                      ) -> dict[str, Any]:
     options = dict(CONFIGS[name])
-    settings = Settings(padding=PaddingPolicy.parse(str(options.pop("padding"))),
+    settings = ServeConfig.of(padding=PaddingPolicy.parse(str(options.pop("padding"))),
                         **options)  # type: ignore[arg-type]
 
     @contextlib.asynccontextmanager
@@ -127,10 +127,9 @@ async def engine_for(args: argparse.Namespace) -> AsyncIterator[tuple[Any, str]]
         yield DeterministicTestEngine(token_delay=args.token_delay_ms / 1000), CHAT_MODEL
         return
     from enclave.vllm_engine import open_vllm_engine
-    from gateway.cli import _parser
     from gateway.launch import prepare
 
-    launch = prepare(_parser().parse_args(["serve", "--embedding-model", "none"]))
+    launch = prepare(ServeConfig.of(embedding_model="none"))
     async with open_vllm_engine(launch.generate) as engine:
         yield engine, engine.model_names()[0]
 

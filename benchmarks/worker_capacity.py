@@ -53,15 +53,15 @@ def _worker(index: int, sock: socket.socket, loads: Any, seed: bytes, replay_url
     from enclave.fleet import FleetSecrets
     from enclave.logs import configure_logging
     from gateway.app import create_app
+    from gateway.config import ServeConfig
     from gateway.http_protocol import listener_options
-    from gateway.settings import Settings
     from gateway.workers import WorkerListeners
     from tests.doubles import DeterministicTestEngine
 
     configure_logging("info")  # as in production: one JSON line per request
     engine = DeterministicTestEngine(token_delay=token_delay)
     listeners = WorkerListeners(sock, None, None, replay_url, True, (loads, index))
-    app = create_app(Settings(stream_interval_ms=0, max_in_flight=4096, max_per_client=4096,
+    app = create_app(ServeConfig.of(stream_interval_ms=0, max_in_flight=4096, max_per_client=4096,
                               max_engine_queue=4096), engine.running,
                      fleet=FleetSecrets(seed), replay_cache=listeners.shared_replay_cache())
     server = listeners.server(uvicorn.Config(app, log_config=None, access_log=False,

@@ -42,6 +42,7 @@ from enclave.wire_errors import ErrorCode, error_body
 from gateway import attestation_routes, limits, metrics, platform_docs
 from gateway.admin import AdminApi
 from gateway.body import read_body
+from gateway.config import ServeConfig
 from gateway.context import RequestContext
 from gateway.endpoint import (
     MAX_CONCURRENT_OPENS,
@@ -54,7 +55,6 @@ from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import GatewayError, json_response
 from gateway.platform_routes import Platform
 from gateway.platform_store import PlatformStore
-from gateway.settings import Settings
 
 log = structlog.get_logger("cloister.gateway")
 VERSION = importlib.metadata.version("cloister")
@@ -71,7 +71,7 @@ class Dialects:
     plaintext: ServerDialect
 
     @classmethod
-    def create(cls, keyring: KeyRing, settings: Settings,
+    def create(cls, keyring: KeyRing, config: ServeConfig,
                fleet: FleetSecrets | None = None) -> Dialects:
         """Keys made here, or (in a fleet) derived from the fleet's seed."""
         signer, hybrid = atoma.NodeSigner(), None
@@ -82,8 +82,8 @@ class Dialects:
         return cls(OhttpServer(keyring), ehbp.EhbpServer(keyring),
                    atoma.AtomaServer(keyring, signer),
                    continuum.ContinuumServer(keyring, continuum.SecretStore(
-                       per_owner=settings.secrets_per_client), hybrid),
-                   plaintext_dialect(insecure_plaintext=settings.insecure_plaintext))
+                       per_owner=config.limits.secrets_per_client), hybrid),
+                   plaintext_dialect(insecure_plaintext=config.limits.insecure_plaintext))
 
     def all(self) -> tuple[ServerDialect, ...]:
         return (self.ohttp, self.ehbp, self.atoma, self.continuum, self.plaintext)
@@ -204,7 +204,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    settings: Settings,
+    config: ServeConfig,
     engine_factory: EngineFactory,
     *,
     on_engine_failure: Callable[[], None] | None = None,
@@ -225,27 +225,30 @@ def create_app(
     gateway_metrics = metrics.GatewayMetrics(slot.current)
     # Keys are made here, in the gateway process, after nothing but configuration has
     # been read; the engine's processes are spawned and never see them.
-    keyring = KeyRing(rotation_seconds=settings.key_rotation_seconds,
-                      grace_seconds=settings.key_grace_seconds,
+    keys, limits_, timeouts = config.keys, config.limits, config.timeouts
+    side = config.side_channels
+    keyring = KeyRing(rotation_seconds=keys.key_rotation_seconds,
+                      grace_seconds=keys.key_grace_seconds,
                       on_rotate=lambda _key: gateway_metrics.key_rotations.inc(), clock=clock,
                       derive=fleet.hpke_key if fleet is not None else None)
-    dialects = Dialects.create(keyring, settings, fleet)
+    dialects = Dialects.create(keyring, config, fleet)
     services = Services(
-        slot=slot, metrics=gateway_metrics, max_body_bytes=settings.max_body_bytes,
-        body_timeout=settings.body_timeout_seconds, opens=asyncio.Semaphore(
-            MAX_CONCURRENT_OPENS),
-        admission=limits.Admission(max_in_flight=settings.max_in_flight,
-                                   max_per_client=settings.max_per_client,
-                                   max_engine_queue=settings.max_engine_queue),
-        padding=settings.padding, stream_interval=settings.stream_interval_ms / 1000,
-        max_tokens=settings.max_tokens, write_timeout=settings.write_timeout_seconds,
+        slot=slot, metrics=gateway_metrics, max_body_bytes=limits_.max_body_bytes,
+        body_timeout=timeouts.body_timeout, opens=asyncio.Semaphore(MAX_CONCURRENT_OPENS),
+        admission=limits.Admission(max_in_flight=limits_.max_in_flight,
+                                   max_per_client=limits_.max_per_client,
+                                   max_engine_queue=limits_.max_engine_queue),
+        padding=side.padding, stream_interval=side.stream_interval_ms / 1000,
+        max_tokens=limits_.max_tokens, write_timeout=timeouts.write_timeout,
         cache_salt_key=fleet.derive("cache-salt") if fleet is not None else os.urandom(32),
-        constant_rate=settings.constant_rate,
+        constant_rate=side.constant_rate,
         replay=ReplayGuard(
             replay_cache if replay_cache is not None
-            else MemoryReplayCache(settings.replay_cache_entries),
-            horizon=lambda: keyring.expires_at() + settings.key_grace_seconds,
-            window=settings.replay_window_seconds, clock=clock))
+            else MemoryReplayCache(config.replay.replay_cache_entries),
+            horizon=lambda: keyring.expires_at() + keys.key_grace_seconds,
+            window=config.replay.replay_window_seconds, clock=clock))
+    token_file = config.metrics.metrics_token_file
+    metrics_token = token_file.read_text().strip() if token_file is not None else None
 
     def bound_keys() -> dict[str, bytes]:
         keys = dialects.published_keys()
@@ -292,9 +295,9 @@ def create_app(
 
     public = [Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"]),
               *_routes(dialects, services, reports, attestation, platform,
-                       settings.metrics_token, limits.RateBuckets(
-                           rate=settings.secret_registrations_per_second,
-                           burst=settings.secret_registration_burst))]
+                       metrics_token, limits.RateBuckets(
+                           rate=limits_.secret_registrations_per_second,
+                           burst=limits_.secret_registration_burst))]
 
     def listener(routes: list[BaseRoute], *, owns_lifespan: bool) -> Starlette:
         return Starlette(
@@ -311,7 +314,7 @@ def create_app(
     tls_app = listener([*public, *tls_only], owns_lifespan=False) if tls_only else app
     # What tests and the CLI look at; request handling never reads these.
     for each in {app, tls_app}:
-        each.state.settings = settings
+        each.state.config = config
         each.state.metrics = gateway_metrics
         each.state.engine_slot = slot
         each.state.keyring = keyring

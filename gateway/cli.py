@@ -20,148 +20,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from enclave.keys import DEFAULT_GRACE_SECONDS, DEFAULT_ROTATION_SECONDS
-from gateway.settings import DEFAULT_MAX_BODY_BYTES
+from gateway.config import KeyholderConfig, ServeConfig
+from gateway.options import Built, ConfigError, add_arguments, build, load_toml
 from proxy import cli as client_cli
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every field of `ServeConfig` (`serve` and `workload` take the same ones)."""
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                        help="read options from this file (one table a section: "
+                             "[limits] max_in_flight = 64); flags override it")
+    add_arguments(parser, ServeConfig)
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="state folder (default $CLOISTER_STATE or "
-                             "~/.local/state/cloister)")
-    parser.add_argument("--database", default=None,
-                        help="SQLAlchemy URL (default: SQLite in the state folder; a "
-                             "PostgreSQL URL for several replicas)")
-    parser.add_argument("--data-key", default="auto",
-                        help="what seals stored conversations: 'snp' (the firmware's "
-                             "derived key), 'file:PATH', or 'auto' (snp on SNP, else the "
-                             "simulated TEE's key file)")
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="local path or hub name (downloaded first, then served from the "
-                             "verified local copy); default: the offline demo model")
-    parser.add_argument("--served-model-name", default=None)
-    parser.add_argument("--embedding-model", default="auto",
-                        help="'auto' (packaged all-MiniLM-L6-v2 if installed), 'none', or a "
-                             "path or hub name")
-    parser.add_argument("--model-digest", default=None, metavar="sha256:HEX",
-                        help="refuse to serve a model whose digest differs")
-    parser.add_argument("--model-signature", type=Path, default=None,
-                        help="an OpenSSF model signature to verify (offline) before serving")
-    parser.add_argument("--model-signing-key", type=Path, default=None,
-                        help="the signer's public key (PEM) for --model-signature")
-    parser.add_argument("--model-signing-certificate-chain", type=Path, action="append",
-                        default=[], help="a certificate chain (PEM) that --model-signature's "
-                                         "certificate must chain to (repeatable)")
-    parser.add_argument("--model-verity-root", default=None, metavar="HEX",
-                        help="the dm-verity root hash of the read-only volume the model is "
-                             "served from (deploy/model-volume.sh), recorded in the manifest")
-
-
-def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
-    """Every flag that shapes the workload: `serve` and `workload` take the same ones."""
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    _add_model_arguments(serve)
-    serve.add_argument("--insecure-plaintext", action="store_true",
-                       help="DEVELOPMENT ONLY: accept plaintext OpenAI requests")
-    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    serve.add_argument("--key-rotation-seconds", type=float, default=DEFAULT_ROTATION_SECONDS,
-                       help="a new HPKE key (and key id) this often")
-    serve.add_argument("--key-grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
-                       help="how long the previous key is still accepted")
-    serve.add_argument("--attestation",
-                       choices=["auto", "snp", "tdx", "simulated", "simulated-tdx"],
-                       default="auto", help="evidence source; auto refuses to start without "
-                                            "confidential hardware")
-    serve.add_argument("--reference-values", type=Path, action="append", default=[],
-                       metavar="STATEMENT.json",
-                       help="a signed release statement to serve to clients (repeatable; "
-                            "`cloister release sign` makes one)")
-    serve.add_argument("--pccs-url", default=None, metavar="URL",
-                       help="TDX: where to fetch Intel collateral (PCS API v4 or a PCCS; "
-                            "default Intel's PCS)")
-    serve.add_argument("--amd-kds-url", default=None, metavar="URL",
-                       help="SEV-SNP: where to fetch AMD's CRL (default AMD's KDS)")
-    serve.add_argument("--launch-init-data", type=Path, default=None,
-                       help="Confidential Containers: the init-data document whose hash the "
-                            "host put in HOST_DATA / MRCONFIGID (it names the workload digest)")
-    serve.add_argument("--simulated-host-data", default="auto", metavar="auto|none|HEX",
-                       help="with the simulated TEE: what the simulated host pinned at launch "
-                            "(auto: this workload's digest; none: nothing)")
-    serve.add_argument("--max-in-flight", type=int, default=256,
-                       help="requests served at once before 503 overloaded")
-    serve.add_argument("--max-per-client", type=int, default=64,
-                       help="concurrent requests per client address before 429")
-    serve.add_argument("--max-engine-queue", type=int, default=512,
-                       help="engine backlog past which new work gets 503")
-    serve.add_argument("--body-timeout", type=float, default=30.0,
-                       help="seconds a client has to send its whole body (408 after)")
-    serve.add_argument("--head-timeout", type=float, default=10.0,
-                       help="seconds a connection has to send a complete request head "
-                            "(closed after; heads over 32 KiB are refused with 400)")
-    serve.add_argument("--write-timeout", type=float, default=20.0,
-                       help="seconds a stream may wait on a reader that stopped reading "
-                            "(then its engine request is aborted and its slot freed)")
-    serve.add_argument("--max-tokens", type=int, default=None,
-                       help="cap on max_tokens a request may ask for")
-    serve.add_argument("--metrics-port", type=int, default=None,
-                       help="serve /metrics on this port (a scrape-only listener)")
-    serve.add_argument("--metrics-host", default="127.0.0.1",
-                       help="the metrics listener's address (default loopback)")
-    serve.add_argument("--metrics-token-file", type=Path, default=None,
-                       help="also serve /metrics on the public listener, to requests that "
-                            "carry this file's token as `Authorization: Bearer`")
-    serve.add_argument("--admin-public-key", type=Path, default=None,
-                       help="the operator's Ed25519 admin key (`cloister admin keygen`): "
-                            "signed admin requests on the TLS listener; pinned in the "
-                            "workload manifest")
-    serve.add_argument("--join", action="append", default=[], metavar="URL",
-                       help="a fleet replica: obtain the fleet's seed from this attested "
-                            "keyholder (repeatable) and derive every key from it")
-    serve.add_argument("--release-key", type=Path, action="append", default=[],
-                       help="with --join: the keys the --reference-values statements are "
-                            "signed with (they must name the keyholder's workload)")
-    serve.add_argument("--forwarded-allow-ips", default=None,
-                       help="trust X-Forwarded-* headers only from these addresses (a "
-                            "front the operator runs); off by default")
-    serve.add_argument("--padding", default="pow2:256", metavar="off|pow2:N|fixed:N",
-                       help="pad every sealed plaintext to a size bucket (default pow2:256)")
-    serve.add_argument("--stream-interval-ms", type=float, default=50.0,
-                       help="send streamed tokens together every interval (0: as they come)")
-    serve.add_argument("--constant-rate", action="store_true",
-                       help="send a padded chunk every stream interval, token or not")
-    serve.add_argument("--replay-window-seconds", type=float, default=120.0,
-                       help="refuse requests dated further than this from the gateway's clock")
-    serve.add_argument("--replay-cache-entries", type=int, default=500_000,
-                       help="requests remembered against replays (about 150 bytes each)")
-    serve.add_argument("--shutdown-grace", type=float, default=30.0,
-                       help="seconds in-flight streams get to finish on SIGTERM")
-    serve.add_argument("--tls", action="store_true",
-                       help="also serve HTTPS on --tls-port with a key made in the enclave "
-                            "and bound in the attestation report; the /api/v1/ platform API "
-                            "exists only there")
-    serve.add_argument("--tls-port", type=int, default=8443)
-    serve.add_argument("--tls-host", action="append", default=None,
-                       help="name or address the TLS certificate is for (repeatable)")
-    _add_store_arguments(serve)
-    serve.add_argument("--workers", type=_positive, default=1, metavar="N",
-                       help="gateway processes (HTTP, crypto, framing) in front of one engine "
-                            "core per model, on vLLM's multi-API-server machinery; they share "
-                            "keys, replay records, state and metrics")
-    serve.add_argument("--log-level", default="info")
-    serve.add_argument("engine_args", nargs=argparse.REMAINDER,
-                       help="after `--`: arguments for the vLLM engine (e.g. --max-model-len); "
-                            "only an allow-list of them is accepted inside the enclave")
+    add_arguments(parser, ServeConfig, only=("store",))
 
 
 def _add_release_parsers(sub: Any) -> None:
@@ -199,11 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloister", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_serve_arguments(sub.add_parser(
+    _add_config_arguments(sub.add_parser(
         "serve", help="run the gateway with its embedded vLLM engine"))
     workload = sub.add_parser("workload", help="print the workload manifest and digest "
                                                "`serve` with the same flags would attest")
-    _add_serve_arguments(workload)
+    _add_config_arguments(workload)
     workload.add_argument("--digest-only", action="store_true",
                           help="print only the digest (lowercase hex)")
     workload.add_argument("--launch-pin", choices=["snp", "tdx", "init-data"], default=None,
@@ -212,9 +85,13 @@ def _parser() -> argparse.ArgumentParser:
                                "(base64), or a Confidential Containers init-data document")
     client_cli.add_parsers(sub)
     _add_release_parsers(sub)
-    from gateway import cli_keyholder
-
-    cli_keyholder.add_parser(sub)
+    keyholder = sub.add_parser("keyholder", help="hold a fleet's root seed and release it "
+                                                 "to attested replicas")
+    keyholder.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                           help="read options from this file; flags override it")
+    add_arguments(keyholder, KeyholderConfig)
+    keyholder.add_argument("--print-digest", action="store_true",
+                           help="print this keyholder's workload digest and exit")
 
     apikey = sub.add_parser("apikey", help="manage the platform API's keys")
     apikey_sub = apikey.add_subparsers(dest="action", required=True)
@@ -245,36 +122,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configured(config_type: type, args: argparse.Namespace) -> Built:
+    """The command's configuration: defaults, then `--config`, then the flags given."""
+    document = load_toml(args.config) if getattr(args, "config", None) else {}
+    return build(config_type, args, document)  # reads the options' own entries only
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
+    command = args.command
+    try:
+        if command in ("serve", "workload", "apikey", "chatbot"):
+            built = _configured(ServeConfig, args)
+        elif command == "keyholder":
+            built = _configured(KeyholderConfig, args)
+    except ConfigError as exc:
+        print(f"cloister {command}: {exc}", file=sys.stderr)
+        return 2
+    if command == "serve":
         from gateway import cli_serve
 
-        # What the simulated TEE's release statement covers: these flags' defaults.
-        defaults = _parser().parse_args(["serve", "--attestation", args.attestation])
-        return cli_serve.serve(args, defaults=defaults)
-    if args.command in ("workload", "apikey", "chatbot"):
+        return cli_serve.serve(built.config, overridden=built.overridden)
+    if command == "workload":
         from gateway import cli_serve
 
-        return {"workload": cli_serve.run_workload, "apikey": cli_serve.run_apikey,
-                "chatbot": cli_serve.run_chatbot}[args.command](args)
-    if args.command in ("release", "measure"):
+        return cli_serve.run_workload(built.config, digest_only=args.digest_only,
+                                      launch_pin=args.launch_pin)
+    if command == "apikey":
+        from gateway import cli_serve
+
+        return cli_serve.run_apikey(built.config, args)
+    if command == "chatbot":
+        from gateway import cli_serve
+
+        return cli_serve.run_chatbot(built.config, args)
+    if command in ("release", "measure"):
         from gateway import cli_release
 
         return cli_release.run(args)
-    if args.command == "keyholder":
+    if command == "keyholder":
         from gateway import cli_keyholder
 
-        return cli_keyholder.run(args)
-    if args.command in ("proxy", "attest", "admin"):
+        return cli_keyholder.run(built.config, print_digest=args.print_digest)
+    if command in ("proxy", "attest", "admin"):
         return client_cli.run(args)
-    if args.command == "demo-model":
+    if command == "demo-model":
         from enclave.demo_model import build_demo_model
 
         print(build_demo_model(args.path))
         return 0
     return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

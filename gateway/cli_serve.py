@@ -3,7 +3,6 @@ state for development (`apikey`, `chatbot`)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import socket
@@ -15,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from enclave.logs import configure_logging
+from gateway.config import ServeConfig
 from gateway.http_protocol import listener_options
-from gateway.settings import Settings
 
 if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when used
     from collections.abc import Sequence
@@ -37,33 +36,20 @@ if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when
 FAILURE_DRAIN_SECONDS = 3.0
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    if args.state_dir is not None:
-        return Path(args.state_dir)
-    base = os.environ.get("CLOISTER_STATE") or os.path.expanduser("~/.local/state/cloister")
-    return Path(base)
-
-
-def _simulated_pin(args: argparse.Namespace, digest: bytes) -> bytes:
-    choice = args.simulated_host_data
-    if choice == "auto":
-        return digest
-    return b"" if choice == "none" else bytes.fromhex(choice)
-
-
-def _attestation(args: argparse.Namespace, launch: Launch) -> Sources | None:
+def _attestation(config: ServeConfig, launch: Launch) -> Sources | None:
     from attestation.providers import ProviderError, select_providers
     from attestation.workload import WorkloadClaims
     from gateway.collateral_fetch import AMD_KDS_URL, INTEL_PCS_URL, FetchedCollateral
 
     uses_gpu = WorkloadClaims.parse(launch.manifest, pinned_at_launch=False).uses_gpu
-    fetched = FetchedCollateral(_state_dir(args) / "collateral",
-                                pccs_url=args.pccs_url or INTEL_PCS_URL,
-                                kds_url=args.amd_kds_url or AMD_KDS_URL)
+    attestation, state = config.attestation, config.store.folder()
+    fetched = FetchedCollateral(state / "collateral",
+                                pccs_url=attestation.pccs_url or INTEL_PCS_URL,
+                                kds_url=attestation.amd_kds_url or AMD_KDS_URL)
     try:
-        return select_providers(args.attestation, state_dir=_state_dir(args),
+        return select_providers(attestation.attestation, state_dir=state,
                                 collateral=fetched,
-                                simulated_launch_pin=_simulated_pin(args, launch.digest),
+                                simulated_launch_pin=attestation.simulated_pin(launch.digest),
                                 gpu_required=uses_gpu)
     except ProviderError as exc:
         print(f"cloister serve: no attestation ({exc}). On a machine without confidential "
@@ -71,14 +57,13 @@ def _attestation(args: argparse.Namespace, launch: Launch) -> Sources | None:
         return None
 
 
-def _simulated_roots(args: argparse.Namespace) -> None:
+def simulated_roots(state: Path) -> None:
     """Write the simulated TEE's roots, with its release key, where clients are told to
     find them, and say loudly what this is."""
     from attestation import simulated_release
     from attestation.simulated import SimulatedPki
     from attestation.statement import public_pem
 
-    state = _state_dir(args)
     roots = state / "simulated-roots.pem"
     key = simulated_release.release_key(state)
     roots.write_bytes(SimulatedPki.load_or_create(state).roots_pem()
@@ -88,35 +73,29 @@ def _simulated_roots(args: argparse.Namespace) -> None:
           f"roots\n({roots}) to accept it. Development only.\n" + "*" * 78, file=sys.stderr)
 
 
-def _simulated_statement(args: argparse.Namespace, launch: Launch,
-                         defaults: argparse.Namespace) -> bytes:
-    """The simulated TEE's statement over the default workload (these flags' defaults)."""
+def _simulated_statement(config: ServeConfig, launch: Launch) -> bytes:
+    """The simulated TEE's statement over the default workload (the defaults of every
+    option, on this simulated platform)."""
     import datetime as dt
 
     from attestation import simulated_release
     from gateway.launch import prepare
 
-    default = launch if _same_workload(args, defaults) else prepare(defaults)
-    return simulated_release.statement(_state_dir(args), default.digest.hex(),
+    defaults = ServeConfig.of(attestation=config.attestation.attestation)
+    same = config.same_workload(defaults) and config.model == defaults.model
+    default = launch if same else prepare(defaults)
+    return simulated_release.statement(config.store.folder(), default.digest.hex(),
                                        now=dt.datetime.now(dt.UTC))
 
 
-def _same_workload(args: argparse.Namespace, defaults: argparse.Namespace) -> bool:
-    """Whether `args` ask for the default workload (listeners and folders aside)."""
-    ignored = {"host", "port", "tls_port", "state_dir", "shutdown_grace", "reference_values",
-               "pccs_url", "amd_kds_url", "metrics_host", "join", "release_key", "workers"}
-    return all(getattr(args, k) == v for k, v in vars(defaults).items() if k not in ignored)
-
-
-def _attested(args: argparse.Namespace, launch: Launch, defaults: argparse.Namespace
-              ) -> Attested | str:
+def _attested(config: ServeConfig, launch: Launch) -> Attested | str:
     """The evidence's sources, or why the gateway must not serve."""
     import json
 
-    sources = _attestation(args, launch)
+    sources = _attestation(config, launch)
     if sources is None:
         return "no attestation"
-    init_data = _init_data(args)
+    init_data = _init_data(config)
     pinned = _check_launch_pin(sources.cpu, launch.digest, init_data)
     if pinned is None:
         return ("the host pinned another workload at launch (HOST_DATA / MRCONFIGID); this "
@@ -124,37 +103,39 @@ def _attested(args: argparse.Namespace, launch: Launch, defaults: argparse.Names
     structlog.get_logger("cloister.cli").info(
         "workload", detail=launch.digest.hex(), reason="pinned at launch" if pinned
         else "not pinned at launch: clients that require pinning will refuse it")
-    statements = [path.read_bytes() for path in args.reference_values]
-    for path, statement in zip(args.reference_values, statements, strict=True):
+    paths = config.attestation.reference_values
+    statements = [path.read_bytes() for path in paths]
+    for path, statement in zip(paths, statements, strict=True):
         try:
             json.loads(statement)
         except ValueError:
             return f"{path} is not a release statement (JSON)"
-    if args.attestation.startswith("simulated"):
-        _simulated_roots(args)
+    if config.simulated:
+        simulated_roots(config.store.folder())
         if not statements:
-            statements.append(_simulated_statement(args, launch, defaults))
-    return _attested_by(sources, args, launch, tuple(statements))
+            statements.append(_simulated_statement(config, launch))
+    return _attested_by(sources, config, launch, tuple(statements))
 
 
-def _init_data(args: argparse.Namespace) -> bytes | None:
-    return args.launch_init_data.read_bytes() if args.launch_init_data else None
+def _init_data(config: ServeConfig) -> bytes | None:
+    path = config.attestation.launch_init_data
+    return path.read_bytes() if path else None
 
 
-def _attested_by(sources: Sources, args: argparse.Namespace, launch: Launch,
+def _attested_by(sources: Sources, config: ServeConfig, launch: Launch,
                  statements: tuple[bytes, ...]) -> Attested:
     from gateway.attestation_routes import Attested
 
     return Attested(sources.cpu, sources.gpu, sources.collateral, launch.manifest,
-                    _init_data(args), statements)
+                    _init_data(config), statements)
 
 
-def attested_worker(args: argparse.Namespace, launch: Launch,
+def attested_worker(config: ServeConfig, launch: Launch,
                     statements: tuple[bytes, ...]) -> Attested | None:
     """A worker process's own evidence sources, for what its parent checked and chose
     (`_attested`): the same workload and reference values."""
-    sources = _attestation(args, launch)
-    return None if sources is None else _attested_by(sources, args, launch, statements)
+    sources = _attestation(config, launch)
+    return None if sources is None else _attested_by(sources, config, launch, statements)
 
 
 def _check_launch_pin(cpu: CpuProvider, digest: bytes, init_data: bytes | None
@@ -172,22 +153,23 @@ def _check_launch_pin(cpu: CpuProvider, digest: bytes, init_data: bytes | None
         return None
 
 
-def run_workload(args: argparse.Namespace) -> int:
-    """Print the manifest and digest `serve` with these flags would attest."""
+def run_workload(config: ServeConfig, *, digest_only: bool = False,
+                 launch_pin: str | None = None) -> int:
+    """Print the manifest and digest `serve` with this configuration would attest."""
     import json
 
     from gateway.launch import LaunchRefused, check_environment, prepare
 
     try:
         check_environment()
-        launch = prepare(args)
+        launch = prepare(config)
     except LaunchRefused as exc:
         print(f"cloister workload: {exc}", file=sys.stderr)
         return 2
-    if args.launch_pin is not None:
-        print(launch_pin_text(args.launch_pin, launch.digest), end="")
+    if launch_pin is not None:
+        print(launch_pin_text(launch_pin, launch.digest), end="")
         return 0
-    if not args.digest_only:
+    if not digest_only:
         print(json.dumps(launch.manifest, indent=2, sort_keys=True))
     print(launch.digest.hex())
     return 0
@@ -206,24 +188,23 @@ def launch_pin_text(kind: str, digest: bytes) -> str:
     return base64.b64encode(launch_value(digest, platform)).decode() + "\n"
 
 
-def _platform_store(args: argparse.Namespace, fleet: FleetSecrets | None = None
-                    ) -> PlatformStore:
+def platform_store(config: ServeConfig, fleet: FleetSecrets | None = None) -> PlatformStore:
     """The platform's store, sealed with the fleet's data key when the gateway is a
     fleet replica (every replica reads what any other wrote)."""
     from enclave.sealed_state import SEV_GUEST, DataKey
     from gateway.platform_store import PlatformStore
 
-    state = _state_dir(args)
+    state = config.store.folder()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    url = config.store.database or f"sqlite:///{state / 'platform-v2.db'}"
     if fleet is not None:
-        return PlatformStore(args.database or f"sqlite:///{state / 'platform-v2.db'}",
-                             DataKey(fleet.derive("data-key")))
-    choice = args.data_key
+        return PlatformStore(url, DataKey(fleet.derive("data-key")))
+    choice = config.store.data_key
     if choice == "auto":
         choice = "snp" if os.path.exists(SEV_GUEST) else f"file:{state / 'data-key'}"
     key = DataKey.from_snp() if choice == "snp" else DataKey.from_key_file(
         Path(choice.removeprefix("file:")))
-    return PlatformStore(args.database or f"sqlite:///{state / 'platform-v2.db'}", key)
+    return PlatformStore(url, key)
 
 
 def _admin_key(path: Path) -> Any:
@@ -245,8 +226,9 @@ def _account(store: PlatformStore, name: str) -> str:
     return store.create_account(name).id
 
 
-def run_apikey(args: argparse.Namespace) -> int:
-    store = _platform_store(args)
+def run_apikey(config: ServeConfig, args: Any) -> int:
+    """`args`: the subcommand's own arguments (action, name, account, ...)."""
+    store = platform_store(config)
     try:
         if args.action == "create":
             api_key, key = store.create_api_key(_account(store, args.account), args.name,
@@ -267,8 +249,8 @@ def run_apikey(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_chatbot(args: argparse.Namespace) -> int:
-    store = _platform_store(args)
+def run_chatbot(config: ServeConfig, args: Any) -> int:
+    store = platform_store(config)
     try:
         bot = store.create_chatbot(_account(store, args.account), args.name, args.model,
                                    args.system_prompt, args.description)
@@ -278,66 +260,58 @@ def run_chatbot(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace, *, defaults: argparse.Namespace) -> int:
-    """`defaults`: these flags' defaults, the workload the simulated TEE's statement
-    covers."""
-    from enclave.padding import PaddingPolicy
+def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
+    """Check, attest and serve `config`; the exit status. `overridden`: the `--config`
+    entries a flag overrode, said in the start log."""
     from enclave.vllm_engine import open_vllm_engine
     from gateway.launch import LaunchRefused, check_environment, prepare
+    from gateway.options import ConfigError
 
     try:
-        PaddingPolicy.parse(args.padding)
-    except ValueError as exc:
-        print(f"cloister serve: --padding: {exc}", file=sys.stderr)
+        config.check()
+    except ConfigError as exc:
+        print(f"cloister serve: {exc}", file=sys.stderr)
         return 2
-    if args.key_grace_seconds > args.key_rotation_seconds:
-        print("cloister serve: --key-grace-seconds must not exceed --key-rotation-seconds",
-              file=sys.stderr)
-        return 2
-    from attestation.verify import MAX_KEY_LIFETIME
-
-    if args.key_rotation_seconds + args.key_grace_seconds > MAX_KEY_LIFETIME:
-        print("cloister serve: --key-rotation-seconds plus --key-grace-seconds must not exceed "
-              f"{MAX_KEY_LIFETIME} s: clients refuse reports that vouch for keys longer",
-              file=sys.stderr)
-        return 2
-    configure_logging(args.log_level)
+    configure_logging(config.metrics.log_level)
     log = structlog.get_logger("cloister.cli")
+    for each in overridden:
+        log.info("config_overridden", detail=each, reason="the flag wins over --config")
     try:
         check_environment()
-        launch = prepare(args)
+        launch = prepare(config)
     except LaunchRefused as exc:
         print(f"cloister serve: {exc}", file=sys.stderr)
         return 2
-    attested = _attested(args, launch, defaults)
+    attested = _attested(config, launch)
     if isinstance(attested, str):
         print(f"cloister serve: {attested}", file=sys.stderr)
         return 2
-    if args.insecure_plaintext:
+    if config.limits.insecure_plaintext:
         log.warning("insecure_plaintext_enabled",
                     detail="plaintext prompts are accepted: development only")
-    if args.tls and _unsealable(args):
+    if config.listeners.tls and unsealable(config):
         print("cloister serve: this TEE has no firmware-derived sealing key; name one with "
               "--data-key file:PATH (on a measured, encrypted disk)", file=sys.stderr)
         return 2
     seed = None
-    if args.join:
-        from gateway.cli_keyholder import fleet_trust
+    if config.fleet.join:
+        from gateway.fleet_trust import FleetTrustError, fleet_trust
         from gateway.join import JoinRefused, obtain_seed
 
-        roots, policy = fleet_trust(args, _state_dir(args))
         started = time.monotonic()
         try:
-            seed = asyncio.run(obtain_seed(args.join, attested, roots=roots, policy=policy))
-        except JoinRefused as exc:
+            roots, policy = fleet_trust(config.fleet, config.attestation, config.store.folder())
+            seed = asyncio.run(obtain_seed(config.fleet.join, attested, roots=roots,
+                                           policy=policy))
+        except (JoinRefused, FleetTrustError) as exc:
             print(f"cloister serve: {exc}", file=sys.stderr)
             return 2
         log.info("joined_fleet", duration_ms=round((time.monotonic() - started) * 1000, 1))
-    if args.workers > 1:
+    if config.process.workers > 1:
         from gateway.workers import run_workers
 
-        return run_workers(args, launch, attested.statements, seed)
-    return serve_process(args, launch, attested, seed,
+        return run_workers(config, launch, attested.statements, seed)
+    return serve_process(config, launch, attested, seed,
                          lambda: open_vllm_engine(launch.generate, launch.embed),
                          listening=OwnListeners())
 
@@ -363,37 +337,16 @@ class OwnListeners:
         return None
 
 
-def _unsealable(args: argparse.Namespace) -> bool:
+def unsealable(config: ServeConfig) -> bool:
     """Whether stored state would be sealed with a key the hardware does not protect:
     a real TEE without a firmware-derived key and no key file named."""
     from enclave.sealed_state import SEV_GUEST
 
-    hardware = not args.attestation.startswith("simulated")
-    return hardware and args.data_key == "auto" and not os.path.exists(SEV_GUEST)
+    return (not config.simulated and config.store.data_key == "auto"
+            and not os.path.exists(SEV_GUEST))
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    from enclave.padding import PaddingPolicy
-
-    return Settings(host=args.host, port=args.port, insecure_plaintext=args.insecure_plaintext,
-                    max_body_bytes=args.max_body_bytes,
-                    key_rotation_seconds=args.key_rotation_seconds,
-                    key_grace_seconds=args.key_grace_seconds,
-                    max_in_flight=args.max_in_flight, max_per_client=args.max_per_client,
-                    max_engine_queue=args.max_engine_queue,
-                    body_timeout_seconds=args.body_timeout, max_tokens=args.max_tokens,
-                    head_timeout_seconds=args.head_timeout,
-                    write_timeout_seconds=args.write_timeout,
-                    padding=PaddingPolicy.parse(args.padding),
-                    stream_interval_ms=args.stream_interval_ms,
-                    constant_rate=args.constant_rate,
-                    replay_window_seconds=args.replay_window_seconds,
-                    replay_cache_entries=args.replay_cache_entries,
-                    metrics_token=(args.metrics_token_file.read_text().strip()
-                                   if args.metrics_token_file else None))
-
-
-def serve_process(args: argparse.Namespace, launch: Launch, attested: Attested,
+def serve_process(config: ServeConfig, launch: Launch, attested: Attested,
                   seed: bytes | None, engine: EngineFactory, *,
                   listening: OwnListeners | WorkerListeners) -> int:
     """Serve in this process until told to stop; the exit status. `seed`: the fleet's
@@ -404,7 +357,6 @@ def serve_process(args: argparse.Namespace, launch: Launch, attested: Attested,
     from gateway.app import create_app
 
     log = structlog.get_logger("cloister.cli")
-    settings = _settings(args)
     failed = False
 
     def on_engine_failure() -> None:
@@ -423,53 +375,54 @@ def serve_process(args: argparse.Namespace, launch: Launch, attested: Attested,
         fleet = FleetSecrets(seed)
     tls = None
     store = None
-    if args.tls:
+    listen = config.listeners
+    if listen.tls:
         from gateway.tls import make_tls_identity
 
-        tls = make_tls_identity(args.tls_host or [args.host, "localhost"],
+        tls = make_tls_identity(list(listen.tls_host) or [listen.host, "localhost"],
                                 fleet_secret=fleet.derive("tls-p256") if fleet else None)
         # The stored state outlives this run: sealed with the fleet's key in a fleet, with
         # the TEE's (or the named file's) otherwise, never with a seed made for this run.
-        store = _platform_store(args, fleet if args.join else None)
+        store = platform_store(config, fleet if config.fleet.join else None)
     admin = None
-    if store is not None and args.admin_public_key is not None:
+    if store is not None and config.admin.admin_public_key is not None:
         from gateway.admin import AdminApi
 
-        admin = AdminApi(store, _admin_key(args.admin_public_key))
+        admin = AdminApi(store, _admin_key(config.admin.admin_public_key))
     replay_cache = listening.shared_replay_cache()  # this gateway's workers'
-    if replay_cache is None and fleet is not None and args.database is not None:
+    if replay_cache is None and fleet is not None and config.store.database is not None:
         from gateway.replay_store import SqlReplayCache
 
-        replay_cache = SqlReplayCache(args.database)  # shared by the fleet's replicas
-    app = create_app(settings, engine, on_engine_failure=on_engine_failure,
+        replay_cache = SqlReplayCache(config.store.database)  # shared by the fleet's replicas
+    app = create_app(config, engine, on_engine_failure=on_engine_failure,
                      attestation=attested, platform_store=store, admin=admin,
                      tls_spki_sha256=tls.spki_sha256 if tls is not None else None,
                      fleet=fleet, replay_cache=replay_cache)
     # Proxy headers (X-Forwarded-For/-Proto) only from a front the operator names.
-    forwarded = {"proxy_headers": args.forwarded_allow_ips is not None,
-                 "forwarded_allow_ips": args.forwarded_allow_ips}
-    bounded = listener_options(args.head_timeout)  # every listener: see gateway.http_protocol
-
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
-                            access_log=False, lifespan="on", **bounded,
-                            timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
-    server = listening.server(config, main=True)
+    forwarded: dict[str, Any] = {"proxy_headers": listen.forwarded_allow_ips is not None,
+                                 "forwarded_allow_ips": listen.forwarded_allow_ips}
+    # every listener: see gateway.http_protocol
+    bounded = listener_options(config.timeouts.head_timeout)
+    grace = int(config.timeouts.shutdown_grace)
+    main = uvicorn.Config(app, host=listen.host, port=listen.port, log_config=None,
+                          access_log=False, lifespan="on", **bounded,
+                          timeout_graceful_shutdown=grace, **forwarded)
+    server = listening.server(main, main=True)
     listeners = [(server, listening.main)]
     if tls is not None:
         with tls.files() as (certfile, keyfile):  # in memory, closed once loaded
             tls_config = uvicorn.Config(
-                app.state.tls_app, host=args.host, port=args.tls_port, log_config=None,
+                app.state.tls_app, host=listen.host, port=listen.tls_port, log_config=None,
                 access_log=False, lifespan="off", ssl_certfile=certfile, ssl_keyfile=keyfile,
-                **bounded,
-                timeout_graceful_shutdown=int(args.shutdown_grace), **forwarded)
+                **bounded, timeout_graceful_shutdown=grace, **forwarded)
             tls_config.load()
         listeners.append((listening.server(tls_config), listening.tls))
-    if args.metrics_port is not None:
+    if config.metrics.metrics_port is not None:
         from gateway.metrics import metrics_only_app
 
         listeners.append((listening.server(uvicorn.Config(
-            metrics_only_app(app.state.metrics), host=args.metrics_host,
-            port=args.metrics_port, log_config=None, access_log=False, lifespan="off",
+            metrics_only_app(app.state.metrics), host=config.metrics.metrics_host,
+            port=config.metrics.metrics_port, log_config=None, access_log=False, lifespan="off",
             **bounded)), listening.metrics))
 
     async def all_listeners() -> None:

@@ -8,7 +8,6 @@ started when it is raised.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,10 @@ from typing import Any
 
 from attestation.workload import workload_digest
 from enclave.isolation import forbidden_variables
-from enclave.sealed_state import SEV_GUEST
 from enclave.vllm_engine import EngineConfigError, ModelSpec, check_engine_args, engine_arguments
+from gateway.config import Model, ServeConfig
 from gateway.models import ModelIdentity, ModelRefused, identify
+from gateway.options import ConfigError
 from gateway.workload import ServedModel, build_manifest
 
 DEMO_SERVED_NAME = "cloister-demo"
@@ -43,22 +43,18 @@ class Launch:
         return workload_digest(self.manifest)
 
 
-def _engine_flags(args: argparse.Namespace) -> tuple[str, ...]:
-    return tuple(a for a in args.engine_args if a != "--")
-
-
-def _generation(args: argparse.Namespace) -> tuple[ModelSpec, ModelIdentity]:
+def _generation(model: Model) -> tuple[ModelSpec, ModelIdentity]:
     from enclave.demo_model import ensure_demo_model
 
-    flags = _engine_flags(args)
-    name = args.model if args.model is not None else str(ensure_demo_model())
-    identity = identify(name, expected_digest=args.model_digest,
-                        signature=args.model_signature, public_key=args.model_signing_key,
-                        certificate_chain=args.model_signing_certificate_chain)
-    if args.model is None:
-        served, flags = args.served_model_name or DEMO_SERVED_NAME, DEMO_ENGINE_ARGS + flags
+    flags = model.engine_args
+    name = model.model if model.model is not None else str(ensure_demo_model())
+    identity = identify(name, expected_digest=model.model_digest,
+                        signature=model.model_signature, public_key=model.model_signing_key,
+                        certificate_chain=list(model.model_signing_certificate_chain))
+    if model.model is None:
+        served, flags = model.served_model_name or DEMO_SERVED_NAME, DEMO_ENGINE_ARGS + flags
     else:
-        served = args.served_model_name or args.model
+        served = model.served_model_name or model.model
     return ModelSpec(str(identity.path), served, "generate", flags), identity
 
 
@@ -78,49 +74,6 @@ def _embedding(choice: str) -> tuple[ModelSpec, ModelIdentity] | None:
     return ModelSpec(str(identity.path), choice, "pooling"), identity
 
 
-def security_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Every setting that changes what the gateway lets in or out."""
-    data_key = database = None
-    if args.tls:
-        data_key = args.data_key.split(":")[0]
-        if data_key == "auto":
-            data_key = "snp" if os.path.exists(SEV_GUEST) else "file"
-        database = (args.database or "sqlite").split(":")[0].split("+")[0]
-    return {
-        "insecure_plaintext": bool(args.insecure_plaintext),
-        "max_body_bytes": args.max_body_bytes, "max_tokens": args.max_tokens,
-        "max_in_flight": args.max_in_flight, "max_per_client": args.max_per_client,
-        "max_engine_queue": args.max_engine_queue, "body_timeout_seconds": args.body_timeout,
-        "key_rotation_seconds": args.key_rotation_seconds,
-        "key_grace_seconds": args.key_grace_seconds, "tls": bool(args.tls),
-        "log_level": args.log_level.lower(), "data_key": data_key, "database": database,
-        "attestation": args.attestation, "metrics_listener": args.metrics_port is not None,
-        "metrics_on_public_listener": args.metrics_token_file is not None,
-        "padding": args.padding, "stream_interval_ms": args.stream_interval_ms,
-        "constant_rate": bool(args.constant_rate),
-        "replay_window_seconds": args.replay_window_seconds,
-        "replay_cache_entries": args.replay_cache_entries,
-        "admin_key_sha256": _admin_key_id(args.admin_public_key),
-        "forwarded_allow_ips": args.forwarded_allow_ips,
-        "fleet_member": bool(args.join),
-    }
-
-
-def _admin_key_id(path: Path | None) -> str | None:
-    """Who may administer this gateway: the SHA-256 of the pinned admin public key."""
-    if path is None:
-        return None
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    from enclave.admin_signature import key_id
-
-    key = load_pem_public_key(path.read_bytes())
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise LaunchRefused("--admin-public-key must be an Ed25519 public key")
-    return key_id(key)
-
-
 def check_environment() -> None:
     """The operator's environment, before anything is imported that changes it (vLLM's
     CPU platform sets LD_LIBRARY_PATH for its own processes)."""
@@ -130,19 +83,21 @@ def check_environment() -> None:
                             "or redirects imports); unset it")
 
 
-def prepare(args: argparse.Namespace) -> Launch:
-    """Check, resolve and describe the workload `args` ask for (`check_environment`
+def prepare(config: ServeConfig) -> Launch:
+    """Check, resolve and describe the workload `config` asks for (`check_environment`
     first)."""
+    model = config.model
     try:
-        check_engine_args(_engine_flags(args))
-        generate, generate_id = _generation(args)
-        embedding = _embedding(args.embedding_model)
-        served = [_served("generate", generate, generate_id, args.model_verity_root)]
+        check_engine_args(model.engine_args)
+        generate, generate_id = _generation(model)
+        embedding = _embedding(model.embedding_model)
+        served = [_served("generate", generate, generate_id, model.model_verity_root)]
         if embedding is not None:
             served.append(_served("embed", *embedding))
-    except (EngineConfigError, ModelRefused) as exc:
+        settings = config.workload_settings()
+    except (EngineConfigError, ModelRefused, ConfigError) as exc:
         raise LaunchRefused(str(exc)) from None
-    manifest = build_manifest(served, security_settings(args))
+    manifest = build_manifest(served, settings)
     return Launch(generate, embedding[0] if embedding else None, manifest)
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from enclave.logs import configure_logging
+from gateway.config import ServeConfig
 
 if TYPE_CHECKING:
     import uvicorn
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 class WorkerPlan:
     """What the parent hands each worker (pickled over spawn's pipe)."""
 
-    args: argparse.Namespace
+    config: ServeConfig
     launch: Launch
     statements: tuple[bytes, ...]
     seed: bytes
@@ -100,9 +101,9 @@ def _scratch_folder() -> str:
                             dir=shm if os.path.isdir(shm) else None)
 
 
-def run_workers(args: argparse.Namespace, launch: Launch, statements: tuple[bytes, ...],
+def run_workers(config: ServeConfig, launch: Launch, statements: tuple[bytes, ...],
                 seed: bytes | None) -> int:
-    """Launch the engine cores and `args.workers` gateway processes; the exit status once
+    """Launch the engine cores and `--workers` gateway processes; the exit status once
     they are done (non-zero when one of them, or an engine core, failed)."""
     from vllm.entrypoints.launchers.launcher import create_server_socket
     from vllm.v1.utils import APIServerProcessManager, wait_for_completion_or_failure
@@ -110,26 +111,29 @@ def run_workers(args: argparse.Namespace, launch: Launch, statements: tuple[byte
     from enclave.fleet import SEED_SIZE, FleetSecrets
     from enclave.isolation import isolate_engine_environment
     from enclave.vllm_engine import launch_engine_cores
-    from gateway.cli_serve import _platform_store
+    from gateway.cli_serve import platform_store
     from gateway.replay_store import SqlReplayCache
 
     log = structlog.get_logger("cloister.workers")
-    count = args.workers
+    count = config.process.workers
+    listen, database = config.listeners, config.store.database
     isolate_engine_environment()  # the engine cores and the workers inherit it
     scratch = _scratch_folder()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(scratch, "metrics")
     os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    shared_fleet_db = bool(args.join) and args.database is not None
-    replay_url = args.database if shared_fleet_db else f"sqlite:///{scratch}/replay.db"
+    shared_fleet_db = bool(config.fleet.join) and database is not None
+    replay_url = database if database is not None and shared_fleet_db else f"sqlite:///{scratch}/replay.db"
     seed = seed if seed is not None else os.urandom(SEED_SIZE)
     # The shared tables exist before the workers race to create them.
     SqlReplayCache(replay_url, scratch=not shared_fleet_db).close()
-    if args.tls:
-        _platform_store(args, FleetSecrets(seed) if args.join else None).close()
-    main = create_server_socket((args.host, args.port), reuse_port=True)
-    tls = create_server_socket((args.host, args.tls_port), reuse_port=True) if args.tls else None
-    metrics = (create_server_socket((args.metrics_host, args.metrics_port), reuse_port=True)
-               if args.metrics_port is not None else None)
+    if listen.tls:
+        platform_store(config, FleetSecrets(seed) if config.fleet.join else None).close()
+    main = create_server_socket((listen.host, listen.port), reuse_port=True)
+    tls = (create_server_socket((listen.host, listen.tls_port), reuse_port=True)
+           if listen.tls else None)
+    metrics_port = config.metrics.metrics_port
+    metrics = (create_server_socket((config.metrics.metrics_host, metrics_port),
+                                    reuse_port=True) if metrics_port is not None else None)
     asked_to_stop = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -150,11 +154,12 @@ def run_workers(args: argparse.Namespace, launch: Launch, statements: tuple[byte
                 cores.append(embed)
             generate = starting.enter_context(launch_engine_cores(launch.generate, count))
             cores.append(generate)
-            plan = WorkerPlan(args, launch, statements, seed,
+            plan = WorkerPlan(config, launch, statements, seed,
                               [embed.frontend(i) for i in range(count)] if embed else None,
                               tls, metrics, replay_url, not shared_fleet_db)
             manager = APIServerProcessManager(
-                f"http://{args.host}:{args.port}", main, argparse.Namespace(cloister=plan),
+                # vLLM hands its server function a Namespace: ours carries only the plan.
+                f"http://{listen.host}:{listen.port}", main, argparse.Namespace(cloister=plan),
                 count, generate.listeners.inputs, generate.listeners.outputs,
                 target_server_fn=worker_main, stats_update_address=generate.stats_address,
                 tensor_queue=generate.launch.tensor_queue)
@@ -173,7 +178,7 @@ def run_workers(args: argparse.Namespace, launch: Launch, statements: tuple[byte
         log.error("workers_failed", error_type=type(exc).__name__, detail=str(exc))
         return 1
     finally:
-        grace = args.shutdown_grace + 5 if asked_to_stop else None
+        grace = config.timeouts.shutdown_grace + 5 if asked_to_stop else None
         if manager is not None:
             manager.shutdown(timeout=grace)
         for each in reversed(cores):
@@ -193,7 +198,7 @@ def worker_main(listen_address: str, sock: socket.socket, parent_args: argparse.
     plan: WorkerPlan = parent_args.cloister
     index = client_config["client_index"]
     loads = client_config.pop("api_server_loads", None)
-    configure_logging(plan.args.log_level)
+    configure_logging(plan.config.metrics.log_level)
     structlog.contextvars.bind_contextvars(worker=index)
     embed_frontend = None
     for i, frontend in enumerate(plan.embed_frontends or []):
@@ -202,7 +207,7 @@ def worker_main(listen_address: str, sock: socket.socket, parent_args: argparse.
         else:  # another worker's
             frontend["input_listener"].close()
             frontend["output_listener"].close()
-    attested = attested_worker(plan.args, plan.launch, plan.statements)
+    attested = attested_worker(plan.config, plan.launch, plan.statements)
     if attested is None:
         sys.exit(2)
     launch = plan.launch
@@ -210,7 +215,7 @@ def worker_main(listen_address: str, sock: socket.socket, parent_args: argparse.
                                 plan.replay_scratch,
                                 (loads, index) if loads is not None else None)
     sys.exit(serve_process(
-        plan.args, launch, attested, plan.seed,
+        plan.config, launch, attested, plan.seed,
         lambda: open_vllm_engine(launch.generate, launch.embed,
                                  frontends=(client_config, embed_frontend)),
         listening=listeners))

@@ -9,7 +9,7 @@ import pytest
 from starlette.applications import Starlette
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.doubles import DeterministicTestEngine
 
 
@@ -34,7 +34,7 @@ async def running(app: Starlette) -> AsyncIterator[Starlette]:
 @pytest.fixture
 def make_app(engine: DeterministicTestEngine) -> Callable[..., Starlette]:
     def factory(**settings: object) -> Starlette:
-        return create_app(Settings(**settings), engine.running)  # type: ignore[arg-type]
+        return create_app(ServeConfig.of(**settings), engine.running)  # type: ignore[arg-type]
     return factory
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.asgi import scrape
 from tests.doubles import CHAT_MODEL, EMBEDDING_DIM, EMBEDDING_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
@@ -47,7 +47,7 @@ async def test_ready_is_503_with_retry_after_before_engine_starts() -> None:
         await gate.wait()
         yield engine
 
-    app = create_app(Settings(), slow_factory)
+    app = create_app(ServeConfig.of(), slow_factory)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
@@ -69,7 +69,7 @@ async def test_engine_failure_is_reported_and_triggers_shutdown_hook() -> None:
         raise RuntimeError("no such model /secret/path")
         yield  # pragma: no cover
 
-    app = create_app(Settings(), broken_factory, on_engine_failure=lambda: calls.append("x"))
+    app = create_app(ServeConfig.of(), broken_factory, on_engine_failure=lambda: calls.append("x"))
     async with app.router.lifespan_context(app):
         await start(app)
         transport = httpx.ASGITransport(app=app)
@@ -195,10 +195,13 @@ async def test_metrics_expose_engine_state(make_app) -> None:
     assert "cloister_engine_requests_unfinished 0.0" in text
 
 
-async def test_metrics_are_not_on_the_public_listener_without_a_token(make_app) -> None:
+async def test_metrics_are_not_on_the_public_listener_without_a_token(make_app,
+                                                                     tmp_path) -> None:
     async with _public(make_app()) as public:
         assert (await public.get("/metrics")).status_code == 404
-    async with _public(make_app(metrics_token="s3cret")) as public:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    async with _public(make_app(metrics_token_file=token)) as public:
         assert (await public.get("/metrics")).status_code == 404
         wrong = await public.get("/metrics", headers={"authorization": "Bearer guess"})
         assert wrong.status_code == 404

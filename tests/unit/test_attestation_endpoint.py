@@ -12,7 +12,7 @@ from attestation.simulated import SimulatedPki
 from attestation.verify import TrustRoots, verify_evidence
 from enclave.ohttp import decode_key_configs
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
@@ -32,7 +32,7 @@ def pki(tmp_path_factory) -> SimulatedPki:
 
 @pytest.fixture
 async def attested_app(engine, pki):
-    app = create_app(Settings(), engine.running,
+    app = create_app(ServeConfig.of(), engine.running,
                      attestation=simulated(pki))
     async with app.router.lifespan_context(app):
         await start(app)

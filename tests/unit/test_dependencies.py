@@ -25,7 +25,7 @@ FORBIDDEN = {
 ALLOWED = {("enclave.vllm_engine", "starlette"), ("gateway.cli", "proxy")}
 SIMULATOR = "attestation.simulated"
 MAY_IMPORT_SIMULATOR = {"attestation.providers", "attestation.simulated_release",
-                        "gateway.cli_serve", "gateway.cli_keyholder"}
+                        "gateway.cli_serve", "gateway.fleet_trust"}
 
 
 def _modules() -> dict[str, Path]:

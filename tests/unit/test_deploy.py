@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.doubles import DeterministicTestEngine
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -81,7 +81,7 @@ def test_a_gateway_whose_engine_died_is_restarted(manifests) -> None:
 
 
 def _exported_metric_names() -> set[str]:
-    app = create_app(Settings(), DeterministicTestEngine().running)
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
                 "gauge": ("",)}
     names = {"cloister_engine_requests_unfinished", "cloister_engine_ready"}

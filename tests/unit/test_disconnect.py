@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.asgi import body_messages, call_until_hang_up, http_scope
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
@@ -15,7 +15,7 @@ from tests.unit.conftest import start
 async def _run_and_disconnect(engine: DeterministicTestEngine, body: dict,
                               after_body_messages: int) -> list[dict]:
     """Hang up after that many body messages, or (0) once the engine holds the request."""
-    app = create_app(Settings(insecure_plaintext=True, stream_interval_ms=0), engine.running)
+    app = create_app(ServeConfig.of(insecure_plaintext=True, stream_interval_ms=0), engine.running)
     raw = json.dumps(body).encode()
     if after_body_messages == 0:
         engine.pause_after = 0

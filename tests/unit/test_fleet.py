@@ -21,11 +21,11 @@ from attestation.workload import workload_digest
 from enclave.fleet import FleetSecrets
 from enclave.sealed_state import DataKey
 from gateway.app import create_app
+from gateway.config import ServeConfig
 from gateway.join import JoinRefused, obtain_seed
 from gateway.keyholder import Keyholder
 from gateway.platform_store import PlatformStore
 from gateway.replay_store import SqlReplayCache
-from gateway.settings import Settings
 from gateway.workload import build_manifest
 from tests.attested import TEST_WORKLOAD, accepting, simulated, workload
 from tests.clients import client_for
@@ -152,7 +152,7 @@ def database(request, tmp_path: Path) -> str:
 def _replicas(count: int, url: str, *, shared_db: bool = True, **kwargs):
     fleet = FleetSecrets(SEED)
     engines = [DeterministicTestEngine() for _ in range(count)]
-    apps = [create_app(Settings(), e.running, fleet=fleet,
+    apps = [create_app(ServeConfig.of(), e.running, fleet=fleet,
                        replay_cache=SqlReplayCache(url) if shared_db else None,
                        platform_store=PlatformStore(url, DataKey(fleet.derive("data-key"))),
                        **kwargs) for e in engines]

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from benchmarks.fuzz_targets import EXPECTED, Target, all_targets
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.doubles import DeterministicTestEngine
 
 TARGETS = {t.name: t for t in all_targets()}
@@ -64,7 +64,7 @@ HEADERS = [{}, {"content-type": "message/ohttp-req"},
 
 
 def test_the_gateway_answers_garbage_without_a_5xx() -> None:
-    app = create_app(Settings(), DeterministicTestEngine().running)
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running)
     with TestClient(app, raise_server_exceptions=True) as client:
         @BRIEF
         @given(st.sampled_from(ROUTES), st.sampled_from(HEADERS), st.binary(max_size=4096))

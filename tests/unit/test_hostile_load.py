@@ -23,8 +23,8 @@ import pytest
 
 from enclave import continuum
 from gateway.app import create_app
+from gateway.config import ServeConfig
 from gateway.http_protocol import MAX_HEAD_BYTES, listener_options
-from gateway.settings import Settings
 from tests.clients import client_for
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.served import served
@@ -50,7 +50,7 @@ def _rss_kib() -> int:
 
 
 def test_a_giant_header_is_refused_before_it_is_buffered() -> None:
-    app = create_app(Settings(), DeterministicTestEngine().running)
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running)
     with served(app, **listener_options()) as url:
         sock = _connect(url)
         before = _rss_kib()
@@ -72,7 +72,7 @@ def test_a_giant_header_is_refused_before_it_is_buffered() -> None:
 
 
 def test_a_head_that_never_ends_is_cut_off() -> None:
-    app = create_app(Settings(), DeterministicTestEngine().running)
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running)
     with served(app, **listener_options(head_timeout=0.5)) as url:
         sock = _connect(url)
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n")  # and nothing more
@@ -87,7 +87,7 @@ def test_a_reader_that_stops_reading_gives_back_its_slot_and_engine_request() ->
     engine = DeterministicTestEngine()
     # Three slots per client: the silent three fill them, so the request after them from
     # the same address is served only if their slots were given back.
-    app = create_app(Settings(insecure_plaintext=True, write_timeout_seconds=0.5,
+    app = create_app(ServeConfig.of(insecure_plaintext=True, write_timeout=0.5,
                               stream_interval_ms=0, max_per_client=3), engine.running)
     with served(app, **listener_options()) as url:
         silent = []
@@ -154,7 +154,8 @@ async def test_an_engine_that_dies_mid_stream(protocol) -> None:
     engine = DeterministicTestEngine()
     engine.pause_after = 3
     failures: list[bool] = []
-    app = create_app(Settings(), engine.running, on_engine_failure=lambda: failures.append(True))
+    app = create_app(ServeConfig.of(), engine.running,
+                     on_engine_failure=lambda: failures.append(True))
     async with app.router.lifespan_context(app):
         await start(app)
         client = client_for(app, protocol)
@@ -203,7 +204,7 @@ async def test_a_client_that_leaves_before_a_whole_answer_aborts_it() -> None:
     from tests.asgi import call_until_hang_up, http_scope
 
     engine = DeterministicTestEngine(token_delay=0.01)
-    app = create_app(Settings(insecure_plaintext=True), engine.running)
+    app = create_app(ServeConfig.of(insecure_plaintext=True), engine.running)
     body = json.dumps({**CHAT, "max_tokens": 5000}).encode()
     hang_up = asyncio.Event()
     async with app.router.lifespan_context(app):

@@ -11,7 +11,7 @@ from enclave.ohttp import ChunkedRequestSealer, decode_key_configs
 from enclave.ohttp.bhttp import Request, encode_request
 from enclave.ohttp.protocol import CHUNKED_REQUEST_MEDIA_TYPE
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.unit.conftest import start
 
 HOSTILE_SIZE = 1_250_000
@@ -29,7 +29,7 @@ def _one_byte_chunks_request(size: int) -> bytes:
 async def test_a_huge_request_of_one_byte_chunks_does_not_stall_health() -> None:
     from tests.doubles import DeterministicTestEngine
 
-    app = create_app(Settings(), DeterministicTestEngine().running)
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running)
     async with app.router.lifespan_context(app):
         await start(app)
         transport = httpx.ASGITransport(app=app)

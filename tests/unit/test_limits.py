@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.asgi import scrape
 from tests.clients import client_for
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
@@ -22,7 +22,7 @@ SLOW = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}],
 
 
 async def _app(engine: DeterministicTestEngine, **settings):
-    app = create_app(Settings(**settings), engine.running)
+    app = create_app(ServeConfig.of(**settings), engine.running)
     return app
 
 
@@ -120,7 +120,7 @@ async def test_max_tokens_cap_is_answered_inside_the_encryption() -> None:
 
 async def test_slow_body_times_out_with_408() -> None:
     app = await _app(DeterministicTestEngine(), insecure_plaintext=True,
-                     body_timeout_seconds=0.1)
+                     body_timeout=0.1)
     sent: list[dict] = []
 
     async def receive():

@@ -11,7 +11,7 @@ import pytest
 from attestation.simulated import SimulatedPki
 from attestation.verify import TrustRoots
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
@@ -33,7 +33,7 @@ def pki(tmp_path_factory) -> SimulatedPki:
 @pytest.fixture
 async def gateways(pki):
     engines = [DeterministicTestEngine(), DeterministicTestEngine()]
-    apps = [create_app(Settings(), e.running,
+    apps = [create_app(ServeConfig.of(), e.running,
                        attestation=simulated(pki))
             for e in engines]
     async with contextlib.AsyncExitStack() as stack:

@@ -14,9 +14,9 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from enclave.sealed_state import DataKey
 from gateway.app import create_app
+from gateway.config import ServeConfig
 from gateway.platform_docs import DOCS_PATH, PATHS
 from gateway.platform_store import PlatformStore
-from gateway.settings import Settings
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
@@ -55,7 +55,7 @@ def _shot(page: Page, name: str, tmp_path: Path) -> None:
 def test_the_platform_docs_render_every_route(browser, tmp_path) -> None:
     store = PlatformStore(f"sqlite:///{tmp_path / 'p.db'}",
                           DataKey.from_key_file(tmp_path / "data-key"))
-    app = create_app(Settings(), DeterministicTestEngine().running, platform_store=store)
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running, platform_store=store)
     with served(app.state.tls_app) as url:
         page = browser.new_page()
         foreign = _local_only(page, url)
@@ -75,7 +75,7 @@ def test_the_status_page_shows_what_was_verified_and_its_chat_box_round_trips(
     from attestation.simulated import SimulatedPki
 
     pki = SimulatedPki.load_or_create(tmp_path / "pki")
-    gateway = create_app(Settings(), DeterministicTestEngine().running,
+    gateway = create_app(ServeConfig.of(), DeterministicTestEngine().running,
                          attestation=simulated(pki))
     with served(gateway) as gateway_url:
         client = make_client(gateway_url, "ohttp",

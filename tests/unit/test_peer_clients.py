@@ -25,8 +25,8 @@ from atoma_sdk import models as atoma_models
 
 from enclave.sealed_state import DataKey
 from gateway.app import create_app
+from gateway.config import ServeConfig
 from gateway.platform_store import PlatformStore
-from gateway.settings import Settings
 from tests.clients import exercise_openai_sdk
 from tests.doubles import CHAT_MODEL, EMBEDDING_DIM, EMBEDDING_MODEL, DeterministicTestEngine
 from tests.served import served
@@ -48,7 +48,7 @@ def gateway(tmp_path: Path, clock: Clock | None = None, **settings: object
             ) -> Iterator[tuple[str, PlatformStore]]:
     store = PlatformStore(f"sqlite:///{tmp_path / 'platform.db'}",
                           DataKey.from_key_file(tmp_path / "data-key"))
-    app = create_app(Settings(**settings), DeterministicTestEngine().running,  # type: ignore[arg-type]
+    app = create_app(ServeConfig.of(**settings), DeterministicTestEngine().running,  # type: ignore[arg-type]
                      platform_store=store, **({"clock": clock} if clock else {}))
     with served(app) as url:
         yield url, store

@@ -13,8 +13,8 @@ import pytest
 
 from enclave.sealed_state import DataKey
 from gateway.app import create_app
+from gateway.config import ServeConfig
 from gateway.platform_store import PlatformStore, StateInvalid
-from gateway.settings import Settings
 from tests.asgi import call_until_hang_up, http_scope
 from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
@@ -42,7 +42,7 @@ def new_key(store: PlatformStore, name: str, *, account: str = "acme",
 async def platform(store: PlatformStore, engine: DeterministicTestEngine, scheme="https",
                    **settings):
     """A client of the TLS listener's app (https) or of the public one (http)."""
-    app = create_app(Settings(**settings), engine.running, platform_store=store)
+    app = create_app(ServeConfig.of(**settings), engine.running, platform_store=store)
     async with app.router.lifespan_context(app):
         await start(app)
         served = app.state.tls_app if scheme == "https" else app
@@ -203,7 +203,7 @@ async def test_a_client_that_hangs_up_mid_stream_is_still_metered(store_factory)
     store = store_factory()
     key, record = new_key(store, "leaver", budget_tokens=10_000)
     engine = DeterministicTestEngine()
-    app = create_app(Settings(), engine.running, platform_store=store)
+    app = create_app(ServeConfig.of(), engine.running, platform_store=store)
     body = json.dumps({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "a b"}],
                        "max_tokens": 500, "stream": True}).encode()
     scope = http_scope("POST", "/api/v1/chat/completions", body=body, scheme="https",

@@ -20,8 +20,8 @@ from enclave import admin_signature
 from enclave.sealed_state import DataKey
 from gateway.admin import AdminApi
 from gateway.app import create_app
+from gateway.config import ServeConfig
 from gateway.platform_store import KEY_PREFIX, PlatformStore, StateInvalid, StateRolledBack
-from gateway.settings import Settings
 from gateway.tls import make_tls_identity
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
@@ -238,7 +238,7 @@ def _signed(key, method: str, path: str, body: dict | None = None, *, stamp=None
 
 async def test_the_admin_api_runs_the_platform_with_signed_requests(store) -> None:
     admin_key = ed25519.Ed25519PrivateKey.generate()
-    app = create_app(Settings(), DeterministicTestEngine().running, platform_store=store,
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running, platform_store=store,
                      admin=AdminApi(store, admin_key.public_key()))
     async with app.router.lifespan_context(app):
         await start(app)

@@ -9,9 +9,9 @@ import httpx
 from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.config import ServeConfig
 from gateway.platform_docs import ASSETS_PATH, DOCS_PATH, OPENAPI_PATH
 from gateway.platform_routes import PREFIX
-from gateway.settings import Settings
 from tests.doubles import DeterministicTestEngine
 from tests.unit.test_platform import platform, store_factory  # noqa: F401 - fixture
 
@@ -27,7 +27,7 @@ def _served(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
 
 async def test_every_platform_route_is_documented_and_nothing_else(store_factory) -> None:  # noqa: F811
     engine = DeterministicTestEngine()
-    app = create_app(Settings(), engine.running, platform_store=store_factory())
+    app = create_app(ServeConfig.of(), engine.running, platform_store=store_factory())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.state.tls_app),
                                  base_url="https://gw") as client:
         document = (await client.get(OPENAPI_PATH)).json()

@@ -17,7 +17,7 @@ from attestation.statement import generate_key, key_id, public_pem, sign_stateme
 from attestation.verify import TrustRoots
 from gateway.app import create_app
 from gateway.cli import main
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from proxy.attestor import Attestor
 from proxy.errors import GatewayNotAttested
 from proxy.trust import StatementLog, Trust, load_trust
@@ -43,7 +43,7 @@ def _statement(key, **changes) -> bytes:
 @contextlib.asynccontextmanager
 async def _gateway(pki, *statements: bytes):
     attested = dataclasses.replace(simulated(pki), statements=statements)
-    app = create_app(Settings(), DeterministicTestEngine().running, attestation=attested)
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running, attestation=attested)
     async with app.router.lifespan_context(app):
         await start(app)
         yield httpx.ASGITransport(app=app)

@@ -20,7 +20,7 @@ from attestation.simulated import SimulatedPki
 from attestation.types import CpuEvidence, CpuProvider, ProviderError
 from attestation.verify import TrustRoots, verify_challenge_answer, verify_evidence
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
@@ -52,7 +52,7 @@ async def _fresh(client: httpx.AsyncClient, nonce: bytes) -> httpx.Response:
 
 @pytest.fixture
 async def attested_app(engine, pki):
-    app = create_app(Settings(), engine.running, attestation=simulated(pki))
+    app = create_app(ServeConfig.of(), engine.running, attestation=simulated(pki))
     async with running(app):
         yield app
 
@@ -94,7 +94,7 @@ class SlowFirstQuote:
 async def test_one_slow_quote_never_blocks_other_report_requests(engine, pki) -> None:
     attested = simulated(pki)
     slow = SlowFirstQuote(attested.cpu)
-    app = create_app(Settings(), engine.running,
+    app = create_app(ServeConfig.of(), engine.running,
                      attestation=dataclasses.replace(attested, cpu=slow))
     async with (running(app), _client(app, "192.0.2.1") as first,
                 _client(app, "192.0.2.2") as second):
@@ -156,7 +156,7 @@ async def test_a_proxy_running_past_key_expiry_reattests_and_keeps_serving(engin
                                                                            mode) -> None:
     clock = Clock()
     # The client dates its requests by the real clock; this test moves the gateway's.
-    settings = Settings(key_rotation_seconds=3600, key_grace_seconds=600,
+    settings = ServeConfig.of(key_rotation_seconds=3600, key_grace_seconds=600,
                         replay_window_seconds=2 * 86400)
     app = create_app(settings, engine.running, attestation=simulated(pki), clock=clock.seconds)
     async with running(app):
@@ -187,7 +187,8 @@ async def test_a_proxy_running_past_key_expiry_reattests_and_keeps_serving(engin
 
 async def test_a_proxy_reattests_on_its_period(engine, pki) -> None:
     clock = Clock()
-    app = create_app(Settings(), engine.running, attestation=simulated(pki), clock=clock.seconds)
+    app = create_app(ServeConfig.of(), engine.running, attestation=simulated(pki),
+                     clock=clock.seconds)
     async with running(app):
         transport = httpx.ASGITransport(app=app)
         attestor = Attestor("http://gw", trust=trusting(pki), transport=transport,
@@ -223,7 +224,7 @@ async def test_an_attestation_provider_failing_mid_run(engine, pki) -> None:
     on, and reports come back when the provider does."""
     attested = simulated(pki)
     failing = FailingQuote(attested.cpu)
-    app = create_app(Settings(), engine.running,
+    app = create_app(ServeConfig.of(), engine.running,
                      attestation=dataclasses.replace(attested, cpu=failing))
     async with running(app), _client(app, "192.0.2.9") as client:
         assert (await _fresh(client, b"c" * 32)).status_code == 200

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import pytest
 
 from enclave.sealed_state import SEV_GUEST
 from gateway.cli import main
-from gateway.cli_serve import _unsealable
+from gateway.cli_serve import unsealable
+from gateway.config import ServeConfig
 
 
 @pytest.mark.parametrize("count", ["0", "-1", "two"])
@@ -31,5 +31,5 @@ def test_stored_state_is_never_sealed_with_an_unprotected_key(attestation, data_
                                                               refused) -> None:
     """Decided before anything starts (the parent of `--workers` made the key file
     before its workers refused)."""
-    args = argparse.Namespace(attestation=attestation, data_key=data_key)
-    assert _unsealable(args) is refused
+    config = ServeConfig.of(attestation=attestation, data_key=data_key)
+    assert unsealable(config) is refused

@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.waiting import wait_until
 
@@ -24,7 +24,7 @@ def _port() -> int:
 
 def test_in_flight_stream_finishes_after_shutdown_is_asked() -> None:
     engine = DeterministicTestEngine(token_delay=0.05)
-    app = create_app(Settings(insecure_plaintext=True), engine.running)
+    app = create_app(ServeConfig.of(insecure_plaintext=True), engine.running)
     port = _port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                            lifespan="on", timeout_graceful_shutdown=10))

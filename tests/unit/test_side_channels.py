@@ -18,7 +18,7 @@ from enclave.ohttp.keyconfig import decode_key_configs
 from enclave.padding import PaddingPolicy, strip_events
 from enclave.replay import MemoryReplayCache, ReplayCacheFull, ReplayGuard
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.clients import PROTOCOLS, client_for
 from tests.doubles import CHAT_MODEL
 from tests.unit.conftest import start
@@ -64,7 +64,7 @@ def _chat(tokens: int, *, stream: bool = False) -> bytes:
 
 
 async def _sizes(engine, protocol: str, padding: str, *, stream: bool) -> list[list[int]]:
-    app = create_app(Settings(padding=PaddingPolicy.parse(padding)), engine.running)
+    app = create_app(ServeConfig.of(padding=PaddingPolicy.parse(padding)), engine.running)
     async with app.router.lifespan_context(app):
         await start(app)
         tap = Wiretap(app)
@@ -143,7 +143,7 @@ async def _resend(app, request: httpx.Request) -> httpx.Response:
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_captured_request_sent_again_is_refused_before_the_engine(
         engine, protocol, stream) -> None:
-    app = create_app(Settings(), engine.running)
+    app = create_app(ServeConfig.of(), engine.running)
     async with app.router.lifespan_context(app):
         await start(app)
         tap = Wiretap(app)
@@ -182,7 +182,7 @@ async def _ohttp_with_date(app, date: str) -> int:
 
 @pytest.mark.parametrize("offset", [-3600, 600])
 async def test_an_ohttp_request_dated_outside_the_window_is_stale(engine, offset) -> None:
-    app = create_app(Settings(), engine.running)
+    app = create_app(ServeConfig.of(), engine.running)
     async with app.router.lifespan_context(app):
         await start(app)
         stale = await _ohttp_with_date(app, email.utils.formatdate(time.time() + offset,
@@ -220,7 +220,7 @@ async def test_a_client_supplied_cache_salt_is_refused(plaintext_client, engine)
 async def test_the_gateway_salts_each_tenant_apart(engine) -> None:
     """One Continuum secret is one tenant; OHTTP requests have no stable tenant, so each
     gets a salt of its own; embeddings are not salted."""
-    app = create_app(Settings(), engine.running)
+    app = create_app(ServeConfig.of(), engine.running)
     async with app.router.lifespan_context(app):
         await start(app)
         first, second = client_for(app, "continuum"), client_for(app, "continuum")
@@ -241,7 +241,7 @@ async def test_the_gateway_salts_each_tenant_apart(engine) -> None:
 
 
 async def test_the_continuum_secret_is_exchanged_over_the_hybrid_kem(engine) -> None:
-    app = create_app(Settings(), engine.running)
+    app = create_app(ServeConfig.of(), engine.running)
     async with app.router.lifespan_context(app):
         await start(app)
         tap = Wiretap(app)
@@ -275,7 +275,7 @@ async def test_a_hidden_hybrid_key_is_no_downgrade(engine) -> None:
                 return httpx.Response(404)
             return await self.inner.handle_async_request(request)
 
-    app = create_app(Settings(), engine.running, attestation=simulated(pki))
+    app = create_app(ServeConfig.of(), engine.running, attestation=simulated(pki))
     async with app.router.lifespan_context(app):
         await start(app)
         transport = HidingTheHybridKey(app)

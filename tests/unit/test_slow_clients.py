@@ -8,7 +8,7 @@ import socket
 import httpx
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.served import served
 from tests.waiting import wait_until
@@ -16,10 +16,12 @@ from tests.waiting import wait_until
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
 
 
-def test_slowloris_and_disconnect_floods_leave_others_served() -> None:
+def test_slowloris_and_disconnect_floods_leave_others_served(tmp_path) -> None:
     engine = DeterministicTestEngine(token_delay=0.01)
-    app = create_app(Settings(insecure_plaintext=True, body_timeout_seconds=0.5,
-                              metrics_token="scraper"), engine.running)
+    token = tmp_path / "token"
+    token.write_text("scraper")
+    app = create_app(ServeConfig.of(insecure_plaintext=True, body_timeout=0.5,
+                                    metrics_token_file=token), engine.running)
     slow = []
     with served(app) as url:
         port = int(url.rsplit(":", 1)[1])

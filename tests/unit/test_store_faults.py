@@ -142,12 +142,12 @@ async def test_shared_replay_records_unreachable_are_a_503_not_a_500(
     import json as jsonlib
 
     from gateway.app import create_app
+    from gateway.config import ServeConfig
     from gateway.replay_store import SqlReplayCache
-    from gateway.settings import Settings
     from tests.clients import client_for
     from tests.unit.conftest import start
 
-    app = create_app(Settings(), DeterministicTestEngine().running,
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running,
                      replay_cache=SqlReplayCache(postgres_url))
     body = jsonlib.dumps(CHAT).encode()
     async with app.router.lifespan_context(app):

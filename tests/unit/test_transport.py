@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.config import ServeConfig
 from proxy.attestor import Unverified
 from proxy.dialects import make_client
 from proxy.transport import (
@@ -28,7 +28,7 @@ CHAT = {"model": CHAT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "con
 
 @pytest.fixture(scope="module")
 def gateway_url():
-    with served(create_app(Settings(), DeterministicTestEngine().running)) as url:
+    with served(create_app(ServeConfig.of(), DeterministicTestEngine().running)) as url:
         yield url
 
 
