@@ -354,6 +354,13 @@ class KeyholderConfig:
     store: KeyholderState = field(default_factory=KeyholderState)
     fleet: Fleet = field(default_factory=Fleet)
 
+    @classmethod
+    def of(cls, **flat: Any) -> KeyholderConfig:
+        from gateway.options import of
+
+        config: KeyholderConfig = of(cls, **flat)
+        return config
+
     @property
     def simulated(self) -> bool:
         return self.attestation.attestation.startswith("simulated")

@@ -112,7 +112,7 @@ class Field:
         `ConfigError` otherwise."""
         if self.repeated:
             if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{self.key} must be {self.form()}")
+                raise ConfigError(f"{self.key} ({self.flag}) must be {self.form()}")
             return tuple(self._one(v) for v in value)
         return self._one(value)
 

@@ -78,7 +78,9 @@ def fleet(tmp_path_factory, postgres) -> Iterator[Fleet]:
     fleet.replicas = [{"http": free_port(), "tls": free_port(), "metrics": free_port()}
                       for _ in range(2)]
     gateway = cloister("workload", "--digest-only", *fleet.replica_args(fleet.replicas[0]))
-    keyholder = cloister("keyholder", "--attestation", "simulated", "--print-digest")
+    # The keyholder's release key is measured: its digest is that of the one it runs with.
+    keyholder = cloister("keyholder", "--attestation", "simulated", "--release-key",
+                         f"{fleet.release_key}.pub", "--print-digest")
     assert gateway.returncode == 0 and keyholder.returncode == 0, gateway.stderr
     from attestation.simulated import simulated_measurement
     from attestation.simulated_intel import MR_SEAM

@@ -21,7 +21,7 @@ from attestation.workload import workload_digest
 from enclave.fleet import FleetSecrets
 from enclave.sealed_state import DataKey
 from gateway.app import create_app
-from gateway.config import ServeConfig
+from gateway.config import KeyholderConfig, ServeConfig
 from gateway.join import JoinRefused, obtain_seed
 from gateway.keyholder import Keyholder
 from gateway.platform_store import PlatformStore
@@ -33,8 +33,7 @@ from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
 from tests.unit.test_platform import new_key
 
-KEYHOLDER = build_manifest([], {"role": "keyholder", "attestation": "simulated",
-                                "joins_a_keyholder": False})
+KEYHOLDER = build_manifest([], KeyholderConfig.of(attestation="simulated").workload_settings())
 SEED = bytes(range(32))
 
 
@@ -236,3 +235,36 @@ async def test_budgets_hold_across_replicas(database, started) -> None:
     used = store.get_api_key(record.id)
     assert used.used_tokens == sum(a.json()["usage"]["total_tokens"] for a in served)
     assert used.used_tokens <= 1000 and used.reserved_tokens == 0
+
+
+async def test_a_keyholder_started_with_the_operators_release_key_gets_no_seed(
+        pki, tmp_path) -> None:
+    """The attack: the operator starts a genuine keyholder (the release's code) with a
+    release key of their own, so that statements they sign (say, accepting a DEBUG guest)
+    are believed by it, and has it join the fleet's keyholder for the seed. The release
+    keys are measured, so that keyholder is another workload: the fleet's keyholder
+    refuses it, and a replica refuses it as its keyholder."""
+    from gateway.cli_keyholder import keyholder_manifest
+    from gateway.config import KeyholderConfig
+
+    honest, operators = tmp_path / "release.pub", tmp_path / "operator.pub"
+    honest.write_bytes(b"the release's public key")
+    operators.write_bytes(b"the operator's public key")
+    fleets = KeyholderConfig.of(attestation="simulated", release_key=(honest,))
+    rogue = KeyholderConfig.of(attestation="simulated", release_key=(operators,),
+                               join=("http://keyholder",))
+    joining_honestly = KeyholderConfig.of(attestation="simulated", release_key=(honest,),
+                                          join=("http://keyholder",))
+    policy = _policy(keyholder_manifest(fleets), keyholder_manifest(joining_honestly),
+                     TEST_WORKLOAD)
+    keyholder = Keyholder(SEED, simulated(pki, keyholder_manifest(fleets)),
+                          roots=TrustRoots().with_simulated(pki.roots_pem()), policy=policy)
+    with pytest.raises(JoinRefused, match=Reason.WORKLOAD_NOT_ALLOWED.value):
+        await _join(pki, keyholder, keyholder_manifest(rogue), policy)
+    assert keyholder.releases == 0
+    assert await _join(pki, keyholder, keyholder_manifest(joining_honestly), policy) == SEED
+    # and a replica that names the honest values does not take a seed from the rogue one
+    rogues = Keyholder(bytes(32), simulated(pki, keyholder_manifest(rogue)),
+                       roots=TrustRoots().with_simulated(pki.roots_pem()), policy=policy)
+    with pytest.raises(JoinRefused, match=Reason.WORKLOAD_NOT_ALLOWED.value):
+        await _join(pki, rogues, TEST_WORKLOAD, policy)
