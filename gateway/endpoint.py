@@ -15,6 +15,7 @@ then on every answer, errors included, leaves through the dialect's responder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -110,6 +111,17 @@ class Services:
     # A stream write that does not go through in this many seconds (the reader stopped
     # reading) ends the stream: the engine request is aborted, the admission slot freed.
     write_timeout: float = 20.0
+
+
+def admit(services: Services, scope: Scope) -> contextlib.AbstractContextManager[None]:
+    """The request's admission slot for its client (held while entered); `GatewayError`
+    (429 `rate_limited`, 503 `overloaded`) when there is none now. Every engine-bound
+    request passes here, whatever route it came by."""
+    client = client_key(scope)
+    refusal = services.admission.refusal(client, services.slot.unfinished_requests())
+    if refusal is not None:
+        raise refusal
+    return services.admission.admitted(client)
 
 
 def to_response(outer: OuterResponse) -> Response:
@@ -240,16 +252,16 @@ class EngineEndpoint:
         request = Request(scope, receive)
         context = RequestContext.of(scope)
         services = self._services
-        client = client_key(scope)
-        refusal = services.admission.refusal(client, services.slot.unfinished_requests())
-        if refusal is not None:
-            services.metrics.rejected.labels(refusal.code.value).inc()
-            await refusal.response()(scope, receive, send)
-            return
         tracker: _Tracker | None = None
         call: EngineCall | None = None
         settled = False
-        with services.admission.admitted(client):
+        try:
+            slot = admit(services, scope)
+        except GatewayError as refusal:
+            services.metrics.rejected.labels(refusal.code.value).inc()
+            await refusal.response()(scope, receive, send)
+            return
+        with slot:
             try:
                 answer, tracker, call = await self._serve(request, context)
                 if tracker is not None and not isinstance(answer, _Relay):

@@ -37,6 +37,7 @@ from gateway.endpoint import (
     NoObserver,
     Observer,
     Services,
+    admit,
     tenant_salt,
     to_response,
 )
@@ -248,8 +249,14 @@ class Platform:
         payload: dict[str, Any] = {"model": bot.model, "messages": [
             {"role": "system", "content": bot.system_prompt}, *history,
             {"role": "user", "content": message}]}
-        meter = await self._reserve(key, payload, len(json.dumps(payload)))
-        status, content = await self._engine_answer(request, key, payload, meter)
+        in_flight = self._services.metrics.in_flight.labels(NAME)
+        with admit(self._services, request.scope):  # as every engine-bound request
+            meter = await self._reserve(key, payload, len(json.dumps(payload)))
+            in_flight.inc()
+            try:
+                status, content = await self._engine_answer(request, key, payload, meter)
+            finally:
+                in_flight.dec()
         if status >= 400:
             return Response(normalize_engine_error(status, content), status_code=status,
                             media_type="application/json")

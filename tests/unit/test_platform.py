@@ -218,3 +218,29 @@ async def test_a_client_that_hangs_up_mid_stream_is_still_metered(store_factory)
     used = store.get_api_key(record.id)
     assert used.requests == 1 and used.reserved_tokens == 0  # settled
     assert used.used_tokens == 2 + 5  # the prompt and the five tokens generated
+
+
+async def test_a_chatbot_flood_beyond_the_per_client_limit_is_refused_429(store_factory) -> None:
+    """The chatbot route is admitted like every other request: while one of a key's chats
+    is being answered, `--max-per-client 1` refuses its next chat (and its next OpenAI
+    request) with 429."""
+    import asyncio
+
+    store = store_factory()
+    key, record = new_key(store, "k")
+    bot = store.create_chatbot(record.account_id, "b", CHAT_MODEL, "be brief")
+    engine = DeterministicTestEngine(token_delay=0.1)
+    url = f"/api/v1/chatbot/external/{bot.id}/chat"
+    async with platform(store, engine, max_per_client=1, max_tokens=20) as client:
+        first = asyncio.create_task(client.post(url, json={"message": "one two"},
+                                                headers=_auth(key)))
+        await engine.generating_whole.wait()
+        flood = [await client.post(url, json={"message": "more"}, headers=_auth(key))
+                 for _ in range(3)]
+        openai = await client.post("/api/v1/chat/completions", headers=_auth(key), json={
+            "model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}]})
+        answered = await first
+    assert answered.status_code == 200, answered.text
+    for refused in [*flood, openai]:
+        assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limited")
+        assert refused.headers["retry-after"] == "2"
