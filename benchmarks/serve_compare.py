@@ -458,7 +458,7 @@ def main() -> None:
     args.simulated_roots = work / "state" / "simulated-roots.pem"
 
     def cloister_serve(name: str, *extra: str, run: list[str]) -> subprocess.Popen[bytes]:
-        return _start([*run, "-m", "gateway", "serve", *serve_args, "--port", str(ports[name]),
+        return _start([*run, "-m", "cli", "serve", *serve_args, "--port", str(ports[name]),
                        *extra, "--reference-values", str(statement), "--", *ENGINE_ARGS],
                       work / f"{name}.log", env)
 
@@ -474,7 +474,7 @@ def main() -> None:
         if "cloister-w2" in ports:
             _wait(urls["cloister-w2"] + "/ready", processes[2])
         processes.append(_start(
-            [sys.executable, "-m", "gateway", "proxy", "--gateway", urls["cloister"],
+            [sys.executable, "-m", "cli", "proxy", "--gateway", urls["cloister"],
              "--port", str(ports["cloister-proxy"]), "--release-key", str(release_key),
              "--simulated-roots", str(args.simulated_roots)], work / "proxy.log", env))
         _wait(urls["cloister-proxy"] + "/v1/models", processes[-1], timeout=60)

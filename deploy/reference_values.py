@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CLOISTER = [sys.executable, "-m", "gateway"]
+CLOISTER = [sys.executable, "-m", "cli"]
 
 
 def _run(*args: str) -> str:

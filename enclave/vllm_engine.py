@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import enum
 import json
+import types
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -270,12 +271,13 @@ async def _serve_model(spec: ModelSpec, frontend: dict[str, Any] | None = None
     args = await asyncio.to_thread(_parse_args, spec)
     client, shutdown_timeout = await asyncio.to_thread(_start_async_llm, args, frontend)
     try:
-        from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
         await client.reset_mm_cache()
         tasks = await client.get_supported_tasks()
-        state = State()
+        # vLLM fills a bag of attributes (it annotates Starlette's State; any bag will do,
+        # and the enclave package stays free of the web framework)
+        state: Any = types.SimpleNamespace()
         await init_app_state(client, state, args, tasks)
         names = list(args.served_model_name or [args.model])
         yield _ServedModel(client, state, names)

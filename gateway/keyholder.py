@@ -25,6 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -42,6 +43,7 @@ from enclave.wire_errors import ErrorCode
 from gateway import attestation_routes
 from gateway.attestation_routes import Attested, ReportService
 from gateway.body import parse_json_object, read_body
+from gateway.config import KeyholderConfig
 from gateway.errors import GatewayError, json_response
 from gateway.metrics import GatewayMetrics
 
@@ -128,3 +130,10 @@ class Keyholder:
         app.state.keyholder = self
         return app
 
+
+def keyholder_manifest(config: KeyholderConfig) -> dict[str, Any]:
+    """Its workload manifest: the keyholder role and its measured settings (its release
+    keys among them), no models."""
+    from gateway.workload import build_manifest
+
+    return build_manifest([], config.workload_settings())

@@ -111,8 +111,8 @@ def run_workers(config: ServeConfig, launch: Launch, statements: tuple[bytes, ..
     from enclave.fleet import SEED_SIZE, FleetSecrets
     from enclave.isolation import isolate_engine_environment
     from enclave.vllm_engine import launch_engine_cores
-    from gateway.cli_serve import platform_store
     from gateway.replay_store import SqlReplayCache
+    from gateway.serving import platform_store
 
     log = structlog.get_logger("cloister.workers")
     count = config.process.workers
@@ -193,7 +193,7 @@ def worker_main(listen_address: str, sock: socket.socket, parent_args: argparse.
                 client_config: dict[str, Any]) -> None:
     """One gateway process (the server vLLM's `APIServerProcessManager` starts)."""
     from enclave.vllm_engine import open_vllm_engine
-    from gateway.cli_serve import attested_worker, serve_process
+    from gateway.serving import attested_worker, serve_process
 
     plan: WorkerPlan = parent_args.cloister
     index = client_config["client_index"]

@@ -5,7 +5,7 @@ Built by `cloister serve` from its own arguments before any key exists, and prin
 knows the digest to pin at launch and to sign into reference values. It names:
 
     cloister      the version and a digest of the installed source (every file of the
-                  four packages, as installed)
+                  five packages, as installed)
     dependencies  the SHA-256 of the shipped hash-locked dependency set for this engine
                   kind (gateway/data/requirements-{cpu,gpu}.lock, scripts/lock.py)
     engine        the vLLM version, the environment forced on its processes, and each
@@ -26,7 +26,7 @@ from typing import Any
 from attestation.workload import FORMAT
 from enclave.isolation import FORCED_ENV
 
-PACKAGES = ("attestation", "enclave", "gateway", "proxy")
+PACKAGES = ("attestation", "cli", "enclave", "gateway", "proxy")
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = Path(__file__).resolve().parent / "data"
 

@@ -71,7 +71,7 @@ def cloister(*args: str, state_dir: Path | None = None, timeout: float = 180,
     environment.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
     if state_dir is not None:
         environment["CLOISTER_STATE"] = str(state_dir)
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=environment)
 
 
@@ -92,7 +92,7 @@ def start_gateway(*args: str, log_path: Path, state_dir: Path) -> RunningGateway
     log = log_path.open("wb")
     serve_args = list(args)
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", *serve_args],
+        [sys.executable, "-m", "cli", "serve", *serve_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     port = serve_args[serve_args.index("--port") + 1]

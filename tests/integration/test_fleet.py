@@ -56,7 +56,7 @@ class Fleet:
         log = self.folder / f"{name}.log"
         self.logs.append(log)
         env = {**os.environ, "CLOISTER_CACHE": str(ROOT / ".cache")}
-        process = subprocess.Popen([sys.executable, "-m", "gateway", *argv], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=ROOT,
                                    env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
@@ -180,7 +180,7 @@ def test_the_proxy_and_the_sdk_work_through_a_balancer_over_the_fleet(fleet, tmp
     with _balancer(fleet, "http") as lb:
         port = free_port()
         proxy = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "proxy", "--gateway",
+            [sys.executable, "-m", "cli", "proxy", "--gateway",
              f"http://127.0.0.1:{lb.port}", "--port", str(port), "--state-dir",
              str(tmp_path), *fleet.trust()], cwd=ROOT, stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT)
@@ -244,7 +244,7 @@ def test_a_request_replayed_to_the_other_replica_is_refused(fleet) -> None:
 
 def test_a_replica_with_another_max_tokens_is_refused_the_seed(fleet) -> None:
     ports = {"http": free_port(), "tls": free_port(), "metrics": free_port()}
-    done = subprocess.run([sys.executable, "-m", "gateway", "serve",
+    done = subprocess.run([sys.executable, "-m", "cli", "serve",
                            *fleet.replica_args(ports, "--max-tokens", "7")], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "CLOISTER_CACHE": str(ROOT / ".cache")})

@@ -27,7 +27,7 @@ MODEL = "cloister-demo"
 
 def _cli(gateway: RunningGateway, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CLOISTER_STATE": str(gateway.state_dir / "client")}
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

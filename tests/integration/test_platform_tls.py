@@ -20,7 +20,7 @@ pytestmark = pytest.mark.engine
 
 def _cli(gateway: RunningGateway, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CLOISTER_STATE": str(gateway.state_dir)}
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -44,7 +44,7 @@ def proxy_url(relay: RecordingRelay, gateway: RunningGateway, protocol: str, tmp
     port = free_port()
     log = (tmp_path_factory.mktemp("proxy") / "proxy.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "proxy", "--gateway", f"http://127.0.0.1:{relay.port}",
+        [sys.executable, "-m", "cli", "proxy", "--gateway", f"http://127.0.0.1:{relay.port}",
          "--port", str(port), *gateway.trust_args(),
          "--protocol", protocol, "--api-key", gateway.api_key or ""],
         cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
@@ -124,7 +124,7 @@ def test_canary_and_its_completion_never_cross_the_wire_in_plaintext(
 
 def test_cloister_attest_verifies_the_running_gateway(gateway: RunningGateway) -> None:
     ok = subprocess.run(
-        [sys.executable, "-m", "gateway", "attest", "--gateway", gateway.url, "--json",
+        [sys.executable, "-m", "cli", "attest", "--gateway", gateway.url, "--json",
          *gateway.trust_args()],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
@@ -133,7 +133,7 @@ def test_cloister_attest_verifies_the_running_gateway(gateway: RunningGateway) -
     assert claims["gpus"][0]["driver"] == "550.90.07"
     assert claims["reference_values"]["version"] == 1
     refused = subprocess.run(  # the operator's key, but not the simulated hardware roots
-        [sys.executable, "-m", "gateway", "attest", "--gateway", gateway.url,
+        [sys.executable, "-m", "cli", "attest", "--gateway", gateway.url,
          "--release-key", str(gateway.release_key)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1

@@ -47,7 +47,7 @@ def test_the_default_proxy_verifies_a_default_gateway_and_the_sdk_works(
         default_gateway, tmp_path) -> None:
     port = free_port()
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "proxy", "--gateway", default_gateway.url,
+        [sys.executable, "-m", "cli", "proxy", "--gateway", default_gateway.url,
          "--port", str(port), "--simulated-roots", str(default_gateway.simulated_roots),
          "--state-dir", str(tmp_path)],
         cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -10,9 +10,9 @@ import re
 import pytest
 
 from attestation.workload import workload_digest
+from cli.main import _parser, main
 from enclave.padding import PaddingPolicy
 from gateway import options
-from gateway.cli import _parser, main
 from gateway.config import KeyholderConfig, Limits, ServeConfig
 from gateway.options import ConfigError, build, load_toml, option
 from gateway.workload import build_manifest
@@ -153,3 +153,12 @@ def test_the_flat_constructor_refuses_unknown_options() -> None:
         ServeConfig.of(max_inflight=2)
     with pytest.raises(ConfigError, match="limits.max_in_flight"):
         options.read_table(ServeConfig, {"limits": {"max_in_flight": -1}})
+
+
+def test_the_configuration_reference_is_the_configuration() -> None:
+    """docs/configuration.md is written from the types (`python -m
+    gateway.config_reference`); an option added, renamed or re-documented without
+    rewriting it fails here."""
+    from gateway.config_reference import DOC, reference
+
+    assert DOC.read_text() == reference(), "run: python -m gateway.config_reference"

@@ -1,10 +1,12 @@
-"""Dependencies point one way (DESIGN section 1, STYLE 13):
+"""Dependencies point one way (ARCHITECTURE.md):
 
-    gateway -> enclave -> attestation        proxy -> enclave, attestation
+    cli -> gateway -> enclave -> attestation        cli -> proxy -> enclave, attestation
 
-The sans-IO dialect code never reaches for a web framework; verifiers never import the
-simulated TEE; the server never imports the client (but for the one command-line entry
-point that dispatches to both); and no module imports itself back through others.
+`cli` is the composition root: the only package that imports both the server side and
+the client side, and nothing imports it. The sans-IO dialect code never reaches for a
+web framework; verifiers never import the simulated TEE; and no module imports itself
+back through others, counting imports inside functions and `TYPE_CHECKING` blocks. There
+are no allowed exceptions.
 """
 
 from __future__ import annotations
@@ -13,19 +15,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("gateway", "enclave", "attestation", "proxy")
-# Imported at module level or inside a function: both are edges.
+PACKAGES = ("cli", "gateway", "enclave", "attestation", "proxy")
+# Imported at module level, inside a function or for type checking: all are edges.
 FORBIDDEN = {
-    "attestation": ("gateway", "enclave", "proxy", "starlette", "httpx", "uvicorn"),
-    "enclave": ("gateway", "proxy", "starlette", "httpx", "uvicorn"),
-    "proxy": ("gateway", "uvicorn.server", "vllm"),
-    "gateway": ("proxy",),
+    "attestation": ("cli", "gateway", "enclave", "proxy", "starlette", "httpx", "uvicorn"),
+    "enclave": ("cli", "gateway", "proxy", "starlette", "httpx", "uvicorn"),
+    "proxy": ("cli", "gateway", "uvicorn.server", "vllm"),
+    "gateway": ("cli", "proxy"),
+    "cli": (),
 }
-# The engine adapter speaks vLLM's own types (vLLM builds on Starlette).
-ALLOWED = {("enclave.vllm_engine", "starlette"), ("gateway.cli", "proxy")}
 SIMULATOR = "attestation.simulated"
 MAY_IMPORT_SIMULATOR = {"attestation.providers", "attestation.simulated_release",
-                        "gateway.cli_serve", "gateway.fleet_trust"}
+                        "cli.serve", "gateway.fleet_trust"}
 
 
 def _modules() -> dict[str, Path]:
@@ -38,11 +39,9 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(path: Path, module: str, *, top_level_only: bool) -> set[str]:
-    tree = ast.parse(path.read_text())
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
+def _imports(path: Path, module: str) -> set[str]:
     found: set[str] = set()
-    for node in nodes:
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -51,33 +50,26 @@ def _imports(path: Path, module: str, *, top_level_only: bool) -> set[str]:
                 base = ".".join(module.split(".")[:-node.level] + [node.module])
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.If) and top_level_only:
-            continue  # `if TYPE_CHECKING:` blocks are not import-time edges
     return found
 
 
-def _edges(*, top_level_only: bool) -> dict[str, set[str]]:
-    modules = _modules()
-    return {name: _imports(path, name, top_level_only=top_level_only)
-            for name, path in modules.items()}
+def _edges() -> dict[str, set[str]]:
+    return {name: _imports(path, name) for name, path in _modules().items()}
 
 
 def test_no_forbidden_edge() -> None:
     bad = []
-    for module, imported in _edges(top_level_only=False).items():
+    for module, imported in _edges().items():
         package = module.split(".")[0]
         for target in imported:
             for prefix in FORBIDDEN[package]:
-                hit = target == prefix or target.startswith(prefix + ".")
-                allowed = any(module == m and (target == p or target.startswith(p + "."))
-                              for m, p in ALLOWED)
-                if hit and not allowed:
+                if target == prefix or target.startswith(prefix + "."):
                     bad.append(f"{module} -> {target}")
     assert bad == []
 
 
 def test_only_the_simulated_providers_import_the_simulator() -> None:
-    importers = {m for m, imported in _edges(top_level_only=False).items()
+    importers = {m for m, imported in _edges().items()
                  if any(t == SIMULATOR or t.startswith(SIMULATOR + ".") for t in imported)}
     assert importers <= MAY_IMPORT_SIMULATOR
 
@@ -85,7 +77,7 @@ def test_only_the_simulated_providers_import_the_simulator() -> None:
 def test_no_import_cycles() -> None:
     modules = set(_modules())
     graph = {m: {t for t in imported if t in modules and t != m}
-             for m, imported in _edges(top_level_only=True).items()}
+             for m, imported in _edges().items()}
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
 

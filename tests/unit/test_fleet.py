@@ -244,8 +244,8 @@ async def test_a_keyholder_started_with_the_operators_release_key_gets_no_seed(
     are believed by it, and has it join the fleet's keyholder for the seed. The release
     keys are measured, so that keyholder is another workload: the fleet's keyholder
     refuses it, and a replica refuses it as its keyholder."""
-    from gateway.cli_keyholder import keyholder_manifest
     from gateway.config import KeyholderConfig
+    from gateway.keyholder import keyholder_manifest
 
     honest, operators = tmp_path / "release.pub", tmp_path / "operator.pub"
     honest.write_bytes(b"the release's public key")

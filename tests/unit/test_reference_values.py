@@ -15,8 +15,8 @@ import pytest
 from attestation.simulated import SimulatedPki
 from attestation.statement import generate_key, key_id, public_pem, sign_statement
 from attestation.verify import TrustRoots
+from cli.main import main
 from gateway.app import create_app
-from gateway.cli import main
 from gateway.config import ServeConfig
 from proxy.attestor import Attestor
 from proxy.errors import GatewayNotAttested

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from cli.main import main
+from cli.serve import unsealable
 from enclave.sealed_state import SEV_GUEST
-from gateway.cli import main
-from gateway.cli_serve import unsealable
 from gateway.config import ServeConfig
 
 

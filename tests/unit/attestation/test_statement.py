@@ -24,7 +24,7 @@ from attestation.statement import (
     sign_statement,
     verify_statement,
 )
-from gateway.cli import main
+from cli.main import main
 
 NOW = dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
 DEBIAN_OVMF = Path("/usr/share/ovmf/OVMF.fd")

@@ -63,7 +63,7 @@ def add_parsers(sub: Any) -> None:
     attest.add_argument("--write-cert", type=Path, default=None,
                         help="for an https:// gateway: check that the certificate it presents "
                              "is the attested one and write it here, for pinning")
-    from proxy import admin_cli
+    from cli import admin as admin_cli
 
     admin_cli.add_parser(sub, _add_trust_arguments)
 
@@ -92,7 +92,7 @@ def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "admin":
-        from proxy import admin_cli
+        from cli import admin as admin_cli
 
         configure_logging("warning")  # stdout carries the answer's JSON; logs go to stderr
         trust = _trust(args) if args.resource != "keygen" else None

@@ -10,15 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Any
 
 from gateway.config import KeyholderConfig
-
-
-def keyholder_manifest(config: KeyholderConfig) -> dict[str, Any]:
-    from gateway.workload import build_manifest
-
-    return build_manifest([], config.workload_settings())
 
 
 def run(config: KeyholderConfig, *, print_digest: bool = False) -> int:
@@ -32,7 +25,7 @@ def run(config: KeyholderConfig, *, print_digest: bool = False) -> int:
     from gateway.fleet_trust import FleetTrustError, fleet_trust
     from gateway.http_protocol import listener_options
     from gateway.join import JoinRefused, obtain_seed
-    from gateway.keyholder import Keyholder
+    from gateway.keyholder import Keyholder, keyholder_manifest
 
     manifest = keyholder_manifest(config)
     digest = workload_digest(manifest)

@@ -7,9 +7,10 @@
     cloister apikey create|list|revoke ...            cloister chatbot create ...
     cloister demo-model PATH
 
-The gateway's commands live in `cli_serve.py`; the user-side ones (`proxy`, `attest`) in
-`proxy/cli.py`, the one place the server package reaches the client package (this entry
-point dispatches to both).
+This package is the composition root: the only one that imports both the server side
+(`gateway`) and the client side (`proxy`). Each command's module: `cli.serve` (serve,
+workload, apikey, chatbot), `cli.keyholder`, `cli.release` (release, measure),
+`cli.proxy` (proxy, attest, admin), `cli.admin`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cli import proxy as client_cli
 from gateway.config import KeyholderConfig, ServeConfig
 from gateway.options import Built, ConfigError, add_arguments, build, load_toml
-from proxy import cli as client_cli
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,28 +141,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cloister {command}: {exc}", file=sys.stderr)
         return 2
     if command == "serve":
-        from gateway import cli_serve
+        from cli import serve as cli_serve
 
         return cli_serve.serve(built.config, overridden=built.overridden)
     if command == "workload":
-        from gateway import cli_serve
+        from cli import serve as cli_serve
 
         return cli_serve.run_workload(built.config, digest_only=args.digest_only,
                                       launch_pin=args.launch_pin)
     if command == "apikey":
-        from gateway import cli_serve
+        from cli import serve as cli_serve
 
         return cli_serve.run_apikey(built.config, args)
     if command == "chatbot":
-        from gateway import cli_serve
+        from cli import serve as cli_serve
 
         return cli_serve.run_chatbot(built.config, args)
     if command in ("release", "measure"):
-        from gateway import cli_release
+        from cli import release as cli_release
 
         return cli_release.run(args)
     if command == "keyholder":
-        from gateway import cli_keyholder
+        from cli import keyholder as cli_keyholder
 
         return cli_keyholder.run(built.config, print_digest=args.print_digest)
     if command in ("proxy", "attest", "admin"):

@@ -1,0 +1,249 @@
+"""`cloister serve`, `cloister workload`, and the commands that manage the gateway's
+state for development (`apikey`, `chatbot`): what to serve is decided here (the launch,
+the evidence, the fleet's seed); `gateway.serving` serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from enclave.logs import configure_logging
+from gateway.config import ServeConfig
+from gateway.serving import (
+    OwnListeners,
+    attestation_sources,
+    attested_by,
+    init_data,
+    platform_store,
+    serve_process,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from attestation.types import CpuProvider
+    from gateway.attestation_routes import Attested
+    from gateway.launch import Launch
+    from gateway.platform_store import PlatformStore
+
+
+def simulated_roots(state: Path) -> None:
+    """Write the simulated TEE's roots, with its release key, where clients are told to
+    find them, and say loudly what this is."""
+    from attestation import simulated_release
+    from attestation.simulated import SimulatedPki
+    from attestation.statement import public_pem
+
+    roots = state / "simulated-roots.pem"
+    key = simulated_release.release_key(state)
+    roots.write_bytes(SimulatedPki.load_or_create(state).roots_pem()
+                      + public_pem(key.public_key()))
+    print("*" * 78 + "\nWARNING: SIMULATED ATTESTATION. The evidence is signed by a test PKI "
+          "made on this\nmachine; it proves nothing about the hardware. Clients must name its "
+          f"roots\n({roots}) to accept it. Development only.\n" + "*" * 78, file=sys.stderr)
+
+
+def _simulated_statement(config: ServeConfig, launch: Launch) -> bytes:
+    """The simulated TEE's statement over the default workload (the defaults of every
+    option, on this simulated platform)."""
+    import datetime as dt
+
+    from attestation import simulated_release
+    from gateway.launch import prepare
+
+    defaults = ServeConfig.of(attestation=config.attestation.attestation)
+    same = config.same_workload(defaults) and config.model == defaults.model
+    default = launch if same else prepare(defaults)
+    return simulated_release.statement(config.store.folder(), default.digest.hex(),
+                                       now=dt.datetime.now(dt.UTC))
+
+
+def _attested(config: ServeConfig, launch: Launch) -> Attested | str:
+    """The evidence's sources, or why the gateway must not serve."""
+    import json
+
+    sources = attestation_sources(config, launch)
+    if sources is None:
+        return "no attestation"
+    pinned = _check_launch_pin(sources.cpu, launch.digest, init_data(config))
+    if pinned is None:
+        return ("the host pinned another workload at launch (HOST_DATA / MRCONFIGID); this "
+                f"one is {launch.digest.hex()}: refusing to serve")
+    structlog.get_logger("cloister.cli").info(
+        "workload", detail=launch.digest.hex(), reason="pinned at launch" if pinned
+        else "not pinned at launch: clients that require pinning will refuse it")
+    paths = config.attestation.reference_values
+    statements = [path.read_bytes() for path in paths]
+    for path, statement in zip(paths, statements, strict=True):
+        try:
+            json.loads(statement)
+        except ValueError:
+            return f"{path} is not a release statement (JSON)"
+    if config.simulated:
+        simulated_roots(config.store.folder())
+        if not statements:
+            statements.append(_simulated_statement(config, launch))
+    return attested_by(sources, config, launch, tuple(statements))
+
+
+def _check_launch_pin(cpu: CpuProvider, digest: bytes, init_data: bytes | None
+                      ) -> bool | None:
+    """Whether the host pinned this workload at launch (False: nothing pinned); None when
+    it pinned another one, which refuses the start."""
+    from attestation.errors import VerificationError
+    from attestation.workload import check_launch_pin, launch_field_of
+
+    own = cpu.get_report(bytes(64))
+    try:
+        return check_launch_pin(own.platform, launch_field_of(own), digest,
+                                init_data=init_data)
+    except VerificationError:
+        return None
+
+
+def run_workload(config: ServeConfig, *, digest_only: bool = False,
+                 launch_pin: str | None = None) -> int:
+    """Print the manifest and digest `serve` with this configuration would attest."""
+    import json
+
+    from gateway.launch import LaunchRefused, check_environment, prepare
+
+    try:
+        check_environment()
+        launch = prepare(config)
+    except LaunchRefused as exc:
+        print(f"cloister workload: {exc}", file=sys.stderr)
+        return 2
+    if launch_pin is not None:
+        print(launch_pin_text(launch_pin, launch.digest), end="")
+        return 0
+    if not digest_only:
+        print(json.dumps(launch.manifest, indent=2, sort_keys=True))
+    print(launch.digest.hex())
+    return 0
+
+
+def launch_pin_text(kind: str, digest: bytes) -> str:
+    """What a host sets at launch to pin `digest` (see deploy/README.md)."""
+    import base64
+
+    from attestation.workload import launch_value
+
+    if kind == "init-data":
+        return ('version = "0.1.0"\nalgorithm = "sha256"\n[data]\n'
+                f'"cloister.toml" = \'workload_digest = "{digest.hex()}"\'\n')
+    platform = "sev-snp" if kind == "snp" else "tdx"
+    return base64.b64encode(launch_value(digest, platform)).decode() + "\n"
+
+
+def _account(store: PlatformStore, name: str) -> str:
+    """Development: the account named `name` in the state folder, made if new."""
+    for account in store.list_accounts():
+        if name in (account.id, account.name):
+            return account.id
+    return store.create_account(name).id
+
+
+def run_apikey(config: ServeConfig, args: Any) -> int:
+    """`args`: the subcommand's own arguments (action, name, account, ...)."""
+    store = platform_store(config)
+    try:
+        if args.action == "create":
+            api_key, key = store.create_api_key(_account(store, args.account), args.name,
+                                                budget_tokens=args.budget_tokens)
+            print(f"{api_key}\n(id {key.id}; shown once: it is stored only as a hash)")
+        elif args.action == "list":
+            for key in store.list_api_keys():
+                state = "revoked" if key.revoked else "active"
+                print(f"{key.id}  {key.name}  {key.lookup}...  {state}  "
+                      f"used {key.used_tokens} / budget {key.budget_tokens or 'none'}")
+        elif args.action == "revoke":
+            if not store.revoke_api_key(args.key_id):
+                print(f"no active key with id {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+    finally:
+        store.close()
+    return 0
+
+
+def run_chatbot(config: ServeConfig, args: Any) -> int:
+    store = platform_store(config)
+    try:
+        bot = store.create_chatbot(_account(store, args.account), args.name, args.model,
+                                   args.system_prompt, args.description)
+        print(bot.id)
+    finally:
+        store.close()
+    return 0
+
+
+def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
+    """Check, attest and serve `config`; the exit status. `overridden`: the `--config`
+    entries a flag overrode, said in the start log."""
+    from enclave.vllm_engine import open_vllm_engine
+    from gateway.launch import LaunchRefused, check_environment, prepare
+    from gateway.options import ConfigError
+
+    try:
+        config.check()
+    except ConfigError as exc:
+        print(f"cloister serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.metrics.log_level)
+    log = structlog.get_logger("cloister.cli")
+    for each in overridden:
+        log.info("config_overridden", detail=each, reason="the flag wins over --config")
+    try:
+        check_environment()
+        launch = prepare(config)
+    except LaunchRefused as exc:
+        print(f"cloister serve: {exc}", file=sys.stderr)
+        return 2
+    attested = _attested(config, launch)
+    if isinstance(attested, str):
+        print(f"cloister serve: {attested}", file=sys.stderr)
+        return 2
+    if config.limits.insecure_plaintext:
+        log.warning("insecure_plaintext_enabled",
+                    detail="plaintext prompts are accepted: development only")
+    if config.listeners.tls and unsealable(config):
+        print("cloister serve: this TEE has no firmware-derived sealing key; name one with "
+              "--data-key file:PATH (on a measured, encrypted disk)", file=sys.stderr)
+        return 2
+    seed = None
+    if config.fleet.join:
+        from gateway.fleet_trust import FleetTrustError, fleet_trust
+        from gateway.join import JoinRefused, obtain_seed
+
+        started = time.monotonic()
+        try:
+            roots, policy = fleet_trust(config.fleet, config.attestation, config.store.folder())
+            seed = asyncio.run(obtain_seed(config.fleet.join, attested, roots=roots,
+                                           policy=policy))
+        except (JoinRefused, FleetTrustError) as exc:
+            print(f"cloister serve: {exc}", file=sys.stderr)
+            return 2
+        log.info("joined_fleet", duration_ms=round((time.monotonic() - started) * 1000, 1))
+    if config.process.workers > 1:
+        from gateway.workers import run_workers
+
+        return run_workers(config, launch, attested.statements, seed)
+    return serve_process(config, launch, attested, seed,
+                         lambda: open_vllm_engine(launch.generate, launch.embed),
+                         listening=OwnListeners())
+
+
+def unsealable(config: ServeConfig) -> bool:
+    """Whether stored state would be sealed with a key the hardware does not protect:
+    a real TEE without a firmware-derived key and no key file named."""
+    from enclave.sealed_state import SEV_GUEST
+
+    return (not config.simulated and config.store.data_key == "auto"
+            and not os.path.exists(SEV_GUEST))
