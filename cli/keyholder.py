@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
+
+import structlog
 
 from gateway.config import KeyholderConfig
 
 
-def run(config: KeyholderConfig, *, print_digest: bool = False) -> int:
+def run(config: KeyholderConfig, *, print_digest: bool = False,
+        overridden: Sequence[str] = ()) -> int:
     import uvicorn
 
     from attestation.providers import ProviderError, select_providers
@@ -33,6 +37,9 @@ def run(config: KeyholderConfig, *, print_digest: bool = False) -> int:
         print(digest.hex())
         return 0
     configure_logging("info")
+    for each in overridden:
+        structlog.get_logger("cloister.keyholder").info(
+            "config_overridden", detail=each, reason="the flag wins over --config")
     state = config.store.folder()
     attestation = config.attestation
     try:

@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "keyholder":
         from cli import keyholder as cli_keyholder
 
-        return cli_keyholder.run(built.config, print_digest=args.print_digest)
+        return cli_keyholder.run(built.config, print_digest=args.print_digest,
+                                 overridden=built.overridden)
     if command in ("proxy", "attest", "admin"):
         return client_cli.run(args)
     if command == "demo-model":

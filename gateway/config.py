@@ -96,7 +96,8 @@ class Limits:
                                      minimum=1)
     secret_registrations_per_second: float = option(
         2.0, "Continuum secret registrations a client may make a second", minimum=0)
-    secret_registration_burst: int = option(20, "... and in one burst", minimum=1)
+    secret_registration_burst: int = option(20, "Continuum secret registrations a client "
+                                                "may make in one burst", minimum=1)
 
 
 @dataclass(frozen=True)

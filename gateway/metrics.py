@@ -41,7 +41,6 @@ from gateway.context import RequestContext
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 access_log = structlog.get_logger("cloister.access")
-DIALECTS = ("ohttp", "ehbp", "atoma", "continuum", "enclava", "plaintext", "control")
 # Latency buckets for LLM serving: milliseconds of framing up to minutes of generation.
 # Coarse on purpose: a request's duration and time to first token follow its prompt and
 # answer lengths, so fine buckets let whoever scrapes read one user's request back.

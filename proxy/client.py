@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,7 +37,6 @@ from proxy.errors import (
     GatewayKeyUnavailable,
     GatewayResponseInvalid,
     GatewayUnreachable,
-    ProxyError,
     from_refused,
 )
 
@@ -268,7 +266,3 @@ async def _open_stream(response: httpx.Response, opener: Opener) -> InnerStream:
 
     return InnerStream(head.status, head.content_type, chunks)
 
-
-def error_json(exc: ProxyError) -> bytes:
-    return json.dumps({"error": {"message": str(exc), "type": "proxy_error",
-                                 "code": exc.code, "param": None}}).encode()

@@ -11,9 +11,9 @@ import httpx
 
 from proxy.attestor import Unverified
 from proxy.client import GatewayClient
-from proxy.dialects import make_client
+from proxy.dialects import KEYS, make_client
 
-PROTOCOLS = ("ohttp", "ehbp", "atoma", "continuum")
+PROTOCOLS = tuple(KEYS)  # the dialects a client speaks, as the proxy's registry lists them
 
 
 def client_for(app: Any, protocol: str = "ohttp", *,
