@@ -21,9 +21,11 @@ is not authenticated (EHBP) says so in `end_authenticated`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Protocol
+from functools import cached_property
+from typing import Any, Protocol
 
 from enclave.errors import AnswerRefused, StaleCredentials, UnauthenticatedAnswer
 from enclave.http_fields import Fields, field_value
@@ -44,6 +46,16 @@ class OuterRequest:
 
     def header(self, name: str) -> str | None:
         return field_value(self.headers, name)
+
+    @cached_property
+    def json_object(self) -> dict[str, Any] | None:
+        """The body as a JSON object, parsed once however many dialects look (None: it is
+        not one). Read it, copy it to change it."""
+        try:
+            value = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return value if isinstance(value, dict) else None
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,21 @@ class InnerRequest:
     # Who the request is from, where the dialect has a stable client identity (the
     # prefix cache is shared only within one; empty: this request shares with no one).
     tenant: bytes = b""
+
+    @cached_property
+    def payload(self) -> Any:
+        """The body's JSON, parsed once for the whole path (the dialect that opened the
+        request may have parsed it already: `with_payload`); `ValueError` when it is not
+        JSON. Read it, copy it to change it (`with_payload` of the copy)."""
+        return json.loads(self.body)
+
+    def with_payload(self, payload: Any, *, body: bytes | None = None) -> InnerRequest:
+        """This request with `payload` as its body: serialised here, or `body` where the
+        caller has the very bytes `payload` was parsed from; never parsed again."""
+        changed = dataclasses.replace(
+            self, body=json.dumps(payload).encode() if body is None else body)
+        changed.__dict__["payload"] = payload  # what `cached_property` would have kept
+        return changed
 
 
 @dataclass(frozen=True)

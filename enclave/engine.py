@@ -32,6 +32,7 @@ EMBEDDINGS = ("POST", "/v1/embeddings")
 MODELS = ("GET", "/v1/models")
 ENGINE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, MODELS})
 ENGINE_AHEAD = 32
+PAYLOAD_SCOPE_KEY = "cloister.payload"
 
 
 class EngineDead(Exception):
@@ -64,6 +65,9 @@ class EngineRequest:
     body: bytes = b""
     request_id: str | None = None
     extra_headers: tuple[tuple[str, str], ...] = ()
+    # The body's JSON where the gateway already parsed it: an engine that reads
+    # `scope["cloister.payload"]` need not parse the body again (vLLM's adapter does).
+    payload: Any = None
 
     def scope(self) -> Scope:
         headers = [(b"content-type", b"application/json")]
@@ -84,6 +88,7 @@ class EngineRequest:
             "headers": headers,
             "client": ("127.0.0.1", 0),
             "server": ("engine.internal", 80),
+            PAYLOAD_SCOPE_KEY: self.payload,
         }
 
 

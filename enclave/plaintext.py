@@ -59,7 +59,10 @@ class IdentityServer:
         if request.method != "GET" and not self._allow_prompts:
             raise PlaintextRefused()
         path = "/v1" + request.path.removeprefix(self._prefix)
-        return InnerRequest(request.method, path, request.body), IdentityResponder()
+        inner = InnerRequest(request.method, path, request.body)
+        if request.method == "POST" and request.json_object is not None:
+            inner = inner.with_payload(request.json_object, body=request.body)  # parsed once
+        return inner, IdentityResponder()
 
     def refuse(self, error: Exception) -> OuterResponse:
         return plain_refusal(error)

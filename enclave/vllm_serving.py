@@ -20,7 +20,15 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, Receive, Scope, Send
+from enclave.engine import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    PAYLOAD_SCOPE_KEY,
+    Receive,
+    Scope,
+    Send,
+)
 
 
 def _error(status: int, message: str, *, kind: str = "BadRequestError",
@@ -88,7 +96,9 @@ async def serve_openai(state: Any, scope: Scope, receive: Receive, send: Send) -
     route = (scope["method"], scope["path"])
     message = await receive()
     try:
-        payload = json.loads(message.get("body", b""))
+        payload = scope.get(PAYLOAD_SCOPE_KEY)  # the gateway's one parse, where it made it
+        if payload is None:
+            payload = json.loads(message.get("body", b""))
         if route == CHAT:
             handler = state.openai_serving_chat
             request: Any = ChatCompletionRequest.model_validate(payload)

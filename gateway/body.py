@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
+from enclave.dialect import InnerRequest
 from enclave.wire_errors import ErrorCode
 from gateway.errors import GatewayError
 
@@ -51,6 +52,18 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     """Parse a JSON object body; the error never quotes the body."""
     try:
         value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise GatewayError(ErrorCode.INVALID_JSON, "request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise GatewayError(ErrorCode.INVALID_JSON, "request body must be a JSON object")
+    return value
+
+
+def payload_object(inner: InnerRequest) -> dict[str, Any]:
+    """An opened request's JSON object, as parsed once for the whole path
+    (`InnerRequest.payload`); the error never quotes the body. Copy it to change it."""
+    try:
+        value = inner.payload
     except (ValueError, UnicodeDecodeError):
         raise GatewayError(ErrorCode.INVALID_JSON, "request body is not valid JSON") from None
     if not isinstance(value, dict):

@@ -322,8 +322,9 @@ class EngineEndpoint:
             return to_response(responder.error(err.status, err.body_json())), tracker, None
         call = EngineCall(engine, request.receive)
         try:
-            answer = await call.start(EngineRequest(inner.method, inner.path, inner.body,
-                                                    request_id=context.request_id))
+            answer = await call.start(EngineRequest(
+                inner.method, inner.path, inner.body, request_id=context.request_id,
+                payload=inner.payload if inner.method == "POST" else None))
             return await self._answer(call, answer, responder, tracker), tracker, call
         except ClientGone as gone:  # answered to no one; counted under its status
             return to_response(responder.error(gone.status, gone.body_json())), tracker, call
@@ -387,7 +388,7 @@ def _inner_problem(inner: InnerRequest) -> tuple[int, bytes] | None:
         return 404, error_json(ErrorCode.NOT_FOUND, "no such route")
     if inner.method == "POST":
         try:
-            payload = json.loads(inner.body)
+            payload = inner.payload  # parsed here, once, for the whole path
         except (ValueError, UnicodeDecodeError):
             return 400, error_json(ErrorCode.INVALID_JSON, "request body is not valid JSON")
         if not isinstance(payload, dict):
@@ -406,9 +407,9 @@ def _normalized(inner: InnerRequest, cap: int | None) -> InnerRequest:
     cap (`gateway.sampling`); raises `GatewayError`."""
     if inner.method != "POST" or inner.path not in SALTED_PATHS:
         return inner
-    payload = json.loads(inner.body)
+    payload = dict(inner.payload)
     sampling.normalize(payload, cap=cap)
-    return dataclasses.replace(inner, body=json.dumps(payload).encode())
+    return inner.with_payload(payload)
 
 
 def _with_cache_salt(inner: InnerRequest, key: bytes) -> InnerRequest:
@@ -418,9 +419,9 @@ def _with_cache_salt(inner: InnerRequest, key: bytes) -> InnerRequest:
     nothing about other tenants' prompts (CVE-2025-46570)."""
     if inner.method != "POST" or inner.path not in SALTED_PATHS:
         return inner
-    payload = json.loads(inner.body)
+    payload = dict(inner.payload)
     payload["cache_salt"] = tenant_salt(key, inner.tenant or os.urandom(16))
-    return dataclasses.replace(inner, body=json.dumps(payload).encode())
+    return inner.with_payload(payload)
 
 
 def tenant_salt(key: bytes, tenant: bytes) -> str:

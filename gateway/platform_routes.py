@@ -15,7 +15,6 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import structlog
@@ -29,7 +28,7 @@ from enclave.engine import EngineRequest
 from enclave.plaintext import platform_dialect
 from enclave.wire_errors import ErrorCode, normalize_engine_error
 from gateway import sampling
-from gateway.body import parse_json_object, read_body
+from gateway.body import parse_json_object, payload_object, read_body
 from gateway.context import RequestContext
 from gateway.endpoint import (
     EngineEndpoint,
@@ -153,11 +152,10 @@ class Platform:
                        ) -> tuple[InnerRequest, Observer]:
         if inner.method == "GET":
             return _as_tenant(inner, key), NoObserver()
-        payload = parse_json_object(inner.body)
+        payload = dict(payload_object(inner))
         meter = await self._reserve(key, payload, len(inner.body),
                                     generates=inner.path != "/v1/embeddings")
-        inner = replace(inner, body=json.dumps(payload).encode())
-        return _as_tenant(_with_running_usage(inner), key), meter
+        return _as_tenant(_with_running_usage(inner.with_payload(payload)), key), meter
 
     async def _reserve(self, key: ApiKey, payload: dict[str, Any], body_size: int, *,
                        generates: bool = True) -> Meter:
@@ -186,16 +184,15 @@ class Platform:
                            ) -> tuple[InnerRequest, Observer]:
         key = await self.authenticate(request)
         bot = await self._chatbot(request, key)
-        payload = parse_json_object(inner.body)
+        payload = dict(payload_object(inner))
         messages = payload.get("messages")
         if not isinstance(messages, list):
             raise GatewayError(ErrorCode.INVALID_REQUEST, "`messages` must be a list",
                                param="messages")
         payload["model"] = bot.model  # the chatbot's model, whatever the client named
         payload["messages"] = [{"role": "system", "content": bot.system_prompt}, *messages]
-        body = json.dumps(payload).encode()
-        meter = await self._reserve(key, payload, len(body))
-        inner = InnerRequest("POST", "/v1/chat/completions", json.dumps(payload).encode())
+        meter = await self._reserve(key, payload, len(json.dumps(payload)))
+        inner = InnerRequest("POST", "/v1/chat/completions").with_payload(payload)
         return _as_tenant(_with_running_usage(inner), key), meter
 
     # --- answered here -----------------------------------------------------------------------
@@ -337,7 +334,7 @@ def _with_running_usage(inner: InnerRequest) -> InnerRequest:
     """Streams report usage in every event (vLLM's `continuous_usage_stats`), so that a
     stream cut short is metered to the token it reached."""
     try:
-        payload = json.loads(inner.body)
+        payload = inner.payload
     except (ValueError, UnicodeDecodeError):
         return inner
     if not isinstance(payload, dict) or payload.get("stream") is not True \
@@ -346,5 +343,4 @@ def _with_running_usage(inner: InnerRequest) -> InnerRequest:
     options = payload.get("stream_options")
     options = dict(options) if isinstance(options, dict) else {}
     options.update(include_usage=True, continuous_usage_stats=True)
-    payload["stream_options"] = options
-    return replace(inner, body=json.dumps(payload).encode())
+    return inner.with_payload({**payload, "stream_options": options})

@@ -167,14 +167,14 @@ class AtomaServer:
             inner = json.loads(plaintext)
         except (ValueError, UnicodeDecodeError):
             inner = None
+        unique = envelope.client_dh_public_key + envelope.salt + envelope.nonce
+        opened = InnerRequest("POST", ENGINE_PATHS[request.path], plaintext, replay_id=unique,
+                              tenant=envelope.client_dh_public_key)
         if isinstance(inner, dict):  # else the gateway answers a sealed invalid_json
             inner["stream"] = envelope.stream
             inner.setdefault("model", envelope.model_name)
-            plaintext = json.dumps(inner).encode()
-        unique = envelope.client_dh_public_key + envelope.salt + envelope.nonce
-        return (InnerRequest("POST", ENGINE_PATHS[request.path], plaintext, replay_id=unique,
-                             tenant=envelope.client_dh_public_key),
-                AtomaResponder(sealer))
+            opened = opened.with_payload(inner)
+        return opened, AtomaResponder(sealer)
 
     def refuse(self, error: Exception) -> OuterResponse:
         status = int(getattr(error, "status", 500))

@@ -112,11 +112,8 @@ class ContinuumServer:
         field = PROMPT_FIELDS.get(request.path)
         if request.method != "POST" or field is None:
             return False
-        try:
-            payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return isinstance(payload, dict) and is_encrypted_field(payload.get(field))
+        payload = request.json_object
+        return payload is not None and is_encrypted_field(payload.get(field))
 
     def published_keys(self) -> dict[str, bytes]:
         # Secrets are sealed to the enclave's HPKE key (the OHTTP key configuration), or
@@ -141,7 +138,9 @@ class ContinuumServer:
                                               "expires_at": expires}).encode())
 
     def open(self, request: OuterRequest) -> tuple[InnerRequest, ContinuumResponder]:
-        payload = _object(request.body)
+        if request.json_object is None:
+            _object(request.body)  # raises the reason
+        payload = dict(request.json_object or {})  # a copy: its sealed fields are opened
         field = PROMPT_FIELDS.get(request.path)
         if field is None or field not in payload:
             raise MalformedRequest("no sealed prompt field for this route")
@@ -155,8 +154,9 @@ class ContinuumServer:
                 except (ValueError, UnicodeDecodeError):
                     raise MalformedRequest(f"sealed field `{name}` is not JSON") from None
         unique = first.secret_id.encode() + first.request_nonce + first.iv
-        return (InnerRequest("POST", request.path, json.dumps(payload).encode(),
-                             replay_id=unique, tenant=first.secret_id.encode()),
+        inner = InnerRequest("POST", request.path, replay_id=unique,
+                             tenant=first.secret_id.encode()).with_payload(payload)
+        return (inner,
                 ContinuumResponder(cipher, RESULT_FIELDS[request.path]))
 
     def refuse(self, error: Exception) -> OuterResponse:
