@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
@@ -126,6 +127,40 @@ class InnerResponse:
     body: bytes
 
 
+# --- a dialect's routes --------------------------------------------------------------------
+# A server dialect names what it serves, sans-IO; `enclave.registry` lists the dialects
+# and the gateway mounts every route from there (one engine endpoint, one control
+# endpoint), knowing no dialect by name.
+
+@dataclass(frozen=True)
+class EngineRoute:
+    method: str
+    path: str
+    # Where the gateway keeps accounts, the route takes a Bearer API key, checked before
+    # the body is read, and its requests are metered against the key's budget.
+    credential: bool = False
+
+
+@dataclass(frozen=True)
+class ControlCall:
+    """What a control route's answer is given."""
+
+    request: OuterRequest
+    client: str  # whom the request counts against (its API key, else its address)
+    models: tuple[str, ...]  # the models the engine serves, the default first
+
+
+@dataclass(frozen=True)
+class ControlRoute:
+    method: str
+    path: str
+    answer: Callable[[ControlCall], OuterResponse]  # raises `RequestRefused`
+    max_body: int = 0  # 0: the answer needs no body (a key lookup)
+    rate_limited: bool = False  # anonymous and costly: the client's token bucket first
+    credential: bool = False  # like `EngineRoute.credential`
+
+
+
 class Responder(Protocol):
     """Server side: how the answer to one opened request leaves the enclave."""
 
@@ -168,6 +203,12 @@ class ServerDialect(Protocol):
     def published_keys(self) -> dict[str, bytes]:
         """The public keys this dialect accepts traffic for, bound in the attestation
         report under these names."""
+
+    def engine_routes(self) -> Sequence[EngineRoute]:
+        """The paths whose requests it opens for the engine."""
+
+    def control_routes(self) -> Sequence[ControlRoute]:
+        """The paths it answers itself: key lookups, registrations."""
 
 
 class Opener(Protocol):

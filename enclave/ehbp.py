@@ -28,6 +28,8 @@ from typing import Any
 
 from enclave.dialect import (
     NO_STORE,
+    ControlRoute,
+    EngineRoute,
     Headers,
     InnerHead,
     InnerRequest,
@@ -38,6 +40,7 @@ from enclave.dialect import (
     plain_refusal,
     refusal,
 )
+from enclave.engine import MODELS, PROMPT_ROUTES
 from enclave.errors import (
     DecryptError,
     MessageTooLargeError,
@@ -56,6 +59,7 @@ from enclave.ohttp.protocol import (
     SymmetricSuite,
 )
 from enclave.ohttp.suites import aead_cipher, hkdf_expand, hkdf_extract, hpke_suite
+from enclave.plugin import DialectSetup
 from enclave.wire_errors import ErrorCode, code_of
 
 KEYS_PATH = "/.well-known/hpke-keys"
@@ -253,6 +257,10 @@ class EhbpResponder:
         return b""
 
 
+def server(setup: DialectSetup) -> EhbpServer:
+    return EhbpServer(setup.keyring)
+
+
 class EhbpServer:
     """The gateway side: any request that carries `Ehbp-Encapsulated-Key`."""
 
@@ -267,6 +275,12 @@ class EhbpServer:
 
     def published_keys(self) -> dict[str, bytes]:
         return {"ehbp": key_config(self._keyring.current()).encode()}
+
+    def engine_routes(self) -> tuple[EngineRoute, ...]:
+        return tuple(EngineRoute(*route) for route in (MODELS, *PROMPT_ROUTES))
+
+    def control_routes(self) -> tuple[ControlRoute, ...]:
+        return (ControlRoute("GET", KEYS_PATH, lambda call: self.key_configs()),)
 
     def key_configs(self) -> OuterResponse:
         """`GET /.well-known/hpke-keys`."""

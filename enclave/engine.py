@@ -31,6 +31,7 @@ COMPLETIONS = ("POST", "/v1/completions")
 EMBEDDINGS = ("POST", "/v1/embeddings")
 MODELS = ("GET", "/v1/models")
 ENGINE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, MODELS})
+PROMPT_ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS)  # the ones that carry a prompt
 ENGINE_AHEAD = 32
 PAYLOAD_SCOPE_KEY = "cloister.payload"
 

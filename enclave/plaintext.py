@@ -10,6 +10,8 @@ which is not confidential, and refuses every prompt.
 from __future__ import annotations
 
 from enclave.dialect import (
+    ControlRoute,
+    EngineRoute,
     InnerRequest,
     OuterRequest,
     OuterResponse,
@@ -17,7 +19,11 @@ from enclave.dialect import (
     json_response,
     plain_refusal,
 )
+from enclave.engine import MODELS, PROMPT_ROUTES
 from enclave.errors import PlaintextRefused
+from enclave.plugin import DialectSetup
+
+NAME = "plaintext"
 
 
 class IdentityResponder:
@@ -55,6 +61,14 @@ class IdentityServer:
     def published_keys(self) -> dict[str, bytes]:
         return {}
 
+    def engine_routes(self) -> tuple[EngineRoute, ...]:
+        """The OpenAI routes, under this dialect's prefix."""
+        return tuple(EngineRoute(method, self._prefix + path.removeprefix("/v1"))
+                     for method, path in (MODELS, *PROMPT_ROUTES))
+
+    def control_routes(self) -> tuple[ControlRoute, ...]:
+        return ()
+
     def open(self, request: OuterRequest) -> tuple[InnerRequest, IdentityResponder]:
         if request.method != "GET" and not self._allow_prompts:
             raise PlaintextRefused()
@@ -74,5 +88,9 @@ def platform_dialect() -> IdentityServer:
 
 
 def plaintext_dialect(*, insecure_plaintext: bool) -> IdentityServer:
-    return IdentityServer("plaintext", allow_prompts=insecure_plaintext,
+    return IdentityServer(NAME, allow_prompts=insecure_plaintext,
                           end_authenticated=False)
+
+
+def server(setup: DialectSetup) -> IdentityServer:
+    return plaintext_dialect(insecure_plaintext=setup.insecure_plaintext)

@@ -1,10 +1,11 @@
 """The gateway's Starlette application: the dialects, the route table built from them,
 error handling and the engine's lifecycle.
 
-Every engine-bound route is an `EngineEndpoint` over the dialects served at its path
-(`gateway.endpoint`); the keys each dialect publishes are what the attestation report
-binds. Control routes (key configurations, node keys, secret registration) are the
-dialects' own sans-IO answers.
+The dialects come from one registry (`enclave.registry`) and declare their own routes:
+every engine-bound path is an `EngineEndpoint` over the dialects served there
+(`gateway.endpoint`), every control route (key configurations, node keys, secret
+registration) one `_Control` over the dialect's sans-IO answer. The keys each dialect
+publishes are what the attestation report binds.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import contextlib
 import importlib.metadata
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
-from nacl.signing import SigningKey
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,23 +27,19 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-import enclave.continuum.pq as pq
-from enclave import atoma, continuum, ehbp
-from enclave.dialect import OuterRequest, OuterResponse, ServerDialect
-from enclave.engine import CHAT, COMPLETIONS, EMBEDDINGS, MODELS
+from enclave.dialect import ControlCall, ControlRoute, EngineRoute, OuterRequest, ServerDialect
 from enclave.errors import RequestRefused
 from enclave.fleet import FleetSecrets
 from enclave.keys import KeyRing
-from enclave.ohttp.dialect import PATH as OHTTP_PATH
-from enclave.ohttp.dialect import OhttpServer
-from enclave.plaintext import plaintext_dialect
+from enclave.plugin import DialectSetup
+from enclave.registry import DIALECTS, Dialect
 from enclave.replay import MemoryReplayCache, ReplayCache, ReplayGuard
 from enclave.wire_errors import ErrorCode, error_body
 from gateway import attestation_routes, limits, metrics, platform_docs
 from gateway.admin import AdminApi
 from gateway.body import read_body
 from gateway.config import ServeConfig
-from gateway.context import RequestContext
+from gateway.context import CONTROL, RequestContext
 from gateway.endpoint import (
     MAX_CONCURRENT_OPENS,
     EngineEndpoint,
@@ -62,31 +58,25 @@ VERSION = importlib.metadata.version("cloister")
 
 @dataclass(frozen=True)
 class Dialects:
-    """The dialects this gateway serves, made with its keys at start."""
+    """The dialects this gateway serves (`enclave.registry`, in its order), made with its
+    keys at start: here, or (in a fleet) derived from the fleet's seed."""
 
-    ohttp: OhttpServer
-    ehbp: ehbp.EhbpServer
-    atoma: atoma.AtomaServer
-    continuum: continuum.ContinuumServer
-    plaintext: ServerDialect
+    servers: tuple[ServerDialect, ...]
 
     @classmethod
     def create(cls, keyring: KeyRing, config: ServeConfig,
-               fleet: FleetSecrets | None = None) -> Dialects:
-        """Keys made here, or (in a fleet) derived from the fleet's seed."""
-        signer, hybrid = atoma.NodeSigner(), None
-        if fleet is not None:
-            signer = atoma.NodeSigner(SigningKey(fleet.derive("atoma-signing-ed25519")))
-            hybrid = pq.HybridKey(mlkem_seed=fleet.derive("continuum-mlkem768", 64),
-                                  x25519_private=fleet.derive("continuum-x25519"))
-        return cls(OhttpServer(keyring), ehbp.EhbpServer(keyring),
-                   atoma.AtomaServer(keyring, signer),
-                   continuum.ContinuumServer(keyring, continuum.SecretStore(
-                       per_owner=config.limits.secrets_per_client), hybrid),
-                   plaintext_dialect(insecure_plaintext=config.limits.insecure_plaintext))
+               fleet: FleetSecrets | None = None,
+               registry: Sequence[Dialect] = DIALECTS) -> Dialects:
+        setup = DialectSetup(keyring, fleet.derive if fleet is not None else None,
+                             secrets_per_client=config.limits.secrets_per_client,
+                             insecure_plaintext=config.limits.insecure_plaintext)
+        return cls(tuple(entry.server(setup) for entry in registry))
 
     def all(self) -> tuple[ServerDialect, ...]:
-        return (self.ohttp, self.ehbp, self.atoma, self.continuum, self.plaintext)
+        return self.servers
+
+    def named(self, name: str) -> ServerDialect:
+        return next(d for d in self.servers if d.name == name)
 
     def published_keys(self) -> dict[str, bytes]:
         keys: dict[str, bytes] = {}
@@ -95,54 +85,39 @@ class Dialects:
         return keys
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+class _Control:
+    """The one control endpoint: a dialect's own answer (`ControlRoute`), after what the
+    route asks of the gateway (the client's rate bucket, a bounded body). Key lookups,
+    which read no body, are counted as `control`; the rest under the dialect."""
 
-
-def _control(answer: Callable[[], OuterResponse], dialect: str) -> Endpoint:
-    async def endpoint(request: Request) -> Response:
-        RequestContext.of(request.scope).dialect = dialect
-        return to_response(answer())
-    return endpoint
-
-
-def _secrets_endpoint(dialect: continuum.ContinuumServer, services: Services,
-                      buckets: limits.RateBuckets) -> Endpoint:
-    """`POST /v1/secrets`, anonymous: rate-limited per client (small bursts), and each
-    client holds a bounded number of secrets (`SecretStore`)."""
-    async def register(request: Request) -> Response:
-        RequestContext.of(request.scope).dialect = dialect.name
-        client = limits.client_key(request.scope)
-        wait = buckets.take(client)
-        if wait is not None:
-            services.metrics.rejected.labels(ErrorCode.RATE_LIMITED.value).inc()
-            refused = to_response(dialect.refuse(GatewayError(
-                ErrorCode.RATE_LIMITED, "too many secret registrations; retry later")))
-            refused.headers["retry-after"] = str(wait)
-            return refused
-        try:
-            body = await read_body(request, continuum.MAX_SECRET_BODY,
-                                   timeout=services.body_timeout)
-            outer = OuterRequest(request.method, request.url.path, (), body)
-            return to_response(dialect.register_secret(outer, owner=client))
-        except (RequestRefused, GatewayError) as err:
-            services.metrics.crypto_failures.labels(dialect.name, "open_secret").inc()
-            return to_response(dialect.refuse(err))
-    return register
-
-
-class _NodeLock:
-    """`POST /v1/nodes/lock`: the node key, for a model the engine serves."""
-
-    def __init__(self, dialect: atoma.AtomaServer, services: Services) -> None:
-        self._dialect, self._services = dialect, services
+    def __init__(self, dialect: ServerDialect, route: ControlRoute, services: Services,
+                 buckets: limits.RateBuckets) -> None:
+        self._dialect, self._route, self._services = dialect, route, services
+        self._buckets = buckets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        dialect = self._dialect
-        RequestContext.of(scope).dialect = dialect.name
+        dialect, route, services = self._dialect, self._route, self._services
+        request = Request(scope, receive)
+        RequestContext.of(scope).dialect = dialect.name if route.max_body else CONTROL
+        client = limits.client_key(scope)
         try:
-            body = await read_body(Request(scope, receive), atoma.MAX_LOCK_BODY,
-                                   timeout=self._services.body_timeout)
-            answer = dialect.node_lock(body, self._services.slot.get().model_names())
+            if route.rate_limited:
+                wait = self._buckets.take(client)
+                if wait is not None:
+                    services.metrics.rejected.labels(ErrorCode.RATE_LIMITED.value).inc()
+                    refused = to_response(dialect.refuse(GatewayError(
+                        ErrorCode.RATE_LIMITED, "too many requests; retry later")))
+                    refused.headers["retry-after"] = str(wait)
+                    await refused(scope, receive, send)
+                    return
+            body = (await read_body(request, route.max_body, timeout=services.body_timeout)
+                    if route.max_body else b"")
+            outer = OuterRequest(request.method, request.url.path, (), body)
+            models = tuple(services.slot.get().model_names()) if route.max_body else ()
+            answer = route.answer(ControlCall(outer, client, models))
+        except RequestRefused as err:
+            services.metrics.crypto_failures.labels(dialect.name, "control").inc()
+            answer = dialect.refuse(err)
         except GatewayError as err:
             answer = dialect.refuse(err)
         await to_response(answer)(scope, receive, send)
@@ -151,31 +126,31 @@ class _NodeLock:
 def _routes(dialects: Dialects, services: Services,
             reports: attestation_routes.ReportService | None,
             attested: attestation_routes.Attested | None, platform: Platform | None,
-            metrics_token: str | None, secret_buckets: limits.RateBuckets) -> list[BaseRoute]:
-    openai = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.continuum),
-                             Mount(dialects.plaintext)], services)
-    models = EngineEndpoint([Mount(dialects.ehbp), Mount(dialects.plaintext)], services)
-    atoma_gate = platform.metered_gate if platform is not None else None
-    confidential: ASGIApp = EngineEndpoint([Mount(dialects.atoma, atoma_gate)], services)
-    lock: ASGIApp = _NodeLock(dialects.atoma, services)
-    if platform is not None:  # accounts exist: every Atoma route takes a Bearer API key
-        confidential = platform.bearer_required(confidential, dialects.atoma.name,
-                                                dialects.atoma.refuse)
-        lock = platform.bearer_required(lock, dialects.atoma.name, dialects.atoma.refuse)
-    routes: list[BaseRoute] = [
-        Route(MODELS[1], models, methods=["GET"]),
-        *[Route(path, openai, methods=["POST"]) for _, path in (CHAT, COMPLETIONS, EMBEDDINGS)],
-        Route(OHTTP_PATH, _control(dialects.ohttp.key_configs, "control"), methods=["GET"]),
-        Route(OHTTP_PATH, EngineEndpoint([Mount(dialects.ohttp)], services), methods=["POST"]),
-        Route(ehbp.KEYS_PATH, _control(dialects.ehbp.key_configs, "control"), methods=["GET"]),
-        Route(atoma.NODE_PATH, _control(dialects.atoma.node_info, "control"), methods=["GET"]),
-        *[Route(path, confidential, methods=["POST"]) for path in atoma.ENGINE_PATHS],
-        Route(atoma.LOCK_PATH, lock, methods=["POST"]),
-        Route(continuum.SECRETS_PATH, _secrets_endpoint(dialects.continuum, services,
-                                                        secret_buckets),
-              methods=["POST"]),
-        Route(continuum.HYBRID_KEY_PATH, _control(dialects.continuum.hybrid_key, "control"),
-              methods=["GET"]),
+            metrics_token: str | None, buckets: limits.RateBuckets) -> list[BaseRoute]:
+    """Every dialect's routes, from what each declares: one engine endpoint per path over
+    the dialects that share it (asked in the registry's order), one control endpoint per
+    control route. A route that needs a credential takes the platform's Bearer API key
+    where the gateway keeps accounts."""
+    shared: dict[tuple[str, str], list[tuple[ServerDialect, EngineRoute]]] = {}
+    for dialect in dialects.all():
+        for route in dialect.engine_routes():
+            shared.setdefault((route.method, route.path), []).append((dialect, route))
+    routes: list[BaseRoute] = []
+    for (method, path), served in shared.items():
+        credential = [d for d, r in served if r.credential]
+        gate = platform.metered_gate if platform is not None and credential else None
+        app: ASGIApp = EngineEndpoint([Mount(d, gate if r.credential else None)
+                                       for d, r in served], services)
+        if platform is not None and credential:  # accounts exist: a Bearer key first
+            app = platform.bearer_required(app, credential[0].name, credential[0].refuse)
+        routes.append(Route(path, app, methods=[method]))
+    for dialect in dialects.all():
+        for control in dialect.control_routes():
+            app = _Control(dialect, control, services, buckets)
+            if platform is not None and control.credential:
+                app = platform.bearer_required(app, dialect.name, dialect.refuse)
+            routes.append(Route(control.path, app, methods=[control.method]))
+    routes += [
         Route(attestation_routes.PATH, attestation_routes.report_endpoint(
             reports, services.metrics), methods=["GET"]),
         Route(attestation_routes.REFERENCE_VALUES_PATH,
@@ -215,6 +190,7 @@ def create_app(
     replay_cache: ReplayCache | None = None,
     admin: AdminApi | None = None,
     fleet: FleetSecrets | None = None,
+    registry: Sequence[Dialect] = DIALECTS,
 ) -> Starlette:
     """Build the gateway. The engine starts in the lifespan, in the background.
 
@@ -231,7 +207,7 @@ def create_app(
                       grace_seconds=keys.key_grace_seconds,
                       on_rotate=lambda _key: gateway_metrics.key_rotations.inc(), clock=clock,
                       derive=fleet.hpke_key if fleet is not None else None)
-    dialects = Dialects.create(keyring, config, fleet)
+    dialects = Dialects.create(keyring, config, fleet, registry)
     services = Services(
         slot=slot, metrics=gateway_metrics, max_body_bytes=limits_.max_body_bytes,
         body_timeout=timeouts.body_timeout, opens=asyncio.Semaphore(MAX_CONCURRENT_OPENS),

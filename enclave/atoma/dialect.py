@@ -36,6 +36,8 @@ from enclave.atoma.envelope import (
     open_request,
 )
 from enclave.dialect import (
+    ControlRoute,
+    EngineRoute,
     InnerRequest,
     InnerResponse,
     OuterRequest,
@@ -46,6 +48,7 @@ from enclave.dialect import (
 from enclave.errors import InvalidJson, RequestRefused, UnauthenticatedAnswer
 from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
 from enclave.keys import KeyRing
+from enclave.plugin import DialectSetup
 
 NAME = "atoma"
 PREFIX = "/v1/confidential"
@@ -117,6 +120,16 @@ class AtomaResponder(SealedEventsResponder):
         return sse.event(json.dumps(sealed).encode())
 
 
+def server(setup: DialectSetup) -> AtomaServer:
+    """Its signing key from the fleet's seed in a fleet, else made here."""
+    from nacl.signing import SigningKey
+
+    if setup.derive is None:
+        return AtomaServer(setup.keyring, NodeSigner())
+    return AtomaServer(setup.keyring,
+                       NodeSigner(SigningKey(setup.derive("atoma-signing-ed25519", 32))))
+
+
 class AtomaServer:
     name = NAME
     end_authenticated = True
@@ -130,6 +143,15 @@ class AtomaServer:
     def published_keys(self) -> dict[str, bytes]:
         return {"atoma-node-x25519": self._keyring.current().public_key,
                 "atoma-signing-ed25519": self._signer.public_key}
+
+    def engine_routes(self) -> tuple[EngineRoute, ...]:
+        return tuple(EngineRoute("POST", path, credential=True) for path in ENGINE_PATHS)
+
+    def control_routes(self) -> tuple[ControlRoute, ...]:
+        return (ControlRoute("GET", NODE_PATH, lambda call: self.node_info()),
+                ControlRoute("POST", LOCK_PATH, lambda call: self.node_lock(
+                    call.request.body, list(call.models)), max_body=MAX_LOCK_BODY,
+                    credential=True))
 
     def node_info(self) -> OuterResponse:
         """`GET /v1/confidential/node`."""

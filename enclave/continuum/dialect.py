@@ -29,6 +29,8 @@ from enclave.continuum.fields import (
     open_secret,
 )
 from enclave.dialect import (
+    ControlRoute,
+    EngineRoute,
     InnerRequest,
     InnerResponse,
     OuterRequest,
@@ -37,6 +39,7 @@ from enclave.dialect import (
     plain_refusal,
     refusal,
 )
+from enclave.engine import PROMPT_ROUTES
 from enclave.errors import (
     InvalidJson,
     MalformedRequest,
@@ -47,6 +50,7 @@ from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
 from enclave.keys import KeyRing
 from enclave.ohttp.keyconfig import encode_key_configs
 from enclave.padding import DEFAULT_PADDING, PaddingPolicy
+from enclave.plugin import DialectSetup
 from enclave.wire_errors import ErrorCode, code_of, error_json
 
 NAME = "continuum"
@@ -99,6 +103,16 @@ class ContinuumResponder(SealedEventsResponder):
         return sse.event(json.dumps(obj).encode())
 
 
+def server(setup: DialectSetup) -> ContinuumServer:
+    """Its hybrid (ML-KEM-768 + X25519) key from the fleet's seed in a fleet."""
+    hybrid = None
+    if setup.derive is not None:
+        hybrid = pq.HybridKey(mlkem_seed=setup.derive("continuum-mlkem768", 64),
+                              x25519_private=setup.derive("continuum-x25519", 32))
+    return ContinuumServer(setup.keyring, SecretStore(per_owner=setup.secrets_per_client),
+                           hybrid)
+
+
 class ContinuumServer:
     name = NAME
     end_authenticated = True
@@ -120,6 +134,17 @@ class ContinuumServer:
         # to its hybrid post-quantum key (`enclave.continuum.pq`).
         return {"continuum": encode_key_configs(self._keyring.key_configs()),
                 pq.KEY_NAME: self._hybrid.public_bytes}
+
+    def engine_routes(self) -> tuple[EngineRoute, ...]:
+        return tuple(EngineRoute(*route) for route in PROMPT_ROUTES)
+
+    def control_routes(self) -> tuple[ControlRoute, ...]:
+        """Registering a secret is anonymous and costs a KEM decapsulation: rate-limited
+        per client, and each client holds a bounded number (`SecretStore`)."""
+        return (ControlRoute("POST", SECRETS_PATH, lambda call: self.register_secret(
+                    call.request, owner=call.client), max_body=MAX_SECRET_BODY,
+                    rate_limited=True),
+                ControlRoute("GET", HYBRID_KEY_PATH, lambda call: self.hybrid_key()))
 
     def hybrid_key(self) -> OuterResponse:
         """`GET /v1/secrets/key`: the ML-KEM-768 + X25519 key secrets may be sealed to."""

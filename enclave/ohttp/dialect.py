@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from enclave.dialect import (
     NO_STORE,
+    ControlRoute,
+    EngineRoute,
     Headers,
     InnerHead,
     InnerRequest,
@@ -61,6 +63,7 @@ from enclave.ohttp.protocol import (
     REQUEST_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
 )
+from enclave.plugin import DialectSetup
 from enclave.wire_errors import ErrorCode
 
 PATH = "/.well-known/ohttp-gateway"
@@ -134,6 +137,10 @@ class _ChunkedResponder:
         return self.whole(status, "application/json", error)
 
 
+def server(setup: DialectSetup) -> OhttpServer:
+    return OhttpServer(setup.keyring)
+
+
 class OhttpServer:
     """The gateway side. Both framings share the path; the media type chooses."""
 
@@ -148,6 +155,12 @@ class OhttpServer:
 
     def published_keys(self) -> dict[str, bytes]:
         return {"ohttp": encode_key_configs(self._keyring.key_configs())}
+
+    def engine_routes(self) -> tuple[EngineRoute, ...]:
+        return (EngineRoute("POST", PATH),)
+
+    def control_routes(self) -> tuple[ControlRoute, ...]:
+        return (ControlRoute("GET", PATH, lambda call: self.key_configs()),)
 
     def key_configs(self) -> OuterResponse:
         """`GET /.well-known/ohttp-gateway`, cacheable until the key rotates."""

@@ -108,7 +108,7 @@ def test_a_reader_that_stops_reading_gives_back_its_slot_and_engine_request() ->
 async def test_a_secret_flood_evicts_only_the_flooders_secrets(make_app) -> None:
     app = make_app(secrets_per_client=8, secret_registrations_per_second=1000.0,
                    secret_registration_burst=1000)
-    store = app.state.dialects.continuum.secrets
+    store = app.state.dialects.named("continuum").secrets
     async with app.router.lifespan_context(app):
         await start(app)
         victim = client_for(app, "continuum", transport=httpx.ASGITransport(

@@ -1,0 +1,21 @@
+"""What a dialect's server is made from at the gateway's start (`DialectSetup`): each
+dialect module has a `server(setup)` factory, and `enclave.registry` lists them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from enclave.keys import KeyRing
+
+
+@dataclass(frozen=True)
+class DialectSetup:
+    """What a dialect's server is made from, at the gateway's start."""
+
+    keyring: KeyRing
+    # A fleet replica's keys come from the fleet's seed (`enclave.fleet`): `derive(label,
+    # size)`; None: made here.
+    derive: Callable[[str, int], bytes] | None = None
+    secrets_per_client: int = 64  # Continuum: secrets one client may hold at once
+    insecure_plaintext: bool = False  # the development plaintext routes take prompts
