@@ -18,10 +18,11 @@ from cryptography import x509
 
 from attestation.binding import spki_sha256
 from enclave.logs import configure_logging
+from enclave.registry import sealed_dialects
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestation, Attestor, Unverified
 from proxy.client import GatewayClient
-from proxy.dialects import KEYS, make_client
+from proxy.dialects import make_client
 from proxy.errors import GatewayNotAttested
 from proxy.multi import MultiGatewayClient
 from proxy.report import as_json, describe
@@ -37,7 +38,7 @@ def add_parsers(sub: Any) -> None:
                             "several gateways (each verified separately, with failover)")
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, default=8080)
-    proxy.add_argument("--protocol", choices=sorted(KEYS),
+    proxy.add_argument("--protocol", choices=sealed_dialects(),
                        default="ohttp", help="how requests are encrypted to the gateway")
     proxy.add_argument("--api-key", default=os.environ.get("CLOISTER_API_KEY"),
                        help="--protocol atoma: the platform API key sent as Bearer (default "

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
@@ -235,6 +235,43 @@ class ClientDialect(Protocol):
 
     def seal(self, request: InnerRequest, *, stream: bool) -> tuple[OuterRequest, Opener]:
         """What to send, and the opener for its answer."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A request a client makes after verification and before it can use the keys
+    (Continuum registers a secret sealed to the verified key), and what turns its
+    answer into the dialect's client side (`AnswerRefused` if it cannot)."""
+
+    request: OuterRequest
+    finish: Callable[[OuterResponse], ClientDialect]
+
+
+class KeyDiscovery(Protocol):
+    """Client side, sans-IO: where a dialect's keys are published, under which names the
+    attestation report binds them, and how they become its `ClientDialect`. One driver
+    does the I/O for every dialect (`proxy.dialects.discover`)."""
+
+    name: str
+    # Whether `GET /v1/models` is sealed in this dialect (Atoma's and Continuum's seeds
+    # leave it in the clear: the client then checks only its shape).
+    sealed_models: bool
+
+    def lookups(self) -> Sequence[OuterRequest]:
+        """What to ask, in order; the first answer that yields a candidate wins."""
+
+    def candidate(self, index: int, response: OuterResponse) -> Any:
+        """The keys in the answer to `lookups()[index]` (not yet trusted), or None to ask
+        the next; `AnswerRefused` when it is malformed, or the last one fails."""
+
+    def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
+        """Whether the verified report's bound keys are exactly these."""
+
+    def ready(self, candidate: Any) -> ClientDialect | Registration:
+        """After verification: the client side, or a registration to make first."""
+
+    def expired(self, dialect: ClientDialect) -> bool:
+        """Whether the credentials must be renewed before the next request."""
 
 
 # --- shared helpers ----------------------------------------------------------------------

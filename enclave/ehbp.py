@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping
 from typing import Any
 
+from enclave import discovery
 from enclave.dialect import (
     NO_STORE,
+    ClientDialect,
     ControlRoute,
     EngineRoute,
     Headers,
@@ -50,7 +53,7 @@ from enclave.errors import (
 )
 from enclave.http_fields import field_value
 from enclave.keys import HpkeKeyPair, KeyRing
-from enclave.ohttp.keyconfig import KeyConfig
+from enclave.ohttp.keyconfig import KeyConfig, KeyConfigError
 from enclave.ohttp.protocol import (
     KEM_X25519_HKDF_SHA256,
     KEYS_MEDIA_TYPE,
@@ -59,7 +62,7 @@ from enclave.ohttp.protocol import (
     SymmetricSuite,
 )
 from enclave.ohttp.suites import aead_cipher, hkdf_expand, hkdf_extract, hpke_suite
-from enclave.plugin import DialectSetup
+from enclave.plugin import ClientSetup, DialectSetup
 from enclave.wire_errors import ErrorCode, code_of
 
 KEYS_PATH = "/.well-known/hpke-keys"
@@ -375,3 +378,36 @@ class EhbpClient:
                    ("content-type", "application/json"))
         body = sealer.seal(request.body) if request.body else b""
         return OuterRequest(request.method, request.path, headers, body), EhbpOpener(sealer)
+
+
+class EhbpKeys:
+    """Client side: one bare key configuration at `KEYS_PATH` (no list, one suite),
+    bound as `ehbp`."""
+
+    name = NAME
+    sealed_models = True
+
+    def lookups(self) -> tuple[OuterRequest, ...]:
+        return (OuterRequest("GET", KEYS_PATH),)
+
+    def candidate(self, index: int, response: OuterResponse) -> EhbpClient:
+        try:
+            config = KeyConfig.decode(discovery.answered(response))
+        except KeyConfigError as exc:
+            raise UnauthenticatedAnswer("malformed key configuration") from exc
+        return EhbpClient(discovery.first([config], lambda c: c.supports(SUITE)))
+
+    def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
+        return isinstance(candidate, EhbpClient) and candidate.config.encode() == \
+            bound.get("ehbp")
+
+    def ready(self, candidate: Any) -> EhbpClient:
+        assert isinstance(candidate, EhbpClient)
+        return candidate
+
+    def expired(self, dialect: ClientDialect) -> bool:
+        return False
+
+
+def client(setup: ClientSetup) -> EhbpKeys:
+    return EhbpKeys()

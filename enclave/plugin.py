@@ -19,3 +19,10 @@ class DialectSetup:
     derive: Callable[[str, int], bytes] | None = None
     secrets_per_client: int = 64  # Continuum: secrets one client may hold at once
     insecure_plaintext: bool = False  # the development plaintext routes take prompts
+
+
+@dataclass(frozen=True)
+class ClientSetup:
+    """What a dialect's client side (its `KeyDiscovery`) is made from."""
+
+    api_key: str | None = None  # Atoma: the platform API key sent as Bearer

@@ -4,8 +4,9 @@
 keys (or a secret) the attestation report vouches for, retrying once when the gateway
 says they are stale (decided by the error's type, `StaleCredentials`), mapping transport
 errors, and reading answers whole or chunk by chunk into the dialect's opener, which
-refuses anything the gateway did not authenticate. A dialect's part is a `Keys`
-adapter (`proxy.dialects`): where its keys come from and which claims vouch for them.
+refuses anything the gateway did not authenticate. A dialect's part is its sans-IO
+`KeyDiscovery` (`enclave.dialect`): where its keys are published and which bound keys
+vouch for them; `discover` and `ready` here are the one driver of its I/O.
 
 The upstream is an httpx transport, so tests can inject an in-process ASGI app.
 """
@@ -16,21 +17,21 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import httpx
 
-from attestation.verify import VerifiedEvidence
 from enclave.dialect import (
     ClientDialect,
     InnerHead,
     InnerRequest,
     InnerResponse,
+    KeyDiscovery,
     Opener,
     OuterRequest,
     OuterResponse,
+    Registration,
 )
-from enclave.errors import AnswerRefused, StaleCredentials
+from enclave.errors import AnswerRefused, StaleCredentials, UnauthenticatedAnswer
 from enclave.padding import DEFAULT_PADDING, PaddingPolicy, strip, strip_events
 from proxy.attestor import Attestation
 from proxy.errors import (
@@ -44,26 +45,28 @@ from proxy.errors import (
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
 
 
-class Keys(Protocol):
-    """A dialect's way to what it seals to."""
+async def _ask(http: httpx.AsyncClient, request: OuterRequest) -> OuterResponse:
+    r = await http.request(request.method, request.path, content=request.body,
+                           headers=dict(request.headers))
+    return OuterResponse(r.status_code, tuple(r.headers.items()), r.content)
 
-    name: str
-    # Whether `GET /v1/models` is sealed in this dialect (Atoma's and Continuum's seeds
-    # leave it in the clear: the client then checks only its shape).
-    sealed_models: bool
 
-    async def fetch(self, http: httpx.AsyncClient) -> Any:
-        """The gateway's current keys (a candidate), not yet trusted."""
+async def discover(http: httpx.AsyncClient, keys: KeyDiscovery) -> object:
+    """The gateway's current keys (a candidate), not yet trusted."""
+    for index, request in enumerate(keys.lookups()):
+        candidate = keys.candidate(index, await _ask(http, request))
+        if candidate is not None:
+            return candidate
+    raise UnauthenticatedAnswer(f"the gateway publishes no {keys.name} keys")
 
-    def vouched(self, candidate: Any, claims: VerifiedEvidence) -> bool:
-        """Whether the verified report binds exactly these keys."""
 
-    async def ready(self, http: httpx.AsyncClient, candidate: Any) -> ClientDialect:
-        """After verification: the dialect's client side (Continuum registers its
-        secret here, sealed to the verified key)."""
-
-    def expired(self, dialect: ClientDialect) -> bool:
-        """Whether the credentials must be renewed before the next request."""
+async def ready(http: httpx.AsyncClient, keys: KeyDiscovery, candidate: object
+                ) -> ClientDialect:
+    """After verification: the client side, registering first where the dialect must."""
+    step = keys.ready(candidate)
+    if isinstance(step, Registration):
+        return step.finish(await _ask(http, step.request))
+    return step
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def _once(content: bytes) -> Callable[[], AsyncIterator[bytes]]:
 
 
 class GatewayClient:
-    def __init__(self, gateway_url: str, keys: Keys, *, attestation: Attestation,
+    def __init__(self, gateway_url: str, keys: KeyDiscovery, *, attestation: Attestation,
                  transport: httpx.AsyncBaseTransport | None = None,
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT,
                  padding: PaddingPolicy = DEFAULT_PADDING) -> None:
@@ -125,10 +128,10 @@ class GatewayClient:
                 assert self._dialect is not None
                 return self._dialect  # another request renewed it while we waited
             try:
-                candidate = await self.keys.fetch(self._http)
+                candidate = await discover(self._http, self.keys)
                 await self.attestation.verify(lambda claims: self.keys.vouched(candidate,
-                                                                               claims))
-                self._dialect = await self.keys.ready(self._http, candidate)
+                                                                               claims.keys))
+                self._dialect = await ready(self._http, self.keys, candidate)
             except httpx.TransportError as exc:
                 raise GatewayUnreachable(f"cannot reach {self.gateway_url}") from exc
             except AnswerRefused as exc:

@@ -9,11 +9,12 @@ from typing import Any
 
 import httpx
 
+from enclave.registry import sealed_dialects
 from proxy.attestor import Unverified
 from proxy.client import GatewayClient
-from proxy.dialects import KEYS, make_client
+from proxy.dialects import make_client
 
-PROTOCOLS = tuple(KEYS)  # the dialects a client speaks, as the proxy's registry lists them
+PROTOCOLS = sealed_dialects()  # the dialects a client seals to, as the registry lists them
 
 
 def client_for(app: Any, protocol: str = "ohttp", *,

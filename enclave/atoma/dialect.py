@@ -23,9 +23,10 @@ An engine's 4xx answer travels sealed, like any answer.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from enclave import sse
+from enclave import discovery, sse
 from enclave.atoma.envelope import (
     ClientSession,
     ConfidentialRequest,
@@ -36,6 +37,7 @@ from enclave.atoma.envelope import (
     open_request,
 )
 from enclave.dialect import (
+    ClientDialect,
     ControlRoute,
     EngineRoute,
     InnerRequest,
@@ -48,7 +50,7 @@ from enclave.dialect import (
 from enclave.errors import InvalidJson, RequestRefused, UnauthenticatedAnswer
 from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
 from enclave.keys import KeyRing
-from enclave.plugin import DialectSetup
+from enclave.plugin import ClientSetup, DialectSetup
 
 NAME = "atoma"
 PREFIX = "/v1/confidential"
@@ -279,3 +281,36 @@ class AtomaClient:
             headers += (("authorization", f"Bearer {self._api_key}"),)
         return (OuterRequest("POST", path, headers, json.dumps(envelope).encode()),
                 AtomaOpener(session))
+
+
+class AtomaKeys:
+    """Client side: the node's keys at `NODE_PATH`, bound as `atoma-node-x25519` and
+    `atoma-signing-ed25519`. `api_key`: the platform API key sent as Bearer, which a
+    gateway with accounts requires."""
+
+    name = NAME
+    sealed_models = False
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self._api_key = api_key
+
+    def lookups(self) -> tuple[OuterRequest, ...]:
+        return (OuterRequest("GET", NODE_PATH),)
+
+    def candidate(self, index: int, response: OuterResponse) -> AtomaClient:
+        return AtomaClient.from_node_info(discovery.answered(response), api_key=self._api_key)
+
+    def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
+        return isinstance(candidate, AtomaClient) and candidate.node_keys == (
+            bound.get("atoma-node-x25519"), bound.get("atoma-signing-ed25519"))
+
+    def ready(self, candidate: Any) -> AtomaClient:
+        assert isinstance(candidate, AtomaClient)
+        return candidate
+
+    def expired(self, dialect: ClientDialect) -> bool:
+        return False
+
+
+def client(setup: ClientSetup) -> AtomaKeys:
+    return AtomaKeys(setup.api_key)

@@ -15,26 +15,35 @@ beside it in `encrypted_error`, which our client opens and passes on.
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import enclave.continuum.pq as pq
-from enclave import sse
+from enclave import discovery, sse
 from enclave.continuum.fields import (
     PROMPT_FIELDS,
     RESULT_FIELDS,
+    SECRET_SIZE,
     FieldCipher,
     SealedField,
     SecretStore,
     is_encrypted_field,
     open_secret,
+    seal_secret,
+    seal_secret_hybrid,
 )
 from enclave.dialect import (
+    ClientDialect,
     ControlRoute,
     EngineRoute,
     InnerRequest,
     InnerResponse,
     OuterRequest,
     OuterResponse,
+    Registration,
     json_response,
     plain_refusal,
     refusal,
@@ -48,9 +57,10 @@ from enclave.errors import (
 )
 from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
 from enclave.keys import KeyRing
-from enclave.ohttp.keyconfig import encode_key_configs
+from enclave.ohttp.dialect import PATH as OHTTP_PATH
+from enclave.ohttp.keyconfig import KeyConfig, encode_key_configs
 from enclave.padding import DEFAULT_PADDING, PaddingPolicy
-from enclave.plugin import DialectSetup
+from enclave.plugin import ClientSetup, DialectSetup
 from enclave.wire_errors import ErrorCode, code_of, error_json
 
 NAME = "continuum"
@@ -264,3 +274,83 @@ class ContinuumClient:
         return (OuterRequest("POST", request.path, (("content-type", "application/json"),),
                              json.dumps(sealed).encode()),
                 ContinuumOpener(cipher, RESULT_FIELDS[request.path]))
+
+
+# Register a new secret this long before the old one expires.
+RENEW_MARGIN_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class HybridPublicKey:
+    """The gateway's ML-KEM-768 + X25519 key for the secret exchange."""
+
+    public_bytes: bytes
+
+
+class ContinuumKeys:
+    """Client side: the key a secret is sealed to (the hybrid post-quantum key at
+    `HYBRID_KEY_PATH` where the gateway offers one, bound as `continuum-hybrid`; else the
+    OHTTP key configuration, bound as `continuum`), then the secret registered."""
+
+    name = NAME
+    sealed_models = False
+
+    def __init__(self) -> None:
+        self._expires: dict[str, float] = {}
+
+    def lookups(self) -> tuple[OuterRequest, ...]:
+        return (OuterRequest("GET", HYBRID_KEY_PATH), OuterRequest("GET", OHTTP_PATH))
+
+    def candidate(self, index: int, response: OuterResponse) -> Any:
+        if index == 0:
+            if response.status != 200:
+                return None
+            try:
+                offered = json.loads(response.body)
+                if offered["kem"] != pq.KEM_NAME:
+                    return None
+                return HybridPublicKey(bytes.fromhex(offered["public_key"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UnauthenticatedAnswer("malformed hybrid key") from exc
+        return discovery.first(discovery.key_configs(discovery.answered(response)))
+
+    def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
+        attested_hybrid = bound.get(pq.KEY_NAME)
+        if isinstance(candidate, HybridPublicKey):
+            return candidate.public_bytes == attested_hybrid
+        # The classic key only from a gateway that attests no hybrid one: whoever hid
+        # the hybrid key from us does not get a downgrade.
+        return (isinstance(candidate, KeyConfig) and attested_hybrid is None
+                and candidate in discovery.bound_configs(bound, "continuum"))
+
+    def ready(self, candidate: Any) -> Registration:
+        secret = os.urandom(SECRET_SIZE)
+        if isinstance(candidate, HybridPublicKey):
+            sealed = seal_secret_hybrid(candidate.public_bytes, secret)
+        else:
+            assert isinstance(candidate, KeyConfig)
+            sealed = seal_secret(candidate, secret)
+        request = OuterRequest("POST", SECRETS_PATH, (("content-type", "application/json"),),
+                               json.dumps(sealed).encode())
+
+        def registered(response: OuterResponse) -> ContinuumClient:
+            body = discovery.answered(response)
+            try:
+                info = json.loads(body)
+                client = ContinuumClient(str(info["secret_id"]), secret)
+                self._expires[client.secret_id] = float(info["expires_at"])
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise UnauthenticatedAnswer("malformed secret registration") from exc
+            return client
+
+        return Registration(request, registered)
+
+    def expired(self, dialect: ClientDialect) -> bool:
+        if not isinstance(dialect, ContinuumClient):
+            return True
+        expires = self._expires.get(dialect.secret_id, 0.0)
+        return expires - time.time() < RENEW_MARGIN_SECONDS
+
+
+def client(setup: ClientSetup) -> ContinuumKeys:
+    return ContinuumKeys()

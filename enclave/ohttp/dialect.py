@@ -14,10 +14,14 @@ response to a streamed request gathers the stream into one message.
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
+from enclave import discovery
 from enclave.dialect import (
     NO_STORE,
+    ClientDialect,
     ControlRoute,
     EngineRoute,
     Headers,
@@ -63,7 +67,7 @@ from enclave.ohttp.protocol import (
     REQUEST_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
 )
-from enclave.plugin import DialectSetup
+from enclave.plugin import ClientSetup, DialectSetup
 from enclave.wire_errors import ErrorCode
 
 PATH = "/.well-known/ohttp-gateway"
@@ -305,3 +309,32 @@ class OhttpClient:
         sealed = ClientRequest(self.config, encode_request(_binary_request(request)))
         return (OuterRequest("POST", PATH, _fields(REQUEST_MEDIA_TYPE), sealed.data),
                 _SingleShotOpener(sealed))
+
+
+class OhttpKeys:
+    """Client side: the key configurations at `PATH`, bound as `ohttp`."""
+
+    name = NAME
+    sealed_models = True
+
+    def lookups(self) -> tuple[OuterRequest, ...]:
+        return (OuterRequest("GET", PATH),)
+
+    def candidate(self, index: int, response: OuterResponse) -> OhttpClient:
+        return OhttpClient(discovery.first(discovery.key_configs(discovery.answered(
+            response))))
+
+    def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
+        return isinstance(candidate, OhttpClient) and candidate.config in \
+            discovery.bound_configs(bound, "ohttp")
+
+    def ready(self, candidate: Any) -> OhttpClient:
+        assert isinstance(candidate, OhttpClient)
+        return candidate
+
+    def expired(self, dialect: ClientDialect) -> bool:
+        return False
+
+
+def client(setup: ClientSetup) -> OhttpKeys:
+    return OhttpKeys()
