@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
-from enclave.errors import AnswerRefused, StaleCredentials, UnauthenticatedAnswer
+from enclave.errors import AnswerRefused, RequestRefused, StaleCredentials, UnauthenticatedAnswer
 from enclave.http_fields import Fields, field_value
-from enclave.wire_errors import ErrorCode, code_of, error_body
+from enclave.wire_errors import code_of, error_body
 
 Headers = Fields  # names in lower case
 
@@ -195,10 +195,10 @@ class ServerDialect(Protocol):
     def open(self, request: OuterRequest) -> tuple[InnerRequest, Responder]:
         """The plaintext request and its responder; raises `RequestRefused`."""
 
-    def refuse(self, error: Exception) -> OuterResponse:
+    def refuse(self, error: RequestRefused) -> OuterResponse:
         """A request refused before it was opened, in the dialect's own error shape
-        (unsealed: it says nothing about content). `error` is a `RequestRefused` or the
-        gateway's own refusal (same `code`, `status`, `message` attributes)."""
+        (unsealed: it says nothing about content): the dialect's refusal or the
+        gateway's (`GatewayError`, of the same family)."""
 
     def published_keys(self) -> dict[str, bytes]:
         """The public keys this dialect accepts traffic for, bound in the attestation
@@ -285,12 +285,12 @@ def json_response(status: int, body: bytes, *, extra: Headers = ()) -> OuterResp
     return OuterResponse(status, (("content-type", JSON), *extra), body)
 
 
-def plain_refusal(error: Exception, *, problem_type: str | None = None) -> OuterResponse:
+def plain_refusal(error: RequestRefused, *, problem_type: str | None = None
+                  ) -> OuterResponse:
     """An unsealed refusal as an OpenAI-shaped error; with `problem_type`, an RFC 9457
     problem document (what OHTTP and EHBP clients look for on a stale key)."""
-    code = ErrorCode(getattr(error, "code", ErrorCode.INTERNAL_ERROR))
-    status = int(getattr(error, "status", 500))
-    body = error_body(code, str(getattr(error, "message", "error")))
+    status = error.status
+    body = error_body(error.code, error.message)
     if problem_type is None:
         return json_response(status, json.dumps(body).encode())
     problem = {"type": problem_type, "title": body["error"]["message"], "status": status,

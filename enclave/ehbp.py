@@ -297,9 +297,9 @@ class EhbpServer:
         return (InnerRequest(request.method, request.path, plaintext,
                              replay_id=bytes.fromhex(encapsulated)), EhbpResponder(sealer))
 
-    def refuse(self, error: Exception) -> OuterResponse:
+    def refuse(self, error: RequestRefused) -> OuterResponse:
         return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE
-                             if getattr(error, "code", None) == ErrorCode.UNKNOWN_KEY else None)
+                             if error.code == ErrorCode.UNKNOWN_KEY else None)
 
 
 class EhbpOpener:

@@ -19,13 +19,21 @@ from enclave.wire_errors import ErrorCode, status_of
 
 
 class RequestRefused(Exception):
-    """Base class of every refusal to open a request; `code` is the wire code."""
+    """Base class of every refusal, the dialects' and the gateway's (`GatewayError` is
+    one): `code` is the wire code (whence the status), `message` says why without quoting
+    content, `param` names the offending field, `headers` go on the answer (a
+    `Retry-After`). Subclasses fix a code and message as class attributes."""
 
     code: ErrorCode = ErrorCode.DECRYPTION_FAILED
     message = "decryption failed"
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, code: ErrorCode | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        if code is not None:
+            self.code = code
         self.message = message or type(self).message
+        self.param = param
+        self.headers = headers or {}
         super().__init__(self.message)
 
     @property

@@ -20,7 +20,7 @@ from enclave.dialect import (
     plain_refusal,
 )
 from enclave.engine import MODELS, PROMPT_ROUTES
-from enclave.errors import PlaintextRefused
+from enclave.errors import PlaintextRefused, RequestRefused
 from enclave.plugin import DialectSetup
 
 NAME = "plaintext"
@@ -78,7 +78,7 @@ class IdentityServer:
             inner = inner.with_payload(request.json_object, body=request.body)  # parsed once
         return inner, IdentityResponder()
 
-    def refuse(self, error: Exception) -> OuterResponse:
+    def refuse(self, error: RequestRefused) -> OuterResponse:
         return plain_refusal(error)
 
 

@@ -115,10 +115,10 @@ class _Control:
             outer = OuterRequest(request.method, request.url.path, (), body)
             models = tuple(services.slot.get().model_names()) if route.max_body else ()
             answer = route.answer(ControlCall(outer, client, models))
-        except RequestRefused as err:
-            services.metrics.crypto_failures.labels(dialect.name, "control").inc()
+        except GatewayError as err:  # the gateway's own (a body too large or too slow)
             answer = dialect.refuse(err)
-        except GatewayError as err:
+        except RequestRefused as err:  # the dialect's: it did not open
+            services.metrics.crypto_failures.labels(dialect.name, "control").inc()
             answer = dialect.refuse(err)
         await to_response(answer)(scope, receive, send)
 

@@ -288,12 +288,13 @@ class EngineEndpoint:
             return self._refused(self._mounts[0].dialect, err), None, None
         outer = OuterRequest(request.method, request.url.path,
                              tuple((k, v) for k, v in request.headers.items()), body)
-        try:
-            mount, inner, responder, problem = await self._open(outer)
-        except _Refused as refused:
-            context.dialect = refused.dialect.name
+        opened = await self._open(outer)
+        if isinstance(opened, _NotOpened):
+            context.dialect = opened.dialect.name
             services.metrics.crypto_failures.labels(context.dialect, "open_request").inc()
-            return self._refused(refused.dialect, refused.error), None, None
+            return self._refused(opened.dialect, opened.error), None, None
+        mount, inner, responder, problem = (opened.mount, opened.inner, opened.responder,
+                                            opened.problem)
         context.dialect = mount.dialect.name
         services.metrics.in_flight.labels(context.dialect).inc()
         tracker = _Tracker(services, context.dialect, context.started_at, NoObserver())
@@ -315,7 +316,8 @@ class EngineEndpoint:
                 if gated is not inner:  # the gate may rewrite the request: check it again
                     inner, problem = gated, _inner_problem(gated)
             if problem is not None:
-                return to_response(responder.error(*problem)), tracker, None
+                return (to_response(responder.error(problem.status, problem.body_json())),
+                        tracker, None)
             inner = _with_cache_salt(inner, services.cache_salt_key)
             engine = services.slot.get()
         except GatewayError as err:
@@ -348,54 +350,59 @@ class EngineEndpoint:
         tracker.completed = True
         return to_response(responder.whole(answer.status, content_type, content))
 
-    async def _open(self, outer: OuterRequest) -> _Opened:
+    async def _open(self, outer: OuterRequest) -> _Opened | _NotOpened:
         if len(outer.body) <= INLINE_OPEN_BYTES:
             return _open_with(self._mounts, outer)
         async with self._services.opens:
             return await asyncio.to_thread(_open_with, self._mounts, outer)
 
-    def _refused(self, dialect: ServerDialect, error: Exception) -> Response:
-        code = getattr(error, "code", ErrorCode.INTERNAL_ERROR)
-        self._services.metrics.rejected.labels(str(code)).inc()
+    def _refused(self, dialect: ServerDialect, error: RequestRefused) -> Response:
+        self._services.metrics.rejected.labels(error.code.value).inc()
         response = to_response(dialect.refuse(error))
-        for name, value in getattr(error, "headers", {}).items():
+        for name, value in error.headers.items():
             response.headers[name] = value
         return response
 
 
-class _Refused(Exception):
-    def __init__(self, dialect: ServerDialect, error: RequestRefused) -> None:
-        self.dialect, self.error = dialect, error
+@dataclass(frozen=True)
+class _Opened:
+    mount: Mount
+    inner: InnerRequest
+    responder: Responder
+    problem: GatewayError | None  # what the engine must not see: answered sealed
 
 
-_Opened = tuple[Mount, InnerRequest, Responder, tuple[int, bytes] | None]
+@dataclass(frozen=True)
+class _NotOpened:
+    dialect: ServerDialect
+    error: RequestRefused  # answered unsealed, in the dialect's shape
 
 
-def _open_with(mounts: Sequence[Mount], outer: OuterRequest) -> _Opened:
+def _open_with(mounts: Sequence[Mount], outer: OuterRequest) -> _Opened | _NotOpened:
     """The first dialect that accepts the request opens it, and the opened request is
     checked (pure CPU: may run in a worker thread)."""
     mount = next((m for m in mounts if m.dialect.accepts(outer)), mounts[-1])
     try:
         inner, responder = mount.dialect.open(outer)
     except RequestRefused as error:
-        raise _Refused(mount.dialect, error) from None
-    return mount, inner, responder, _inner_problem(inner)
+        return _NotOpened(mount.dialect, error)
+    return _Opened(mount, inner, responder, _inner_problem(inner))
 
 
-def _inner_problem(inner: InnerRequest) -> tuple[int, bytes] | None:
-    """An opened request the engine must not see: (status, error JSON)."""
+def _inner_problem(inner: InnerRequest) -> GatewayError | None:
+    """Why an opened request must not reach the engine, if it must not."""
     if (inner.method, inner.path) not in ENGINE_ROUTES:
-        return 404, error_json(ErrorCode.NOT_FOUND, "no such route")
+        return GatewayError(ErrorCode.NOT_FOUND, "no such route")
     if inner.method == "POST":
         try:
             payload = inner.payload  # parsed here, once, for the whole path
         except (ValueError, UnicodeDecodeError):
-            return 400, error_json(ErrorCode.INVALID_JSON, "request body is not valid JSON")
+            return GatewayError(ErrorCode.INVALID_JSON, "request body is not valid JSON")
         if not isinstance(payload, dict):
-            return 400, error_json(ErrorCode.INVALID_JSON, "request body must be a JSON object")
+            return GatewayError(ErrorCode.INVALID_JSON, "request body must be a JSON object")
         if "cache_salt" in payload:
-            return 400, error_json(ErrorCode.CACHE_SALT_REFUSED, "cache_salt is set by the "
-                                   "gateway (per tenant); leave it out", param="cache_salt")
+            return GatewayError(ErrorCode.CACHE_SALT_REFUSED, "cache_salt is set by the "
+                                "gateway (per tenant); leave it out", param="cache_salt")
     return None
 
 

@@ -13,23 +13,17 @@ from typing import Any
 
 from starlette.responses import Response
 
-from enclave.wire_errors import ErrorCode, error_body, status_of
+from enclave.errors import RequestRefused
+from enclave.wire_errors import ErrorCode, error_body
 
 
-class GatewayError(Exception):
-    """A failure that becomes a JSON error response (unsealed: say nothing of content)."""
+class GatewayError(RequestRefused):
+    """The gateway's refusal, of the one `RequestRefused` family: it becomes a JSON error
+    response (unsealed before a request is opened: say nothing of content)."""
 
     def __init__(self, code: ErrorCode, message: str, *, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
-        self.headers = headers or {}
-
-    @property
-    def status(self) -> int:
-        return status_of(self.code)
+        super().__init__(message, code=code, param=param, headers=headers)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.code, self.message, param=self.param)

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from enclave.dialect import InnerRequest, OuterResponse
 from enclave.engine import EngineRequest
+from enclave.errors import RequestRefused
 from enclave.plaintext import platform_dialect
 from enclave.wire_errors import ErrorCode, normalize_engine_error
 from gateway import sampling
@@ -132,7 +133,7 @@ class Platform:
         return key
 
     def bearer_required(self, app: ASGIApp, dialect: str,
-                        refuse: Callable[[Exception], OuterResponse]) -> ASGIApp:
+                        refuse: Callable[[RequestRefused], OuterResponse]) -> ASGIApp:
         """`app` behind a platform API key, checked before the body is read or opened: a
         wrong token costs no crypto and gets the dialect's own refusal (`refuse`). The key
         is left in the scope for the gate (`metered_gate`)."""
@@ -306,7 +307,7 @@ class _BearerRequired:
     """An ASGI app (not a function, which Starlette would treat as a request handler)."""
 
     def __init__(self, platform: Platform, app: ASGIApp, dialect: str,
-                 refuse: Callable[[Exception], OuterResponse]) -> None:
+                 refuse: Callable[[RequestRefused], OuterResponse]) -> None:
         self._platform, self._app, self._dialect, self._refuse = platform, app, dialect, refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

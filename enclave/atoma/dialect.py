@@ -200,12 +200,11 @@ class AtomaServer:
             opened = opened.with_payload(inner)
         return opened, AtomaResponder(sealer)
 
-    def refuse(self, error: Exception) -> OuterResponse:
-        status = int(getattr(error, "status", 500))
+    def refuse(self, error: RequestRefused) -> OuterResponse:
+        status = error.status
         if status == 422:  # a stale node key is the seed's InvalidBody, with its own code
             status = 400
-        return json_response(status, error_object(status, str(getattr(
-            error, "code", "internal_error")), str(getattr(error, "message", "error"))))
+        return json_response(status, error_object(status, str(error.code), error.message))
 
 
 # --- client side ---------------------------------------------------------------------------

@@ -194,7 +194,7 @@ class ContinuumServer:
         return (inner,
                 ContinuumResponder(cipher, RESULT_FIELDS[request.path]))
 
-    def refuse(self, error: Exception) -> OuterResponse:
+    def refuse(self, error: RequestRefused) -> OuterResponse:
         return plain_refusal(error)
 
 

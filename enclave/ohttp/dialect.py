@@ -192,9 +192,9 @@ class OhttpServer:
                             replay_id=request.body[:ENCAPSULATED_HEADER_SIZE],
                             sent_at=_sent_at(inner.header("date"))), responder
 
-    def refuse(self, error: Exception) -> OuterResponse:
+    def refuse(self, error: RequestRefused) -> OuterResponse:
         return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE
-                             if getattr(error, "code", None) == ErrorCode.UNKNOWN_KEY else None)
+                             if error.code == ErrorCode.UNKNOWN_KEY else None)
 
 
 def _sent_at(date: str | None) -> float | None:

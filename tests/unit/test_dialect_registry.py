@@ -28,6 +28,7 @@ from enclave.dialect import (
 )
 from enclave.discovery import answered
 from enclave.engine import CHAT
+from enclave.errors import RequestRefused
 from enclave.plugin import ClientSetup, DialectSetup
 from enclave.registry import DIALECTS, Dialect
 from gateway.app import create_app
@@ -82,7 +83,7 @@ class XorServer:
         return InnerRequest(*CHAT, _xor(request.body), replay_id=request.body[:16]), \
             XorResponder()
 
-    def refuse(self, error: Exception) -> OuterResponse:
+    def refuse(self, error: RequestRefused) -> OuterResponse:
         return plain_refusal(error)
 
     def published_keys(self) -> dict[str, bytes]:
