@@ -4,6 +4,9 @@ ending with `data: [DONE]`. Sans-IO framing shared by the dialects that seal per
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from enclave.errors import MessageTooLargeError
 
 DONE = b"[DONE]"
@@ -20,6 +23,18 @@ def event(payload: bytes) -> bytes:
 def data_of(chunk: bytes) -> list[bytes]:
     """The payloads of the `data:` events in `chunk` (whole events, as the engine sends)."""
     return [e[len(_DATA):] for e in chunk.split(_END) if e.startswith(_DATA)]
+
+
+def usage_of(payload: bytes) -> dict[str, Any] | None:
+    """The `usage` object of an OpenAI answer or stream event, if it has one; the one
+    place usage is read (most stream events have none and are not parsed for it)."""
+    if b'"usage"' not in payload:
+        return None
+    try:
+        usage = json.loads(payload).get("usage")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    return usage if isinstance(usage, dict) else None
 
 
 class EventReader:

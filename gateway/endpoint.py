@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
-import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -143,24 +142,15 @@ class _Tracker:
 
     def saw_whole(self, body: bytes) -> None:
         if self.observer.wants_usage:
-            self.usage = _usage_of(body) or self.usage
+            self.usage = sse.usage_of(body) or self.usage
 
     def saw_chunk(self, chunk: bytes) -> None:
         if self._first:
             self._first = False
             self._ttft.observe(time.perf_counter() - self._started_at)
         if self.observer.wants_usage and b'"usage"' in chunk:
-            for line in chunk.split(b"\n\n"):
-                if line.startswith(b"data: {"):
-                    self.usage = _usage_of(line[6:]) or self.usage
-
-
-def _usage_of(body: bytes) -> dict[str, Any] | None:
-    try:
-        usage = json.loads(body).get("usage")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return None
-    return usage if isinstance(usage, dict) else None
+            for payload in sse.data_of(chunk):
+                self.usage = sse.usage_of(payload) or self.usage
 
 
 # How long an answer and its admission slot wait for the request's cost to be settled.

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from enclave import sse
 from enclave.dialect import InnerRequest, OuterResponse
 from enclave.engine import EngineRequest
 from enclave.errors import RequestRefused
@@ -277,7 +278,7 @@ class Platform:
                 request_id=RequestContext.of(request.scope).request_id))
             content = await answer.read()
             if answer.status < 400:
-                usage = json.loads(content).get("usage")
+                usage = sse.usage_of(content)
             return answer.status, content
         finally:
             if call is not None:

@@ -75,15 +75,6 @@ def error_object(status: int, code: str, message: str) -> bytes:
     return json.dumps({"error": {"type": kind, "code": code, "message": message}}).encode()
 
 
-def usage_of(content: bytes) -> Any:
-    if b'"usage"' not in content:  # most stream events: not parsed for nothing
-        return None
-    try:
-        return json.loads(content).get("usage")
-    except (ValueError, AttributeError):
-        return None
-
-
 def with_fields(payload: bytes, fields: dict[str, Any]) -> bytes:
     """`payload` (a JSON object) with `fields` added, without re-encoding the rest."""
     body = payload.rstrip()
@@ -103,7 +94,7 @@ class AtomaResponder(SealedEventsResponder):
         self._seq = 0
 
     def _envelope(self, status: int, plaintext: bytes) -> OuterResponse:
-        sealed = self._sealer.seal(self.padding.pad_json(plaintext), usage=usage_of(plaintext))
+        sealed = self._sealer.seal(self.padding.pad_json(plaintext), usage=sse.usage_of(plaintext))
         return self._outer(status, json.dumps(sealed).encode())
 
     def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
@@ -118,7 +109,7 @@ class AtomaResponder(SealedEventsResponder):
         fields: dict[str, Any] = {SEQ_FIELD: self._seq, **({END_FIELD: True} if final else {})}
         plaintext = with_fields(payload, fields)
         self._seq += 1
-        sealed = self._sealer.seal(self.padding.pad_json(plaintext), usage=usage_of(plaintext))
+        sealed = self._sealer.seal(self.padding.pad_json(plaintext), usage=sse.usage_of(plaintext))
         return sse.event(json.dumps(sealed).encode())
 
 
