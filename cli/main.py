@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from cli import proxy as client_cli
+from cli.arguments import Built, add_arguments, build
 from gateway.config import KeyholderConfig, ServeConfig
-from gateway.options import Built, ConfigError, add_arguments, build, load_toml
+from gateway.options import ConfigError, load_toml
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:

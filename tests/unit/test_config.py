@@ -10,11 +10,12 @@ import re
 import pytest
 
 from attestation.workload import workload_digest
+from cli.arguments import add_arguments, build
 from cli.main import _parser, main
 from enclave.padding import PaddingPolicy
 from gateway import options
 from gateway.config import KeyholderConfig, Limits, ServeConfig
-from gateway.options import ConfigError, build, load_toml, option
+from gateway.options import ConfigError, load_toml, option
 from gateway.workload import build_manifest
 
 
@@ -66,7 +67,7 @@ def test_a_new_option_is_in_the_measured_identity_with_no_other_edit() -> None:
     import argparse
 
     parser = argparse.ArgumentParser()
-    options.add_arguments(parser, more)
+    add_arguments(parser, more)
     assert build(more, parser.parse_args(["--max-images", "7"])).config.limits.max_images == 7
     assert options.make(more, options.read_table(more, {"limits": {"max_images": 9}})
                         ).limits.max_images == 9
