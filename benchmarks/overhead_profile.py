@@ -116,8 +116,8 @@ async def main(requests: int, max_tokens: int, interval_ms: float) -> None:
     app = create_app(ServeConfig.of(max_per_client=10**6, max_in_flight=10**6,
                               stream_interval_ms=interval_ms), engine.running)
     async with app.router.lifespan_context(app):
-        await app.state.engine_slot.wait_started()
-        config = app.state.keyring.current().key_config()
+        await app.engine_slot.wait_started()
+        config = app.keyring.current().key_config()
         payload = json.dumps({"model": CHAT_MODEL, "stream": True, "max_tokens": max_tokens,
                               "messages": [{"role": "user", "content": "x " * 200}]}).encode()
         inner = encode_request(Request("POST", "/v1/chat/completions", content=payload),

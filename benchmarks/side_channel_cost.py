@@ -93,7 +93,7 @@ async def run_config(name: str, engine: Any, model: str, args: argparse.Namespac
     try:
         while not server.started:
             await asyncio.sleep(0.05)
-        await app.state.engine_slot.wait_started()
+        await app.engine_slot.wait_started()
         url = f"http://127.0.0.1:{port}"
         client = make_client(url, "ohttp", attestation=Unverified())
         await client.dialect()

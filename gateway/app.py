@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from enclave.dialect import ControlCall, ControlRoute, EngineRoute, OuterRequest, ServerDialect
@@ -178,6 +178,30 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return json_response(500, error_body(ErrorCode.INTERNAL_ERROR, "internal error"))
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """What `create_app` makes: the public listener's app (this value is that ASGI app,
+    and owns the lifespan: engine, key rotation), the attested TLS listener's (the same
+    app where there is no platform or admin API), and what the command line and tests
+    look at. Request handling never reads these."""
+
+    app: Starlette
+    tls_app: Starlette
+    config: ServeConfig
+    metrics: metrics.GatewayMetrics
+    engine_slot: EngineSlot
+    keyring: KeyRing
+    dialects: Dialects
+    reports: attestation_routes.ReportService | None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+    @property
+    def router(self) -> Router:
+        return self.app.router
+
+
 def create_app(
     config: ServeConfig,
     engine_factory: EngineFactory,
@@ -191,7 +215,7 @@ def create_app(
     admin: AdminApi | None = None,
     fleet: FleetSecrets | None = None,
     registry: Sequence[Dialect] = DIALECTS,
-) -> Starlette:
+) -> Gateway:
     """Build the gateway. The engine starts in the lifespan, in the background.
 
     `attestation` is the evidence providers and the workload manifest; without it the
@@ -288,13 +312,4 @@ def create_app(
     tls_only = [*(platform.routes() + platform_docs.docs_routes(VERSION)
                   if platform is not None else []), *admin_routes]
     tls_app = listener([*public, *tls_only], owns_lifespan=False) if tls_only else app
-    # What tests and the CLI look at; request handling never reads these.
-    for each in {app, tls_app}:
-        each.state.config = config
-        each.state.metrics = gateway_metrics
-        each.state.engine_slot = slot
-        each.state.keyring = keyring
-        each.state.dialects = dialects
-        each.state.reports = reports
-        each.state.tls_app = tls_app
-    return app
+    return Gateway(app, tls_app, config, gateway_metrics, slot, keyring, dialects, reports)

@@ -214,7 +214,7 @@ def serve_process(config: ServeConfig, launch: Launch, attested: Attested,
     if tls is not None:
         with tls.files() as (certfile, keyfile):  # in memory, closed once loaded
             tls_config = uvicorn.Config(
-                app.state.tls_app, host=listen.host, port=listen.tls_port, log_config=None,
+                app.tls_app, host=listen.host, port=listen.tls_port, log_config=None,
                 access_log=False, lifespan="off", ssl_certfile=certfile, ssl_keyfile=keyfile,
                 **bounded, timeout_graceful_shutdown=grace, **forwarded)
             tls_config.load()
@@ -223,7 +223,7 @@ def serve_process(config: ServeConfig, launch: Launch, attested: Attested,
         from gateway.metrics import metrics_only_app
 
         listeners.append((listening.server(uvicorn.Config(
-            metrics_only_app(app.state.metrics), host=config.metrics.metrics_host,
+            metrics_only_app(app.metrics), host=config.metrics.metrics_host,
             port=config.metrics.metrics_port, log_config=None, access_log=False, lifespan="off",
             **bounded)), listening.metrics))
 

@@ -58,6 +58,6 @@ async def scrape(app: Any) -> str:
 
     from gateway.metrics import metrics_only_app
 
-    transport = httpx.ASGITransport(app=metrics_only_app(app.state.metrics))
+    transport = httpx.ASGITransport(app=metrics_only_app(app.metrics))
     async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as client:
         return (await client.get("/metrics")).text

@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
-from gateway.app import create_app
+from gateway.app import Gateway, create_app
 from gateway.config import ServeConfig
 from tests.doubles import DeterministicTestEngine
 
@@ -18,13 +17,13 @@ def engine() -> DeterministicTestEngine:
     return DeterministicTestEngine()
 
 
-async def start(app: Starlette) -> None:
+async def start(app: Gateway) -> None:
     """Wait for the background engine start (the double starts at once)."""
-    await app.state.engine_slot.wait_started()
+    await app.engine_slot.wait_started()
 
 
 @contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[Starlette]:
+async def running(app: Gateway) -> AsyncIterator[Gateway]:
     """`app` with its lifespan entered and its engine started."""
     async with app.router.lifespan_context(app):
         await start(app)
@@ -32,8 +31,8 @@ async def running(app: Starlette) -> AsyncIterator[Starlette]:
 
 
 @pytest.fixture
-def make_app(engine: DeterministicTestEngine) -> Callable[..., Starlette]:
-    def factory(**settings: object) -> Starlette:
+def make_app(engine: DeterministicTestEngine) -> Callable[..., Gateway]:
+    def factory(**settings: object) -> Gateway:
         return create_app(ServeConfig.of(**settings), engine.running)  # type: ignore[arg-type]
     return factory
 
@@ -60,7 +59,7 @@ __all__ = ["asyncio", "running", "start"]
 
 
 @pytest.fixture
-async def gateway_app(make_app) -> AsyncIterator[Starlette]:
+async def gateway_app(make_app) -> AsyncIterator[Gateway]:
     """A gateway (default settings: plaintext refused) with its lifespan running."""
     async with running(make_app(max_body_bytes=64 * 1024)) as app:
         yield app

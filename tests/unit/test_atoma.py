@@ -105,13 +105,13 @@ async def test_gateway_errors_are_named_like_the_seed(gateway_app) -> None:
         assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json")
         node = (await raw.get("/v1/confidential/node")).json()
     assert base64.b64decode(node["node_dh_public_key"]) == \
-        gateway_app.state.keyring.current().public_key
+        gateway_app.keyring.current().public_key
 
 
 async def test_a_stale_node_key_makes_the_client_refetch(gateway_app) -> None:
     c = client_for(gateway_app, "atoma")
     dialect = await c.dialect()
-    ring = gateway_app.state.keyring
+    ring = gateway_app.keyring
     ring._grace = 0.0
     ring.rotate()
     outer, opener = dialect.seal(InnerRequest(

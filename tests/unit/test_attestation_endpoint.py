@@ -69,7 +69,7 @@ async def test_the_report_binds_every_dialects_published_keys(raw, attested_app,
     r = await raw.get("/v1/attestation/report", params={"nonce": NONCE.hex()})
     claims = verify_evidence(r.content, expected_nonce=NONCE, roots=_roots(pki),
                              policy=policy(), now=dt.datetime.now(dt.UTC))
-    published = attested_app.state.dialects.published_keys()
+    published = attested_app.dialects.published_keys()
     assert {k: v for k, v in claims.keys.items() if k in published} == published
     assert set(claims.keys) == {"ohttp", "ehbp", "continuum", "continuum-mlkem768x25519",
                                 "atoma-node-x25519", "atoma-signing-ed25519",
@@ -79,7 +79,7 @@ async def test_the_report_binds_every_dialects_published_keys(raw, attested_app,
 async def test_report_without_nonce_is_cached_per_key_epoch(raw, attested_app) -> None:
     first = (await raw.get("/v1/attestation/report")).content
     assert (await raw.get("/v1/attestation/report")).content == first
-    attested_app.state.keyring.rotate()
+    attested_app.keyring.rotate()
     assert (await raw.get("/v1/attestation/report")).content != first
 
 
@@ -140,7 +140,7 @@ async def test_proxy_refuses_an_unverified_gateway_and_sends_nothing(attested_ap
 async def test_proxy_reattests_after_key_rotation(attested_app, pki, engine, protocol) -> None:
     async with _proxy(attested_app, _trust(pki), protocol) as local:
         assert (await local.post("/v1/chat/completions", json=CHAT)).status_code == 200
-        keyring = attested_app.state.keyring
+        keyring = attested_app.keyring
         keyring._grace = 0.0
         keyring.rotate()
         r = await local.post("/v1/chat/completions", json=CHAT)

@@ -85,7 +85,7 @@ async def test_wire_shape_keeps_metadata_plaintext_and_seals_the_rest(gateway_ap
 
 async def test_unknown_secret_is_re_registered_once(client, gateway_app) -> None:
     first = await client.dialect()
-    gateway_app.state.dialects.named("continuum").secrets.clear()
+    gateway_app.dialects.named("continuum").secrets.clear()
     r = await client.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
     assert r.status == 200
     assert (await client.dialect()).secret_id != first.secret_id

@@ -85,7 +85,7 @@ def _exported_metric_names() -> set[str]:
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
                 "gauge": ("",)}
     names = {"cloister_engine_requests_unfinished", "cloister_engine_ready"}
-    for family in app.state.metrics.registry.collect():
+    for family in app.metrics.registry.collect():
         names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
     # vLLM's metric names, read from its source without importing it
     spec = importlib.util.find_spec("vllm")

@@ -201,7 +201,7 @@ async def test_answers_read_one_byte_at_a_time(gateway_app, protocol) -> None:
 async def test_the_client_refetches_its_keys_once_after_a_rotation(client, gateway_app,
                                                                    protocol) -> None:
     before = await client.dialect()
-    keyring = gateway_app.state.keyring
+    keyring = gateway_app.keyring
     keyring._grace = 0.0  # the old key is refused at once
     keyring.rotate()
     r = await client.request("POST", "/v1/chat/completions", _body(CHAT))

@@ -71,7 +71,7 @@ async def test_keys_are_published_with_key_id_0_and_aes_256(gateway_app) -> None
     assert r.headers["content-type"] == "application/ohttp-keys"  # compared exactly by Tinfoil
     config = KeyConfig.decode(r.content)  # one bare configuration, not a list
     assert (config.key_id, config.suites) == (0, (ehbp.SUITE,))
-    assert config.public_key == gateway_app.state.keyring.current().public_key
+    assert config.public_key == gateway_app.keyring.current().public_key
     identity = tinfoil.ServerIdentity.unmarshal_public_config(r.content)  # Tinfoil's parser
     assert identity.public_key_bytes() == config.public_key
 

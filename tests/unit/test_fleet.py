@@ -172,7 +172,7 @@ async def test_a_request_sealed_to_one_replicas_key_is_answered_by_another(
         assert (await client.request("POST", "/v1/chat/completions", body)).status == 200
     await client.aclose()
     assert all(engine.seen_bodies for engine in engines)  # both replicas served
-    keys = [app.state.dialects.published_keys() for app in apps]
+    keys = [app.dialects.published_keys() for app in apps]
     assert keys[0] == keys[1]
 
 
@@ -198,7 +198,7 @@ async def test_a_conversation_started_on_one_replica_continues_on_another(
     key, record = new_key(store, "team", budget_tokens=100_000)
     bot = store.create_chatbot(record.account_id, "bot", CHAT_MODEL, "be nice")
     await started(apps)
-    tls = [httpx.AsyncClient(transport=httpx.ASGITransport(app=a.state.tls_app),
+    tls = [httpx.AsyncClient(transport=httpx.ASGITransport(app=a.tls_app),
                              base_url="https://gw") for a in apps]
     url_chat = f"/api/v1/chatbot/external/{bot.id}/chat"
     auth = {"authorization": f"Bearer {key}"}
@@ -224,7 +224,7 @@ async def test_budgets_hold_across_replicas(database, started) -> None:
     store = PlatformStore(url, DataKey(FleetSecrets(SEED).derive("data-key")))
     key, record = new_key(store, "team", budget_tokens=1000)
     await started(apps)
-    async with httpx.AsyncClient(transport=RoundRobin(*[a.state.tls_app for a in apps]),
+    async with httpx.AsyncClient(transport=RoundRobin(*[a.tls_app for a in apps]),
                                  base_url="https://gw") as client:
         answers = await asyncio.gather(*[client.post(
             "/api/v1/chat/completions", headers={"authorization": f"Bearer {key}"},

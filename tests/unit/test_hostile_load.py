@@ -108,14 +108,14 @@ def test_a_reader_that_stops_reading_gives_back_its_slot_and_engine_request() ->
 async def test_a_secret_flood_evicts_only_the_flooders_secrets(make_app) -> None:
     app = make_app(secrets_per_client=8, secret_registrations_per_second=1000.0,
                    secret_registration_burst=1000)
-    store = app.state.dialects.named("continuum").secrets
+    store = app.dialects.named("continuum").secrets
     async with app.router.lifespan_context(app):
         await start(app)
         victim = client_for(app, "continuum", transport=httpx.ASGITransport(
             app=app, client=("10.0.0.1", 1000)))
         reply = await victim.request("POST", "/v1/chat/completions", json.dumps(CHAT).encode())
         assert reply.status == 200
-        config = app.state.keyring.current().key_config()
+        config = app.keyring.current().key_config()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(
                 app=app, client=("10.0.0.2", 1000)), base_url="http://gw") as flooder:
             for _ in range(200):
@@ -133,7 +133,7 @@ async def test_secret_registrations_are_rate_limited_per_client(make_app) -> Non
     app = make_app(secret_registrations_per_second=1.0, secret_registration_burst=5)
     async with app.router.lifespan_context(app):
         await start(app)
-        config = app.state.keyring.current().key_config()
+        config = app.keyring.current().key_config()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(
                 app=app, client=("10.0.0.2", 1000)), base_url="http://gw") as flooder:
             answers = [await flooder.post(continuum.SECRETS_PATH, json=continuum.seal_secret(

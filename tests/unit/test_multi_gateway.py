@@ -70,7 +70,7 @@ async def test_failover_when_a_gateway_stops_answering(gateways, pki) -> None:
     multi = MultiGatewayClient([unreachable_client(), _client(b, pki)])
     assert await _post(multi, 4) == [200] * 4
     assert len(eb.seen_bodies) == 4
-    await b.state.engine_slot.stop()  # it now answers 503 engine_not_ready (sealed)
+    await b.engine_slot.stop()  # it now answers 503 engine_not_ready (sealed)
     assert await _post(multi, 1) == [503]  # both down: the last answer is passed on
     await multi.aclose()
 

@@ -45,7 +45,7 @@ async def test_key_configs_are_served_as_application_ohttp_keys(raw, gateway_app
     assert r.headers["content-type"] == "application/ohttp-keys"
     assert r.headers["cache-control"].startswith("max-age=")
     (config,) = decode_key_configs(r.content)
-    assert config.public_key == gateway_app.state.keyring.current().public_key
+    assert config.public_key == gateway_app.keyring.current().public_key
     assert len(config.suites) == 3
 
 

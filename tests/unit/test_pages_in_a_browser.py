@@ -56,7 +56,7 @@ def test_the_platform_docs_render_every_route(browser, tmp_path) -> None:
     store = PlatformStore(f"sqlite:///{tmp_path / 'p.db'}",
                           DataKey.from_key_file(tmp_path / "data-key"))
     app = create_app(ServeConfig.of(), DeterministicTestEngine().running, platform_store=store)
-    with served(app.state.tls_app) as url:
+    with served(app.tls_app) as url:
         page = browser.new_page()
         foreign = _local_only(page, url)
         page.goto(f"{url}{DOCS_PATH}")

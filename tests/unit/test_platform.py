@@ -45,7 +45,7 @@ async def platform(store: PlatformStore, engine: DeterministicTestEngine, scheme
     app = create_app(ServeConfig.of(**settings), engine.running, platform_store=store)
     async with app.router.lifespan_context(app):
         await start(app)
-        served = app.state.tls_app if scheme == "https" else app
+        served = app.tls_app if scheme == "https" else app
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=served),
                                      base_url=f"{scheme}://gw") as client:
             yield client
@@ -212,7 +212,7 @@ async def test_a_client_that_hangs_up_mid_stream_is_still_metered(store_factory)
     engine.pause_after = 5  # the engine waits (for the test) after five tokens
     async with app.router.lifespan_context(app):
         await start(app)
-        await call_until_hang_up(app.state.tls_app, scope, body, hang_up_after=lambda m: (
+        await call_until_hang_up(app.tls_app, scope, body, hang_up_after=lambda m: (
             m["type"] == "http.response.body" and engine.paused.is_set()))
     assert engine.aborted == 1
     used = store.get_api_key(record.id)

@@ -242,7 +242,7 @@ async def test_the_admin_api_runs_the_platform_with_signed_requests(store) -> No
                      admin=AdminApi(store, admin_key.public_key()))
     async with app.router.lifespan_context(app):
         await start(app)
-        tls = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.state.tls_app),
+        tls = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.tls_app),
                                 base_url="https://gw")
         public = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                    base_url="http://gw")

@@ -28,11 +28,11 @@ def _served(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
 async def test_every_platform_route_is_documented_and_nothing_else(store_factory) -> None:  # noqa: F811
     engine = DeterministicTestEngine()
     app = create_app(ServeConfig.of(), engine.running, platform_store=store_factory())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.state.tls_app),
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.tls_app),
                                  base_url="https://gw") as client:
         document = (await client.get(OPENAPI_PATH)).json()
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
-    served = _served(app.state.tls_app)
+    served = _served(app.tls_app)
     assert served, "the TLS listener serves platform routes"
     assert documented == served
     refs = set(re.findall(r'"#/components/schemas/(\w+)"', str(document).replace("'", '"')))
