@@ -9,6 +9,8 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import structlog
+
 from gateway.options import ConfigError, Field, fields, make, read_table
 
 
@@ -31,13 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type,
             continue
         parser.add_argument(each.flag, type=_text_converter(each),
                             action="append" if each.repeated else "store",
-                            metavar=each.how.metavar, choices=None, **common)
+                            metavar=each.how.metavar, **common)
 
 
 def _text_converter(each: Field) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
-            return each._one(text)
+            return each.convert_one(text)
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     convert.__name__ = each.flag  # argparse names it in "invalid ... value"
@@ -50,6 +52,13 @@ class Built:
 
     config: Any
     overridden: tuple[str, ...]  # "section.name: file X, flag Y"
+
+
+def log_overridden(overridden: Sequence[str], logger: str) -> None:
+    """Say in the start log which `--config` entries a flag overrode."""
+    for each in overridden:
+        structlog.get_logger(logger).info("config_overridden", detail=each,
+                                          reason="the flag wins over --config")
 
 
 def build(config_type: type, namespace: argparse.Namespace,

@@ -12,8 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-import structlog
-
+from cli.arguments import log_overridden
 from gateway.config import KeyholderConfig
 
 
@@ -37,9 +36,7 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
         print(digest.hex())
         return 0
     configure_logging("info")
-    for each in overridden:
-        structlog.get_logger("cloister.keyholder").info(
-            "config_overridden", detail=each, reason="the flag wins over --config")
+    log_overridden(overridden, "cloister.keyholder")
     state = config.store.folder()
     attestation = config.attestation
     try:

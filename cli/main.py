@@ -27,12 +27,13 @@ from gateway.config import KeyholderConfig, ServeConfig
 from gateway.options import ConfigError, load_toml
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every field of `ServeConfig` (`serve` and `workload` take the same ones)."""
+def _add_config_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """Every field of `config_type`, and `--config` (`serve` and `workload` take the same
+    ones)."""
     parser.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
-                        help="read options from this file (one table a section: "
-                             "[limits] max_in_flight = 64); flags override it")
-    add_arguments(parser, ServeConfig)
+                        help="read options from this file (one table a section, as in "
+                             "docs/configuration.md); flags override it")
+    add_arguments(parser, config_type)
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,10 +76,10 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_config_arguments(sub.add_parser(
-        "serve", help="run the gateway with its embedded vLLM engine"))
+        "serve", help="run the gateway with its embedded vLLM engine"), ServeConfig)
     workload = sub.add_parser("workload", help="print the workload manifest and digest "
                                                "`serve` with the same flags would attest")
-    _add_config_arguments(workload)
+    _add_config_arguments(workload, ServeConfig)
     workload.add_argument("--digest-only", action="store_true",
                           help="print only the digest (lowercase hex)")
     workload.add_argument("--launch-pin", choices=["snp", "tdx", "init-data"], default=None,
@@ -89,9 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_release_parsers(sub)
     keyholder = sub.add_parser("keyholder", help="hold a fleet's root seed and release it "
                                                  "to attested replicas")
-    keyholder.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
-                           help="read options from this file; flags override it")
-    add_arguments(keyholder, KeyholderConfig)
+    _add_config_arguments(keyholder, KeyholderConfig)
     keyholder.add_argument("--print-digest", action="store_true",
                            help="print this keyholder's workload digest and exit")
 
@@ -141,22 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cloister {command}: {exc}", file=sys.stderr)
         return 2
-    if command == "serve":
+    if command in ("serve", "workload", "apikey", "chatbot"):
         from cli import serve as cli_serve
 
-        return cli_serve.serve(built.config, overridden=built.overridden)
-    if command == "workload":
-        from cli import serve as cli_serve
-
-        return cli_serve.run_workload(built.config, digest_only=args.digest_only,
-                                      launch_pin=args.launch_pin)
-    if command == "apikey":
-        from cli import serve as cli_serve
-
-        return cli_serve.run_apikey(built.config, args)
-    if command == "chatbot":
-        from cli import serve as cli_serve
-
+        if command == "serve":
+            return cli_serve.serve(built.config, overridden=built.overridden)
+        if command == "workload":
+            return cli_serve.run_workload(built.config, digest_only=args.digest_only,
+                                          launch_pin=args.launch_pin)
+        if command == "apikey":
+            return cli_serve.run_apikey(built.config, args)
         return cli_serve.run_chatbot(built.config, args)
     if command in ("release", "measure"):
         from cli import release as cli_release

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from cli.arguments import log_overridden
 from enclave.logs import configure_logging
 from gateway.config import ServeConfig
 from gateway.serving import (
@@ -85,7 +86,7 @@ def _attested(config: ServeConfig, launch: Launch) -> Attested | str:
             json.loads(statement)
         except ValueError:
             return f"{path} is not a release statement (JSON)"
-    if config.simulated:
+    if config.attestation.simulated:
         simulated_roots(config.store.folder())
         if not statements:
             statements.append(_simulated_statement(config, launch))
@@ -107,18 +108,25 @@ def _check_launch_pin(cpu: CpuProvider, digest: bytes, init_data: bytes | None
         return None
 
 
+def _launch(config: ServeConfig, command: str) -> Launch | None:
+    """The environment checked and the workload described; None (said why) if refused."""
+    from gateway.launch import LaunchRefused, check_environment, prepare
+
+    try:
+        check_environment()
+        return prepare(config)
+    except LaunchRefused as exc:
+        print(f"cloister {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def run_workload(config: ServeConfig, *, digest_only: bool = False,
                  launch_pin: str | None = None) -> int:
     """Print the manifest and digest `serve` with this configuration would attest."""
     import json
 
-    from gateway.launch import LaunchRefused, check_environment, prepare
-
-    try:
-        check_environment()
-        launch = prepare(config)
-    except LaunchRefused as exc:
-        print(f"cloister workload: {exc}", file=sys.stderr)
+    launch = _launch(config, "workload")
+    if launch is None:
         return 2
     if launch_pin is not None:
         print(launch_pin_text(launch_pin, launch.digest), end="")
@@ -188,7 +196,6 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
     """Check, attest and serve `config`; the exit status. `overridden`: the `--config`
     entries a flag overrode, said in the start log."""
     from enclave.vllm_engine import open_vllm_engine
-    from gateway.launch import LaunchRefused, check_environment, prepare
     from gateway.options import ConfigError
 
     try:
@@ -198,13 +205,9 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
         return 2
     configure_logging(config.metrics.log_level)
     log = structlog.get_logger("cloister.cli")
-    for each in overridden:
-        log.info("config_overridden", detail=each, reason="the flag wins over --config")
-    try:
-        check_environment()
-        launch = prepare(config)
-    except LaunchRefused as exc:
-        print(f"cloister serve: {exc}", file=sys.stderr)
+    log_overridden(overridden, "cloister.cli")
+    launch = _launch(config, "serve")
+    if launch is None:
         return 2
     attested = _attested(config, launch)
     if isinstance(attested, str):
@@ -245,5 +248,5 @@ def unsealable(config: ServeConfig) -> bool:
     a real TEE without a firmware-derived key and no key file named."""
     from enclave.sealed_state import SEV_GUEST
 
-    return (not config.simulated and config.store.data_key == "auto"
+    return (not config.attestation.simulated and config.store.data_key == "auto"
             and not os.path.exists(SEV_GUEST))

@@ -15,13 +15,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from enclave.keys import DEFAULT_GRACE_SECONDS, DEFAULT_ROTATION_SECONDS
 from enclave.padding import PaddingPolicy
 from enclave.replay import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW_SECONDS
 from enclave.sealed_state import SEV_GUEST
 from gateway.options import ConfigError, option, workload_settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 # A 128k-token prompt is about 512 KiB of text; 4 MiB leaves room for JSON structure,
 # long conversations and base64 overhead while keeping one request's buffer bounded.
@@ -174,6 +177,10 @@ class Attestation:
                 "this workload's digest; none: nothing)", metavar="auto|none|HEX",
         parse=_simulated_pin, unmeasured="what the (simulated) host pinned at launch")
 
+    @property
+    def simulated(self) -> bool:
+        return self.attestation.startswith("simulated")
+
     def simulated_pin(self, digest: bytes) -> bytes:
         """What the simulated host pinned at launch, for a workload of `digest`."""
         choice = self.simulated_host_data
@@ -230,20 +237,23 @@ class Fleet:
             "with (repeatable); measured, so the operator cannot swap them")
 
 
-def _admin_key_id(path: Path | None) -> str | None:
-    """Who may administer this gateway: the SHA-256 of the pinned admin public key."""
-    if path is None:
-        return None
+def admin_public_key(path: Path) -> Ed25519PublicKey:
+    """The operator's admin key from its PEM file; `ConfigError` unless it is Ed25519."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    from enclave.admin_signature import key_id
 
     key = load_pem_public_key(path.read_bytes())
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise ConfigError("admin.admin_public_key (--admin-public-key) must be an Ed25519 "
                           "public key (`cloister admin keygen`)")
-    return key_id(key)
+    return key
+
+
+def _admin_key_id(path: Path | None) -> str | None:
+    """Who may administer this gateway: the SHA-256 of the pinned admin public key."""
+    from enclave.admin_signature import key_id
+
+    return None if path is None else key_id(admin_public_key(path))
 
 
 @dataclass(frozen=True)
@@ -278,8 +288,24 @@ class Process:
                           unmeasured="how many processes serve the same workload")
 
 
+class _Sections:
+    """What every configuration of sections has."""
+
+    @classmethod
+    def of(cls, **flat: Any) -> Self:
+        """From option names alone: `ServeConfig.of(max_in_flight=2)`."""
+        from gateway.options import of
+
+        config: Self = of(cls, **flat)
+        return config
+
+    def workload_settings(self) -> dict[str, Any]:
+        """The manifest's `settings`: every field that shapes the workload."""
+        return workload_settings(self)
+
+
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(_Sections):
     """Everything `cloister serve` is told, fixed at start."""
 
     listeners: Listeners = field(default_factory=Listeners)
@@ -295,22 +321,6 @@ class ServeConfig:
     metrics: Metrics = field(default_factory=Metrics)
     admin: Admin = field(default_factory=Admin)
     process: Process = field(default_factory=Process)
-
-    @classmethod
-    def of(cls, **flat: Any) -> ServeConfig:
-        """From option names alone: `ServeConfig.of(max_in_flight=2)`."""
-        from gateway.options import of
-
-        config: ServeConfig = of(cls, **flat)
-        return config
-
-    @property
-    def simulated(self) -> bool:
-        return self.attestation.attestation.startswith("simulated")
-
-    def workload_settings(self) -> dict[str, Any]:
-        """The manifest's `settings`: every field that shapes the workload."""
-        return workload_settings(self)
 
     def same_workload(self, other: ServeConfig) -> bool:
         return self.workload_settings() == other.workload_settings()
@@ -346,7 +356,7 @@ class KeyholderState:
 
 
 @dataclass(frozen=True)
-class KeyholderConfig:
+class KeyholderConfig(_Sections):
     """Everything `cloister keyholder` is told: it holds a fleet's seed and releases it to
     the workloads its reference values name, signed by its (measured) release keys."""
 
@@ -355,16 +365,5 @@ class KeyholderConfig:
     store: KeyholderState = field(default_factory=KeyholderState)
     fleet: Fleet = field(default_factory=Fleet)
 
-    @classmethod
-    def of(cls, **flat: Any) -> KeyholderConfig:
-        from gateway.options import of
-
-        config: KeyholderConfig = of(cls, **flat)
-        return config
-
-    @property
-    def simulated(self) -> bool:
-        return self.attestation.attestation.startswith("simulated")
-
     def workload_settings(self) -> dict[str, Any]:
-        return {"role": "keyholder", **workload_settings(self)}
+        return {"role": "keyholder", **super().workload_settings()}

@@ -27,7 +27,7 @@ def fleet_trust(fleet: Fleet, attestation: Attestation, state: Path
     for path in fleet.release_key:
         keys.update(load_public_keys(path.read_bytes()))
     roots = TrustRoots()
-    if attestation.attestation.startswith("simulated"):
+    if attestation.simulated:
         roots = roots.with_simulated(SimulatedPki.load_or_create(state).roots_pem())
     now = dt.datetime.now(dt.UTC)
     try:

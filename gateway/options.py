@@ -82,15 +82,13 @@ class Field:
         kind = self.kind
         if self.repeated:
             kind = typing.get_args(kind)[0]
-        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        if _is_union(kind):
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         return kind
 
     @property
     def optional(self) -> bool:
-        kind = self.kind
-        union = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
-        return union and type(None) in typing.get_args(kind)
+        return _is_union(self.kind) and type(None) in typing.get_args(self.kind)
 
     def form(self) -> str:
         """The allowed form, for error messages."""
@@ -113,10 +111,11 @@ class Field:
         if self.repeated:
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"{self.key} ({self.flag}) must be {self.form()}")
-            return tuple(self._one(v) for v in value)
-        return self._one(value)
+            return tuple(self.convert_one(v) for v in value)
+        return self.convert_one(value)
 
-    def _one(self, value: Any) -> Any:
+    def convert_one(self, value: Any) -> Any:
+        """One value (of a repeatable field: one of its values), as `convert` checks it."""
         base = self.base
         try:
             if self.how.parse is not None and isinstance(value, str):
@@ -159,6 +158,10 @@ class Field:
         except OSError as exc:
             raise ConfigError(f"{self.key} ({self.flag}): {exc.filename}: {exc.strerror}"
                               ) from None
+
+
+def _is_union(kind: Any) -> bool:
+    return isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
 
 
 def _measured(value: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from gateway.config import ServeConfig
+from gateway.config import ServeConfig, admin_public_key
 from gateway.http_protocol import listener_options
 
 if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when used
@@ -116,17 +116,6 @@ def platform_store(config: ServeConfig, fleet: FleetSecrets | None = None) -> Pl
     return PlatformStore(url, key)
 
 
-def _admin_key(path: Path) -> Any:
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    key = load_pem_public_key(path.read_bytes())
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise SystemExit("cloister serve: --admin-public-key must be an Ed25519 public key "
-                         "(`cloister admin keygen`)")
-    return key
-
-
 class OwnListeners:
     """How a gateway that is one process listens: uvicorn binds each listener and
     handles the signals itself; nothing is shared with other processes. (The other way:
@@ -190,7 +179,8 @@ def serve_process(config: ServeConfig, launch: Launch, attested: Attested,
     if store is not None and config.admin.admin_public_key is not None:
         from gateway.admin import AdminApi
 
-        admin = AdminApi(store, _admin_key(config.admin.admin_public_key))
+        # checked, like every measured setting, when the workload was described
+        admin = AdminApi(store, admin_public_key(config.admin.admin_public_key))
     replay_cache = listening.shared_replay_cache()  # this gateway's workers'
     if replay_cache is None and fleet is not None and config.store.database is not None:
         from gateway.replay_store import SqlReplayCache

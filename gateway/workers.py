@@ -122,7 +122,9 @@ def run_workers(config: ServeConfig, launch: Launch, statements: tuple[bytes, ..
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(scratch, "metrics")
     os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     shared_fleet_db = bool(config.fleet.join) and database is not None
-    replay_url = database if database is not None and shared_fleet_db else f"sqlite:///{scratch}/replay.db"
+    replay_url = f"sqlite:///{scratch}/replay.db"
+    if shared_fleet_db and database is not None:
+        replay_url = database
     seed = seed if seed is not None else os.urandom(SEED_SIZE)
     # The shared tables exist before the workers race to create them.
     SqlReplayCache(replay_url, scratch=not shared_fleet_db).close()
