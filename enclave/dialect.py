@@ -147,7 +147,7 @@ class ControlCall:
 
     request: OuterRequest
     client: str  # whom the request counts against (its API key, else its address)
-    models: tuple[str, ...]  # the models the engine serves, the default first
+    models: Callable[[], list[str]]  # the models the engine serves, the default first
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,6 @@ class ControlRoute:
     max_body: int = 0  # 0: the answer needs no body (a key lookup)
     rate_limited: bool = False  # anonymous and costly: the client's token bucket first
     credential: bool = False  # like `EngineRoute.credential`
-
 
 
 class Responder(Protocol):
@@ -250,7 +249,7 @@ class Registration:
 class KeyDiscovery(Protocol):
     """Client side, sans-IO: where a dialect's keys are published, under which names the
     attestation report binds them, and how they become its `ClientDialect`. One driver
-    does the I/O for every dialect (`proxy.dialects.discover`)."""
+    does the I/O for every dialect (`proxy.client.discover` and `ready`)."""
 
     name: str
     # Whether `GET /v1/models` is sealed in this dialect (Atoma's and Continuum's seeds

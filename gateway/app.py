@@ -113,8 +113,8 @@ class _Control:
             body = (await read_body(request, route.max_body, timeout=services.body_timeout)
                     if route.max_body else b"")
             outer = OuterRequest(request.method, request.url.path, (), body)
-            models = tuple(services.slot.get().model_names()) if route.max_body else ()
-            answer = route.answer(ControlCall(outer, client, models))
+            answer = route.answer(ControlCall(
+                outer, client, lambda: services.slot.get().model_names()))
         except GatewayError as err:  # the gateway's own (a body too large or too slow)
             answer = dialect.refuse(err)
         except RequestRefused as err:  # the dialect's: it did not open
@@ -138,7 +138,7 @@ def _routes(dialects: Dialects, services: Services,
     routes: list[BaseRoute] = []
     for (method, path), served in shared.items():
         credential = [d for d, r in served if r.credential]
-        gate = platform.metered_gate if platform is not None and credential else None
+        gate = platform.metered_gate if platform is not None else None
         app: ASGIApp = EngineEndpoint([Mount(d, gate if r.credential else None)
                                        for d, r in served], services)
         if platform is not None and credential:  # accounts exist: a Bearer key first

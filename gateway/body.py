@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -50,20 +51,18 @@ def _too_large(limit: int) -> GatewayError:
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """Parse a JSON object body; the error never quotes the body."""
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise GatewayError(ErrorCode.INVALID_JSON, "request body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise GatewayError(ErrorCode.INVALID_JSON, "request body must be a JSON object")
-    return value
+    return _json_object(lambda: json.loads(body))
 
 
 def payload_object(inner: InnerRequest) -> dict[str, Any]:
     """An opened request's JSON object, as parsed once for the whole path
     (`InnerRequest.payload`); the error never quotes the body. Copy it to change it."""
+    return _json_object(lambda: inner.payload)
+
+
+def _json_object(load: Callable[[], Any]) -> dict[str, Any]:
     try:
-        value = inner.payload
+        value = load()
     except (ValueError, UnicodeDecodeError):
         raise GatewayError(ErrorCode.INVALID_JSON, "request body is not valid JSON") from None
     if not isinstance(value, dict):

@@ -45,7 +45,7 @@ from enclave.padding import PaddingPolicy, padded
 from enclave.replay import ReplayGuard
 from enclave.wire_errors import ErrorCode, error_json, normalize_engine_error
 from gateway import sampling
-from gateway.body import read_body
+from gateway.body import payload_object, read_body
 from gateway.coalesce import coalesced
 from gateway.context import RequestContext
 from gateway.engine_call import ClientGone, EngineCall
@@ -385,11 +385,9 @@ def _inner_problem(inner: InnerRequest) -> GatewayError | None:
         return GatewayError(ErrorCode.NOT_FOUND, "no such route")
     if inner.method == "POST":
         try:
-            payload = inner.payload  # parsed here, once, for the whole path
-        except (ValueError, UnicodeDecodeError):
-            return GatewayError(ErrorCode.INVALID_JSON, "request body is not valid JSON")
-        if not isinstance(payload, dict):
-            return GatewayError(ErrorCode.INVALID_JSON, "request body must be a JSON object")
+            payload = payload_object(inner)  # parsed here, once, for the whole path
+        except GatewayError as refused:
+            return refused
         if "cache_salt" in payload:
             return GatewayError(ErrorCode.CACHE_SALT_REFUSED, "cache_salt is set by the "
                                 "gateway (per tenant); leave it out", param="cache_salt")

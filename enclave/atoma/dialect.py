@@ -37,7 +37,6 @@ from enclave.atoma.envelope import (
     open_request,
 )
 from enclave.dialect import (
-    ClientDialect,
     ControlRoute,
     EngineRoute,
     InnerRequest,
@@ -143,7 +142,7 @@ class AtomaServer:
     def control_routes(self) -> tuple[ControlRoute, ...]:
         return (ControlRoute("GET", NODE_PATH, lambda call: self.node_info()),
                 ControlRoute("POST", LOCK_PATH, lambda call: self.node_lock(
-                    call.request.body, list(call.models)), max_body=MAX_LOCK_BODY,
+                    call.request.body, call.models()), max_body=MAX_LOCK_BODY,
                     credential=True))
 
     def node_info(self) -> OuterResponse:
@@ -273,7 +272,7 @@ class AtomaClient:
                 AtomaOpener(session))
 
 
-class AtomaKeys:
+class AtomaKeys(discovery.StaticKeys):
     """Client side: the node's keys at `NODE_PATH`, bound as `atoma-node-x25519` and
     `atoma-signing-ed25519`. `api_key`: the platform API key sent as Bearer, which a
     gateway with accounts requires."""
@@ -293,13 +292,6 @@ class AtomaKeys:
     def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
         return isinstance(candidate, AtomaClient) and candidate.node_keys == (
             bound.get("atoma-node-x25519"), bound.get("atoma-signing-ed25519"))
-
-    def ready(self, candidate: Any) -> AtomaClient:
-        assert isinstance(candidate, AtomaClient)
-        return candidate
-
-    def expired(self, dialect: ClientDialect) -> bool:
-        return False
 
 
 def client(setup: ClientSetup) -> AtomaKeys:

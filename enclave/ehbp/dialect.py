@@ -10,7 +10,6 @@ from typing import Any
 from enclave import discovery
 from enclave.dialect import (
     NO_STORE,
-    ClientDialect,
     ControlRoute,
     EngineRoute,
     Headers,
@@ -200,7 +199,7 @@ class EhbpClient:
         return OuterRequest(request.method, request.path, headers, body), EhbpOpener(sealer)
 
 
-class EhbpKeys:
+class EhbpKeys(discovery.StaticKeys):
     """Client side: one bare key configuration at `KEYS_PATH` (no list, one suite),
     bound as `ehbp`."""
 
@@ -220,13 +219,6 @@ class EhbpKeys:
     def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
         return isinstance(candidate, EhbpClient) and candidate.config.encode() == \
             bound.get("ehbp")
-
-    def ready(self, candidate: Any) -> EhbpClient:
-        assert isinstance(candidate, EhbpClient)
-        return candidate
-
-    def expired(self, dialect: ClientDialect) -> bool:
-        return False
 
 
 def client(setup: ClientSetup) -> EhbpKeys:

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from enclave import discovery
 from enclave.dialect import (
     NO_STORE,
-    ClientDialect,
     ControlRoute,
     EngineRoute,
     Headers,
@@ -311,7 +310,7 @@ class OhttpClient:
                 _SingleShotOpener(sealed))
 
 
-class OhttpKeys:
+class OhttpKeys(discovery.StaticKeys):
     """Client side: the key configurations at `PATH`, bound as `ohttp`."""
 
     name = NAME
@@ -327,13 +326,6 @@ class OhttpKeys:
     def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
         return isinstance(candidate, OhttpClient) and candidate.config in \
             discovery.bound_configs(bound, "ohttp")
-
-    def ready(self, candidate: Any) -> OhttpClient:
-        assert isinstance(candidate, OhttpClient)
-        return candidate
-
-    def expired(self, dialect: ClientDialect) -> bool:
-        return False
 
 
 def client(setup: ClientSetup) -> OhttpKeys:
