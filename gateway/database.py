@@ -31,3 +31,19 @@ def open_database(url: str, *, scratch: bool = False) -> sa.Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def create_schema(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """Create the tables that do not exist yet. Replicas of a fleet start together
+    against one PostgreSQL database, and two concurrent CREATE TABLEs of one name fail
+    (pg_type's unique index): the creation runs under a transaction-level advisory lock,
+    so the second replica waits and then finds the tables. (SQLite's BEGIN IMMEDIATE
+    already serialises it.)"""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": _SCHEMA_LOCK})
+        metadata.create_all(connection)
+
+
+_SCHEMA_LOCK = int.from_bytes(b"cloistr", "big")  # one advisory lock id for the schema

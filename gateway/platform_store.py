@@ -50,7 +50,7 @@ import structlog
 from enclave.errors import DecryptError
 from enclave.sealed_state import DataKey
 from enclave.wire_errors import ErrorCode
-from gateway.database import open_database
+from gateway.database import create_schema, open_database
 
 log = structlog.get_logger("cloister.store")
 
@@ -218,7 +218,7 @@ class PlatformStore:
         self._writing = threading.Lock()  # one transaction at a time per process
         self._seen: dict[str, int] = {}  # account id -> highest committed version seen
         self._committing: dict[str, int] = {}
-        metadata.create_all(self._engine)
+        create_schema(self._engine, metadata)
 
     def close(self) -> None:
         self._engine.dispose()

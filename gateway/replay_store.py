@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from enclave.replay import ReplayCacheUnavailable
-from gateway.database import open_database
+from gateway.database import create_schema, open_database
 
 SWEEP_EVERY = 1000
 
@@ -29,7 +29,7 @@ class SqlReplayCache:
     def __init__(self, url: str, *, scratch: bool = False) -> None:
         """`scratch`: see `gateway.database.open_database`."""
         self._engine = open_database(url, scratch=scratch)
-        _metadata.create_all(self._engine)
+        create_schema(self._engine, _metadata)
         self._inserts = 0
 
     def add(self, key: bytes, expires_at: float, now: float) -> bool:

@@ -6,12 +6,16 @@ the gateway keeps serving everything else, and when the database is back nothing
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from threading import Barrier
+from uuid import uuid4
 
 import psycopg
 import pytest
 
 from enclave.sealed_state import DataKey
 from gateway.platform_store import PlatformStore, StoreUnavailable
+from gateway.replay_store import SqlReplayCache
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.test_platform import new_key, platform
 
@@ -165,3 +169,22 @@ async def test_shared_replay_records_unreachable_are_a_503_not_a_500(
     assert jsonlib.loads(down.body)["error"]["code"] == "store_unavailable"
     assert postgres_url.split("@")[1] not in down.body.decode()
     assert back.status == 200
+
+
+def test_replicas_starting_together_create_the_schema_once(postgres, tmp_path) -> None:
+    """A fleet's replicas start at the same moment against one new database; every one
+    opens its stores (CI saw a replica die on `duplicate key ... pg_type_typname_nsp_index`
+    when two CREATE TABLEs of one name ran concurrently)."""
+    key = DataKey.from_key_file(tmp_path / "data-key")
+    for _ in range(3):  # a fresh database each round: the race is on the first creation
+        url = postgres.create_database(f"schema_race_{uuid4().hex[:12]}")
+        start = Barrier(6)
+
+        def open_stores(url: str = url, start: Barrier = start) -> None:
+            start.wait()
+            PlatformStore(url, key).close()
+            SqlReplayCache(url).close()
+
+        with ThreadPoolExecutor(6) as pool:
+            for opened in [pool.submit(open_stores) for _ in range(6)]:
+                opened.result()  # raises what a replica would have died of
