@@ -12,38 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attestation.errors import Reason, VerificationError
-from attestation.reference import (
-    POLICY_BITS,
-    SNP_TCB_FLOOR,
-    TD_ATTRIBUTE_BITS,
-    GpuValues,
-    ReferenceValues,
-    SnpValues,
-    TdxValues,
-)
-from attestation.snp import SnpReport
-from attestation.tdx import TdReport
+from attestation.platform import GpuClaims, Hardware
+from attestation.platforms import cpu_platform
+from attestation.reference import GpuValues, ReferenceValues
 from attestation.workload import WorkloadClaims
-
-
-@dataclass(frozen=True)
-class GpuClaims:
-    driver_version: str
-    vbios_version: str
-    mode: str = "legacy"
-    measurements: dict[int, str] | None = None  # block index -> hex value
 
 
 @dataclass(frozen=True)
 class Evidence:
     """What `accept` looks at: one platform's verified report, GPUs and the workload."""
 
-    platform: str
-    snp: SnpReport | None
-    tdx: TdReport | None
-    tcb_status: str | None
+    hardware: Hardware
     gpus: tuple[GpuClaims, ...]
     workload: WorkloadClaims
+
+    @property
+    def platform(self) -> str:
+        return self.hardware.platform
 
 
 def accept(evidence: Evidence, candidates: Sequence[ReferenceValues], *,
@@ -73,60 +58,9 @@ def accept(evidence: Evidence, candidates: Sequence[ReferenceValues], *,
 
 
 def check(evidence: Evidence, values: ReferenceValues) -> None:
-    platform = values.platforms[evidence.platform]
-    if isinstance(platform, SnpValues):
-        if evidence.snp is None:
-            raise VerificationError(Reason.PLATFORM_NOT_PINNED, "not an SNP report")
-        check_snp(evidence.snp, platform)
-    else:
-        if evidence.tdx is None:
-            raise VerificationError(Reason.PLATFORM_NOT_PINNED, "not a TDX quote")
-        check_tdx(evidence.tdx, evidence.tcb_status, platform)
+    cpu_platform(evidence.platform).check(evidence.hardware, values.platforms[evidence.platform])
     check_gpus(evidence.gpus, values.gpu)
     check_workload(evidence.workload, values)
-
-
-def check_snp(report: SnpReport, values: SnpValues, *, any_measurement: bool = False) -> None:
-    if report.vmpl != values.vmpl:
-        raise VerificationError(Reason.VMPL, f"the report comes from VMPL {report.vmpl}, "
-                                f"not {values.vmpl}")
-    for name in values.forbidden_policy_bits:
-        if report.policy & (1 << POLICY_BITS[name]):
-            reason = Reason.DEBUG if name == "debug" else Reason.GUEST_POLICY
-            raise VerificationError(reason, f"the guest policy allows {name}")
-    if not any_measurement and report.measurement.hex() not in values.measurements:
-        raise VerificationError(Reason.MEASUREMENT, "launch measurement not accepted")
-    for minimum, what in ((SNP_TCB_FLOOR, "Cloister's floor"), (values.min_tcb, "the minimum")):
-        if minimum is not None and not report.reported_tcb.at_least(minimum):
-            raise VerificationError(Reason.TCB_TOO_LOW, f"the reported TCB is below {what}")
-
-
-def _attribute_set(td: TdReport, name: str) -> bool:
-    bit = TD_ATTRIBUTE_BITS[name]
-    return bool(int.from_bytes(td.td_attributes, "little") >> bit & 1)
-
-
-def check_tdx(td: TdReport, tcb_status: str | None, values: TdxValues, *,
-              any_measurement: bool = False) -> None:
-    for name in values.forbidden_attributes:
-        if _attribute_set(td, name):
-            reason = Reason.DEBUG if name == "debug" else Reason.TD_ATTRIBUTES
-            raise VerificationError(reason, f"the TD has {name} set")
-    for name in values.required_attributes:
-        if not _attribute_set(td, name):
-            raise VerificationError(Reason.TD_ATTRIBUTES, f"the TD runs without {name}")
-    if not any_measurement:
-        if td.mr_td.hex() not in values.mrtd:
-            raise VerificationError(Reason.MEASUREMENT, "MRTD not accepted")
-        for index, accepted in values.rtmrs.items():
-            if td.rtmrs[index].hex() not in accepted:
-                raise VerificationError(Reason.MEASUREMENT, f"RTMR{index} not accepted")
-    if not any_measurement and td.mr_seam.hex() not in values.mrseam:
-        raise VerificationError(Reason.MRSEAM, "MRSEAM (the TDX module) not accepted")
-    if tcb_status is None:
-        raise VerificationError(Reason.COLLATERAL_MISSING, "the TCB status is unknown")
-    if tcb_status not in values.tcb_statuses:
-        raise VerificationError(Reason.TCB_STATUS, f"TCB status {tcb_status} not accepted")
 
 
 def check_gpus(gpus: Sequence[GpuClaims], values: GpuValues) -> None:
@@ -158,11 +92,9 @@ def check_workload(workload: WorkloadClaims, values: ReferenceValues) -> None:
 
 
 def _check_defaults(evidence: Evidence) -> None:
-    """What holds even when any measurement is accepted (development): no debugging, no
-    migration agent, VMPL 0, the TCB floor, an up-to-date TDX TCB, single-GPU modes."""
-    if evidence.snp is not None:
-        check_snp(evidence.snp, SnpValues(frozenset()), any_measurement=True)
-    if evidence.tdx is not None:
-        check_tdx(evidence.tdx, evidence.tcb_status, TdxValues(frozenset()),
-                  any_measurement=True)
+    """What holds even when any measurement is accepted (development): the platform's
+    defaults (SNP: no debugging, no migration agent, VMPL 0, the TCB floor; TDX: no
+    debugging, an up-to-date TCB) and single-GPU modes."""
+    platform = cpu_platform(evidence.platform)
+    platform.check(evidence.hardware, platform.default_values(), any_measurement=True)
     check_gpus(evidence.gpus, GpuValues())

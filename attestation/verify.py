@@ -15,23 +15,21 @@ import datetime as dt
 import json
 import os
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cryptography import x509
-
-from attestation import amd_crl, binding, dcap, gpu, snp, tdx
-from attestation.acceptance import Evidence, GpuClaims, accept
-from attestation.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, parse_cert_table
+from attestation import binding, platforms
+from attestation.acceptance import Evidence, accept
 from attestation.challenge import CHALLENGE_KEY, ChallengeAnswer
 from attestation.errors import Reason, VerificationError
 from attestation.evidence import EvidenceDocument
+from attestation.platform import SIMULATED_PREFIX, GpuClaims, Hardware
+from attestation.platforms import production_roots
 from attestation.reference import ReferenceValues
-from attestation.roots import PRODUCTION_AMD_ARKS, PRODUCTION_INTEL_ROOTS, PRODUCTION_NVIDIA_ROOTS
-from attestation.snp import SnpReport
-from attestation.tdx import TdReport
 from attestation.workload import WorkloadClaims, check_launch_pin, workload_digest
-from attestation.x509chain import fingerprint, load_der, load_pem_chain
+from attestation.x509chain import fingerprint, load_pem_chain
 
 __all__ = ["GpuClaims", "Policy", "TrustRoots", "VerifiedEvidence", "new_nonce",
            "verify_challenge_answer", "verify_evidence"]
@@ -39,16 +37,20 @@ __all__ = ["GpuClaims", "Policy", "TrustRoots", "VerifiedEvidence", "new_nonce",
 
 @dataclass(frozen=True)
 class TrustRoots:
-    amd: frozenset[str] = PRODUCTION_AMD_ARKS
-    intel: frozenset[str] = PRODUCTION_INTEL_ROOTS
-    nvidia: frozenset[str] = PRODUCTION_NVIDIA_ROOTS
+    """Pinned root fingerprints per vendor ("amd", "intel", "nvidia": the registered
+    platforms' production roots by default)."""
+
+    vendors: Mapping[str, frozenset[str]] = field(default_factory=production_roots)
     simulated: frozenset[str] = frozenset()  # fingerprints of trusted simulated roots
+
+    def of(self, vendor: str) -> frozenset[str]:
+        return self.vendors.get(vendor, frozenset())
 
     def with_simulated(self, roots_pem: bytes) -> TrustRoots:
         """Also trust a simulated test PKI, named explicitly by its root certificates."""
         prints = frozenset(fingerprint(c) for c in load_pem_chain(roots_pem))
-        return TrustRoots(self.amd | prints, self.intel | prints, self.nvidia | prints,
-                          self.simulated | prints)
+        vendors = {v: self.of(v) | prints for v in {*self.vendors, *production_roots()}}
+        return TrustRoots(vendors, self.simulated | prints)
 
 
 # The longest a report may vouch for keys: a day of key epoch plus an hour of grace.
@@ -100,27 +102,12 @@ class VerifiedEvidence:
     workload: WorkloadClaims
     generated_at: int
     expires_at: int
-    snp: SnpReport | None = None
-    tdx: TdReport | None = None
+    report: Any = None  # the platform's parsed report (`SnpReport`, `TdReport`)
     accepted: ReferenceValues | None = None  # the reference values that matched
-    tcb_status: str | None = None  # TDX: Intel's verdict on the platform's TCB
+    tcb_status: str | None = None  # the vendor's verdict on the TCB, where it gives one
     advisory_ids: tuple[str, ...] = ()
+    collateral_checked: str = ""  # for people: what the vendor's collateral said
     revocation_checked: bool = True  # False only where the policy waived AMD's CRL
-
-
-@dataclass(frozen=True)
-class _Hardware:
-    """What a CPU verifier establishes."""
-
-    platform: str
-    report_data: bytes
-    launch_field: bytes
-    measurement: str
-    tcb: str
-    debug: bool
-    snp: SnpReport | None = None
-    tdx: TdReport | None = None
-    tcb_verdict: dcap.TcbVerdict | None = None
 
 
 def verify_evidence(document: bytes, *, expected_nonce: bytes, roots: TrustRoots,
@@ -162,15 +149,13 @@ def verify_evidence(document: bytes, *, expected_nonce: bytes, roots: TrustRoots
     if workload.uses_gpu and not gpus:
         raise VerificationError(Reason.GPU_MISSING, "the engine runs on a GPU, and the "
                                 "evidence has no GPU report")
-    verdict = hardware.tcb_verdict
-    status = verdict.status if verdict else None
-    evidence = Evidence(hardware.platform, hardware.snp, hardware.tdx, status, gpus, workload)
+    evidence = Evidence(hardware, gpus, workload)
     accepted = accept(evidence, policy.values, any_measurement=policy.accept_any_measurement)
     return VerifiedEvidence(hardware.platform, hardware.measurement, hardware.tcb,
                             hardware.debug, gpus, doc.keys, workload, doc.generated_at,
-                            doc.expires_at, hardware.snp, hardware.tdx, accepted, status,
-                            verdict.advisory_ids if verdict else (),
-                            verdict is not None or policy.check_revocation)
+                            doc.expires_at, hardware.report, accepted, hardware.tcb_status,
+                            hardware.advisory_ids, hardware.collateral_checked,
+                            hardware.revocation_checked)
 
 
 def verify_challenge_answer(body: bytes, *, challenge: bytes, roots: TrustRoots,
@@ -193,67 +178,34 @@ def verify_challenge_answer(body: bytes, *, challenge: bytes, roots: TrustRoots,
 
 
 def _verify_cpu(doc: EvidenceDocument, roots: TrustRoots, now: dt.datetime, policy: Policy
-                ) -> _Hardware:
-    """SNP or TDX, decided by the report's structure; verified to a pinned root, with the
-    vendor's collateral (revocation, TCB status)."""
-    if len(doc.report) == snp.REPORT_SIZE and doc.aux:
-        return _verify_snp(doc, roots, now, check_revocation=policy.check_revocation)
-    if tdx.looks_like_quote(doc.report):
-        return _verify_tdx(doc, roots, now)
-    raise VerificationError(Reason.UNSUPPORTED, "neither an SNP report nor a TDX quote")
-
-
-def _named(base: str, root: str, roots: TrustRoots) -> str:
-    return f"simulated-{base}" if root in roots.simulated else base
-
-
-def _verify_snp(doc: EvidenceDocument, roots: TrustRoots, now: dt.datetime, *,
-                check_revocation: bool) -> _Hardware:
-    table = parse_cert_table(doc.aux)
-    try:
-        vcek, ask, ark = (_cert(table[VCEK_GUID]), _cert(table[ASK_GUID]), _cert(table[ARK_GUID]))
-    except KeyError:
-        raise VerificationError(Reason.MALFORMED, "VCEK, ASK or ARK missing") from None
-    report = snp.verify_snp_report(doc.report, vcek=vcek, ask=ask, ark=ark,
-                                   trusted_arks=roots.amd, now=now)
-    if check_revocation:
-        if doc.collateral.amd_crl is None:
-            raise VerificationError(Reason.COLLATERAL_MISSING, "the evidence carries no AMD CRL")
-        amd_crl.check_not_revoked(doc.collateral.amd_crl, ark=ark, ask=ask, vcek=vcek, now=now)
-    ark_cert = ark
-    t = report.reported_tcb
-    return _Hardware(_named("sev-snp", fingerprint(ark_cert), roots), report.report_data,
-                     report.host_data, report.measurement.hex(),
-                     f"bl={t.boot_loader} tee={t.tee} snp={t.snp} ucode={t.microcode}",
-                     report.debug_allowed, snp=report)
-
-
-def _verify_tdx(doc: EvidenceDocument, roots: TrustRoots, now: dt.datetime) -> _Hardware:
-    quote = tdx.verify_tdx_quote(doc.report, trusted_roots=roots.intel, now=now)
-    chain = load_pem_chain(quote.pck_chain_pem)
-    if doc.collateral.tdx is None:
-        raise VerificationError(Reason.COLLATERAL_MISSING, "the evidence carries no Intel "
-                                "collateral (TCB info, QE identity, CRLs)")
-    verdict = dcap.evaluate(doc.report, doc.collateral.tdx, pck_chain=chain, now=now)
-    td = quote.td
-    return _Hardware(_named("tdx", fingerprint(chain[-1]), roots), td.report_data,
-                     td.mr_config_id, td.mr_td.hex(), f"{td.tee_tcb_svn.hex()} {verdict.status}",
-                     td.debug, tdx=td, tcb_verdict=verdict)
+                ) -> Hardware:
+    """The platform decided by the report's structure; verified to a pinned root, with
+    the vendor's collateral (revocation, TCB status). A simulated root makes the
+    platform `simulated-...`."""
+    for platform in platforms.CPU_PLATFORMS:
+        if platform.recognises(doc.report, doc.aux):
+            hardware = platform.verify(doc.report, doc.aux, doc.collateral,
+                                       roots=roots.of(platform.vendor), now=now,
+                                       check_revocation=policy.check_revocation)
+            if hardware.root in roots.simulated:
+                return dataclasses.replace(hardware,
+                                           platform=SIMULATED_PREFIX + hardware.platform)
+            return hardware
+    names = ", ".join(p.name for p in platforms.CPU_PLATFORMS)
+    raise VerificationError(Reason.UNSUPPORTED, f"the report is none of {names}")
 
 
 def _verify_gpus(doc: EvidenceDocument, nonce: bytes, roots: TrustRoots, now: dt.datetime
                  ) -> tuple[GpuClaims, ...]:
     out = []
-    for report_bytes, chain in doc.gpus:
-        report = gpu.verify_gpu_report(report_bytes, chain, expected_nonce=nonce,
-                                       trusted_roots=roots.nvidia, now=now)
-        out.append(GpuClaims(report.driver_version, report.vbios_version, report.mode,
-                             {i: v.hex() for i, v in report.measurements.items()}))
+    for report, chain in doc.gpus:
+        architecture = next((a for a in platforms.GPU_ARCHITECTURES if a.recognises(report)),
+                            None)
+        if architecture is None:
+            raise VerificationError(Reason.UNSUPPORTED, "a GPU report of no known architecture")
+        out.append(architecture.verify(report, chain, expected_nonce=nonce,
+                                       roots=roots.of(architecture.vendor), now=now))
     return tuple(out)
-
-
-def _cert(der: bytes) -> x509.Certificate:
-    return load_der(der)
 
 
 def new_nonce() -> bytes:

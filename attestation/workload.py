@@ -33,13 +33,11 @@ from typing import Any
 import rfc8785
 
 from attestation.errors import Reason, VerificationError
-from attestation.snp import SnpReport
-from attestation.tdx import TdxQuote
+from attestation.platforms import cpu_platform
 from attestation.types import CpuEvidence
 
 FORMAT = "cloister-workload/1"
 DIGEST_SIZE = 32
-LAUNCH_FIELD_SIZES = {"sev-snp": 32, "tdx": 48}
 
 
 def canonical(manifest: Mapping[str, Any]) -> bytes:
@@ -53,12 +51,8 @@ def workload_digest(manifest: Mapping[str, Any]) -> bytes:
 
 def launch_value(digest: bytes, platform: str) -> bytes:
     """What the launch-time field holds when it pins `digest` on `platform`."""
-    size = LAUNCH_FIELD_SIZES[base_platform(platform)]
+    size = cpu_platform(platform).launch_field_size
     return digest + b"\x00" * (size - len(digest))
-
-
-def base_platform(platform: str) -> str:
-    return platform.removeprefix("simulated-")
 
 
 @dataclass(frozen=True)
@@ -106,11 +100,7 @@ class WorkloadClaims:
 def launch_field_of(evidence: CpuEvidence) -> bytes:
     """The launch-time field of a gateway's own report (HOST_DATA or MRCONFIGID), read
     without verification: the gateway asks its own hardware."""
-    if base_platform(evidence.platform) == "sev-snp":
-        return SnpReport.parse(evidence.report).host_data
-    if base_platform(evidence.platform) == "tdx":
-        return TdxQuote.parse(evidence.report).td.mr_config_id
-    raise VerificationError(Reason.UNSUPPORTED, f"platform {evidence.platform!r}")
+    return cpu_platform(evidence.platform).launch_field(evidence.report)
 
 
 def check_launch_pin(platform: str, launch_field: bytes, digest: bytes, *,
@@ -141,6 +131,6 @@ def _init_data_pins(platform: str, launch_field: bytes, init_data: bytes,
         named = tomllib.loads(document["data"]["cloister.toml"])["workload_digest"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise VerificationError(Reason.MALFORMED, "malformed init-data document") from None
-    size = LAUNCH_FIELD_SIZES[base_platform(platform)]
+    size = cpu_platform(platform).launch_field_size
     hashed = hasher(init_data).digest()[:size].ljust(size, b"\x00")
     return launch_field == hashed and str(named).lower() == digest.hex()

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from attestation import platforms
 from cli import proxy as client_cli
 from cli.arguments import Built, add_arguments, build
 from gateway.config import KeyholderConfig, ServeConfig
@@ -82,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_arguments(workload, ServeConfig)
     workload.add_argument("--digest-only", action="store_true",
                           help="print only the digest (lowercase hex)")
-    workload.add_argument("--launch-pin", choices=["snp", "tdx", "init-data"], default=None,
+    workload.add_argument("--launch-pin", default=None,
+                          choices=[*(p.choice for p in platforms.CPU_PLATFORMS), "init-data"],
                           help="print what the host sets at launch to pin this workload: "
                                "QEMU's sev-snp-guest host-data or tdx-guest mrconfigid "
                                "(base64), or a Confidential Containers init-data document")

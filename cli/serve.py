@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 def simulated_roots(state: Path) -> None:
     """Write the simulated TEE's roots, with its release key, where clients are told to
     find them, and say loudly what this is."""
-    from attestation import simulated_release
     from attestation.simulated import SimulatedPki
+    from attestation.simulated import release as simulated_release
     from attestation.statement import public_pem
 
     roots = state / "simulated-roots.pem"
@@ -55,7 +55,7 @@ def _simulated_statement(config: ServeConfig, launch: Launch) -> bytes:
     option, on this simulated platform)."""
     import datetime as dt
 
-    from attestation import simulated_release
+    from attestation.simulated import release as simulated_release
     from gateway.launch import prepare
 
     defaults = ServeConfig.of(attestation=config.attestation.attestation)
@@ -146,7 +146,9 @@ def launch_pin_text(kind: str, digest: bytes) -> str:
     if kind == "init-data":
         return ('version = "0.1.0"\nalgorithm = "sha256"\n[data]\n'
                 f'"cloister.toml" = \'workload_digest = "{digest.hex()}"\'\n')
-    platform = "sev-snp" if kind == "snp" else "tdx"
+    from attestation.platforms import platform_choice
+
+    platform = platform_choice(kind).name
     return base64.b64encode(launch_value(digest, platform)).decode() + "\n"
 
 

@@ -1,13 +1,10 @@
 """The gateway's collateral for its own platform, fetched from the vendors and cached
 until their next-update time, so every report carries it and clients verify offline.
 
-    TDX      Intel's PCS API v4, or a PCCS that mirrors it (`--pccs-url`), through
-             dcap-qvl's `get_collateral` (it reads the FMSPC and CA from the quote's PCK
-             certificate).
-    SEV-SNP  AMD's KDS: `{kds}/vcek/v1/{family}/crl`, the family named by the ARK.
-
-Here in the gateway, not in `attestation/`, because it does network I/O (verifiers never
-do). Cached in memory and in `folder` (a JSON file per platform and FMSPC or family) until
+Each platform says what its collateral is and where the vendor serves it
+(`CpuPlatform.collateral_key`, `fetch_collateral`: Intel's PCS or a PCCS, `--pccs-url`;
+AMD's KDS, `--amd-kds-url`). Here the gateway's cache and schedule: verifiers never do
+network I/O. Cached in memory and in `folder` (a JSON file per platform and FMSPC or family) until
 the earliest next-update of its parts, less `REFRESH_MARGIN`. When nothing current can
 be had the report fails (`ProviderError`, 503 to clients): evidence without current
 collateral would be refused by every verifier anyway.
@@ -15,37 +12,31 @@ collateral would be refused by every verifier anyway.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import httpx
-from cryptography import x509
 
-from attestation import amd_crl
-from attestation.certtable import ARK_GUID, parse_cert_table
 from attestation.collateral import Collateral
 from attestation.errors import VerificationError
+from attestation.platforms import cpu_platform
 from attestation.types import CpuEvidence, ProviderError
-from attestation.workload import base_platform
 
-INTEL_PCS_URL = "https://api.trustedservices.intel.com"
-AMD_KDS_URL = "https://kdsintf.amd.com"
 REFRESH_MARGIN = dt.timedelta(hours=1)
 FETCH_TIMEOUT = 15.0
 
 
 class FetchedCollateral:
-    def __init__(self, folder: Path, *, pccs_url: str = INTEL_PCS_URL,
-                 kds_url: str = AMD_KDS_URL,
+    def __init__(self, folder: Path, *, services: Mapping[str, str] | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+        """`services`: a vendor's collateral service other than the platform's default
+        ({"intel": a PCCS URL, "amd": a KDS mirror})."""
         self._folder = folder
-        self._pccs, self._kds = pccs_url.rstrip("/"), kds_url.rstrip("/")
+        self._services = dict(services or {})
         self._clock = clock
         self._memory: dict[str, Collateral] = {}
         # One fetch at a time: a burst of reports after expiry makes one request, not many.
@@ -69,41 +60,13 @@ class FetchedCollateral:
             return fresh
 
     def _what(self, evidence: CpuEvidence) -> tuple[str, Callable[[], Collateral]]:
-        platform = base_platform(evidence.platform)
-        if platform == "sev-snp":
-            try:
-                ark = x509.load_der_x509_certificate(parse_cert_table(evidence.aux)[ARK_GUID])
-                family = amd_crl.family(ark)
-            except (KeyError, ValueError, VerificationError) as exc:
-                raise ProviderError("the SNP report came without an ARK to name its family"
-                                    ) from exc
-            return f"sev-snp-{family}", lambda: Collateral(amd_crl=self._kds_crl(family))
-        if platform == "tdx":
-            import dcap_qvl
-
-            try:
-                fmspc = dcap_qvl.parse_quote(evidence.report).fmspc()
-            except ValueError as exc:
-                raise ProviderError("the TDX quote names no FMSPC") from exc
-            return f"tdx-{fmspc}", lambda: Collateral(tdx=self._pcs(evidence.report))
-        raise ProviderError(f"no collateral for platform {evidence.platform!r}")
-
-    def _kds_crl(self, family: str) -> bytes:
-        response = httpx.get(f"{self._kds}/vcek/v1/{family}/crl", timeout=FETCH_TIMEOUT)
-        response.raise_for_status()
-        x509.load_der_x509_crl(response.content)  # ValueError if it is not one
-        return response.content
-
-    def _pcs(self, quote: bytes) -> dict[str, str]:
-        import dcap_qvl
-
-        async def fetch() -> Any:
-            return await dcap_qvl.get_collateral(self._pccs, quote)
-
-        fetched: dict[str, Any] = json.loads(asyncio.run(fetch()).to_json())
-        collateral = Collateral.from_json({"tdx": fetched})
-        assert collateral.tdx is not None
-        return collateral.tdx
+        try:
+            platform = cpu_platform(evidence.platform)
+        except VerificationError:
+            raise ProviderError(f"no collateral for platform {evidence.platform!r}") from None
+        service = self._services.get(platform.vendor, platform.collateral_service)
+        return platform.collateral_key(evidence), lambda: platform.fetch_collateral(
+            evidence, service, _get)
 
     def _current(self, collateral: Collateral) -> bool:
         until = collateral.next_update()
@@ -123,3 +86,9 @@ class FetchedCollateral:
         tmp = self._path(key).with_suffix(".tmp")
         tmp.write_text(json.dumps(collateral.to_json()))
         os.replace(tmp, self._path(key))
+
+
+def _get(url: str) -> bytes:
+    response = httpx.get(url, timeout=FETCH_TIMEOUT)
+    response.raise_for_status()
+    return response.content

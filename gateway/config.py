@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+from attestation.providers import attestation_choices
 from enclave.keys import DEFAULT_GRACE_SECONDS, DEFAULT_ROTATION_SECONDS
 from enclave.padding import PaddingPolicy
 from enclave.replay import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW_SECONDS
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 # A 128k-token prompt is about 512 KiB of text; 4 MiB leaves room for JSON structure,
 # long conversations and base64 overhead while keeping one request's buffer bounded.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-ATTESTATION_CHOICES = ("auto", "snp", "tdx", "simulated", "simulated-tdx")
+ATTESTATION_CHOICES = attestation_choices()
 
 _ADDRESS = "where it listens, not what it does"
 _MODEL = "named, with its digest and engine arguments, in the manifest's engine.models"

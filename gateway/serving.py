@@ -58,13 +58,13 @@ FAILURE_DRAIN_SECONDS = 3.0
 def attestation_sources(config: ServeConfig, launch: Launch) -> Sources | None:
     from attestation.providers import ProviderError, select_providers
     from attestation.workload import WorkloadClaims
-    from gateway.collateral_fetch import AMD_KDS_URL, INTEL_PCS_URL, FetchedCollateral
+    from gateway.collateral_fetch import FetchedCollateral
 
     uses_gpu = WorkloadClaims.parse(launch.manifest, pinned_at_launch=False).uses_gpu
     attestation, state = config.attestation, config.store.folder()
+    services = {"intel": attestation.pccs_url, "amd": attestation.amd_kds_url}
     fetched = FetchedCollateral(state / "collateral",
-                                pccs_url=attestation.pccs_url or INTEL_PCS_URL,
-                                kds_url=attestation.amd_kds_url or AMD_KDS_URL)
+                                services={k: v for k, v in services.items() if v})
     try:
         return select_providers(attestation.attestation, state_dir=state,
                                 collateral=fetched,

@@ -52,15 +52,6 @@ def as_json(claims: VerifiedEvidence, statement: VerifiedStatement | None = None
     }
 
 
-def _revocation(claims: VerifiedEvidence) -> str:
-    if claims.tdx is not None:
-        advisories = ", ".join(claims.advisory_ids) or "no advisories"
-        return f"Intel collateral checked: {claims.tcb_status} ({advisories})"
-    if claims.revocation_checked:
-        return "AMD CRL checked: VCEK and ASK not revoked"
-    return "NOT CHECKED (the policy waived AMD's CRL)"
-
-
 def describe(claims: VerifiedEvidence, statement: VerifiedStatement | None = None, *,
              new: bool = False) -> str:
     """A verified gateway, in a layout a person can read."""
@@ -71,7 +62,7 @@ def describe(claims: VerifiedEvidence, statement: VerifiedStatement | None = Non
         f"  platform          {claims.platform}",
         f"  measurement       {claims.measurement}",
         f"  TCB               {claims.tcb}" + ("   DEBUG ENABLED" if claims.debug else ""),
-        f"  revocation        {_revocation(claims)}",
+        f"  revocation        {claims.collateral_checked}",
         f"  pinned at launch  {pinned}",
         f"  workload digest   {w.digest}",
         "  models",

@@ -8,15 +8,15 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from attestation import simulated_release
-from attestation.providers import (
-    SimulatedCollateral,
-    SimulatedGpuProvider,
-    SimulatedSnpProvider,
-    SimulatedTdxProvider,
-)
 from attestation.reference import ReferenceValues
 from attestation.simulated import SimulatedPki
+from attestation.simulated import release as simulated_release
+from attestation.simulated.twins import (
+    SimulatedCollateral,
+    SimulatedCpuProvider,
+    SimulatedGpuProvider,
+    twin,
+)
 from attestation.verify import Policy, TrustRoots
 from attestation.workload import FORMAT, workload_digest
 from gateway.attestation_routes import Attested
@@ -47,8 +47,8 @@ def simulated(pki: SimulatedPki, manifest: dict[str, Any] | None = None, *,
     """Providers pinned at launch to `manifest` (or to `pin`; b"" for not pinned)."""
     manifest = TEST_WORKLOAD if manifest is None else manifest
     launch_pin = workload_digest(manifest) if pin is None else pin
-    cpu = (SimulatedTdxProvider(pki, launch_pin=launch_pin) if tdx
-           else SimulatedSnpProvider(pki, launch_pin=launch_pin))
+    cpu = SimulatedCpuProvider(pki, twin=twin("simulated-tdx" if tdx else "simulated"),
+                               launch_pin=launch_pin)
     return Attested(cpu, SimulatedGpuProvider(pki), SimulatedCollateral(pki), manifest)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attestation.simulated_intel import MR_SEAM
+from attestation.simulated.intel import MR_SEAM
 
 ROOT = Path(__file__).resolve().parents[2]
 # Model load plus torch.compile warm-up of two engines on 2 CPU cores: minutes, not seconds.

@@ -83,7 +83,7 @@ def fleet(tmp_path_factory, postgres) -> Iterator[Fleet]:
                          f"{fleet.release_key}.pub", "--print-digest")
     assert gateway.returncode == 0 and keyholder.returncode == 0, gateway.stderr
     from attestation.simulated import simulated_measurement
-    from attestation.simulated_intel import MR_SEAM
+    from attestation.simulated.intel import MR_SEAM
 
     values = folder / "VALUES.toml"
     values.write_text(

@@ -38,7 +38,7 @@ def _workload_digest(gateway: RunningGateway) -> str:
 def _policy(tmp_path: Path, digest: str) -> Path:
     """A user's own policy pinning one workload on the simulated TEE."""
     from attestation.simulated import simulated_measurement
-    from attestation.simulated_intel import MR_SEAM
+    from attestation.simulated.intel import MR_SEAM
 
     path = tmp_path / f"pin-{digest[:8]}.toml"
     path.write_text(SIMULATED_VALUES.format(version=1, digest=digest,

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from attestation.evidence import collect
-from attestation.providers import ProviderError, SimulatedGpuProvider
+from attestation.providers import ProviderError
 from attestation.simulated import SimulatedPki
+from attestation.simulated.twins import SimulatedGpuProvider
 from attestation.verify import TrustRoots, verify_evidence
 from gateway.collateral_fetch import REFRESH_MARGIN, FetchedCollateral
 from tests.attested import TEST_WORKLOAD, policy, simulated
@@ -31,7 +32,8 @@ def _evidence(pki, *, tdx: bool = False):
 
 def _fetcher(folder, vendors, clock=None) -> FetchedCollateral:
     kwargs = {"clock": clock} if clock else {}
-    return FetchedCollateral(folder, pccs_url=vendors.url, kds_url=vendors.url, **kwargs)
+    return FetchedCollateral(folder, services={"intel": vendors.url, "amd": vendors.url},
+                             **kwargs)
 
 
 @pytest.mark.parametrize("tdx", [False, True])
@@ -81,5 +83,5 @@ def test_no_current_collateral_means_no_report(pki, tmp_path) -> None:
     with SimulatedVendorServices(pki).running() as gone:
         url = gone.url
     with pytest.raises(ProviderError, match="cannot fetch"):
-        FetchedCollateral(tmp_path / "other", pccs_url=url, kds_url=url).for_report(
+        FetchedCollateral(tmp_path / "other", services={"intel": url, "amd": url}).for_report(
             _evidence(pki, tdx=True))

@@ -13,8 +13,10 @@ import pytest
 from attestation import binding, simulated
 from attestation.errors import Reason, VerificationError
 from attestation.evidence import EvidenceDocument, collect
+from attestation.platforms.snp import SnpValues
+from attestation.platforms.tdx import TdxValues
 from attestation.providers import ConfigfsTsmProvider, ProviderError
-from attestation.reference import GpuValues, SnpValues, TdxValues
+from attestation.reference import GpuValues
 from attestation.verify import Policy, TrustRoots, verify_evidence
 from attestation.workload import workload_digest
 from tests.attested import MODEL_DIGEST, TEST_WORKLOAD, accepting, workload

@@ -17,9 +17,10 @@ from attestation import simulated
 from attestation.collateral import Collateral
 from attestation.errors import Reason, VerificationError
 from attestation.evidence import collect
-from attestation.providers import SimulatedCollateral, SimulatedGpuProvider
-from attestation.reference import GpuValues, TdxValues
-from attestation.simulated_intel import QeReport
+from attestation.platforms.tdx import TdxValues
+from attestation.reference import GpuValues
+from attestation.simulated.intel import QeReport
+from attestation.simulated.twins import SimulatedCollateral, SimulatedGpuProvider
 from attestation.types import CpuEvidence
 from attestation.verify import Policy, TrustRoots, verify_evidence
 from attestation.workload import launch_value, workload_digest

@@ -48,7 +48,7 @@ def pki(tmp_path_factory):
 
 
 def _roots(pki):
-    return TrustRoots().with_simulated(pki.roots_pem()).nvidia
+    return TrustRoots().with_simulated(pki.roots_pem()).of("nvidia")
 
 
 def test_reports_for_every_gpu_verify(pki) -> None:

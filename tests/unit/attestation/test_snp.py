@@ -94,8 +94,7 @@ def test_unknown_version_and_signature_algorithm_are_unsupported(snp) -> None:
 
 
 def test_default_values_reject_the_debug_vector_and_relaxed_values_accept_it(snp) -> None:
-    from attestation.acceptance import check_snp
-    from attestation.reference import SnpValues
+    from attestation.platforms.snp import SnpValues, check_snp
 
     report = _verify(*snp)
     measurement = frozenset({report.measurement.hex()})
@@ -118,8 +117,7 @@ def test_the_built_in_tcb_floor_holds_under_any_reference_values(snp) -> None:
     when the values ask for no minimum at all."""
     import dataclasses
 
-    from attestation.acceptance import check_snp
-    from attestation.reference import SNP_TCB_FLOOR, SnpValues
+    from attestation.platforms.snp import SNP_TCB_FLOOR, SnpValues, check_snp
     from attestation.snp import TcbVersion
 
     report = _verify(*snp)

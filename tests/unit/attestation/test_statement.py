@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from attestation import simulated_release
 from attestation.errors import Reason, VerificationError
 from attestation.measure import MeasureError, snp_launch_measurement
 from attestation.sigstore_statement import verify_sigstore_statement
+from attestation.simulated import release as simulated_release
 from attestation.statement import (
     generate_key,
     key_id,

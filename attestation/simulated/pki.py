@@ -12,7 +12,7 @@ explicitly (`roots_pem()`).
          The ARK also signs a CRL (`amd_crl`), as AMD's KDS does per chip family.
     GPU: SPDM 1.1 GET_MEASUREMENTS request and signed MEASUREMENTS response, device
          chain leaf <- root (ECDSA P-384).
-    TDX: `attestation.simulated_intel` (quotes and Intel collateral).
+    TDX: `attestation.simulated.intel` (quotes and Intel collateral).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from cryptography.x509.oid import NameOID
 
 from attestation import snp
 from attestation.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, build_cert_table
-from attestation.simulated_intel import SimulatedIntel
+from attestation.simulated.intel import SimulatedIntel
 
 PKI_FILE = "simulated-pki-v3.json"
 SIMULATED_TCB = snp.TcbVersion(boot_loader=4, tee=0, snp=22, microcode=213)

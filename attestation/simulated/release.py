@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attestation import simulated, simulated_intel
-from attestation.reference import GpuValues, ReferenceValues, SnpValues, TdxValues
+from attestation.reference import GpuValues, ReferenceValues
+from attestation.simulated import pki as simulated
+from attestation.simulated import twins
 from attestation.statement import PrivateKey, generate_key, load_private_key, private_pem
 from attestation.statement import sign_statement as sign
 
@@ -43,12 +44,9 @@ def release_key(folder: Path) -> PrivateKey:
 def reference_values(workload_digest: str, *, version: int, now: dt.datetime
                      ) -> ReferenceValues:
     """What the simulated TEE's evidence shows for the default workload."""
-    measured = frozenset({simulated.simulated_measurement().hex()})
     driver = simulated.SIMULATED_DRIVER_VERSION.rstrip(b"\x00").decode()
     return ReferenceValues(
-        platforms={"simulated-sev-snp": SnpValues(measured, min_tcb=simulated.SIMULATED_TCB),
-                   "simulated-tdx": TdxValues(
-                       measured, mrseam=frozenset({simulated_intel.MR_SEAM.hex()}))},
+        platforms={twin.name: twin.values() for twin in twins.TWINS},
         gpu=GpuValues(required=False, drivers=frozenset({driver}),
                       vbios=frozenset({simulated.SIMULATED_VBIOS_VERSION})),
         workloads=frozenset({workload_digest}), version=version,
