@@ -182,6 +182,11 @@ class Attestation:
     def simulated(self) -> bool:
         return self.attestation.startswith("simulated")
 
+    def collateral_services(self) -> dict[str, str]:
+        """The vendors' collateral services the operator named (by vendor)."""
+        named = {"intel": self.pccs_url, "amd": self.amd_kds_url}
+        return {vendor: url for vendor, url in named.items() if url}
+
     def simulated_pin(self, digest: bytes) -> bytes:
         """What the simulated host pinned at launch, for a workload of `digest`."""
         choice = self.simulated_host_data

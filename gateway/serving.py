@@ -62,9 +62,8 @@ def attestation_sources(config: ServeConfig, launch: Launch) -> Sources | None:
 
     uses_gpu = WorkloadClaims.parse(launch.manifest, pinned_at_launch=False).uses_gpu
     attestation, state = config.attestation, config.store.folder()
-    services = {"intel": attestation.pccs_url, "amd": attestation.amd_kds_url}
     fetched = FetchedCollateral(state / "collateral",
-                                services={k: v for k, v in services.items() if v})
+                                services=attestation.collateral_services())
     try:
         return select_providers(attestation.attestation, state_dir=state,
                                 collateral=fetched,
