@@ -27,8 +27,9 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
     from gateway.collateral_fetch import FetchedCollateral
     from gateway.fleet_trust import FleetTrustError, fleet_trust
     from gateway.http_protocol import listener_options
-    from gateway.join import JoinRefused, obtain_seed
     from gateway.keyholder import Keyholder, keyholder_manifest
+    from proxy.join import JoinRefused, obtain_seed
+    from proxy.trust import Trust
 
     manifest = keyholder_manifest(config)
     digest = workload_digest(manifest)
@@ -51,8 +52,8 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
     try:
         roots, policy = fleet_trust(config.fleet, attestation, state)
         if config.fleet.join:
-            seed = asyncio.run(obtain_seed(config.fleet.join, attested, roots=roots,
-                                           policy=policy))
+            seed = asyncio.run(obtain_seed(config.fleet.join, attested.prove,
+                                           trust=Trust(roots, policy=policy)))
         else:
             seed = os.urandom(32)
     except (JoinRefused, FleetTrustError) as exc:

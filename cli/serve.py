@@ -225,13 +225,14 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
     seed = None
     if config.fleet.join:
         from gateway.fleet_trust import FleetTrustError, fleet_trust
-        from gateway.join import JoinRefused, obtain_seed
+        from proxy.join import JoinRefused, obtain_seed
+        from proxy.trust import Trust
 
         started = time.monotonic()
         try:
             roots, policy = fleet_trust(config.fleet, config.attestation, config.store.folder())
-            seed = asyncio.run(obtain_seed(config.fleet.join, attested, roots=roots,
-                                           policy=policy))
+            seed = asyncio.run(obtain_seed(config.fleet.join, attested.prove,
+                                           trust=Trust(roots, policy=policy)))
         except (JoinRefused, FleetTrustError) as exc:
             print(f"cloister serve: {exc}", file=sys.stderr)
             return 2

@@ -1,6 +1,6 @@
 """Releasing the fleet seed to an attested replica: the sealing and the signature. Sans-IO.
 
-The replica (`gateway.join`) makes an ephemeral X25519 key, binds its public half into
+The replica (`proxy.join`) makes an ephemeral X25519 key, binds its public half into
 its evidence under `RECIPIENT_KEY` (with the keyholder's single-use challenge as the
 nonce), and the keyholder (`gateway.keyholder`), once the evidence verifies against the
 reference values, answers

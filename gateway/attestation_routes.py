@@ -47,6 +47,8 @@ FRESH_BURST = 3
 # Reports collected at once, and in progress at most (the rest are turned away).
 COLLECTORS = 4
 MAX_PENDING = 16
+# How long the evidence a joining process shows a keyholder is valid.
+PROOF_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,20 @@ class Attested:
     # Signed release statements the operator installed (served as they are: their
     # signatures, not this gateway, are what clients trust).
     statements: tuple[bytes, ...] = ()
+
+    def document(self, *, nonce: bytes, keys: dict[str, bytes], expires_at: int,
+                 now: int) -> bytes:
+        """An evidence document over `nonce` binding `keys` (blocking: the hardware)."""
+        return evidence.collect(self.cpu, self.gpu, keys=keys, workload=self.workload,
+                                nonce=nonce, expires_at=expires_at, now=now,
+                                init_data=self.init_data,
+                                collateral=self.collateral).to_json()
+
+    async def prove(self, nonce: bytes, keys: dict[str, bytes]) -> bytes:
+        """This process's evidence for a keyholder (`proxy.join`), valid five minutes."""
+        now = int(time.time())
+        return await asyncio.to_thread(self.document, nonce=nonce, keys=keys,
+                                       expires_at=now + PROOF_SECONDS, now=now)
 
 
 class ReportService:
@@ -99,11 +115,9 @@ class ReportService:
                                "progress; retry later", headers={"Retry-After": "1"})
         keys = self.bound_keys()
         nonce = nonce if nonce is not None else binding.keys_digest(keys)
-        a = self._attested
-        work = functools.partial(
-            evidence.collect, a.cpu, a.gpu, keys=keys, workload=a.workload, nonce=nonce,
-            expires_at=int(self._keyring.expires_at()), now=int(self._now()),
-            init_data=a.init_data, collateral=a.collateral)
+        work = functools.partial(self._attested.document, keys=keys, nonce=nonce,
+                                 expires_at=int(self._keyring.expires_at()),
+                                 now=int(self._now()))
         self._pending += 1
         try:
             doc = await asyncio.get_running_loop().run_in_executor(self._pool, work)
@@ -112,7 +126,7 @@ class ReportService:
                                "attestation evidence is unavailable") from exc
         finally:
             self._pending -= 1
-        return doc.to_json()
+        return doc
 
     async def cached(self) -> bytes:
         async with self._cache_lock:

@@ -22,11 +22,12 @@ from enclave.fleet import FleetSecrets
 from enclave.sealed_state import DataKey
 from gateway.app import create_app
 from gateway.config import KeyholderConfig, ServeConfig
-from gateway.join import JoinRefused, obtain_seed
 from gateway.keyholder import Keyholder
 from gateway.platform_store import PlatformStore
 from gateway.replay_store import SqlReplayCache
 from gateway.workload import build_manifest
+from proxy.join import JoinRefused, obtain_seed
+from proxy.trust import Trust
 from tests.attested import TEST_WORKLOAD, accepting, simulated, workload
 from tests.clients import client_for
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
@@ -55,9 +56,9 @@ def _keyholder(pki, policy: Policy) -> Keyholder:
 
 async def _join(pki, keyholder: Keyholder, manifest, policy: Policy) -> bytes:
     transport = httpx.ASGITransport(app=keyholder.app())
-    return await obtain_seed(["http://keyholder"], simulated(pki, manifest),
-                             roots=TrustRoots().with_simulated(pki.roots_pem()), policy=policy,
-                             transport=transport)
+    trust = Trust(TrustRoots().with_simulated(pki.roots_pem()), policy=policy)
+    return await obtain_seed(["http://keyholder"], simulated(pki, manifest).prove,
+                             trust=trust, transport=transport)
 
 
 async def test_an_attested_replica_of_an_accepted_workload_gets_the_seed(pki) -> None:
