@@ -33,10 +33,19 @@ class Evidence:
 
 def accept(evidence: Evidence, candidates: Sequence[ReferenceValues], *,
            any_measurement: bool = False) -> ReferenceValues | None:
-    """The first candidate that accepts `evidence` (None in `any_measurement` mode with no
-    candidate pinning the platform); else the closest refusal."""
+    """The first candidate that accepts `evidence` (None in `any_measurement` mode, which
+    waives the launch measurement but still holds the workload and models to what the
+    candidates name); else the closest refusal."""
     if any_measurement:
         _check_defaults(evidence)
+        refusals = []
+        for values in candidates:
+            try:
+                check_workload(evidence.workload, values)
+            except VerificationError as err:
+                refusals.append(err)
+        if candidates and len(refusals) == len(candidates):
+            raise refusals[0]
         return None
     pinning = [c for c in candidates if evidence.platform in c.platforms]
     if not candidates:

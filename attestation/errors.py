@@ -45,6 +45,7 @@ class Reason(enum.StrEnum):
     STATEMENT_UNTRUSTED = "statement_signed_by_untrusted_key"
     STATEMENT_EXPIRED = "statement_expired"
     STATEMENT_ROLLBACK = "statement_version_rollback"
+    STATEMENT_EQUIVOCATION = "statement_equivocation"
     COLLATERAL_MISSING = "collateral_missing"
     COLLATERAL_INVALID = "collateral_invalid"
     COLLATERAL_STALE = "collateral_stale"
@@ -54,6 +55,12 @@ class Reason(enum.StrEnum):
     GPU_MODE = "gpu_mode_not_accepted"
     GPU_MEASUREMENT = "gpu_measurement_not_accepted"
     NONCE_SIGNATURE = "nonce_signature_invalid"
+    POLICY_FLOOR = "below_policy_floor"
+
+
+class BelowPolicyFloor(ValueError):
+    """Reference values that would weaken what Cloister always requires (no debugging,
+    no migration agent, VMPL 0): no statement or policy file may say so."""
 
 
 class VerificationError(Exception):

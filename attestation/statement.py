@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from attestation.errors import Reason, VerificationError
+from attestation.errors import BelowPolicyFloor, Reason, VerificationError
 from attestation.reference import ReferenceValues
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -203,6 +203,8 @@ def _values(payload: bytes) -> ReferenceValues:
         subjects = {s["digest"]["sha256"].lower() for s in body["subject"]
                     if s["name"] == SUBJECT_NAME}
         values = ReferenceValues.parse(body["predicate"])
+    except BelowPolicyFloor as exc:
+        raise VerificationError(Reason.POLICY_FLOOR, str(exc)) from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise VerificationError(Reason.MALFORMED, "malformed statement") from exc
     if values.valid_until is None or not values.workloads or subjects != values.workloads:

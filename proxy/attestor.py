@@ -110,7 +110,7 @@ async def fetch_and_verify(http: httpx.AsyncClient, *, roots: TrustRoots, policy
         raise GatewayNotAttested(f"attestation failed: {exc}") from exc
 
 
-async def fetch_statements(http: httpx.AsyncClient, trust: Trust, *, gateway: str,
+async def fetch_statements(http: httpx.AsyncClient, trust: Trust, *,
                            statements: StatementLog | None, now: dt.datetime
                            ) -> list[VerifiedStatement]:
     """The gateway's release statements that a trusted key signed, unexpired and not
@@ -128,7 +128,7 @@ async def fetch_statements(http: httpx.AsyncClient, trust: Trust, *, gateway: st
         try:
             verified = _verify_one(item, trust, now)
             if statements is not None:
-                statements.check_rollback(gateway, verified)
+                statements.check(verified)
         except VerificationError as err:
             refusals.append(err)
             continue
@@ -179,15 +179,19 @@ class Attestor:
                                         nonce=nonce, challenge=self._challenge, now=now)
         if not vouches(claims):
             raise GatewayNotAttested("the gateway's keys are not the attested ones")
-        self.last, self.verified_at = claims, now.timestamp()
         matched = next((s for s in candidates if s.values is claims.accepted), None)
-        self.last_statement = matched
+        new_statement = False
         if matched is not None and self._statements is not None:
-            self.new_statement = self._statements.record(self.gateway_url, matched)
-            if self.new_statement:
+            try:
+                new_statement = self._statements.record(self.gateway_url, matched)
+            except VerificationError as exc:  # another client took a later one meanwhile
+                raise GatewayNotAttested(f"no acceptable release statement: {exc}") from exc
+            if new_statement:
                 log.warning("new_reference_values", gateway=self.gateway_url,
                             detail=f"statement {matched.digest} version "
                                    f"{matched.values.version} signed by {matched.key_id}")
+        self.last, self.verified_at = claims, now.timestamp()
+        self.last_statement, self.new_statement = matched, new_statement
 
     def due(self) -> bool:
         if self.last is None:
@@ -201,7 +205,7 @@ class Attestor:
     async def _policy(self) -> tuple[Policy, list[VerifiedStatement]]:
         if self._trust.policy is not None:
             return self._trust.policy, []
-        statements = await fetch_statements(self._http, self._trust, gateway=self.gateway_url,
+        statements = await fetch_statements(self._http, self._trust,
                                             statements=self._statements, now=self._clock())
         return Policy(tuple(s.values for s in statements)), statements
 

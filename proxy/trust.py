@@ -8,8 +8,10 @@ releases), and, only with `--simulated-roots`, the simulated TEE's release key (
 public key travels in the same file as the simulated roots).
 
 `StatementLog` keeps, in the client's state folder, every statement digest it accepted
-(an append-only log, `accepted-statements.log`) and the highest version accepted per
-gateway (`statement-versions.json`): a lower version is a rollback and is refused, and a
+(an append-only log, `accepted-statements.log`) and, per release key (a Sigstore
+identity counts as one), the highest version accepted and that statement's digest
+(`release-key-versions.json`). A lower version is a rollback, the same version with other
+contents is an equivocation, both refused whatever URL the gateway was reached by; a
 statement never seen before is announced.
 """
 
@@ -23,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from attestation.errors import Reason, VerificationError
 from attestation.statement import PublicKey, VerifiedStatement, load_public_keys
@@ -79,26 +82,38 @@ def default_state_dir() -> Path:
 
 
 class StatementLog:
-    """The statements this client accepted, per gateway (see the module docstring)."""
+    """The statements this client accepted, per release key (see the module docstring)."""
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
         self._log = folder / "accepted-statements.log"
-        self._versions = folder / "statement-versions.json"
+        self._versions = folder / "release-key-versions.json"
 
-    def _load_versions(self) -> dict[str, int]:
+    def versions(self) -> dict[str, dict[str, Any]]:
+        """Per release key (or Sigstore identity): the highest version accepted and its
+        statement's digest."""
         try:
             raw = json.loads(self._versions.read_text())
         except FileNotFoundError:
             return {}
-        return {str(k): int(v) for k, v in raw.items()}
+        return {str(k): {"version": int(v["version"]), "digest": str(v["digest"])}
+                for k, v in raw.items()}
 
-    def check_rollback(self, gateway: str, statement: VerifiedStatement) -> None:
-        highest = self._load_versions().get(gateway, 0)
-        if statement.values.version < highest:
+    def check(self, statement: VerifiedStatement) -> None:
+        """`STATEMENT_ROLLBACK` below the highest version this signer's statements
+        reached here; `STATEMENT_EQUIVOCATION` for other contents under that version."""
+        highest = self.versions().get(statement.key_id)
+        if highest is None:
+            return
+        version = statement.values.version
+        if version < highest["version"]:
             raise VerificationError(Reason.STATEMENT_ROLLBACK,
-                                    f"version {statement.values.version} after version "
-                                    f"{highest} was accepted")
+                                    f"version {version} after version "
+                                    f"{highest['version']} was accepted")
+        if version == highest["version"] and statement.digest != highest["digest"]:
+            raise VerificationError(Reason.STATEMENT_EQUIVOCATION,
+                                    f"version {version} was accepted with other contents "
+                                    f"(sha256:{highest['digest']})")
 
     def seen(self, digest: str) -> bool:
         try:
@@ -108,16 +123,22 @@ class StatementLog:
             return False
 
     def record(self, gateway: str, statement: VerifiedStatement) -> bool:
-        """Remember `statement` as accepted for `gateway`; True if it is new here. Safe
-        with other clients (threads, processes) recording in the same folder at once."""
+        """Remember `statement` as accepted (from `gateway`, for people reading the log);
+        True if it is new here. Safe with other clients (threads, processes) recording in
+        the same folder at once; `VerificationError` if, since `check`, another client
+        accepted what makes this one a rollback or an equivocation."""
         self._folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with (self._folder / "statements.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            versions = self._load_versions()
-            versions[gateway] = max(versions.get(gateway, 0), statement.values.version)
-            with tempfile.NamedTemporaryFile("w", dir=self._folder, delete=False) as tmp:
-                tmp.write(json.dumps(versions, indent=2, sort_keys=True))
-            os.replace(tmp.name, self._versions)
+            self.check(statement)
+            versions = self.versions()
+            highest = versions.get(statement.key_id)
+            if highest is None or statement.values.version > highest["version"]:
+                versions[statement.key_id] = {"version": statement.values.version,
+                                              "digest": statement.digest}
+                with tempfile.NamedTemporaryFile("w", dir=self._folder, delete=False) as tmp:
+                    tmp.write(json.dumps(versions, indent=2, sort_keys=True))
+                os.replace(tmp.name, self._versions)
             if self.seen(statement.digest):
                 return False
             stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -21,7 +21,7 @@ from cryptography import x509
 from attestation import amd_crl
 from attestation.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, parse_cert_table
 from attestation.collateral import Collateral
-from attestation.errors import Reason, VerificationError
+from attestation.errors import BelowPolicyFloor, Reason, VerificationError
 from attestation.platform import Hardware, PlatformValues
 from attestation.roots import PRODUCTION_AMD_ARKS
 from attestation.snp import REPORT_SIZE, SnpReport, TcbVersion, verify_snp_report
@@ -33,6 +33,10 @@ POLICY_BITS = {"smt": 16, "migrate_ma": 18, "debug": 19, "single_socket": 20,
                "cxl_allow": 21, "mem_aes_256_xts": 22, "rapl_dis": 23,
                "ciphertext_hiding": 24, "page_swap_disable": 25}
 DEFAULT_FORBIDDEN_POLICY_BITS = ("debug", "migrate_ma")
+# The floor no reference values can lower: a debuggable guest or one with a migration
+# agent can hand its memory to the host, and only VMPL 0 is the guest's own kernel.
+FLOOR_POLICY_BITS = DEFAULT_FORBIDDEN_POLICY_BITS
+FLOOR_VMPL = 0
 # Below this no reference values can go: the TCB of the oldest real SNP report we know
 # of (go-sev-guest's Milan sample, `../shared/vectors/snp`). A backstop only; releases
 # set their own `min_tcb` (what `cloister measure` saw on the fleet).
@@ -61,8 +65,13 @@ class SnpValues:
         unknown = [b for b in bits if b not in POLICY_BITS]
         if unknown:
             raise ValueError(f"unknown SNP guest policy bit {unknown[0]!r}")
-        return cls(_hexes(measured), TcbVersion(**tcb) if tcb else None,
-                   int(raw.get("vmpl", 0)), bits,
+        allowed = [b for b in FLOOR_POLICY_BITS if b not in bits]
+        if allowed:
+            raise BelowPolicyFloor(f"SNP values may not allow {allowed[0]!r}")
+        vmpl = int(raw.get("vmpl", FLOOR_VMPL))
+        if vmpl != FLOOR_VMPL:
+            raise BelowPolicyFloor(f"SNP values may not accept VMPL {vmpl}")
+        return cls(_hexes(measured), TcbVersion(**tcb) if tcb else None, vmpl, bits,
                    tuple(dict(e) for e in entries if isinstance(e, Mapping)))
 
     def to_json(self) -> dict[str, Any]:
@@ -77,10 +86,10 @@ class SnpValues:
 
 
 def check_snp(report: SnpReport, values: SnpValues, *, any_measurement: bool = False) -> None:
-    if report.vmpl != values.vmpl:
+    if report.vmpl != FLOOR_VMPL or report.vmpl != values.vmpl:
         raise VerificationError(Reason.VMPL, f"the report comes from VMPL {report.vmpl}, "
-                                f"not {values.vmpl}")
-    for name in values.forbidden_policy_bits:
+                                f"not {FLOOR_VMPL}")
+    for name in dict.fromkeys(FLOOR_POLICY_BITS + values.forbidden_policy_bits):
         if report.policy & (1 << POLICY_BITS[name]):
             reason = Reason.DEBUG if name == "debug" else Reason.GUEST_POLICY
             raise VerificationError(reason, f"the guest policy allows {name}")

@@ -23,7 +23,7 @@ from typing import Any
 
 from attestation import dcap
 from attestation.collateral import Collateral
-from attestation.errors import Reason, VerificationError
+from attestation.errors import BelowPolicyFloor, Reason, VerificationError
 from attestation.platform import Hardware, PlatformValues
 from attestation.roots import PRODUCTION_INTEL_ROOTS
 from attestation.tdx import TdReport, TdxQuote, looks_like_quote, verify_tdx_quote
@@ -34,6 +34,7 @@ from attestation.x509chain import fingerprint, load_pem_chain
 # SEPT_VE_DISABLE bit 28, PKS bit 30, KL bit 31, PERFMON bit 63 of the 64-bit field.
 TD_ATTRIBUTE_BITS = {"debug": 0, "sept_ve_disable": 28, "pks": 30, "kl": 31, "perfmon": 63}
 DEFAULT_FORBIDDEN_ATTRIBUTES = ("debug",)
+FLOOR_FORBIDDEN_ATTRIBUTES = DEFAULT_FORBIDDEN_ATTRIBUTES  # no values may allow these
 # With SEPT_VE_DISABLE clear, the host can inject #VE on secure-EPT violations at will.
 DEFAULT_REQUIRED_ATTRIBUTES = ("sept_ve_disable",)
 DEFAULT_TCB_STATUSES = frozenset({"UpToDate"})
@@ -60,6 +61,9 @@ class TdxValues:
         unknown = [a for a in forbidden + required if a not in TD_ATTRIBUTE_BITS]
         if unknown:
             raise ValueError(f"unknown TD attribute {unknown[0]!r}")
+        allowed = [a for a in FLOOR_FORBIDDEN_ATTRIBUTES if a not in forbidden]
+        if allowed:
+            raise BelowPolicyFloor(f"TDX values may not allow {allowed[0]!r}")
         return cls(_hexes(raw.get("mrtd")),
                    {i: _hexes(raw[f"rtmr{i}"]) for i in range(4) if f"rtmr{i}" in raw},
                    _hexes(raw.get("mrseam")),
@@ -82,7 +86,7 @@ def _attribute_set(td: TdReport, name: str) -> bool:
 
 def check_tdx(td: TdReport, tcb_status: str | None, values: TdxValues, *,
               any_measurement: bool = False) -> None:
-    for name in values.forbidden_attributes:
+    for name in dict.fromkeys(FLOOR_FORBIDDEN_ATTRIBUTES + values.forbidden_attributes):
         if _attribute_set(td, name):
             reason = Reason.DEBUG if name == "debug" else Reason.TD_ATTRIBUTES
             raise VerificationError(reason, f"the TD has {name} set")

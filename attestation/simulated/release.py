@@ -5,8 +5,9 @@ refused until its operator signs values for it.
 
 The key lives next to the simulated PKI in the state folder (0600); its public key is
 written into `simulated-roots.pem`, so clients trust it only when they name that file.
-The statement's version goes up whenever the default workload's digest changes (a new
-build), as a real release line's would; it is valid for seven days from each start.
+The statement is signed once and served again on every start; its version goes up when
+the default workload's digest changes (a new build) or when it has less than half of its
+seven days left, as a real release line's would.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from attestation.statement import sign_statement as sign
 
 KEY_FILE = "simulated-release-key.pem"
 STATE_FILE = "simulated-release.json"
+STATEMENT_FILE = "simulated-release-statement.json"
 VALIDITY = dt.timedelta(days=7)
 
 
@@ -54,13 +56,19 @@ def reference_values(workload_digest: str, *, version: int, now: dt.datetime
 
 
 def statement(folder: Path, workload_digest: str, *, now: dt.datetime) -> bytes:
-    """The signed statement for the default workload, its version kept in `folder`."""
-    path = folder / STATE_FILE
+    """The signed statement for the default workload, kept in `folder`: the one signed
+    before while its workload is the same and it has more than half its life left (a
+    client refuses other contents under a version it accepted), else a new version."""
+    path, signed = folder / STATE_FILE, folder / STATEMENT_FILE
     state: dict[str, Any] = (json.loads(path.read_text()) if path.exists()
                              else {"version": 0, "workload": ""})
-    version = int(state["version"])
-    if state["workload"] != workload_digest:
-        version += 1
-        path.write_text(json.dumps({"version": version, "workload": workload_digest}))
+    renew_after = dt.datetime.fromisoformat(state.get("renew_after", "1970-01-01T00:00:00+00:00"))
+    if state["workload"] == workload_digest and now < renew_after and signed.exists():
+        return signed.read_bytes()
+    version = int(state["version"]) + 1
     values = reference_values(workload_digest, version=version, now=now)
-    return sign(values, release_key(folder))
+    envelope = sign(values, release_key(folder))
+    signed.write_bytes(envelope)
+    path.write_text(json.dumps({"version": version, "workload": workload_digest,
+                                "renew_after": (now + VALIDITY / 2).isoformat()}))
+    return envelope

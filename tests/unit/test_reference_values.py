@@ -54,8 +54,8 @@ def _trust(pki, *keys) -> Trust:
                  {key_id(k.public_key()): k.public_key() for k in keys})
 
 
-async def _verify(transport, trust, log) -> Attestor:
-    attestor = Attestor("http://gw", trust=trust, statements=log, transport=transport)
+async def _verify(transport, trust, log, *, url: str = "http://gw") -> Attestor:
+    attestor = Attestor(url, trust=trust, statements=log, transport=transport)
     try:
         await attestor.verify(lambda claims: True)
     finally:
@@ -108,6 +108,35 @@ async def test_a_lower_version_after_a_higher_one_is_a_rollback(pki, release_key
         assert (await _verify(transport, _trust(pki, release_key), log)).new_statement
 
 
+@pytest.mark.parametrize("spelling", ["http://gw:80", "http://GW", "http://10.0.0.7"])
+async def test_an_older_statement_under_another_spelling_of_the_url_is_a_rollback(
+        pki, release_key, tmp_path, spelling) -> None:
+    """The memory is per release key, not per URL string: the same gateway reached as
+    `:80`, in capitals or by its address gets no second chance at an old statement."""
+    log = StatementLog(tmp_path)
+    async with _gateway(pki, _statement(release_key, version=5)) as transport:
+        await _verify(transport, _trust(pki, release_key), log)
+    async with _gateway(pki, _statement(release_key, version=4)) as transport:
+        with pytest.raises(GatewayNotAttested, match="statement_version_rollback"):
+            await _verify(transport, _trust(pki, release_key), log, url=spelling)
+
+
+async def test_an_equal_version_with_other_contents_is_refused(pki, release_key,
+                                                               tmp_path) -> None:
+    """Two different statements under one version of one key: the signer equivocates
+    (shows one client values it never showed another), and the second is refused."""
+    log = StatementLog(tmp_path)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    async with _gateway(pki, _statement(release_key, version=7)) as transport:
+        await _verify(transport, _trust(pki, release_key), log)
+        again = await _verify(transport, _trust(pki, release_key), log)  # the same one
+    assert not again.new_statement
+    async with _gateway(pki, _statement(release_key, version=7, valid_until=later)
+                        ) as transport:
+        with pytest.raises(GatewayNotAttested, match="statement_equivocation"):
+            await _verify(transport, _trust(pki, release_key), log)
+
+
 async def test_the_gateway_serves_its_statements_as_installed(pki, release_key) -> None:
     statement = _statement(release_key)
     async with _gateway(pki, statement) as transport, httpx.AsyncClient(
@@ -139,7 +168,7 @@ def test_accept_any_measurement_warns_on_every_start(tmp_path, capsys) -> None:
     assert "accept_any_measurement" in capsys.readouterr().err
 
 
-def test_clients_recording_statements_at_once_lose_nothing(release_key, tmp_path) -> None:
+def test_clients_recording_statements_at_once_lose_nothing(tmp_path) -> None:
     """Many clients of one user (threads of an app, several proxies) accept statements at
     the same time: each write of the versions file is whole and none is lost (the first
     version wrote through one shared temporary name, and a racing rename failed)."""
@@ -147,16 +176,17 @@ def test_clients_recording_statements_at_once_lose_nothing(release_key, tmp_path
 
     from attestation.statement import verify_statement
 
-    trusted = {key_id(release_key.public_key()): release_key.public_key()}
-    statements = [verify_statement(_statement(release_key, version=v), trusted,
-                                   now=dt.datetime.now(dt.UTC)) for v in range(1, 9)]
+    keys = [generate_key() for _ in range(8)]
+    trusted = {key_id(k.public_key()): k.public_key() for k in keys}
+    statements = [verify_statement(_statement(k, version=g + 1), trusted,
+                                   now=dt.datetime.now(dt.UTC)) for g, k in enumerate(keys)]
     logs = [StatementLog(tmp_path) for _ in range(16)]
 
-    def record(i: int) -> bool:  # gateway i % 4 gets versions i % 8 + 1: g+1 and g+5
-        return logs[i % 16].record(f"https://gateway-{i % 4}", statements[i % 8])
+    def record(i: int) -> bool:  # each statement eight times, from three gateways
+        return logs[i % 16].record(f"https://gateway-{i % 3}", statements[i % 8])
 
     with ThreadPoolExecutor(16) as pool:
         new = list(pool.map(record, range(64)))
     assert sum(new) == 8  # each statement is new exactly once
-    versions = json.loads((tmp_path / "statement-versions.json").read_text())
-    assert versions == {f"https://gateway-{g}": g + 5 for g in range(4)}
+    highest = {key_id(k.public_key()): g + 1 for g, k in enumerate(keys)}
+    assert {k: v["version"] for k, v in StatementLog(tmp_path).versions().items()} == highest

@@ -138,6 +138,23 @@ def test_accept_any_measurement_is_an_explicit_development_mode(pki, roots) -> N
     assert claims.accepted is None
 
 
+@pytest.mark.parametrize("pinned", ["workloads", "model_digests"])
+def test_accept_any_measurement_still_checks_the_workload_and_models(pki, roots,
+                                                                     pinned) -> None:
+    """It waives the launch measurement only: a policy that names workloads or model
+    digests is still held to them (issue 27)."""
+    other = {"workloads": frozenset({"00" * 32}),
+             "model_digests": {"test-chat": frozenset({"sha256:" + "00" * 32})}}[pinned]
+    values = accepting(**{pinned: other})
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki), roots, policy=Policy((values,), accept_any_measurement=True))
+    assert err.value.reason is {"workloads": Reason.WORKLOAD_NOT_ALLOWED,
+                                "model_digests": Reason.MODEL_NOT_ALLOWED}[pinned]
+    claims = _verify(_doc(pki), roots, policy=Policy((accepting(),),
+                                                     accept_any_measurement=True))
+    assert claims.accepted is None
+
+
 def test_policy_file_loads_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
     path.write_text('max_age_seconds = 60\nworkloads = ["CD"]\nrequire_launch_pinning = false\n'

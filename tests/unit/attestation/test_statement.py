@@ -134,3 +134,19 @@ def test_unmeasurable_inputs_are_clear_errors(tmp_path) -> None:
         snp_launch_measurement(DEBIAN_OVMF, vcpus=1, vcpu_type="Pentium")
     with pytest.raises(MeasureError, match="no OVMF"):
         snp_launch_measurement(tmp_path / "absent.fd", vcpus=1, vcpu_type="EPYC-v4")
+
+
+def test_the_simulated_release_signs_once_per_workload_and_renews_with_a_new_version(
+        tmp_path) -> None:
+    """Clients refuse an equal version with other contents: a restart of `make serve`
+    must serve the statement it served before, not a re-signed one with a new expiry."""
+    trusted = load_public_keys(public_pem(simulated_release.release_key(tmp_path).public_key()))
+    first = simulated_release.statement(tmp_path, "ab" * 32, now=NOW)
+    assert simulated_release.statement(tmp_path, "ab" * 32, now=NOW + dt.timedelta(days=1)
+                                       ) == first
+    renewed = simulated_release.statement(tmp_path, "ab" * 32, now=NOW + dt.timedelta(days=5))
+    other = simulated_release.statement(tmp_path, "cd" * 32, now=NOW + dt.timedelta(days=5))
+    versions = [verify_statement(s, trusted, now=NOW + dt.timedelta(days=5)).values.version
+                if s is not first else verify_statement(s, trusted, now=NOW).values.version
+                for s in (first, renewed, other)]
+    assert versions == [1, 2, 3]
