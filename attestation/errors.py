@@ -56,6 +56,7 @@ class Reason(enum.StrEnum):
     GPU_MEASUREMENT = "gpu_measurement_not_accepted"
     NONCE_SIGNATURE = "nonce_signature_invalid"
     POLICY_FLOOR = "below_policy_floor"
+    FLEET_ANCHORS = "fleet_trust_anchors_differ"
 
 
 class BelowPolicyFloor(ValueError):

@@ -8,6 +8,8 @@ reference values next to the gateways'.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
         overridden: Sequence[str] = ()) -> int:
     import uvicorn
 
+    from attestation.errors import VerificationError
     from attestation.providers import ProviderError, select_providers
     from attestation.workload import workload_digest
     from enclave.logs import configure_logging
@@ -50,16 +53,18 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
         return 2
     attested = Attested(sources.cpu, sources.gpu, sources.collateral, manifest)
     try:
-        roots, policy = fleet_trust(config.fleet, attestation, state)
+        fleet = fleet_trust(config.fleet, attestation, state)
         if config.fleet.join:
-            seed = asyncio.run(obtain_seed(config.fleet.join, attested.prove,
-                                           trust=Trust(roots, policy=policy)))
+            seed = asyncio.run(obtain_seed(
+                config.fleet.join, attested.prove,
+                trust=Trust(fleet.roots, policy=fleet.policy(dt.datetime.now(dt.UTC))),
+                accept=functools.partial(fleet.check_peer, keyholder=True)))
         else:
             seed = os.urandom(32)
-    except (JoinRefused, FleetTrustError) as exc:
+    except (JoinRefused, FleetTrustError, VerificationError) as exc:
         print(f"cloister keyholder: {exc}", file=sys.stderr)
         return 2
-    keyholder = Keyholder(seed, attested, roots=roots, policy=policy)
+    keyholder = Keyholder(seed, attested, trust=fleet)
     uvicorn.run(keyholder.app(), host=config.listeners.host, port=config.listeners.port,
                 log_config=None, access_log=False, **listener_options())
     return 0

@@ -232,6 +232,24 @@ class Store:
         return Path(base)
 
 
+def _release_key_ids(paths: tuple[Path, ...]) -> list[str]:
+    """The fleet's trust anchors, measured by what they are: the sorted ids (SHA-256 of
+    the SubjectPublicKeyInfo) of every key in the files, whatever their PEM spelling."""
+    from attestation.statement import load_public_keys
+
+    ids: set[str] = set()
+    for path in paths:
+        try:
+            keys = load_public_keys(path.read_bytes())
+        except ValueError as exc:
+            raise ConfigError(f"fleet.release_key (--release-key): {path}: {exc}") from None
+        if not keys:
+            raise ConfigError(f"fleet.release_key (--release-key): {path} holds no public "
+                              "key (`cloister release keygen` writes one)")
+        ids.update(keys)
+    return sorted(ids)
+
+
 @dataclass(frozen=True)
 class Fleet:
     join: tuple[str, ...] = option(
@@ -240,7 +258,11 @@ class Fleet:
         manifest_name="fleet_member", measure=bool)
     release_key: tuple[Path, ...] = option(
         (), "the keys the --reference-values statements a fleet member accepts are signed "
-            "with (repeatable); measured, so the operator cannot swap them")
+            "with (repeatable); measured by key id, so the operator cannot swap them",
+        manifest_name="release_key_ids", measure=_release_key_ids)
+    min_statement_version: int = option(
+        0, "a fleet member refuses statements below this version, at every join and "
+           "release; measured, so a rollback needs a new workload", minimum=0)
 
 
 def admin_public_key(path: Path) -> Ed25519PublicKey:

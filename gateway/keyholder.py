@@ -10,8 +10,10 @@ that prove they run an accepted workload (the protocol in `enclave.key_release`)
                                         the verifier's reason
 
 The replica's evidence is verified with Cloister's own verifier against the same signed
-reference values clients use: hardware, collateral, binding (the challenge is the nonce),
-launch pinning and an accepted workload digest. The seed is made inside the keyholder at
+reference values clients use, verified again at each release (expiry, the measured version
+floor): hardware, collateral, binding (the challenge is the nonce), launch pinning and an
+accepted workload digest; and its manifest must hold the keyholder's own trust anchors
+(`gateway.fleet_trust`). The seed is made inside the keyholder at
 first start, or obtained from another keyholder by the same protocol (`--join`), and
 never leaves a TEE in the clear.
 """
@@ -36,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from attestation.errors import VerificationError
-from attestation.verify import Policy, TrustRoots, verify_evidence
+from attestation.verify import verify_evidence
 from enclave import key_release
 from enclave.keys import KeyRing
 from enclave.wire_errors import ErrorCode
@@ -45,6 +47,7 @@ from gateway.attestation_routes import Attested, ReportService
 from gateway.body import parse_json_object, read_body
 from gateway.config import KeyholderConfig
 from gateway.errors import GatewayError, json_response
+from gateway.fleet_trust import FleetTrust
 from gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger("cloister.keyholder")
@@ -54,9 +57,9 @@ MAX_RELEASE_BODY = 1 << 20
 
 
 class Keyholder:
-    def __init__(self, seed: bytes, attested: Attested, *, roots: TrustRoots,
-                 policy: Policy, clock: Callable[[], float] = time.time) -> None:
-        self._seed, self._roots, self._policy, self._clock = seed, roots, policy, clock
+    def __init__(self, seed: bytes, attested: Attested, *, trust: FleetTrust,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._seed, self._trust, self._clock = seed, trust, clock
         self._signer = ed25519.Ed25519PrivateKey.generate()
         public = self._signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self._challenges: dict[bytes, float] = {}
@@ -93,10 +96,13 @@ class Keyholder:
             raise GatewayError(ErrorCode.UNKNOWN_CHALLENGE, "unknown, used or expired "
                                "challenge: ask for a new one")
         started = time.perf_counter()
+        now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         try:
+            policy = self._trust.policy(now)  # statements expire and have a version floor
             claims = await asyncio.to_thread(
-                verify_evidence, evidence, expected_nonce=challenge, roots=self._roots,
-                policy=self._policy, now=dt.datetime.fromtimestamp(self._clock(), dt.UTC))
+                verify_evidence, evidence, expected_nonce=challenge, roots=self._trust.roots,
+                policy=policy, now=now)
+            self._trust.check_peer(claims, keyholder=False)
         except VerificationError as exc:
             raise GatewayError(ErrorCode.JOIN_REFUSED, f"the replica's evidence: {exc}"
                                ) from None

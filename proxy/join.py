@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import httpx
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from attestation.errors import VerificationError
 from attestation.types import ProviderError
 from attestation.verify import VerifiedEvidence
 from enclave import key_release
@@ -31,20 +32,24 @@ from proxy.trust import Trust
 
 # (nonce, keys) -> an evidence document of this process over `nonce` binding `keys`
 Prove = Callable[[bytes, dict[str, bytes]], Awaitable[bytes]]
+# the keyholder's verified claims -> None, or `VerificationError` (its trust anchors differ)
+Accept = Callable[[VerifiedEvidence], None]
 
 
 class JoinRefused(Exception):
     pass
 
 
-async def obtain_seed(urls: Sequence[str], prove: Prove, *, trust: Trust,
+async def obtain_seed(urls: Sequence[str], prove: Prove, *, trust: Trust, accept: Accept,
                       transport: httpx.AsyncBaseTransport | None = None) -> bytes:
+    """The seed from the first of `urls` whose keyholder verifies under `trust` and that
+    `accept` (the member's own check of the keyholder's claims) does not refuse."""
     problems = []
     for url in urls:
         try:
-            return await _from(url.rstrip("/"), prove, trust, transport)
+            return await _from(url.rstrip("/"), prove, trust, accept, transport)
         except (httpx.HTTPError, ProxyError, key_release.ReleaseRefused, ProviderError,
-                JoinRefused, ValueError, KeyError) as exc:
+                VerificationError, JoinRefused, ValueError, KeyError) as exc:
             problems.append(f"{url}: {exc}")
     raise JoinRefused("no keyholder released the fleet seed: " + "; ".join(problems))
 
@@ -53,12 +58,13 @@ def _signs_releases(claims: VerifiedEvidence) -> bool:
     return key_release.SIGNING_KEY in claims.keys
 
 
-async def _from(url: str, prove: Prove, trust: Trust,
+async def _from(url: str, prove: Prove, trust: Trust, accept: Accept,
                 transport: httpx.AsyncBaseTransport | None) -> bytes:
     attestor = Attestor(url, trust=trust, transport=transport)
     try:
         await attestor.verify(_signs_releases)
         assert attestor.last is not None
+        accept(attestor.last)
         keyholder = attestor.last.keys[key_release.SIGNING_KEY]
     finally:
         await attestor.aclose()

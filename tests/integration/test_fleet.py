@@ -252,6 +252,57 @@ def test_a_replica_with_another_max_tokens_is_refused_the_seed(fleet) -> None:
     assert "join_refused" in done.stderr and "workload_not_allowed" in done.stderr
 
 
+def test_an_operator_keyholder_gets_no_seed_and_gives_none(fleet, tmp_path) -> None:
+    """The attack of issue 27: the release's own keyholder code, started by the operator
+    with the operator's release key and a statement the operator signed (naming the
+    honest keyholder, the honest replica and their own keyholder). It gets no seed from
+    the fleet's keyholder, and an honest replica told to join it refuses it before any
+    seed crosses."""
+    from attestation.simulated import simulated_measurement
+    from attestation.simulated.intel import MR_SEAM
+
+    operator = tmp_path / "operator.key"
+    made = cloister("release", "keygen", "--out", str(operator))
+    assert made.returncode == 0, made.stderr
+    rogue = ["keyholder", "--attestation", "simulated", "--state-dir", str(fleet.state),
+             "--release-key", f"{operator}.pub"]
+    digests = [cloister(*rogue, *extra, "--print-digest").stdout.strip()
+               for extra in ([], ["--join", fleet.keyholder_url])]
+    honest = [cloister("keyholder", "--attestation", "simulated", "--release-key",
+                       f"{fleet.release_key}.pub", "--print-digest").stdout.strip(),
+              cloister("workload", "--digest-only",
+                       *fleet.replica_args(fleet.replicas[0])).stdout.strip()]
+    values = tmp_path / "VALUES.toml"
+    values.write_text(
+        f"version = 9\nvalid_days = 7\nworkloads = {json.dumps(digests + honest)}\n"
+        f'[platforms.simulated-sev-snp]\nmeasurements = ["{simulated_measurement().hex()}"]\n'
+        f'[platforms.simulated-tdx]\nmrtd = ["{simulated_measurement().hex()}"]\n'
+        f'mrseam = ["{MR_SEAM.hex()}"]\n')
+    statement = tmp_path / "operator-statement.json"
+    signed = cloister("release", "sign", "--key", str(operator), "--values", str(values),
+                      "--out", str(statement))
+    assert signed.returncode == 0, signed.stderr
+    released_before = fleet.logs[0].read_text().count("seed_released")
+    joined = cloister(*rogue, "--port", str(free_port()), "--reference-values",
+                      str(statement), "--join", fleet.keyholder_url, timeout=120)
+    assert joined.returncode == 2 and "no keyholder released" in joined.stderr
+    assert "fleet_trust_anchors_differ" in joined.stderr  # it will not even ask
+    assert fleet.logs[0].read_text().count("seed_released") == released_before
+    # the operator's keyholder on its own, and an honest replica sent to it
+    port = free_port()
+    process = fleet.spawn("operator-keyholder", *rogue, "--port", str(port),
+                          "--reference-values", str(statement))
+    wait_ready(f"http://127.0.0.1:{port}/health", process, fleet.logs[-1])
+    ports = {"http": free_port(), "tls": free_port(), "metrics": free_port()}
+    args = fleet.replica_args(ports)
+    args[args.index(fleet.keyholder_url)] = f"http://127.0.0.1:{port}"
+    done = subprocess.run([sys.executable, "-m", "cli", "serve", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CLOISTER_CACHE": str(ROOT / ".cache")})
+    assert done.returncode == 2 and "no keyholder released" in done.stderr
+    assert "workload_not_allowed" in done.stderr
+
+
 def test_the_note_numbers(fleet) -> None:
     """What a join costs: the replicas' `joined_fleet` and the keyholder's
     `seed_released` durations (printed for the record)."""

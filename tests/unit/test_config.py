@@ -76,21 +76,33 @@ def test_a_new_option_is_in_the_measured_identity_with_no_other_edit() -> None:
 def test_the_fleets_trust_anchors_are_measured(tmp_path) -> None:
     """An operator who swaps the release key (or the keyholder's) changes the digest the
     clients and the fleet's statements pin."""
+    from attestation.statement import generate_key, key_id, public_pem
+
+    honest_key = generate_key()
     honest, operators = tmp_path / "release.pub", tmp_path / "operator.pub"
-    honest.write_bytes(b"-----BEGIN PUBLIC KEY-----\nhonest\n")
-    operators.write_bytes(b"-----BEGIN PUBLIC KEY-----\noperator\n")
+    honest.write_bytes(public_pem(honest_key.public_key()))
+    operators.write_bytes(public_pem(generate_key().public_key()))
     for config_type in (ServeConfig, KeyholderConfig):
         with_honest = options.of(config_type, release_key=(honest,), join=("http://k",))
         swapped = options.of(config_type, release_key=(operators,), join=("http://k",))
         assert _digest(with_honest) != _digest(swapped)
-        assert with_honest.workload_settings()["release_key"] == [
-            hashlib.sha256(honest.read_bytes()).hexdigest()]
+        settings = with_honest.workload_settings()
+        assert settings["release_key_ids"] == [key_id(honest_key.public_key())]
+        assert settings["min_statement_version"] == 0
         assert _digest(options.of(config_type, release_key=(honest,))) != _digest(with_honest)
-    # where it listens, or from which file it reads the same key, is not the workload
+        floored = options.of(config_type, release_key=(honest,), join=("http://k",),
+                             min_statement_version=4)
+        assert _digest(floored) != _digest(with_honest)
+    # where it listens, or from which file (in which spelling) it reads the same key, is
+    # not the workload
     moved = tmp_path / "elsewhere.pub"
-    moved.write_bytes(honest.read_bytes())
+    moved.write_bytes(b"a comment\n" + honest.read_bytes() + b"\n\n")
     assert ServeConfig.of(release_key=(honest,), port=9).same_workload(
         ServeConfig.of(release_key=(moved,)))
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_bytes(b"not a key")
+    with pytest.raises(ConfigError, match="holds no public key"):
+        ServeConfig.of(release_key=(garbage,)).workload_settings()
 
 
 def test_a_config_file_is_read_and_the_flag_wins(tmp_path, capsys, monkeypatch) -> None:

@@ -8,33 +8,41 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+from functools import partial
 from itertools import cycle
 from pathlib import Path
 
 import httpx
 import pytest
 
-from attestation.errors import Reason
+from attestation.errors import Reason, VerificationError
 from attestation.simulated import SimulatedPki
-from attestation.verify import Policy, TrustRoots
+from attestation.statement import generate_key, key_id, public_pem, sign_statement
+from attestation.verify import TrustRoots
 from attestation.workload import workload_digest
 from enclave.fleet import FleetSecrets
 from enclave.sealed_state import DataKey
 from gateway.app import create_app
 from gateway.config import KeyholderConfig, ServeConfig
+from gateway.fleet_trust import FleetTrust
 from gateway.keyholder import Keyholder
 from gateway.platform_store import PlatformStore
 from gateway.replay_store import SqlReplayCache
 from gateway.workload import build_manifest
 from proxy.join import JoinRefused, obtain_seed
 from proxy.trust import Trust
-from tests.attested import TEST_WORKLOAD, accepting, simulated, workload
+from tests.attested import accepting, simulated, workload
 from tests.clients import client_for
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import start
 from tests.unit.test_platform import new_key
 
-KEYHOLDER = build_manifest([], KeyholderConfig.of(attestation="simulated").workload_settings())
+RELEASE_KEY = generate_key()
+# what every member of the test fleet was started with (its measured trust anchors)
+ANCHORS = {"release_key_ids": [key_id(RELEASE_KEY.public_key())], "min_statement_version": 0}
+KEYHOLDER = build_manifest([], {**KeyholderConfig.of(attestation="simulated").workload_settings(),
+                                **ANCHORS})
+REPLICA = workload(**ANCHORS)
 SEED = bytes(range(32))
 
 
@@ -43,54 +51,120 @@ def pki(tmp_path_factory) -> SimulatedPki:
     return SimulatedPki.load_or_create(tmp_path_factory.mktemp("pki"))
 
 
-def _policy(*manifests) -> Policy:
-    values = accepting()
-    return Policy((dataclasses.replace(values, workloads=frozenset(
-        workload_digest(m).hex() for m in manifests)),))
+def _trust(pki, *manifests, key=RELEASE_KEY, min_version: int = 0, version: int = 1,
+           valid_until: dt.datetime | None = None) -> FleetTrust:
+    """A member's trust: one statement, signed by `key`, accepting `manifests`."""
+    values = dataclasses.replace(accepting(), version=version, workloads=frozenset(
+        workload_digest(m).hex() for m in manifests))
+    if valid_until is not None:
+        values = dataclasses.replace(values, valid_until=valid_until)
+    return FleetTrust(TrustRoots().with_simulated(pki.roots_pem()),
+                      {key_id(key.public_key()): key.public_key()},
+                      (sign_statement(values, key),), min_version)
 
 
-def _keyholder(pki, policy: Policy) -> Keyholder:
-    return Keyholder(SEED, simulated(pki, KEYHOLDER),
-                     roots=TrustRoots().with_simulated(pki.roots_pem()), policy=policy)
+def _keyholder(pki, trust: FleetTrust, manifest=KEYHOLDER, **kw) -> Keyholder:
+    return Keyholder(SEED, simulated(pki, manifest), trust=trust, **kw)
 
 
-async def _join(pki, keyholder: Keyholder, manifest, policy: Policy) -> bytes:
+async def _join(pki, keyholder: Keyholder, manifest, trust: FleetTrust) -> bytes:
     transport = httpx.ASGITransport(app=keyholder.app())
-    trust = Trust(TrustRoots().with_simulated(pki.roots_pem()), policy=policy)
+    client = Trust(trust.roots, policy=trust.policy(dt.datetime.now(dt.UTC)))
     return await obtain_seed(["http://keyholder"], simulated(pki, manifest).prove,
-                             trust=trust, transport=transport)
+                             trust=client, accept=partial(trust.check_peer, keyholder=True),
+                             transport=transport)
 
 
 async def test_an_attested_replica_of_an_accepted_workload_gets_the_seed(pki) -> None:
-    policy = _policy(KEYHOLDER, TEST_WORKLOAD)
-    keyholder = _keyholder(pki, policy)
-    assert await _join(pki, keyholder, TEST_WORKLOAD, policy) == SEED
+    trust = _trust(pki, KEYHOLDER, REPLICA)
+    keyholder = _keyholder(pki, trust)
+    assert await _join(pki, keyholder, REPLICA, trust) == SEED
     assert keyholder.releases == 1
 
 
 async def test_a_replica_with_other_settings_is_refused_the_seed(pki) -> None:
     """`--max-tokens` differs: another workload digest, not in the reference values."""
-    policy = _policy(KEYHOLDER, TEST_WORKLOAD)
-    keyholder = _keyholder(pki, policy)
+    trust = _trust(pki, KEYHOLDER, REPLICA)
+    keyholder = _keyholder(pki, trust)
     with pytest.raises(JoinRefused, match=Reason.WORKLOAD_NOT_ALLOWED.value):
-        await _join(pki, keyholder, workload(max_tokens=64), policy)
+        await _join(pki, keyholder, workload(max_tokens=64, **ANCHORS), trust)
     assert keyholder.releases == 0
 
 
 async def test_a_keyholder_whose_workload_is_not_accepted_is_not_trusted(pki) -> None:
-    replica_view = _policy(TEST_WORKLOAD)  # the replica's values do not name the keyholder
+    replica_view = _trust(pki, REPLICA)  # the replica's values do not name the keyholder
     with pytest.raises(JoinRefused, match=Reason.WORKLOAD_NOT_ALLOWED.value):
-        await _join(pki, _keyholder(pki, _policy(KEYHOLDER, TEST_WORKLOAD)), TEST_WORKLOAD,
+        await _join(pki, _keyholder(pki, _trust(pki, KEYHOLDER, REPLICA)), REPLICA,
                     replica_view)
+
+
+async def test_a_peer_with_other_trust_anchors_is_refused_even_if_a_statement_names_it(
+        pki) -> None:
+    """The statement names every workload below (a release signed too much, or a digest
+    was reused), yet a member whose anchors differ from this one's (another release key,
+    another version floor), or a 'keyholder' that is not one, is refused both ways."""
+    other_key = {"release_key_ids": [key_id(generate_key().public_key())],
+                 "min_statement_version": 0}
+    lower_floor = {**ANCHORS, "min_statement_version": 0}
+    higher_floor = {**ANCHORS, "min_statement_version": 3}
+    rogue_keyholder = build_manifest([], {**KeyholderConfig.of(
+        attestation="simulated").workload_settings(), **other_key})
+    rogue_replica = workload(**other_key)
+    floored_replica = workload(**higher_floor)
+    trust = _trust(pki, KEYHOLDER, REPLICA, rogue_keyholder, rogue_replica, floored_replica)
+    keyholder = _keyholder(pki, trust)
+    for joining in (rogue_replica, floored_replica, rogue_keyholder):
+        with pytest.raises(JoinRefused, match=Reason.FLEET_ANCHORS.value):
+            await _join(pki, keyholder, joining, trust)
+    assert keyholder.releases == 0
+    assert lower_floor == ANCHORS and await _join(pki, keyholder, REPLICA, trust) == SEED
+    for serving in (rogue_keyholder, REPLICA):  # other anchors; not a keyholder at all
+        with pytest.raises(JoinRefused, match=Reason.FLEET_ANCHORS.value):
+            await _join(pki, _keyholder(pki, trust, serving), REPLICA, trust)
+
+
+async def test_statements_are_checked_at_every_release_not_once_at_start(pki) -> None:
+    """A statement that vouched at the start expires; from then on the keyholder releases
+    nothing, and a statement below the measured version floor never vouches."""
+    now = [dt.datetime.now(dt.UTC).timestamp()]
+    until = dt.datetime.fromtimestamp(now[0] + 3600, dt.UTC)
+    trust = _trust(pki, KEYHOLDER, REPLICA, valid_until=until)
+    keyholder = _keyholder(pki, trust, clock=lambda: now[0])
+    assert await _join(pki, keyholder, REPLICA, trust) == SEED
+    now[0] += 7200
+    with pytest.raises(JoinRefused, match=Reason.STATEMENT_EXPIRED.value):
+        await _join(pki, keyholder, REPLICA, trust)
+    assert keyholder.releases == 1
+    floored = dataclasses.replace(_trust(pki, KEYHOLDER, REPLICA, version=2), min_version=3)
+    with pytest.raises(VerificationError) as err:
+        floored.policy(dt.datetime.now(dt.UTC))
+    assert err.value.reason is Reason.STATEMENT_ROLLBACK
+
+
+def test_a_member_with_an_expired_or_floored_statement_does_not_start(pki, tmp_path) -> None:
+    from gateway.fleet_trust import FleetTrustError, fleet_trust
+
+    key_file = tmp_path / "release.pub"
+    key_file.write_bytes(public_pem(RELEASE_KEY.public_key()))
+    statement = tmp_path / "statement.json"
+    statement.write_bytes(_trust(pki, REPLICA, version=2).statements[0])
+    config = ServeConfig.of(attestation="simulated", release_key=(key_file,),
+                            reference_values=(statement,), min_statement_version=3,
+                            state_dir=tmp_path)
+    with pytest.raises(FleetTrustError, match="statement_version_rollback"):
+        fleet_trust(config.fleet, config.attestation, tmp_path)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    with pytest.raises(FleetTrustError, match="statement_expired"):
+        fleet_trust(dataclasses.replace(config.fleet, min_statement_version=0),
+                    config.attestation, tmp_path, now=later)
 
 
 async def test_challenges_are_single_use_and_evidence_must_bind_the_recipient(pki) -> None:
     from attestation import evidence
     from enclave import key_release
 
-    policy = _policy(KEYHOLDER, TEST_WORKLOAD)
-    keyholder = _keyholder(pki, policy)
-    replica = simulated(pki, TEST_WORKLOAD)
+    keyholder = _keyholder(pki, _trust(pki, KEYHOLDER, REPLICA))
+    replica = simulated(pki, REPLICA)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=keyholder.app()),
                                  base_url="http://keyholder") as http:
         challenge = bytes.fromhex((await http.post("/v1/keyholder/challenge")).json()
@@ -249,23 +323,21 @@ async def test_a_keyholder_started_with_the_operators_release_key_gets_no_seed(
     from gateway.keyholder import keyholder_manifest
 
     honest, operators = tmp_path / "release.pub", tmp_path / "operator.pub"
-    honest.write_bytes(b"the release's public key")
-    operators.write_bytes(b"the operator's public key")
+    honest.write_bytes(public_pem(RELEASE_KEY.public_key()))
+    operators.write_bytes(public_pem(generate_key().public_key()))
     fleets = KeyholderConfig.of(attestation="simulated", release_key=(honest,))
     rogue = KeyholderConfig.of(attestation="simulated", release_key=(operators,),
                                join=("http://keyholder",))
     joining_honestly = KeyholderConfig.of(attestation="simulated", release_key=(honest,),
                                           join=("http://keyholder",))
-    policy = _policy(keyholder_manifest(fleets), keyholder_manifest(joining_honestly),
-                     TEST_WORKLOAD)
-    keyholder = Keyholder(SEED, simulated(pki, keyholder_manifest(fleets)),
-                          roots=TrustRoots().with_simulated(pki.roots_pem()), policy=policy)
+    trust = _trust(pki, keyholder_manifest(fleets), keyholder_manifest(joining_honestly),
+                   REPLICA)
+    keyholder = _keyholder(pki, trust, keyholder_manifest(fleets))
     with pytest.raises(JoinRefused, match=Reason.WORKLOAD_NOT_ALLOWED.value):
-        await _join(pki, keyholder, keyholder_manifest(rogue), policy)
+        await _join(pki, keyholder, keyholder_manifest(rogue), trust)
     assert keyholder.releases == 0
-    assert await _join(pki, keyholder, keyholder_manifest(joining_honestly), policy) == SEED
+    assert await _join(pki, keyholder, keyholder_manifest(joining_honestly), trust) == SEED
     # and a replica that names the honest values does not take a seed from the rogue one
-    rogues = Keyholder(bytes(32), simulated(pki, keyholder_manifest(rogue)),
-                       roots=TrustRoots().with_simulated(pki.roots_pem()), policy=policy)
+    rogues = Keyholder(bytes(32), simulated(pki, keyholder_manifest(rogue)), trust=trust)
     with pytest.raises(JoinRefused, match=Reason.WORKLOAD_NOT_ALLOWED.value):
-        await _join(pki, rogues, TEST_WORKLOAD, policy)
+        await _join(pki, rogues, REPLICA, trust)
