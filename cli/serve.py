@@ -162,9 +162,23 @@ def _account(store: PlatformStore, name: str) -> str:
     return store.create_account(name).id
 
 
+def _local_store(config: ServeConfig, command: str) -> PlatformStore | None:
+    """The store for the local admin commands (key files only); None, having said why,
+    where the state is sealed to the serving workload."""
+    from gateway.serving import StoreKeyRefused
+
+    try:
+        return platform_store(config)
+    except StoreKeyRefused as exc:
+        print(f"cloister {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def run_apikey(config: ServeConfig, args: Any) -> int:
     """`args`: the subcommand's own arguments (action, name, account, ...)."""
-    store = platform_store(config)
+    store = _local_store(config, "apikey")
+    if store is None:
+        return 2
     try:
         if args.action == "create":
             api_key, key = store.create_api_key(_account(store, args.account), args.name,
@@ -186,7 +200,9 @@ def run_apikey(config: ServeConfig, args: Any) -> int:
 
 
 def run_chatbot(config: ServeConfig, args: Any) -> int:
-    store = platform_store(config)
+    store = _local_store(config, "chatbot")
+    if store is None:
+        return 2
     try:
         bot = store.create_chatbot(_account(store, args.account), args.name, args.model,
                                    args.system_prompt, args.description)

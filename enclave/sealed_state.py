@@ -2,8 +2,14 @@
 never reaches disk in plaintext.
 
 The data key comes from the SEV-SNP firmware (SNP_GET_DERIVED_KEY on `/dev/sev-guest`:
-the same guest measurement on the same chip gets the same key, and nothing else does),
-or, with the simulated TEE, from a key file made on first use (0600). Each sealed value
+the same guest measurement on the same chip gets the same key) through HKDF with the
+workload digest, so that only the same workload of the same image on the same chip gets
+it (any process in the guest can ask the firmware; the image alone does not say which
+gateway settings run). A fleet's replicas use the key derived from the fleet's seed
+instead, which the keyholder releases only to accepted workloads: that is also how data
+moves to a new release (the new release's replicas join the same keyholder). With the
+simulated TEE, or `--data-key file:PATH` on a measured encrypted disk, it is a key file
+made on first use (0600), as strong as that disk. Each sealed value
 is `nonce(12) || AES-256-GCM(data_key, nonce, value, aad=purpose)`: the AAD names what
 the value is (for example "conversation-message:<id>"), so a value moved to another row
 does not open.
@@ -73,11 +79,22 @@ class DataKey:
         return cls(path.read_bytes())
 
     @classmethod
-    def from_snp(cls, *, device: str = SEV_GUEST,
+    def from_snp(cls, *, workload: bytes, device: str = SEV_GUEST,
                  ioctl: Callable[[int, int, bytearray], int] | None = None,
                  opener: Callable[[str], int] | None = None) -> DataKey:
-        """SNP_GET_DERIVED_KEY, bound to this guest's measurement and policy."""
-        return cls(_snp_derived_key(device, ioctl or default_ioctl, opener or open_device))
+        """SNP_GET_DERIVED_KEY (bound to this guest's measurement and policy: the image)
+        through HKDF with the `workload` digest: another workload of the same image gets
+        another key."""
+        firmware = _snp_derived_key(device, ioctl or default_ioctl, opener or open_device)
+        return cls(bound_to_workload(firmware, workload))
+
+
+def bound_to_workload(root: bytes, workload: bytes) -> bytes:
+    """HKDF-SHA256 of a root key (the firmware's) with the workload digest as its info."""
+    if len(workload) != 32:
+        raise ValueError("a workload digest is 32 bytes")
+    return HKDF(hashes.SHA256(), KEY_SIZE, salt=None,
+                info=b"cloister-data-key-v1:" + workload).derive(root)
 
 
 class _KeyRequest(ctypes.Structure):

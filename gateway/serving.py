@@ -96,9 +96,12 @@ def attested_worker(config: ServeConfig, launch: Launch,
     return None if sources is None else attested_by(sources, config, launch, statements)
 
 
-def platform_store(config: ServeConfig, fleet: FleetSecrets | None = None) -> PlatformStore:
+def platform_store(config: ServeConfig, fleet: FleetSecrets | None = None, *,
+                   workload: bytes | None = None) -> PlatformStore:
     """The platform's store, sealed with the fleet's data key when the gateway is a
-    fleet replica (every replica reads what any other wrote)."""
+    fleet replica (every replica reads what any other wrote), else with the TEE's key
+    bound to the `workload` digest (SEV-SNP; `StoreKeyRefused` without one) or the
+    named key file."""
     from enclave.sealed_state import SEV_GUEST, DataKey
     from gateway.platform_store import PlatformStore
 
@@ -110,9 +113,17 @@ def platform_store(config: ServeConfig, fleet: FleetSecrets | None = None) -> Pl
     choice = config.store.data_key
     if choice == "auto":
         choice = "snp" if os.path.exists(SEV_GUEST) else f"file:{state / 'data-key'}"
-    key = DataKey.from_snp() if choice == "snp" else DataKey.from_key_file(
-        Path(choice.removeprefix("file:")))
-    return PlatformStore(url, key)
+    if choice == "snp":
+        if workload is None:
+            raise StoreKeyRefused("on SEV-SNP the stored state is sealed to the serving "
+                                  "workload: administer it through `cloister admin` on the "
+                                  "gateway's attested TLS listener")
+        return PlatformStore(url, DataKey.from_snp(workload=workload))
+    return PlatformStore(url, DataKey.from_key_file(Path(choice.removeprefix("file:"))))
+
+
+class StoreKeyRefused(Exception):
+    """This process may not open the stored state; the message says what to use."""
 
 
 class OwnListeners:
@@ -173,7 +184,8 @@ def serve_process(config: ServeConfig, launch: Launch, attested: Attested,
                                 fleet_secret=fleet.derive("tls-p256") if fleet else None)
         # The stored state outlives this run: sealed with the fleet's key in a fleet, with
         # the TEE's (or the named file's) otherwise, never with a seed made for this run.
-        store = platform_store(config, fleet if config.fleet.join else None)
+        store = platform_store(config, fleet if config.fleet.join else None,
+                               workload=launch.digest)
     admin = None
     if store is not None and config.admin.admin_public_key is not None:
         from gateway.admin import AdminApi

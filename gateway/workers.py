@@ -129,7 +129,8 @@ def run_workers(config: ServeConfig, launch: Launch, statements: tuple[bytes, ..
     # The shared tables exist before the workers race to create them.
     SqlReplayCache(replay_url, scratch=not shared_fleet_db).close()
     if listen.tls:
-        platform_store(config, FleetSecrets(seed) if config.fleet.join else None).close()
+        platform_store(config, FleetSecrets(seed) if config.fleet.join else None,
+                       workload=launch.digest).close()
     main = create_server_socket((listen.host, listen.port), reuse_port=True)
     tls = (create_server_socket((listen.host, listen.tls_port), reuse_port=True)
            if listen.tls else None)
