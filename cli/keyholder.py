@@ -25,6 +25,7 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
     from attestation.errors import VerificationError
     from attestation.providers import ProviderError, select_providers
     from attestation.workload import workload_digest
+    from enclave.isolation import refused_variables
     from enclave.logs import configure_logging
     from gateway.attestation_routes import Attested
     from gateway.collateral_fetch import FetchedCollateral
@@ -34,6 +35,11 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
     from proxy.join import JoinRefused, obtain_seed
     from proxy.trust import Trust
 
+    refused = refused_variables(os.environ)
+    if refused:
+        print(f"cloister keyholder: refusing to start: {', '.join(refused)} is set, and the "
+              "environment is an allow-list (enclave/isolation.py); unset it", file=sys.stderr)
+        return 2
     manifest = keyholder_manifest(config)
     digest = workload_digest(manifest)
     if print_digest:

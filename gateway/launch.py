@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation.workload import workload_digest
-from enclave.isolation import forbidden_variables
+from enclave.isolation import forbidden_variables, refused_variables
 from enclave.vllm_engine import EngineConfigError, ModelSpec, check_engine_args, engine_arguments
 from gateway.config import Model, ServeConfig
 from gateway.models import ModelIdentity, ModelRefused, identify
@@ -81,6 +81,11 @@ def check_environment() -> None:
     if forbidden:
         raise LaunchRefused(f"refusing to start: {', '.join(forbidden)} is set (it injects code "
                             "or redirects imports); unset it")
+    refused = refused_variables(os.environ)
+    if refused:
+        raise LaunchRefused(f"refusing to start: {', '.join(refused)} is set, and the "
+                            "environment is an allow-list (enclave/isolation.py: what is not "
+                            "on it could steer code); unset it")
 
 
 def prepare(config: ServeConfig) -> Launch:

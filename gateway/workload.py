@@ -8,7 +8,8 @@ knows the digest to pin at launch and to sign into reference values. It names:
                   five packages, as installed)
     dependencies  the SHA-256 of the shipped hash-locked dependency set for this engine
                   kind (gateway/data/requirements-{cpu,gpu}.lock, scripts/lock.py)
-    engine        the vLLM version, the environment forced on its processes, and each
+    engine        the vLLM version, its environment (the operator's documented `VLLM_*`
+                  settings and those forced on its processes), and each
                   served model: role, name, digest (model-signing's), signer, the flags
                   given and the complete normalised engine arguments
     settings      every security-relevant setting of the gateway
@@ -17,6 +18,7 @@ knows the digest to pin at launch and to sign into reference values. It names:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation.workload import FORMAT
-from enclave.isolation import FORCED_ENV
+from enclave.isolation import engine_settings
 
 PACKAGES = ("attestation", "cli", "enclave", "gateway", "proxy")
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ def build_manifest(models: Iterable[ServedModel], settings: dict[str, Any]) -> d
         "format": FORMAT,
         "cloister": {"version": metadata.version("cloister"), "source_sha256": source_digest()},
         "dependencies": {"engine_kind": kind, "lock_sha256": lock_digest(kind)},
-        "engine": {"vllm": vllm_version(), "environment": dict(sorted(FORCED_ENV.items())),
+        "engine": {"vllm": vllm_version(), "environment": engine_settings(os.environ),
                    "models": [m.entry() for m in models]},
         "settings": settings,
     }

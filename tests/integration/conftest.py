@@ -8,7 +8,6 @@ clients trust that key (`--release-key`) and the simulated roots."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from attestation.simulated.intel import MR_SEAM
+from tests.environment import clean_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 # Model load plus torch.compile warm-up of two engines on 2 CPU cores: minutes, not seconds.
@@ -67,7 +67,7 @@ class RunningGateway:
 def cloister(*args: str, state_dir: Path | None = None, timeout: float = 180,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the `cloister` command line as a user would."""
-    environment = dict(os.environ if env is None else env)
+    environment = clean_environment() if env is None else dict(env)
     environment.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
     if state_dir is not None:
         environment["CLOISTER_STATE"] = str(state_dir)
@@ -86,7 +86,7 @@ def listener_args(*, tls: bool = True, metrics: bool = True) -> list[str]:
 
 def start_gateway(*args: str, log_path: Path, state_dir: Path) -> RunningGateway:
     """`cloister serve ARGS` (ARGS name the listeners: see `listener_args`)."""
-    env = dict(os.environ)
+    env = clean_environment()
     env.setdefault("CLOISTER_CACHE", str(ROOT / ".cache"))
     env["CLOISTER_STATE"] = str(state_dir)
     log = log_path.open("wb")

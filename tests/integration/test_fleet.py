@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from tests.balancer import RoundRobinBalancer
+from tests.environment import clean_environment
 from tests.integration.conftest import (
     ROOT,
     cloister,
@@ -55,7 +56,7 @@ class Fleet:
     def spawn(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         log = self.folder / f"{name}.log"
         self.logs.append(log)
-        env = {**os.environ, "CLOISTER_CACHE": str(ROOT / ".cache")}
+        env = clean_environment(CLOISTER_CACHE=str(ROOT / ".cache"))
         process = subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=ROOT,
                                    env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         self.processes.append(process)
@@ -247,7 +248,7 @@ def test_a_replica_with_another_max_tokens_is_refused_the_seed(fleet) -> None:
     done = subprocess.run([sys.executable, "-m", "cli", "serve",
                            *fleet.replica_args(ports, "--max-tokens", "7")], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CLOISTER_CACHE": str(ROOT / ".cache")})
+                          env=clean_environment(CLOISTER_CACHE=str(ROOT / ".cache")))
     assert done.returncode == 2
     assert "join_refused" in done.stderr and "workload_not_allowed" in done.stderr
 
@@ -298,7 +299,7 @@ def test_an_operator_keyholder_gets_no_seed_and_gives_none(fleet, tmp_path) -> N
     args[args.index(fleet.keyholder_url)] = f"http://127.0.0.1:{port}"
     done = subprocess.run([sys.executable, "-m", "cli", "serve", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CLOISTER_CACHE": str(ROOT / ".cache")})
+                          env=clean_environment(CLOISTER_CACHE=str(ROOT / ".cache")))
     assert done.returncode == 2 and "no keyholder released" in done.stderr
     assert "workload_not_allowed" in done.stderr
 

@@ -6,7 +6,6 @@ start."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from tests.environment import clean_environment
 from tests.integration.conftest import (
     ROOT,
     RunningGateway,
@@ -50,7 +50,7 @@ def test_the_default_proxy_verifies_a_default_gateway_and_the_sdk_works(
         [sys.executable, "-m", "cli", "proxy", "--gateway", default_gateway.url,
          "--port", str(port), "--simulated-roots", str(default_gateway.simulated_roots),
          "--state-dir", str(tmp_path)],
-        cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=ROOT, env=clean_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):

@@ -4,7 +4,6 @@ option gives the command line, the `--config` file and the measured workload."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 
 import pytest

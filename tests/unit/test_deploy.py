@@ -115,3 +115,38 @@ def test_scrape_config_and_units_point_at_the_metrics_port() -> None:
     for text in (unit, dockerfile):
         assert "--attestation" in text and "auto" in text and "9100" in text
     assert "VLLM_NO_USAGE_STATS=1" in unit and "RuntimeDirectoryMode=0700" in unit
+
+
+def test_what_the_deployments_set_passes_the_environment_allow_list() -> None:
+    """The image's ENV, the unit's Environment= and the pods' env are what the gateway
+    starts with: none of it may be refused (enclave/isolation.py), and the image holds
+    every package the wheel does (it once missed `cli`)."""
+    import re
+
+    from enclave.isolation import refused_variables
+
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    env_block = dockerfile.split("\nENV ", 1)[1].split("\n\n", 1)[0]
+    names = set(re.findall(r"([A-Z_][A-Z0-9_]*)=", env_block))
+    unit = (DEPLOY / "cvm/cloister.service").read_text()
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            names |= set(re.findall(r"([A-Z_][A-Z0-9_]*)=", line.removeprefix("Environment=")))
+    names |= set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", (DEPLOY / "cvm/cloister.env").read_text(),
+                            re.M))
+    for manifest in ("k8s/cloister.yaml", "k8s/keyholder.yaml"):
+        for doc in yaml.safe_load_all((DEPLOY / manifest).read_text()):
+            for pod in _pod_specs(doc):
+                assert pod.get("enableServiceLinks") is False, manifest
+                names |= {e["name"] for c in pod["containers"] for e in c.get("env", [])}
+    assert {"VLLM_NO_USAGE_STATS", "CLOISTER_STATE", "PYTHONUNBUFFERED"} <= names
+    assert refused_variables(dict.fromkeys(names, "x")) == []
+    for package in ("cli", "gateway", "enclave", "attestation", "proxy"):
+        assert f"\nCOPY {package} {package}\n" in dockerfile
+
+
+def _pod_specs(doc):
+    if not isinstance(doc, dict):
+        return []
+    template = (doc.get("spec") or {}).get("template")
+    return [template["spec"]] if template else []

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from enclave.isolation import explicit_environment, forbidden_variables, isolate_engine_environment
+from enclave.isolation import (
+    engine_settings,
+    explicit_environment,
+    forbidden_variables,
+    isolate_engine_environment,
+    refused_variables,
+)
 from enclave.vllm_engine import EngineConfigError, ModelSpec, _normalized, check_engine_args
 
 
@@ -29,10 +35,40 @@ def test_isolation_gives_the_engine_an_explicit_environment() -> None:
 
 
 @pytest.mark.parametrize("name", ["LD_PRELOAD", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
-                                  "LD_LIBRARY_PATH", "VLLM_PLUGINS", "PYTHONWARNINGS"])
+                                  "LD_LIBRARY_PATH", "VLLM_PLUGINS", "PYTHONWARNINGS",
+                                  "OPENSSL_CONF", "OPENSSL_MODULES", "GCONV_PATH",
+                                  "SSL_CERT_FILE", "SSL_CERT_DIR"])
 def test_variables_that_inject_code_refuse_the_start(name: str) -> None:
     assert forbidden_variables({name: "x", "PATH": "/bin"}) == [name]
+    assert refused_variables({name: "x", "PATH": "/bin"}) == [name]
     assert name not in explicit_environment({name: "x"})
+
+
+def test_the_environment_is_an_allow_list_and_vllm_settings_are_measured() -> None:
+    """Not a deny-list: what nobody listed is refused too; vLLM's documented settings are
+    allowed, reach the engine, and are recorded in the manifest, so that they change the
+    workload digest."""
+    from gateway.workload import build_manifest
+
+    env = {"PATH": "/bin", "LC_ALL": "C", "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+           "VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_ENGINE_READY_TIMEOUT_S": "30"}
+    assert refused_variables(env) == []
+    for unlisted in ("HF_TRUST_REMOTE_CODE", "VLLM_NOT_A_SETTING", "REQUESTS_CA_BUNDLE",
+                     "NODE_OPTIONS", "MALLOC_CONF"):
+        assert refused_variables({**env, unlisted: "x"}) == [unlisted]
+    assert engine_settings(env)["VLLM_ENGINE_READY_TIMEOUT_S"] == "30"
+    assert explicit_environment(env)["VLLM_ENGINE_READY_TIMEOUT_S"] == "30"
+    assert engine_settings(env)["VLLM_NO_USAGE_STATS"] == "1"  # forced, whatever is set
+    assert engine_settings({**env, "VLLM_NO_USAGE_STATS": "0"})["VLLM_NO_USAGE_STATS"] == "1"
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, env, clear=True):
+        one = build_manifest([], {})
+    with mock.patch.dict(os.environ, {**env, "VLLM_ENGINE_READY_TIMEOUT_S": "31"},
+                         clear=True):
+        other = build_manifest([], {})
+    assert one["engine"]["environment"] != other["engine"]["environment"]
 
 
 @pytest.mark.parametrize("flag", [
