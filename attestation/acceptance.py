@@ -25,6 +25,7 @@ class Evidence:
     hardware: Hardware
     gpus: tuple[GpuClaims, ...]
     workload: WorkloadClaims
+    init_data: str | None = None  # the digest of the init-data document the launch pinned
 
     @property
     def platform(self) -> str:
@@ -70,6 +71,10 @@ def check(evidence: Evidence, values: ReferenceValues) -> None:
     cpu_platform(evidence.platform).check(evidence.hardware, values.platforms[evidence.platform])
     check_gpus(evidence.gpus, values.gpu)
     check_workload(evidence.workload, values)
+    if values.init_data and evidence.init_data not in values.init_data:
+        raise VerificationError(Reason.INIT_DATA_NOT_ALLOWED,
+                                "the launch did not pin an accepted init-data document "
+                                "(its workload and Kata agent policy)")
 
 
 def check_gpus(gpus: Sequence[GpuClaims], values: GpuValues) -> None:

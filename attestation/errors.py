@@ -57,6 +57,7 @@ class Reason(enum.StrEnum):
     NONCE_SIGNATURE = "nonce_signature_invalid"
     POLICY_FLOOR = "below_policy_floor"
     FLEET_ANCHORS = "fleet_trust_anchors_differ"
+    INIT_DATA_NOT_ALLOWED = "init_data_not_allowed"
 
 
 class BelowPolicyFloor(ValueError):

@@ -75,6 +75,9 @@ class ReferenceValues:
     model_digests: dict[str, frozenset[str]] = field(default_factory=dict)
     version: int = 0
     valid_until: dt.datetime | None = None
+    # Confidential Containers: the init-data documents ("sha256:<hex>") whose hash may be
+    # in the launch field (they name the workload and the Kata agent policy)
+    init_data: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> ReferenceValues:
@@ -93,7 +96,8 @@ class ReferenceValues:
                        {str(k): frozenset(str(d).lower() for d in v)
                         for k, v in dict(raw.get("model_digests", {})).items()},
                        int(raw.get("version", 0)),
-                       _timestamp(until) if until is not None else None)
+                       _timestamp(until) if until is not None else None,
+                       frozenset(str(d).lower() for d in raw.get("init_data", ())))
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"malformed reference values ({exc})") from None
 
@@ -103,6 +107,8 @@ class ReferenceValues:
             "platforms": {k: v.to_json() for k, v in sorted(self.platforms.items())},
             "gpu": self.gpu.to_json(), "workloads": sorted(self.workloads),
             "model_digests": {k: sorted(v) for k, v in sorted(self.model_digests.items())}}
+        if self.init_data:
+            out["init_data"] = sorted(self.init_data)
         if self.valid_until is not None:
             out["valid_until"] = self.valid_until.strftime("%Y-%m-%dT%H:%M:%SZ")
         return out

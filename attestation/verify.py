@@ -28,7 +28,12 @@ from attestation.evidence import EvidenceDocument
 from attestation.platform import SIMULATED_PREFIX, GpuClaims, Hardware
 from attestation.platforms import production_roots
 from attestation.reference import ReferenceValues
-from attestation.workload import WorkloadClaims, check_launch_pin, workload_digest
+from attestation.workload import (
+    WorkloadClaims,
+    check_launch_pin,
+    init_data_digest,
+    workload_digest,
+)
 from attestation.x509chain import fingerprint, load_pem_chain
 
 __all__ = ["GpuClaims", "Policy", "TrustRoots", "VerifiedEvidence", "new_nonce",
@@ -149,7 +154,8 @@ def verify_evidence(document: bytes, *, expected_nonce: bytes, roots: TrustRoots
     if workload.uses_gpu and not gpus:
         raise VerificationError(Reason.GPU_MISSING, "the engine runs on a GPU, and the "
                                 "evidence has no GPU report")
-    evidence = Evidence(hardware, gpus, workload)
+    evidence = Evidence(hardware, gpus, workload,
+                        init_data_digest(hardware.platform, hardware.launch_field, doc.init_data))
     accepted = accept(evidence, policy.values, any_measurement=policy.accept_any_measurement)
     return VerifiedEvidence(hardware.platform, hardware.measurement, hardware.tcb,
                             hardware.debug, gpus, doc.keys, workload, doc.generated_at,

@@ -25,7 +25,6 @@ difference (`attestation.verify`).
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import rfc8785
 
 from attestation.errors import Reason, VerificationError
+from attestation.init_data import InitData
 from attestation.platforms import cpu_platform
 from attestation.types import CpuEvidence
 
@@ -117,20 +117,22 @@ def check_launch_pin(platform: str, launch_field: bytes, digest: bytes, *,
                             "the workload pinned at launch is not the one described")
 
 
-_INIT_DATA_HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384,
-                     "sha512": hashlib.sha512}
-
-
 def _init_data_pins(platform: str, launch_field: bytes, init_data: bytes,
                     digest: bytes) -> bool:
-    """Whether `init_data` (a Confidential Containers init-data TOML) is what the launch
-    field holds the hash of, and names `digest` as the workload."""
-    try:
-        document = tomllib.loads(init_data.decode())
-        hasher = _INIT_DATA_HASHES[str(document.get("algorithm", "sha256"))]
-        named = tomllib.loads(document["data"]["cloister.toml"])["workload_digest"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise VerificationError(Reason.MALFORMED, "malformed init-data document") from None
+    """Whether `init_data` (a Confidential Containers init-data document) is what the
+    launch field holds the hash of, and names `digest` as the workload."""
+    document = InitData.parse(init_data)
     size = cpu_platform(platform).launch_field_size
-    hashed = hasher(init_data).digest()[:size].ljust(size, b"\x00")
-    return launch_field == hashed and str(named).lower() == digest.hex()
+    return (launch_field == document.launch_field(size)
+            and document.workload_digest == digest.hex())
+
+
+def init_data_digest(platform: str, launch_field: bytes, init_data: bytes | None
+                     ) -> str | None:
+    """The init-data document's digest ("sha256:<hex>") when the launch field holds its
+    hash, else None."""
+    if init_data is None:
+        return None
+    document = InitData.parse(init_data)
+    pinned = launch_field == document.launch_field(cpu_platform(platform).launch_field_size)
+    return document.digest if pinned else None

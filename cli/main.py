@@ -5,12 +5,13 @@
     cloister workload [the same flags as serve]       the manifest and digest, nothing started
     cloister proxy --gateway URL ...                  cloister attest --gateway URL ...
     cloister apikey create|list|revoke ...            cloister chatbot create ...
+    cloister deploy coco --image REPO@sha256:HEX ... -- [serve flags]   (cli/deploy.py)
     cloister demo-model PATH
 
 This package is the composition root: the only one that imports both the server side
 (`gateway`) and the client side (`proxy`). Each command's module: `cli.serve` (serve,
 workload, apikey, chatbot), `cli.keyholder`, `cli.release` (release, measure),
-`cli.proxy` (proxy, attest, admin), `cli.admin`.
+`cli.proxy` (proxy, attest, admin), `cli.admin`, `cli.deploy`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation import platforms
+from cli import deploy as cli_deploy
 from cli import proxy as client_cli
 from cli.arguments import Built, add_arguments, build
 from gateway.config import KeyholderConfig, ServeConfig
@@ -90,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                                "(base64), or a Confidential Containers init-data document")
     client_cli.add_parsers(sub)
     _add_release_parsers(sub)
+    cli_deploy.add_parser(sub)
     keyholder = sub.add_parser("keyholder", help="hold a fleet's root seed and release it "
                                                  "to attested replicas")
     _add_config_arguments(keyholder, KeyholderConfig)
@@ -131,6 +134,17 @@ def _configured(config_type: type, args: argparse.Namespace) -> Built:
     return build(config_type, args, document)  # reads the options' own entries only
 
 
+def _describe(flags: list[str], env: dict[str, str]) -> bytes:
+    """The workload digest of `cloister serve FLAGS` started with `env`."""
+    from gateway.launch import LaunchRefused, prepare
+
+    try:
+        built = _configured(ServeConfig, _parser().parse_args(["serve", *flags]))
+        return prepare(built.config, env=env).digest
+    except (ConfigError, LaunchRefused) as exc:
+        raise cli_deploy.DeployError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command
@@ -153,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "apikey":
             return cli_serve.run_apikey(built.config, args)
         return cli_serve.run_chatbot(built.config, args)
+    if command == "deploy":
+        return cli_deploy.run(args, _describe)
     if command in ("release", "measure"):
         from cli import release as cli_release
 

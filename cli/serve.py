@@ -146,8 +146,9 @@ def launch_pin_text(kind: str, digest: bytes) -> str:
     from attestation.workload import launch_value
 
     if kind == "init-data":
-        return ('version = "0.1.0"\nalgorithm = "sha256"\n[data]\n'
-                f'"cloister.toml" = \'workload_digest = "{digest.hex()}"\'\n')
+        from attestation.init_data import document
+
+        return document(digest).decode()
     from attestation.platforms import platform_choice
 
     platform = platform_choice(kind).name

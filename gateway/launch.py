@@ -9,6 +9,7 @@ started when it is raised.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,9 @@ def check_environment() -> None:
                             "on it could steer code); unset it")
 
 
-def prepare(config: ServeConfig) -> Launch:
-    """Check, resolve and describe the workload `config` asks for (`check_environment`
-    first)."""
+def prepare(config: ServeConfig, *, env: Mapping[str, str] | None = None) -> Launch:
+    """Check, resolve and describe the workload `config` asks for, started with `env`
+    (default: this process's; `check_environment` first)."""
     model = config.model
     try:
         check_engine_args(model.engine_args)
@@ -102,7 +103,7 @@ def prepare(config: ServeConfig) -> Launch:
         settings = config.workload_settings()
     except (EngineConfigError, ModelRefused, ConfigError) as exc:
         raise LaunchRefused(str(exc)) from None
-    manifest = build_manifest(served, settings)
+    manifest = build_manifest(served, settings, env=env)
     return Launch(generate, embedding[0] if embedding else None, manifest)
 
 

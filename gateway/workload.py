@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -86,13 +86,16 @@ def vllm_version() -> str:
     return "none"
 
 
-def build_manifest(models: Iterable[ServedModel], settings: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(models: Iterable[ServedModel], settings: dict[str, Any], *,
+                   env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The manifest of a process started with `env` (default: this one's)."""
     kind = engine_kind()
     return {
         "format": FORMAT,
         "cloister": {"version": metadata.version("cloister"), "source_sha256": source_digest()},
         "dependencies": {"engine_kind": kind, "lock_sha256": lock_digest(kind)},
-        "engine": {"vllm": vllm_version(), "environment": engine_settings(os.environ),
+        "engine": {"vllm": vllm_version(),
+                   "environment": engine_settings(os.environ if env is None else env),
                    "models": [m.entry() for m in models]},
         "settings": settings,
     }

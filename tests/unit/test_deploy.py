@@ -62,7 +62,10 @@ def test_deployment_is_confidential_gpu_backed_replicated_and_probed(manifests) 
     container = pod["containers"][0]
     assert spec["replicas"] >= 2
     assert pod["runtimeClassName"] == runtime["metadata"]["name"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/pgpu"] == 1
+    pod = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/cc.mode": "on"}
+    assert pod["runtimeClassName"].startswith("kata-")
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -150,3 +153,11 @@ def _pod_specs(doc):
         return []
     template = (doc.get("spec") or {}).get("template")
     return [template["spec"]] if template else []
+
+
+def test_every_image_is_named_by_digest() -> None:
+    import re
+
+    for manifest in ("k8s/cloister.yaml", "k8s/keyholder.yaml"):
+        images = re.findall(r"^\s*image:\s*(\S+)", (DEPLOY / manifest).read_text(), re.M)
+        assert images and all(re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", i) for i in images)

@@ -359,3 +359,28 @@ def test_a_confidential_containers_init_data_pin_names_the_workload(pki, roots, 
     with pytest.raises(VerificationError) as err:  # the document swapped after launch
         _verify(_doc(pki, tdx=tdx, pin=relaunch, init_data=document), roots)
     assert err.value.reason is Reason.LAUNCH_MISMATCH
+
+
+def test_reference_values_that_pin_init_data_refuse_another_document(pki, roots) -> None:
+    """The init-data document carries the Kata agent policy: a document that names the
+    same workload with another policy (say, one allowing exec) hashes to another launch
+    field, and values that pin the release's document refuse it (issue 27)."""
+    from attestation.init_data import InitData, document
+
+    mine = workload_digest(TEST_WORKLOAD)
+    released = document(mine, policy="package agent_policy\ndefault ExecProcessRequest := false\n")
+    lax = document(mine, policy="package agent_policy\ndefault ExecProcessRequest := true\n")
+    pinned = accepting(init_data=frozenset({InitData.parse(released).digest}))
+    for doc, ok in ((released, True), (lax, False)):
+        launch = hashlib.sha256(doc).digest()
+        evidence = _doc(pki, pin=launch, init_data=doc)
+        if ok:
+            assert _verify(evidence, roots, policy=client_policy(pinned)).workload.pinned_at_launch
+        else:
+            with pytest.raises(VerificationError) as err:
+                _verify(evidence, roots, policy=client_policy(pinned))
+            assert err.value.reason is Reason.INIT_DATA_NOT_ALLOWED
+    # pinned directly (no init-data at all) is not the pinned document either
+    with pytest.raises(VerificationError) as err:
+        _verify(_doc(pki), roots, policy=client_policy(pinned))
+    assert err.value.reason is Reason.INIT_DATA_NOT_ALLOWED
