@@ -10,7 +10,6 @@ packages come from the wheel only, which the test checks."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,6 +29,7 @@ from tests.integration.conftest import (
     stop_gateway,
     wait_ready,
 )
+from tests.wheel import build_wheel
 
 pytestmark = pytest.mark.engine
 PACKAGES = ("cli", "gateway", "enclave", "attestation", "proxy")
@@ -54,16 +54,7 @@ class FreshInstall:
 
 
 def _install(folder: Path) -> FreshInstall:
-    source = folder / "source"  # a copy, so the build leaves nothing in the checkout
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".venv", ".git", ".cache", "build", "*.egg-info", "__pycache__", "node_modules"))
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "--disable-pip-version-check", "-w", str(folder / "wheel"), str(source)],
-        capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr
-    shutil.rmtree(source)
-    wheel = next((folder / "wheel").glob("cloister-*.whl"))
+    wheel = build_wheel(folder)
     fresh = FreshInstall(folder)
     made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder / "venv")],
                           capture_output=True, text=True, timeout=120)
