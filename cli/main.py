@@ -56,6 +56,31 @@ def _add_release_parsers(sub: Any) -> None:
     sign.add_argument("--key", type=Path, required=True)
     sign.add_argument("--values", type=Path, required=True)
     sign.add_argument("--out", type=Path, required=True)
+    values = release_sub.add_parser("values", help="write VALUES.toml from a build's outputs "
+                                                   "(attestation/release_values.py)")
+    values.add_argument("--out", type=Path, required=True)
+    values.add_argument("--version", type=int, required=True,
+                        help="the statement version (it must grow from release to release)")
+    values.add_argument("--valid-days", type=float, default=7)
+    values.add_argument("--workload", action="append", default=[], metavar="HEX")
+    values.add_argument("--init-data", action="append", default=[], type=Path,
+                        help="a Confidential Containers init-data document (deploy coco)")
+    values.add_argument("--snp-measurement", action="append", default=[], metavar="HEX")
+    values.add_argument("--ovmf", type=Path, default=None)
+    values.add_argument("--vcpus", type=int, action="append", default=[])
+    values.add_argument("--vcpu-type", default="EPYC-v4")
+    values.add_argument("--kernel", type=Path, default=None)
+    values.add_argument("--initrd", type=Path, default=None)
+    values.add_argument("--append", default=None, help="the kernel command line")
+    values.add_argument("--verity-root", default=None, metavar="HEX",
+                        help="the app volume's root hash (deploy/cvm/app-volume.sh)")
+    for name in ("mrtd", "mrseam", "rtmr0", "rtmr1", "rtmr2", "rtmr3"):
+        values.add_argument(f"--tdx-{name}", action="append", default=[], metavar="HEX")
+    values.add_argument("--gpu-rim", action="append", default=[], type=Path,
+                        help="an NVIDIA driver or VBIOS RIM (SWID XML)")
+    values.add_argument("--gpu-required", action="store_true")
+    values.add_argument("--model-digest", action="append", default=[],
+                        metavar="NAME=sha256:HEX")
     verify = release_sub.add_parser("verify", help="check a statement's signature and dates")
     verify.add_argument("statement", type=Path)
     verify.add_argument("--release-key", type=Path, action="append", required=True)

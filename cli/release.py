@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from attestation.errors import VerificationError
 from attestation.measure import MeasureError, snp_launch_measurement
@@ -28,7 +30,8 @@ from attestation.statement import (
 def run(args: argparse.Namespace) -> int:
     if args.command == "measure":
         return _measure(args)
-    return {"keygen": _keygen, "sign": _sign, "verify": _verify}[args.action](args)
+    return {"keygen": _keygen, "sign": _sign, "verify": _verify,
+            "values": _values}[args.action](args)
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -86,3 +89,67 @@ def _measure(args: argparse.Namespace) -> int:
         return 2
     print(measurement)
     return 0
+
+
+def _values(args: argparse.Namespace) -> int:
+    from attestation.release_values import Build, reference_values
+    from attestation.rim import RimError
+
+    models: dict[str, list[str]] = {}
+    try:
+        for entry in args.model_digest:
+            name, sep, digest = entry.partition("=")
+            if not sep:
+                raise ValueError(f"--model-digest {entry!r} is not NAME=sha256:HEX")
+            models.setdefault(name, []).append(digest.lower())
+        build = Build(
+            args.version, args.valid_days, args.workload, args.init_data,
+            args.snp_measurement, args.ovmf, args.vcpus, args.vcpu_type, args.kernel,
+            args.initrd, args.append, args.verity_root,
+            {n: getattr(args, f"tdx_{n}") for n in ("mrtd", "mrseam", "rtmr0", "rtmr1",
+                                                    "rtmr2", "rtmr3")},
+            args.gpu_rim, args.gpu_required, models)
+        values = reference_values(build)
+    except (ValueError, RimError, MeasureError, OSError, VerificationError) as exc:
+        print(f"cloister release values: {exc}", file=sys.stderr)
+        return 2
+    args.out.write_text(toml_document(values))
+    print(f"{args.out}: version {values['version']}, workloads "
+          f"{', '.join(values['workloads'])}; platforms {', '.join(values['platforms'])}")
+    return 0
+
+
+def toml_document(table: dict[str, Any]) -> str:
+    """`table` as TOML (the shapes reference values have): scalars and arrays first,
+    then each sub-table as a [section]. Hand-written: the standard library reads TOML
+    but does not write it, and this needs only these shapes."""
+    return "\n".join(_toml_table(table, ())) + "\n"
+
+
+def _toml_table(table: dict[str, Any], path: tuple[str, ...]) -> list[str]:
+    lines = [f"[{'.'.join(_toml_key(p) for p in path)}]"] if path else []
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()
+              if not isinstance(v, dict)]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            lines += ["", *_toml_table(value, (*path, key))]
+    return lines
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "_-" for c in key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string for what JSON escapes here
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML for {type(value).__name__}")

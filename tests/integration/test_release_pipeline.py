@@ -5,7 +5,6 @@ commands, a signed statement that `cloister release verify` accepts."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from enclave.demo_model import DEMO_MODEL_NAME, DEMO_MODEL_VERSION, ensure_demo_model
@@ -37,20 +36,26 @@ def test_the_demo_model_volume_is_reproducible_and_verity_catches_a_flipped_byte
 
 
 def test_a_build_becomes_values_and_a_statement_the_release_key_verifies(tmp_path) -> None:
+    """The project's own commands, end to end: the workload digest, the launch
+    measurements for two vCPU counts, TDX values, VALUES.toml, the signed statement."""
     key = tmp_path / "release.key"
     assert cloister("release", "keygen", "--out", str(key)).returncode == 0
-    out = tmp_path / "release"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "reference_values.py"), "--key", str(key),
-         "--out-dir", str(out), "--ovmf", "/usr/share/ovmf/OVMF.fd", "--vcpus", "4",
-         "--vcpus", "8", "--vcpu-type", "EPYC-v4", "--tdx-mrtd", "ab" * 48, "--",
-         "--attestation", "simulated", "--model-verity-root", "cd" * 32],
-        cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    values = (out / "VALUES.toml").read_text()
-    assert values.count("vcpus =") == 2 and 'mrtd = ["' + "ab" * 48 in values
-    verified = cloister("release", "verify", str(out / "statement.json"), "--release-key",
-                        f"{key}.pub")
+    printed = cloister("workload", "--digest-only", "--attestation", "simulated",
+                       "--model-verity-root", "cd" * 32)
+    assert printed.returncode == 0, printed.stderr
+    workload = printed.stdout.strip()
+    values = tmp_path / "VALUES.toml"
+    made = cloister("release", "values", "--out", str(values), "--version", "1",
+                    "--workload", workload, "--ovmf", "/usr/share/ovmf/OVMF.fd", "--vcpus", "4",
+                    "--vcpus", "8", "--vcpu-type", "EPYC-v4", "--tdx-mrtd", "ab" * 48,
+                    "--tdx-mrseam", "cd" * 48)
+    assert made.returncode == 0, made.stderr
+    text = values.read_text()
+    assert text.count("vcpus = ") == 2 and 'mrtd = ["' + "ab" * 48 in text
+    statement = tmp_path / "statement.json"
+    signed = cloister("release", "sign", "--key", str(key), "--values", str(values), "--out",
+                      str(statement))
+    assert signed.returncode == 0, signed.stderr
+    verified = cloister("release", "verify", str(statement), "--release-key", f"{key}.pub")
     assert verified.returncode == 0 and "sev-snp, tdx" in verified.stdout
-    workload = done.stdout.split("workload ")[-1].strip()
     assert workload in verified.stdout
