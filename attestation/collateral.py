@@ -7,6 +7,8 @@ the evidence so that clients verify offline.
              `QuoteCollateralV3` JSON form (CRLs hex DER, signatures hex).
     SEV-SNP  AMD's CRL for the chip family (DER, signed by the ARK), which lists revoked
              ASKs and VCEKs.
+    GPUs     NVIDIA's OCSP responses (DER), one per certificate below the root of each
+             GPU's chain (`attestation.ocsp`).
 
 Every part is signed by the vendor, so carrying it in the document adds no trust in the
 gateway; binding it to the report is not needed. A `CollateralSource` supplies it for a
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,11 +39,13 @@ TDX_FIELDS = ("pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer
 class Collateral:
     tdx: dict[str, str] | None = None
     amd_crl: bytes | None = None
+    gpu_ocsp: tuple[bytes, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"tdx": self.tdx,
                 "amd_crl": None if self.amd_crl is None else base64.b64encode(
-                    self.amd_crl).decode()}
+                    self.amd_crl).decode(),
+                "gpu_ocsp": [base64.b64encode(r).decode() for r in self.gpu_ocsp]}
 
     @classmethod
     def from_json(cls, raw: Any) -> Collateral:
@@ -51,7 +56,8 @@ class Collateral:
             if tdx is not None:
                 tdx = {name: str(tdx[name]) for name in TDX_FIELDS}
             crl = raw.get("amd_crl")
-            return cls(tdx, None if crl is None else base64.b64decode(crl, validate=True))
+            ocsp = tuple(base64.b64decode(r, validate=True) for r in raw.get("gpu_ocsp") or ())
+            return cls(tdx, None if crl is None else base64.b64decode(crl, validate=True), ocsp)
         except (KeyError, TypeError, AttributeError, ValueError):
             raise VerificationError(Reason.MALFORMED, "malformed collateral") from None
 
@@ -68,6 +74,13 @@ class Collateral:
                 for name in ("tcb_info", "qe_identity"):
                     stamp = json.loads(self.tdx[name])["nextUpdate"]
                     times.append(dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")))
+            if self.gpu_ocsp:
+                from attestation import ocsp
+
+                until = ocsp.next_update(self.gpu_ocsp)
+                if until is None:
+                    return None
+                times.append(until)
         except (ValueError, KeyError, TypeError):
             return None
         return min(times) if times else None
@@ -84,4 +97,8 @@ class CollateralSource(Protocol):
     def for_report(self, evidence: CpuEvidence) -> Collateral:
         """The collateral a verifier needs for `evidence`; `ProviderError` if none can be
         had (a report without it would be refused)."""
+
+    def for_gpus(self, chains: Sequence[bytes]) -> tuple[bytes, ...]:
+        """The OCSP responses for the GPUs' certificate chains (PEM); `ProviderError` if
+        none can be had."""
 

@@ -5,7 +5,8 @@ JSON, binary fields in standard base64:
      "keys": {name: base64}, "workload": {manifest}, "workload_digest": hex,
      "report": base64, "aux": base64,
      "gpus": [{"report": base64, "certificate_chain": PEM}],
-     "init_data": base64 | null, "collateral": {"tdx": {...} | null, "amd_crl": base64 | null}}
+     "init_data": base64 | null, "collateral": {"tdx": {...} | null, "amd_crl": base64 | null,
+                                                "gpu_ocsp": [base64, ...]}}
 `keys` holds every public key the gateway accepts traffic for, `workload` the manifest
 of what it runs (`attestation.workload`); the hardware report binds both, with the nonce,
 the GPU evidence and the time window (`attestation.binding`). `collateral` is the vendors'
@@ -17,6 +18,7 @@ root verified the report.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +113,12 @@ def collect(cpu: CpuProvider, gpu: GpuProvider, *, keys: dict[str, bytes],
                                digest_of_workload=manifest_digest, generated_at=now,
                                expiry=expires_at)
     evidence = cpu.get_report(data)
+    vendors = Collateral()
+    if collateral is not None:
+        vendors = collateral.for_report(evidence)
+        if gpus:
+            vendors = dataclasses.replace(vendors, gpu_ocsp=collateral.for_gpus(
+                [chain for _, chain in gpus]))
     return EvidenceDocument(evidence.platform, nonce, now, expires_at, dict(keys),
                             workload, manifest_digest, evidence.report, evidence.aux,
-                            tuple(gpus), init_data,
-                            collateral.for_report(evidence) if collateral else Collateral())
+                            tuple(gpus), init_data, vendors)

@@ -13,7 +13,7 @@ platform from its own subpackage (`attestation.simulated`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -104,5 +104,7 @@ class GpuArchitecture(Protocol):
     def recognises(self, report: bytes) -> bool: ...
 
     def verify(self, report: bytes, chain_pem: bytes, *, expected_nonce: bytes,
-               roots: frozenset[str], now: dt.datetime) -> GpuClaims:
-        """The device's signed report, bound to `expected_nonce`, to a pinned root."""
+               roots: frozenset[str], now: dt.datetime, ocsp: Sequence[bytes],
+               check_revocation: bool = True) -> GpuClaims:
+        """The device's signed report, bound to `expected_nonce`, to a pinned root, its
+        chain not revoked by the vendor's `ocsp` responses (unless the policy waived it)."""

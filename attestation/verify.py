@@ -133,7 +133,8 @@ def verify_evidence(document: bytes, *, expected_nonce: bytes, roots: TrustRoots
         raise VerificationError(Reason.POLICY, f"the document says {doc.platform!r}, the "
                                 f"evidence is {hardware.platform!r}")
     keys_digest = binding.keys_digest(doc.keys)
-    gpus = _verify_gpus(doc, binding.gpu_nonce(doc.nonce, keys_digest), roots, now)
+    gpus = _verify_gpus(doc, binding.gpu_nonce(doc.nonce, keys_digest), roots, now,
+                        check_revocation=policy.check_revocation)
     digest = workload_digest(doc.workload)
     if digest != doc.workload_digest:
         raise VerificationError(Reason.WORKLOAD_MISMATCH,
@@ -201,8 +202,8 @@ def _verify_cpu(doc: EvidenceDocument, roots: TrustRoots, now: dt.datetime, poli
     raise VerificationError(Reason.UNSUPPORTED, f"the report is none of {names}")
 
 
-def _verify_gpus(doc: EvidenceDocument, nonce: bytes, roots: TrustRoots, now: dt.datetime
-                 ) -> tuple[GpuClaims, ...]:
+def _verify_gpus(doc: EvidenceDocument, nonce: bytes, roots: TrustRoots, now: dt.datetime,
+                 *, check_revocation: bool) -> tuple[GpuClaims, ...]:
     out = []
     for report, chain in doc.gpus:
         architecture = next((a for a in platforms.GPU_ARCHITECTURES if a.recognises(report)),
@@ -210,7 +211,9 @@ def _verify_gpus(doc: EvidenceDocument, nonce: bytes, roots: TrustRoots, now: dt
         if architecture is None:
             raise VerificationError(Reason.UNSUPPORTED, "a GPU report of no known architecture")
         out.append(architecture.verify(report, chain, expected_nonce=nonce,
-                                       roots=roots.of(architecture.vendor), now=now))
+                                       roots=roots.of(architecture.vendor), now=now,
+                                       ocsp=doc.collateral.gpu_ocsp,
+                                       check_revocation=check_revocation))
     return tuple(out)
 
 

@@ -13,13 +13,17 @@ collateral would be refused by every verifier anyway.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
+from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from attestation.collateral import Collateral
 from attestation.errors import VerificationError
@@ -27,6 +31,7 @@ from attestation.platforms import cpu_platform
 from attestation.types import CpuEvidence, ProviderError
 
 REFRESH_MARGIN = dt.timedelta(hours=1)
+NVIDIA_OCSP_URL = "https://ocsp.ndis.nvidia.com"
 FETCH_TIMEOUT = 15.0
 
 
@@ -34,7 +39,7 @@ class FetchedCollateral:
     def __init__(self, folder: Path, *, services: Mapping[str, str] | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         """`services`: a vendor's collateral service other than the platform's default
-        ({"intel": a PCCS URL, "amd": a KDS mirror})."""
+        ({"intel": a PCCS URL, "amd": a KDS mirror, "nvidia": an OCSP responder})."""
         self._folder = folder
         self._services = dict(services or {})
         self._clock = clock
@@ -43,7 +48,28 @@ class FetchedCollateral:
         self._lock = threading.Lock()
 
     def for_report(self, evidence: CpuEvidence) -> Collateral:
-        key, fetch = self._what(evidence)
+        return self._cached(*self._what(evidence))
+
+    def for_gpus(self, chains: Sequence[bytes]) -> tuple[bytes, ...]:
+        """NVIDIA's OCSP responses for each certificate below the root of each chain,
+        cached per chain until the earliest next update."""
+        out: list[bytes] = []
+        for pem in chains:
+            key = "gpu-ocsp-" + hashlib.sha256(pem).hexdigest()[:16]
+            out += self._cached(key, functools.partial(self._ocsp, pem)).gpu_ocsp
+        return tuple(out)
+
+    def _ocsp(self, pem: bytes) -> Collateral:
+        from attestation import ocsp
+        from attestation.x509chain import load_pem_chain
+
+        chain = load_pem_chain(pem)
+        service = self._services.get("nvidia")
+        return Collateral(gpu_ocsp=tuple(
+            _post(service or _ocsp_url(cert) or NVIDIA_OCSP_URL, ocsp.request(cert, issuer))
+            for cert, issuer in zip(chain, chain[1:], strict=False)))
+
+    def _cached(self, key: str, fetch: Callable[[], Collateral]) -> Collateral:
         with self._lock:
             known = self._memory.get(key) or self._read(key)
             if known is not None and self._current(known):
@@ -86,6 +112,23 @@ class FetchedCollateral:
         tmp = self._path(key).with_suffix(".tmp")
         tmp.write_text(json.dumps(collateral.to_json()))
         os.replace(tmp, self._path(key))
+
+
+def _ocsp_url(cert: x509.Certificate) -> str | None:
+    """The OCSP responder the certificate names (its Authority Information Access)."""
+    try:
+        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    except x509.ExtensionNotFound:
+        return None
+    return next((str(d.access_location.value) for d in access.value
+                 if d.access_method == AuthorityInformationAccessOID.OCSP), None)
+
+
+def _post(url: str, body: bytes) -> bytes:
+    response = httpx.post(url, content=body, timeout=FETCH_TIMEOUT,
+                          headers={"content-type": "application/ocsp-request"})
+    response.raise_for_status()
+    return response.content
 
 
 def _get(url: str) -> bytes:

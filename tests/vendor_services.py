@@ -1,5 +1,6 @@
-"""A test double of Intel's PCS (API v4, as a PCCS serves it) and AMD's KDS, serving the
-simulated PKI's collateral over real HTTP on localhost, counting what it is asked."""
+"""A test double of Intel's PCS (API v4, as a PCCS serves it), AMD's KDS and NVIDIA's OCSP
+responder (`POST /ocsp`), serving the simulated PKI's collateral over real HTTP on
+localhost, counting what it is asked."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from cryptography.x509 import ocsp
 
 from attestation.simulated import SimulatedPki
 
@@ -63,6 +66,24 @@ class SimulatedVendorServices:
                 self.send_response(200)
                 for name, value in headers.items():
                     self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802 - NVIDIA's OCSP responder
+                path = urllib.parse.urlparse(self.path).path
+                services.requests[path] += 1
+                asked = ocsp.load_der_ocsp_request(
+                    self.rfile.read(int(self.headers["Content-Length"])))
+                if path != "/ocsp" or asked.serial_number != services.pki.gpu_leaf.serial_number:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                options = services.collateral_options
+                body = services.pki.gpu_ocsp(now=options.get("now"),
+                                             revoked=options.get("revoked", False))[0]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/ocsp-response")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

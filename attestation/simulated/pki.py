@@ -30,13 +30,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from attestation import snp
 from attestation.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, build_cert_table
 from attestation.simulated.intel import SimulatedIntel
 
-PKI_FILE = "simulated-pki-v3.json"
+PKI_FILE = "simulated-pki-v4.json"  # v4: the GPU root's key, for OCSP
 SIMULATED_TCB = snp.TcbVersion(boot_loader=4, tee=0, snp=22, microcode=213)
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 _VALIDITY = dt.timedelta(days=3650)
@@ -87,6 +88,7 @@ class SimulatedPki:
     gpu_root: x509.Certificate
     gpu_leaf: x509.Certificate
     gpu_key: ec.EllipticCurvePrivateKey
+    gpu_root_key: ec.EllipticCurvePrivateKey  # signs the simulated OCSP responses
     intel: SimulatedIntel
 
     def __repr__(self) -> str:
@@ -104,13 +106,7 @@ class SimulatedPki:
                     pss=True)
         vcek = _cert("SEV-VCEK-Simulated", vcek_key.public_key(), "SEV-Simulated", ask_key,
                      ca=False, pss=True, extensions=_vcek_extensions(SIMULATED_TCB, chip_id))
-        gpu_root_key = ec.generate_private_key(ec.SECP384R1())
-        gpu_key = ec.generate_private_key(ec.SECP384R1())
-        gpu_root = _cert("Simulated NVIDIA Device Identity CA", gpu_root_key.public_key(),
-                         "Simulated NVIDIA Device Identity CA", gpu_root_key, ca=True, pss=False)
-        gpu_leaf = _cert("Simulated GH100 Attestation", gpu_key.public_key(),
-                         "Simulated NVIDIA Device Identity CA", gpu_root_key, ca=False, pss=False)
-        return cls(ark_key, ark, ask, vcek, vcek_key, chip_id, gpu_root, gpu_leaf, gpu_key,
+        return cls(ark_key, ark, ask, vcek, vcek_key, chip_id, *_gpu_pki(),
                    SimulatedIntel.generate())
 
     @classmethod
@@ -158,6 +154,22 @@ class SimulatedPki:
         """The roots a verifier must be handed, explicitly, to accept simulated evidence."""
         return b"".join(c.public_bytes(serialization.Encoding.PEM)
                         for c in (self.ark, self.gpu_root, self.intel.root))
+
+    def gpu_ocsp(self, *, now: dt.datetime | None = None, revoked: bool = False,
+                 next_update: dt.timedelta = dt.timedelta(days=7)) -> tuple[bytes, ...]:
+        """The simulated NVIDIA responder's answer for the GPU chain's leaf, signed by the
+        root that issued it (DER)."""
+        now = now or dt.datetime.now(dt.UTC)
+        status = ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD
+        response = ocsp.OCSPResponseBuilder().add_response(
+            cert=self.gpu_leaf, issuer=self.gpu_root, algorithm=hashes.SHA384(),
+            cert_status=status, this_update=now - dt.timedelta(hours=1),
+            next_update=now + next_update,
+            revocation_time=now - dt.timedelta(days=1) if revoked else None,
+            revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+        ).responder_id(ocsp.OCSPResponderEncoding.HASH, self.gpu_root).sign(
+            self.gpu_root_key, hashes.SHA384())
+        return (response.public_bytes(serialization.Encoding.DER),)
 
     def gpu_chain_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM)
@@ -224,6 +236,18 @@ def snp_report(pki: SimulatedPki, report_data: bytes, *, host_data: bytes = b"",
 SIMULATED_DRIVER_VERSION = b"550.90.07\x00"
 SIMULATED_VBIOS = bytes([0x00, 0x9F, 0x00, 0x96, 0x01, 0x00, 0x00, 0x00])
 SIMULATED_VBIOS_VERSION = "96.00.9F.00.01"  # how verifiers print SIMULATED_VBIOS
+
+
+def _gpu_pki() -> tuple[x509.Certificate, x509.Certificate, ec.EllipticCurvePrivateKey,
+                        ec.EllipticCurvePrivateKey]:
+    """The simulated GPU's root, its attestation certificate, their keys."""
+    gpu_root_key = ec.generate_private_key(ec.SECP384R1())
+    gpu_key = ec.generate_private_key(ec.SECP384R1())
+    gpu_root = _cert("Simulated NVIDIA Device Identity CA", gpu_root_key.public_key(),
+                     "Simulated NVIDIA Device Identity CA", gpu_root_key, ca=True, pss=False)
+    gpu_leaf = _cert("Simulated GH100 Attestation", gpu_key.public_key(),
+                     "Simulated NVIDIA Device Identity CA", gpu_root_key, ca=False, pss=False)
+    return gpu_root, gpu_leaf, gpu_key, gpu_root_key
 
 
 def gpu_measurement(index: int) -> bytes:

@@ -5,7 +5,7 @@ and the `--attestation` choice that starts it; and the providers built on them."
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from attestation.collateral import Collateral
@@ -106,3 +106,7 @@ class SimulatedCollateral:
         collateral = twin(evidence.platform).collateral(self._pki)
         self._made[evidence.platform] = (today, collateral)
         return collateral
+
+    def for_gpus(self, chains: Sequence[bytes]) -> tuple[bytes, ...]:
+        """The simulated NVIDIA responder's answers (every simulated GPU has one chain)."""
+        return self._pki.gpu_ocsp()

@@ -32,8 +32,8 @@ def _evidence(pki, *, tdx: bool = False):
 
 def _fetcher(folder, vendors, clock=None) -> FetchedCollateral:
     kwargs = {"clock": clock} if clock else {}
-    return FetchedCollateral(folder, services={"intel": vendors.url, "amd": vendors.url},
-                             **kwargs)
+    return FetchedCollateral(folder, services={"intel": vendors.url, "amd": vendors.url,
+                                               "nvidia": f"{vendors.url}/ocsp"}, **kwargs)
 
 
 @pytest.mark.parametrize("tdx", [False, True])
@@ -52,9 +52,10 @@ def test_fetched_collateral_makes_evidence_clients_accept(pki, tmp_path, tdx) ->
         assert claims.tcb_status == "UpToDate"
         assert set(vendors.requests) == {
             "/sgx/certification/v4/pckcrl", "/tdx/certification/v4/tcb",
-            "/tdx/certification/v4/qe/identity", "/sgx/certification/v4/rootcacrl"}
+            "/tdx/certification/v4/qe/identity", "/sgx/certification/v4/rootcacrl",
+            "/ocsp"}
     else:
-        assert vendors.requests == {"/vcek/v1/Simulated/crl": 1}
+        assert vendors.requests == {"/vcek/v1/Simulated/crl": 1, "/ocsp": 1}
 
 
 def test_collateral_is_cached_until_its_next_update(pki, tmp_path) -> None:

@@ -80,6 +80,9 @@ class FixedCollateral:
     def for_report(self, evidence: CpuEvidence) -> Collateral:
         return self._collateral
 
+    def for_gpus(self, chains) -> tuple[bytes, ...]:
+        return self._collateral.gpu_ocsp
+
 
 class NoGpuEvidence:
     def get_reports(self, nonce: bytes) -> list[tuple[bytes, bytes]]:
@@ -170,7 +173,8 @@ def test_a_revoked_pck_is_refused(pki, roots) -> None:
 
 
 def test_an_out_of_date_tdx_tcb_is_refused_unless_the_values_accept_it(pki, roots) -> None:
-    collateral = FixedCollateral(Collateral(tdx=pki.intel.collateral(tcb_status="OutOfDate")))
+    collateral = FixedCollateral(Collateral(tdx=pki.intel.collateral(tcb_status="OutOfDate"),
+                                    gpu_ocsp=pki.gpu_ocsp()))
     document = _document(pki, cpu=HostileTdx(pki, TEST_WORKLOAD), collateral=collateral)
     assert _refused(document, roots) is Reason.TCB_STATUS
     values = accepting()
@@ -251,7 +255,8 @@ def test_development_mode_still_refuses_hostile_hardware(pki, roots) -> None:
     revoked = Collateral(amd_crl=pki.amd_crl(revoked=(pki.vcek.serial_number,)))
     assert _refused(_document(pki, collateral=FixedCollateral(revoked)),
                     roots, anything) is Reason.REVOKED
-    ood = FixedCollateral(Collateral(tdx=pki.intel.collateral(tcb_status="OutOfDate")))
+    ood = FixedCollateral(Collateral(tdx=pki.intel.collateral(tcb_status="OutOfDate"),
+                                    gpu_ocsp=pki.gpu_ocsp()))
     assert _refused(_document(pki, cpu=HostileTdx(pki, TEST_WORKLOAD), collateral=ood),
                     roots, anything) is Reason.TCB_STATUS
 
