@@ -1,10 +1,10 @@
 """The one engine endpoint: every dialect's requests take the same path.
 
     admit  ->  read the body (bounded in size and time)  ->  choose the dialect and open
-    (in a worker thread when large)  ->  refuse a replay  ->  refuse what the engine
-    must not see  ->  gate (the platform API's keys and budgets)  ->  call the engine
-    ->  answer whole, or relay the stream (coalesced on a timer)  ->
-    observer.finish(usage, completed), always
+    (in a worker thread when large)  ->  refuse what the engine must not see  ->  gate
+    (the platform API's keys and budgets)  ->  refuse a replay (only a request that
+    passed every check is recorded)  ->  call the engine  ->  answer whole, or relay the
+    stream (coalesced on a timer)  ->  observer.finish(usage, completed), always
 
 Every plaintext the responder seals is padded (`enclave.padding`).
 
@@ -290,6 +290,18 @@ class EngineEndpoint:
         tracker = _Tracker(services, context.dialect, context.started_at, NoObserver())
         responder = padded(responder, services.padding)
         try:
+            if problem is None:
+                inner = _normalized(inner, services.max_tokens)
+            if mount.gate is not None:
+                gated, tracker.observer = await mount.gate(request, inner)
+                if gated is not inner:  # the gate may rewrite the request: check it again
+                    inner, problem = gated, _inner_problem(gated)
+            if problem is not None:  # refused before anything is recorded of it
+                return (to_response(responder.error(problem.status, problem.body_json())),
+                        tracker, None)
+        except GatewayError as err:
+            return to_response(responder.error(err.status, err.body_json())), tracker, None
+        try:  # only a request that passed every check is recorded against its replay
             if services.replay is not None and services.replay.blocking:
                 await asyncio.to_thread(services.replay.check, mount.dialect.name, inner)
             elif services.replay is not None:
@@ -299,15 +311,6 @@ class EngineEndpoint:
             return (to_response(responder.error(err.status, error_json(err.code, err.message))),
                     tracker, None)
         try:
-            if problem is None:
-                inner = _normalized(inner, services.max_tokens)
-            if mount.gate is not None:
-                gated, tracker.observer = await mount.gate(request, inner)
-                if gated is not inner:  # the gate may rewrite the request: check it again
-                    inner, problem = gated, _inner_problem(gated)
-            if problem is not None:
-                return (to_response(responder.error(problem.status, problem.body_json())),
-                        tracker, None)
             inner = _with_cache_salt(inner, services.cache_salt_key)
             engine = services.slot.get()
         except GatewayError as err:

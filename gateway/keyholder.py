@@ -4,7 +4,9 @@ that prove they run an accepted workload (the protocol in `enclave.key_release`)
     GET  /health
     GET  /v1/attestation/report?nonce=  its own evidence, binding its signing key
                                         (`keyholder-signing-ed25519`) and its workload
-    POST /v1/keyholder/challenge        {"challenge": hex}: single use, 60 s
+    POST /v1/keyholder/challenge        {"challenge": hex}: single use, 60 s; nothing is
+                                        kept per challenge (it carries its time and the
+                                        keyholder's MAC), so anonymous callers fill nothing
     POST /v1/keyholder/release          {"challenge", "evidence"} -> {"sealed_seed",
                                         "signature"} (base64), or 403 join_refused with
                                         the verifier's reason
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hmac
 import json
 import os
 import time
@@ -48,12 +51,17 @@ from gateway.body import parse_json_object, read_body
 from gateway.config import KeyholderConfig
 from gateway.errors import GatewayError, json_response
 from gateway.fleet_trust import FleetTrust
+from gateway.limits import RateBuckets
 from gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger("cloister.keyholder")
 CHALLENGE_SECONDS = 60.0
-MAX_CHALLENGES = 10_000
 MAX_RELEASE_BODY = 1 << 20
+# Release attempts (each a full verification) per caller address: bursts of 10, then one
+# every 2 s; the challenges used in the last minute are remembered (single use), at most
+# what those rates let in.
+RELEASE_RATE, RELEASE_BURST = 0.5, 10
+MAX_USED_CHALLENGES = 100_000
 
 
 class Keyholder:
@@ -62,7 +70,9 @@ class Keyholder:
         self._seed, self._trust, self._clock = seed, trust, clock
         self._signer = ed25519.Ed25519PrivateKey.generate()
         public = self._signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self._challenges: dict[bytes, float] = {}
+        self._mac_key = os.urandom(32)
+        self._used: dict[bytes, float] = {}  # challenge -> when it expires, oldest first
+        self._buckets = RateBuckets(rate=RELEASE_RATE, burst=RELEASE_BURST)
         self.releases = 0
         self.reports = ReportService(attested, KeyRing(),
                                      lambda: {key_release.SIGNING_KEY: public})
@@ -71,19 +81,36 @@ class Keyholder:
         return "Keyholder(seed=[redacted])"
 
     async def challenge(self, request: Request) -> Response:
-        now = self._clock()
-        # Challenges expire in the order they were made (one lifetime): drop from the front.
-        while self._challenges and next(iter(self._challenges.values())) <= now:
-            del self._challenges[next(iter(self._challenges))]
-        if len(self._challenges) >= MAX_CHALLENGES:
-            raise GatewayError(ErrorCode.OVERLOADED, "too many open challenges",
-                               headers={"Retry-After": "5"})
-        challenge = os.urandom(32)
-        self._challenges[challenge] = now + CHALLENGE_SECONDS
+        issued = int(self._clock()).to_bytes(8, "big") + os.urandom(8)
+        challenge = issued + self._tag(issued)
         return json_response(200, {"challenge": challenge.hex(),
                                    "expires_in": int(CHALLENGE_SECONDS)})
 
+    def _tag(self, issued: bytes) -> bytes:
+        return hmac.new(self._mac_key, b"keyholder-challenge" + issued, "sha256").digest()[:16]
+
+    def _take(self, challenge: bytes) -> None:
+        """The challenge is this keyholder's, current and not used before (it is used now);
+        `GatewayError` otherwise."""
+        now = self._clock()
+        valid = (len(challenge) == 32
+                 and hmac.compare_digest(challenge[16:], self._tag(challenge[:16]))
+                 and 0 <= now - int.from_bytes(challenge[:8], "big") <= CHALLENGE_SECONDS)
+        while self._used and next(iter(self._used.values())) <= now:
+            del self._used[next(iter(self._used))]
+        if not valid or challenge in self._used:
+            raise GatewayError(ErrorCode.UNKNOWN_CHALLENGE, "unknown, used or expired "
+                               "challenge: ask for a new one")
+        if len(self._used) >= MAX_USED_CHALLENGES:
+            raise GatewayError(ErrorCode.OVERLOADED, "too many releases under way",
+                               headers={"Retry-After": "5"})
+        self._used[challenge] = now + CHALLENGE_SECONDS
+
     async def release(self, request: Request) -> Response:
+        wait = self._buckets.take(request.client.host if request.client else "unknown")
+        if wait is not None:
+            raise GatewayError(ErrorCode.RATE_LIMITED, "too many release attempts from this "
+                               "address; retry later", headers={"Retry-After": str(wait)})
         body = parse_json_object(await read_body(request, MAX_RELEASE_BODY, timeout=30))
         try:
             challenge = bytes.fromhex(str(body["challenge"]))
@@ -91,10 +118,7 @@ class Keyholder:
         except (KeyError, ValueError):
             raise GatewayError(ErrorCode.INVALID_REQUEST, "a release needs `challenge` and "
                                "`evidence`") from None
-        expires = self._challenges.pop(challenge, None)  # single use, whatever follows
-        if expires is None or expires < self._clock():
-            raise GatewayError(ErrorCode.UNKNOWN_CHALLENGE, "unknown, used or expired "
-                               "challenge: ask for a new one")
+        self._take(challenge)  # single use, whatever follows
         started = time.perf_counter()
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         try:

@@ -10,16 +10,21 @@ model. Errors of the proxy itself are OpenAI-shaped JSON with a stable code.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from enclave.dialect import InnerResponse
 from proxy import status_page
@@ -151,6 +156,61 @@ async def _forward(request: Request) -> Response:
     return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
 
 
+def _loopback_name(authority: str) -> bool:
+    """Whether `authority` (a Host header, or an Origin's host and port) names this
+    machine: `localhost` or a literal address. A web page can point a name it owns at
+    127.0.0.1 (DNS rebinding) and reach the proxy as its own origin; it cannot make its
+    name an address."""
+    host = authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+    if host.startswith("[") and "]" in host:
+        host = host[1:host.index("]")]
+    if host.lower() == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class LocalOnly:
+    """What the local proxy takes: requests under a loopback name or an address, from no
+    other origin than such a one, and POSTs of `application/json` only (a page on any
+    site may send `text/plain` cross-site without asking first; JSON it must ask for,
+    and the proxy does not answer CORS preflights)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(Headers(scope=scope), scope["method"])
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+    @staticmethod
+    def _refusal(headers: Headers, method: str) -> Response | None:
+        if not _loopback_name(headers.get("host", "")):
+            return _local_error(403, "host_not_allowed", "the proxy answers only under "
+                                "localhost or an address, not a name a web page may own")
+        origin = headers.get("origin")
+        if origin is not None and not _loopback_name(urlsplit(origin).netloc or "null"):
+            return _local_error(403, "origin_not_allowed", "requests from web pages of other "
+                                "origins are refused")
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if method == "POST" and media != "application/json":
+            return _local_error(415, "unsupported_media_type",
+                                "the body must be sent as application/json")
+        return None
+
+
+def _local_error(status: int, code: str, message: str) -> Response:
+    answer = LocalAnswer.error(status, code, message)
+    return Response(answer.body, status_code=status, media_type=answer.content_type)
+
+
 def create_proxy_app(client: UpstreamClient) -> Starlette:
     routes = [
         Route("/v1/models", _forward, methods=["GET"]),
@@ -166,7 +226,7 @@ def create_proxy_app(client: UpstreamClient) -> Starlette:
         finally:
             await client.aclose()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(LocalOnly)])
     app.state.client = client
     app.state.models = ModelResolver(client)
     return app

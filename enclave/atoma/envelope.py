@@ -115,13 +115,28 @@ class ConfidentialRequest:
             raise InvalidBody("`model_name` must be a string")
         return cls(
             ciphertext=decode_b64_field(payload, "ciphertext", None),
-            client_dh_public_key=decode_b64_field(payload, "client_dh_public_key", KEY_SIZE),
+            client_dh_public_key=canonical_x25519(
+                decode_b64_field(payload, "client_dh_public_key", KEY_SIZE)),
             node_dh_public_key=decode_b64_field(payload, "node_dh_public_key", KEY_SIZE),
             model_name=payload["model_name"],
             nonce=decode_b64_field(payload, "nonce", NONCE_SIZE),
             plaintext_body_hash=decode_b64_field(payload, "plaintext_body_hash", 32),
             salt=decode_b64_field(payload, "salt", SALT_SIZE), stack_small_id=small_id,
             num_compute_units=units, stream=stream)
+
+
+X25519_P = 2**255 - 19
+
+
+def canonical_x25519(key: bytes) -> bytes:
+    """The one spelling of an X25519 public key (RFC 7748 section 5: bit 255 is ignored, and
+    values from p up name the same point as value - p): with it cleared and a non-canonical
+    value refused, a captured request cannot be made new by re-spelling its key (the key is
+    part of the replay id)."""
+    value = int.from_bytes(key, "little") & ~(1 << 255)
+    if value >= X25519_P:
+        raise InvalidBody("`client_dh_public_key` is not a canonical X25519 key")
+    return value.to_bytes(KEY_SIZE, "little")
 
 
 class NodeSigner:

@@ -113,8 +113,12 @@ class EhbpServer:
     def open(self, request: OuterRequest) -> tuple[InnerRequest, EhbpResponder]:
         encapsulated = request.header(ENCAPSULATED_KEY_HEADER) or ""
         plaintext, sealer = open_request(self._keyring, encapsulated, request.body)
-        return (InnerRequest(request.method, request.path, plaintext,
-                             replay_id=bytes.fromhex(encapsulated)), EhbpResponder(sealer))
+        # A request without a body opens under any key anyone makes up: it is not a sealed
+        # request, so there is nothing to record against a replay (a POST without a body
+        # is then refused as one with no JSON; a GET has nothing to repeat).
+        replay_id = bytes.fromhex(encapsulated) if request.body else b""
+        return (InnerRequest(request.method, request.path, plaintext, replay_id=replay_id),
+                EhbpResponder(sealer))
 
     def refuse(self, error: RequestRefused) -> OuterResponse:
         return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE

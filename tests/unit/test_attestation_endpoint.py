@@ -111,7 +111,7 @@ def _proxy(app, trust, protocol="ohttp"):
     verifier = Attestor("http://gw", trust=trust, transport=transport)
     proxy = create_proxy_app(make_client("http://gw", protocol, transport=transport,
                                          attestation=verifier))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://proxy")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://127.0.0.1:8080")
 
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

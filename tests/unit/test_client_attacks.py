@@ -43,7 +43,7 @@ async def _through_proxy(client, payload: dict) -> httpx.Response:
     app = create_proxy_app(client)
     # A stream the proxy cuts raises inside the app; the local client just sees it end.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as local:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as local:
         return await local.post("/v1/chat/completions", json=payload)
 
 

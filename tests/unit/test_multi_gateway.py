@@ -89,6 +89,6 @@ async def test_streams_fail_over_before_their_first_byte(gateways, pki) -> None:
     multi = MultiGatewayClient([unreachable_client(), _client(b, pki)])
     app = create_proxy_app(multi)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://proxy") as local:
+                                 base_url="http://127.0.0.1:8080") as local:
         r = await local.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")

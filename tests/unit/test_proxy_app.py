@@ -10,6 +10,7 @@ from proxy.errors import GatewayResponseInvalid
 from tests.clients import client_for, unreachable_client
 from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL, Damage, InterceptingTransport
 
+JSON = {"content-type": "application/json"}
 CHAT = {"model": "latest", "messages": [{"role": "user", "content": "hi you"}],
         "max_tokens": 3}
 
@@ -30,7 +31,7 @@ def tampering(*, truncate: bool) -> Damage:
 async def _proxy(gateway_app, transport=None):
     upstream = transport or httpx.ASGITransport(app=gateway_app)
     app = create_proxy_app(client_for(gateway_app, transport=upstream))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8080")
 
 
 async def test_chat_with_model_latest(gateway_app, engine) -> None:
@@ -61,7 +62,7 @@ async def test_models_and_gateway_errors_pass_through(gateway_app) -> None:
         assert (await local.get("/v1/models")).json()["data"][0]["id"] == CHAT_MODEL
         r = await local.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
         assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
-        r = await local.post("/v1/chat/completions", content=b"[1]")
+        r = await local.post("/v1/chat/completions", content=b"[1]", headers=JSON)
         assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json")
 
 
@@ -90,13 +91,13 @@ async def test_tampered_or_truncated_stream_never_ends_cleanly(gateway_app, trun
 async def test_unreachable_gateway_is_a_clear_502() -> None:
     app = create_proxy_app(unreachable_client())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://proxy") as local:
+                                 base_url="http://127.0.0.1:8080") as local:
         r = await local.post("/v1/chat/completions", json=CHAT)
     assert (r.status_code, r.json()["error"]["code"]) == (502, "gateway_unreachable")
 
 
 async def test_local_bad_json_is_refused_before_anything_is_sent(gateway_app, engine) -> None:
     async with await _proxy(gateway_app) as local:
-        r = await local.post("/v1/chat/completions", content=b"{nope")
+        r = await local.post("/v1/chat/completions", content=b"{nope", headers=JSON)
     assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json")
     assert engine.seen_bodies == []

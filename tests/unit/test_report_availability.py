@@ -166,7 +166,7 @@ async def test_a_proxy_running_past_key_expiry_reattests_and_keeps_serving(engin
         proxy = create_proxy_app(make_client("http://gw", "ohttp", transport=transport,
                                              attestation=attestor))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy),
-                                     base_url="http://proxy") as local:
+                                     base_url="http://127.0.0.1:8080") as local:
             assert (await local.post("/v1/chat/completions", json=CHAT)).status_code == 200
             first = attestor.last
             assert first is not None and not attestor.due()

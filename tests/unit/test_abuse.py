@@ -1,0 +1,132 @@
+"""Issue 28: what an unauthenticated sender can do to everyone else, performed against
+the gateway (and the local proxy) in process. Each test is the attack; each asserts the
+refusal, or that the others are still served."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import httpx
+import pytest
+
+from enclave.replay import MemoryReplayCache
+from gateway.app import create_app
+from gateway.config import ServeConfig
+from tests.clients import client_for
+from tests.unit.conftest import start
+from tests.unit.test_side_channels import Wiretap, _chat, _resend
+
+
+@pytest.fixture(scope="module")
+def pki_module(tmp_path_factory):
+    from attestation.simulated import SimulatedPki
+
+    return SimulatedPki.load_or_create(tmp_path_factory.mktemp("pki"))
+
+
+async def test_a_flood_of_body_less_ehbp_requests_records_nothing(engine) -> None:
+    """An EHBP request with no body "opened" under any random encapsulated key and was
+    recorded until the key's end: enough of them filled the replay store and every dialect
+    answered 503. A body-less request is not a sealed one: nothing is recorded, a POST
+    without a body is refused, and a sealed client is served after the flood."""
+    cache = MemoryReplayCache(max_entries=64)
+    app = create_app(ServeConfig.of(), engine.running, replay_cache=cache)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gw") as raw:
+            answers = [await raw.post("/v1/chat/completions", content=b"", headers={
+                "ehbp-encapsulated-key": os.urandom(32).hex(),
+                "content-type": "application/json"}) for _ in range(200)]
+        assert {a.status_code for a in answers} == {400}
+        assert len(cache) == 0
+        client = client_for(app, "ohttp")
+        try:
+            assert (await client.request("POST", "/v1/chat/completions", _chat(2))).status == 200
+        finally:
+            await client.aclose()
+    assert len(engine.seen_bodies) == 1
+
+
+async def test_an_atoma_request_replayed_with_the_key_s_top_bit_flipped_is_refused(
+        engine) -> None:
+    """X25519 ignores bit 255 of the client's public key: the captured request with that
+    bit flipped opens to the same plaintext, and was a new replay id."""
+    app = create_app(ServeConfig.of(), engine.running)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        tap = Wiretap(app)
+        client = client_for(app, "atoma", transport=tap)
+        assert (await client.request("POST", "/v1/chat/completions", _chat(2))).status == 200
+        await client.aclose()
+        captured = next(r for r in reversed(tap.requests) if r.method == "POST"
+                        and "confidential" in r.url.path)
+        body = json.loads(captured.content)
+        key = bytearray(base64.b64decode(body["client_dh_public_key"]))
+        key[31] ^= 0x80
+        body["client_dh_public_key"] = base64.b64encode(bytes(key)).decode()
+        flipped = httpx.Request(captured.method, captured.url, headers=captured.headers,
+                                content=json.dumps(body).encode())
+        seen = len(engine.seen_bodies)
+        replayed = await _resend(app, flipped)
+    assert replayed.status_code == 409
+    assert len(engine.seen_bodies) == seen
+
+
+# --- the local proxy is for this machine's programs, not for web pages ------------------
+
+async def _local(gateway_app, *, host: str = "127.0.0.1:8080"):
+    from proxy.app import create_proxy_app
+
+    app = create_proxy_app(client_for(gateway_app))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}")
+
+
+CHAT = {"model": "latest", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+async def test_a_web_page_cannot_use_the_local_proxy(gateway_app, engine) -> None:
+    """A page on any site can POST `text/plain` to 127.0.0.1 without a preflight, and a
+    DNS-rebound name reaches it as the page's own origin: the proxy takes only JSON, from
+    no foreign origin, under a loopback name or address."""
+    body = json.dumps(CHAT).encode()
+    async with await _local(gateway_app) as local:
+        simple = await local.post("/v1/chat/completions", content=body,
+                                  headers={"content-type": "text/plain"})
+        foreign = await local.post("/v1/chat/completions", json=CHAT,
+                                   headers={"origin": "https://evil.example"})
+        null = await local.post("/v1/chat/completions", json=CHAT, headers={"origin": "null"})
+        own = await local.post("/v1/chat/completions", json=CHAT,
+                               headers={"origin": "http://127.0.0.1:8080"})
+    async with await _local(gateway_app, host="rebound.evil.example:8080") as rebound:
+        renamed = await rebound.post("/v1/chat/completions", json=CHAT)
+        listed = await rebound.get("/v1/models")
+    assert simple.status_code == 415
+    assert (foreign.status_code, null.status_code) == (403, 403)
+    assert (renamed.status_code, listed.status_code) == (403, 403)
+    assert own.status_code == 200
+    assert len(engine.seen_bodies) == 1
+    async with await _local(gateway_app, host="localhost:8080") as named:
+        assert (await named.post("/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+# --- the keyholder keeps nothing per anonymous caller -----------------------------------
+
+async def test_a_flood_of_anonymous_challenges_locks_no_replica_out(pki_module) -> None:
+    """10,000 challenges took every slot for 60 s and each replica's join got 503: a
+    challenge is now a MAC the keyholder checks, not a record it keeps."""
+    from tests.unit.test_fleet import KEYHOLDER, REPLICA, SEED, _join, _keyholder, _trust
+
+    trust = _trust(pki_module, KEYHOLDER, REPLICA)
+    keyholder = _keyholder(pki_module, trust)
+    flood = httpx.ASGITransport(app=keyholder.app(), client=("203.0.113.9", 4000))
+    async with httpx.AsyncClient(transport=flood, base_url="http://keyholder") as anonymous:
+        for _ in range(10_000):
+            assert (await anonymous.post("/v1/keyholder/challenge")).status_code == 200
+        junk = [await anonymous.post("/v1/keyholder/release", json={
+            "challenge": (await anonymous.post("/v1/keyholder/challenge")).json()["challenge"],
+            "evidence": {"format": "nonsense"}}) for _ in range(30)]
+    assert {a.status_code for a in junk} >= {429}  # release attempts are limited per address
+    assert await _join(pki_module, keyholder, REPLICA, trust) == SEED
