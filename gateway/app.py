@@ -242,6 +242,8 @@ def create_app(
         max_tokens=limits_.max_tokens, write_timeout=timeouts.write_timeout,
         cache_salt_key=fleet.derive("cache-salt") if fleet is not None else os.urandom(32),
         constant_rate=side.constant_rate,
+        forwarding=limits.UntrustedForwarding(
+            trusted=config.listeners.forwarded_allow_ips is not None),
         replay=ReplayGuard(
             replay_cache if replay_cache is not None
             else MemoryReplayCache(config.replay.replay_cache_entries),

@@ -51,7 +51,7 @@ from gateway.context import RequestContext
 from gateway.engine_call import ClientGone, EngineCall
 from gateway.engine_slot import EngineSlot
 from gateway.errors import GatewayError
-from gateway.limits import Admission, client_key
+from gateway.limits import Admission, UntrustedForwarding, client_key
 from gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger("cloister.gateway")
@@ -110,6 +110,8 @@ class Services:
     # A stream write that does not go through in this many seconds (the reader stopped
     # reading) ends the stream: the engine request is aborted, the admission slot freed.
     write_timeout: float = 20.0
+    forwarding: UntrustedForwarding = dataclasses.field(
+        default_factory=lambda: UntrustedForwarding(trusted=False))
 
 
 def admit(services: Services, scope: Scope) -> contextlib.AbstractContextManager[None]:
@@ -117,6 +119,7 @@ def admit(services: Services, scope: Scope) -> contextlib.AbstractContextManager
     (429 `rate_limited`, 503 `overloaded`) when there is none now. Every engine-bound
     request passes here, whatever route it came by."""
     client = client_key(scope)
+    services.forwarding.notice(scope)
     refusal = services.admission.refusal(client, services.slot.unfinished_requests())
     if refusal is not None:
         raise refusal

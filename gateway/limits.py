@@ -13,14 +13,17 @@ for (`--max-tokens`, in every form vLLM accepts) in `gateway.sampling`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import structlog
+
 from enclave.wire_errors import ErrorCode
 from gateway.errors import GatewayError
+
+log = structlog.get_logger("cloister.gateway")
 
 # Seconds a refused client is asked to wait: long enough to shed a burst.
 RETRY_AFTER_SECONDS = 2
@@ -62,14 +65,30 @@ class Admission:
 
 
 def client_key(scope: Any) -> str:
-    """Whom a request counts against: the API key it carries (hashed), where it carries
-    one (the platform API, Atoma: everyone behind one relay or NAT is not one client),
-    else its address (the socket's, or the forwarded one from a front the operator named
-    with `--forwarded-allow-ips`)."""
-    for name, value in scope.get("headers") or ():
-        if name == b"authorization" and value[:7].lower() == b"bearer ":
-            return "key:" + hashlib.sha256(value[7:].strip()).hexdigest()[:32]
+    """Whom a request counts against before anything about it is authenticated: its
+    address (the socket's, or the forwarded one from a front the operator named with
+    `--forwarded-allow-ips`). A credential it carries names no one until a route has
+    checked it (made-up `Bearer` values would otherwise each be a client of their own);
+    an authenticated key is then held to its budget (`gateway.platform_routes`)."""
     return str((scope.get("client") or ("unknown", 0))[0])
+
+
+class UntrustedForwarding:
+    """Says once when requests carry `X-Forwarded-For` and no front is trusted: behind a
+    balancer the operator did not name (`--forwarded-allow-ips`), every client is the
+    balancer's address, one client."""
+
+    def __init__(self, *, trusted: bool) -> None:
+        self._quiet = trusted
+
+    def notice(self, scope: Any) -> None:
+        if self._quiet or not any(name == b"x-forwarded-for"
+                                  for name, _ in scope.get("headers") or ()):
+            return
+        self._quiet = True
+        log.warning("forwarded_for_untrusted", detail="requests carry X-Forwarded-For but "
+                    "--forwarded-allow-ips is not set: every client behind that front counts "
+                    "as one")
 
 
 class RateBuckets:

@@ -124,9 +124,10 @@ class _Held:
 
 class SecretStore:
     """Inference secrets by id, in enclave memory only, each with its owner (the client
-    that registered it). An owner holds at most `per_owner`: past that its own oldest
-    goes. Past `max_secrets` in all, the oldest secret of whoever holds the most goes: one
-    client registering without end evicts only its own secrets, never another's."""
+    that registered it: its address). An owner holds at most `per_owner`: past that its
+    own oldest goes, so one client registering without end evicts only its own secrets.
+    Past `max_secrets` in all (that many clients), the oldest secret goes, whoever owns it
+    (a client told `unknown_secret` registers again)."""
 
     def __init__(self, *, ttl: float = SECRET_TTL_SECONDS, max_secrets: int = MAX_SECRETS,
                  per_owner: int = MAX_SECRETS_PER_OWNER,
@@ -152,8 +153,7 @@ class SecretStore:
         while len(owned) > self._per_owner:
             self._forget(next(iter(owned)))
         while len(self._held) > self._max:
-            greediest = max(self._owned.values(), key=len)
-            self._forget(next(iter(greediest)))
+            self._forget(next(iter(self._held)))
         return secret_id, int(expires)
 
     def _forget(self, secret_id: str) -> None:

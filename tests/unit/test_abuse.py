@@ -130,3 +130,57 @@ async def test_a_flood_of_anonymous_challenges_locks_no_replica_out(pki_module) 
             "evidence": {"format": "nonsense"}}) for _ in range(30)]
     assert {a.status_code for a in junk} >= {429}  # release attempts are limited per address
     assert await _join(pki_module, keyholder, REPLICA, trust) == SEED
+
+
+# --- one notion of client -----------------------------------------------------------------
+
+def test_made_up_bearer_values_are_one_client_not_ten_thousand() -> None:
+    """Each made-up `Authorization: Bearer` value was a client of its own for
+    `--max-per-client` and Continuum's per-client secret cap: rotating them escaped both.
+    A credential nobody checked names nobody: the client is the address."""
+    from enclave.continuum.fields import SecretStore
+    from gateway.limits import client_key
+
+    def sender(token: str) -> dict:
+        return {"client": ("203.0.113.9", 4000),
+                "headers": [(b"authorization", f"Bearer {token}".encode())]}
+
+    assert {client_key(sender(f"fake-{i}")) for i in range(10_000)} == {"203.0.113.9"}
+    store = SecretStore(max_secrets=100, per_owner=4)
+    honest, _ = store.register(b"h" * 32, owner=client_key({"client": ("198.51.100.1", 1)}))
+    for i in range(1_000):
+        store.register(os.urandom(32), owner=client_key(sender(f"fake-{i}")))
+    assert store.get(honest) == b"h" * 32
+    assert len(store) == 5  # the honest secret and the flooder's last four
+
+
+def test_when_every_client_is_new_the_oldest_secret_goes_first() -> None:
+    """Past the global cap (many real clients) the oldest secret goes, whoever owns it:
+    no search over all owners per registration."""
+    from enclave.continuum.fields import SecretStore
+
+    store = SecretStore(max_secrets=3, per_owner=4)
+    ids = [store.register(bytes([i]) * 32, owner=f"10.0.0.{i}")[0] for i in range(5)]
+    assert len(store) == 3
+    assert store.get(ids[-1]) and store.get(ids[2])
+    from enclave.continuum.fields import UnknownSecretError
+
+    with pytest.raises(UnknownSecretError):
+        store.get(ids[0])
+
+
+def test_a_forwarded_address_nobody_trusts_is_said_once() -> None:
+    """Behind a balancer without `--forwarded-allow-ips` every client is one: the gateway
+    says so the first time a request carries `X-Forwarded-For`, and only then."""
+    from structlog.testing import capture_logs
+
+    from gateway.limits import UntrustedForwarding
+
+    forwarded = {"client": ("10.0.0.2", 1), "headers": [(b"x-forwarded-for", b"1.2.3.4")]}
+    with capture_logs() as logs:
+        UntrustedForwarding(trusted=True).notice(forwarded)
+        watch = UntrustedForwarding(trusted=False)
+        watch.notice({"client": ("10.0.0.2", 1), "headers": []})
+        for _ in range(3):
+            watch.notice(forwarded)
+    assert [e["event"] for e in logs] == ["forwarded_for_untrusted"]
