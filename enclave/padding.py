@@ -14,7 +14,8 @@ format changes:
 
 Each plaintext grows to the next size of a `PaddingPolicy`: powers of two from a floor
 (`pow2:256`, the default: a chunk of one token fits 256 bytes, an answer of up to 64
-tokens falls in two or three sizes) or multiples of a step (`fixed:256`), or `off`.
+tokens falls in two or three sizes; past 128 KiB, steps of 64 KiB) or multiples of a step
+(`fixed:256`), or `off`.
 Sans-IO; the gateway wraps every dialect's responder (`padded`), clients pad their
 request bodies (`PaddingPolicy.pad_request`) and strip what they pass on.
 """
@@ -65,7 +66,11 @@ class PaddingPolicy:
             target = self.size
             while target < want:
                 target *= 2
-        return target if target - length <= MAX_PADDING else length + minimum_pad
+        if target - length <= MAX_PADDING:
+            return target
+        # past the doubling that would cost more than MAX_PADDING: steps of that size, so
+        # a large answer is not sent at its exact length either
+        return -(-want // MAX_PADDING) * MAX_PADDING
 
     def pad_json(self, body: bytes) -> bytes:
         return body + b" " * (self.target(len(body)) - len(body))

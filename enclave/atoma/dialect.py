@@ -23,6 +23,7 @@ An engine's 4xx answer travels sealed, like any answer.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +53,9 @@ from enclave.keys import KeyRing
 from enclave.plugin import ClientSetup, DialectSetup
 
 NAME = "atoma"
+# A random value our client seals into every body, so that the clear body hash confirms
+# no guessed prompt; the gateway strips it before the engine.
+BLIND_FIELD = "cloister_blind"
 PREFIX = "/v1/confidential"
 NODE_PATH = f"{PREFIX}/node"
 LOCK_PATH = "/v1/nodes/lock"
@@ -185,6 +189,7 @@ class AtomaServer:
         opened = InnerRequest("POST", ENGINE_PATHS[request.path], plaintext, replay_id=unique,
                               tenant=envelope.client_dh_public_key)
         if isinstance(inner, dict):  # else the gateway answers a sealed invalid_json
+            inner.pop(BLIND_FIELD, None)
             inner["stream"] = envelope.stream
             inner.setdefault("model", envelope.model_name)
             opened = opened.with_payload(inner)
@@ -259,11 +264,16 @@ class AtomaClient:
 
     def seal(self, request: InnerRequest, *, stream: bool) -> tuple[OuterRequest, AtomaOpener]:
         session = ClientSession(*self.node_keys)
+        body = request.body
         try:
-            model = json.loads(request.body).get("model", "")
-        except (ValueError, AttributeError):
+            payload = json.loads(body)
+            model = payload.get("model", "")
+            # Atoma sends the body's BLAKE2b in the clear: a random field inside makes it
+            # confirm no guessed prompt (the gateway strips it)
+            body = json.dumps({**payload, BLIND_FIELD: os.urandom(16).hex()}).encode()
+        except (ValueError, AttributeError, TypeError):
             model = ""
-        envelope = session.seal_request(request.body, model_name=str(model), stream=stream)
+        envelope = session.seal_request(body, model_name=str(model), stream=stream)
         path = PREFIX + request.path.removeprefix("/v1")
         headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
         if self._api_key is not None:

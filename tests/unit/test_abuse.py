@@ -184,3 +184,41 @@ def test_a_forwarded_address_nobody_trusts_is_said_once() -> None:
         for _ in range(3):
             watch.notice(forwarded)
     assert [e["event"] for e in logs] == ["forwarded_for_untrusted"]
+
+
+# --- Atoma's clear body hash confirms no guess -----------------------------------------
+
+async def test_atoma_s_clear_body_hash_confirms_no_guess(engine) -> None:
+    """`plaintext_body_hash` travels in the clear: over a deterministic body, hashing
+    candidate prompts offline finds the one sent. Our client seals a random field into
+    every body (the gateway strips it), so the same prompt never hashes the same."""
+    from enclave.atoma.dialect import AtomaClient
+    from enclave.atoma.envelope import blake2b_256
+    from enclave.dialect import InnerRequest
+
+    app = create_app(ServeConfig.of(), engine.running)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        tap = Wiretap(app)
+        client = client_for(app, "atoma", transport=tap)
+        assert (await client.request("POST", "/v1/chat/completions", _chat(2))).status == 200
+        await client.aclose()
+    sent = json.loads(next(r for r in tap.requests if r.method == "POST"
+                           and "confidential" in r.url.path).content)
+    observed = base64.b64decode(sent["plaintext_body_hash"])
+    assert observed != blake2b_256(_chat(2))  # the guess "tell me something" is not confirmed
+    node = AtomaClient(os.urandom(32), os.urandom(32))
+    hashes = {json.loads(node.seal(InnerRequest("POST", "/v1/chat/completions", _chat(2)),
+                                   stream=False)[0].body)["plaintext_body_hash"]
+              for _ in range(5)}
+    assert len(hashes) == 5
+    assert "cloister_blind" not in engine.seen_bodies[-1]  # stripped before the engine
+
+
+def test_a_large_answer_is_not_sent_at_its_exact_length() -> None:
+    """Past 128 KiB the next power of two cost more than the padding bound and answers
+    went out at their exact length: now in steps of 64 KiB."""
+    from enclave.padding import DEFAULT_PADDING, MAX_PADDING
+
+    sizes = {len(DEFAULT_PADDING.pad_json(b"x" * n)) for n in range(130_000, 400_000, 997)}
+    assert all(size % MAX_PADDING == 0 for size in sizes) and len(sizes) == 6
