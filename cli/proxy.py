@@ -44,10 +44,11 @@ def add_parsers(sub: Any) -> None:
                        help="--protocol atoma: the platform API key sent as Bearer (default "
                             "$CLOISTER_API_KEY); a gateway with accounts requires one")
     _add_trust_arguments(proxy)
-    proxy.add_argument("--report-mode", choices=["nonce", "challenge"], default="nonce",
-                       help="nonce: a fresh hardware report per verification; challenge: "
-                            "the gateway's cached report plus its attested key's signature "
-                            "over a fresh challenge (cheaper, not rate-limited)")
+    proxy.add_argument("--report-mode", choices=["nonce", "challenge"], default="challenge",
+                       help="challenge (the default): the gateway's cached report plus its "
+                            "attested key's signature over a fresh challenge (cheap, not "
+                            "rate-limited, so no other sender can starve it); nonce: a fresh "
+                            "hardware report per verification")
     proxy.add_argument("--reattest-seconds", type=float, default=3600.0,
                        help="attest the gateway again this often (and always before the "
                             "attested keys expire)")

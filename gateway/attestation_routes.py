@@ -99,6 +99,7 @@ class ReportService:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=COLLECTORS, thread_name_prefix="cloister-evidence")
         self._pending = 0
+        self._collecting: set[str] = set()  # clients whose fresh report is being made
         self._cache: tuple[int, bytes] | None = None
         self._cache_lock = asyncio.Lock()
 
@@ -137,12 +138,18 @@ class ReportService:
             return self._cache[1]
 
     async def fresh(self, nonce: bytes, client: str) -> bytes:
+        """A report over `nonce`, within `client`'s rate and one at a time per client
+        (one address cannot hold every collector)."""
         wait = self._buckets.take(client)
-        if wait is not None:
+        if wait is not None or client in self._collecting:
             raise GatewayError(ErrorCode.RATE_LIMITED,
                                "too many fresh attestation reports; retry later",
-                               headers={"Retry-After": str(wait)})
-        return await self._collect(nonce)
+                               headers={"Retry-After": str(wait or 1)})
+        self._collecting.add(client)
+        try:
+            return await self._collect(nonce)
+        finally:
+            self._collecting.discard(client)
 
     async def answer(self, nonce: bytes) -> bytes:
         """The cached report and the challenge key's signature over `nonce`."""

@@ -41,7 +41,7 @@ class NoReferenceValues(ProxyError):
 def verified_client(gateway_url: str, *, protocol: str = "ohttp",
                     release_keys: Sequence[Path | str] = (), policy: Path | str | None = None,
                     simulated_roots: Path | str | None = None, api_key: str | None = None,
-                    state_dir: Path | None = None, report_mode: str = "nonce",
+                    state_dir: Path | None = None, report_mode: str = "challenge",
                     reattest_seconds: float = REATTEST_SECONDS) -> UpstreamClient:
     """A gateway client that verifies exactly as `cloister proxy` does; refused (fail
     closed) when nothing names the right measurement and workload."""

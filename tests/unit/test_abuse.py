@@ -222,3 +222,38 @@ def test_a_large_answer_is_not_sent_at_its_exact_length() -> None:
 
     sizes = {len(DEFAULT_PADDING.pad_json(b"x" * n)) for n in range(130_000, 400_000, 997)}
     assert all(size % MAX_PADDING == 0 for size in sizes) and len(sizes) == 6
+
+
+# --- nonce polling starves no client ----------------------------------------------------
+
+async def test_a_sender_polling_fresh_reports_starves_no_proxy(engine, tmp_path) -> None:
+    """Behind a balancer nobody named, every client has the balancer's address: one sender
+    polling `?nonce=` took every fresh-report token and `cloister proxy` gave up with 502.
+    The proxy now verifies in challenge mode by default, which no token limits."""
+    from attestation.simulated import SimulatedPki
+    from attestation.verify import TrustRoots
+    from cli.main import _parser
+    from proxy.attestor import Attestor
+    from proxy.trust import Trust
+    from tests.attested import simulated
+
+    assert _parser().parse_args(["proxy", "--gateway", "http://gw"]).report_mode == "challenge"
+    pki = SimulatedPki.load_or_create(tmp_path)
+    app = create_app(ServeConfig.of(), engine.running, attestation=simulated(pki))
+    async with app.router.lifespan_context(app):
+        await start(app)
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1))  # the balancer
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as poller:
+            polled = [(await poller.get("/v1/attestation/report",
+                                        params={"nonce": os.urandom(32).hex()})).status_code
+                      for _ in range(12)]
+        assert 429 in polled
+        from tests.attested import policy
+
+        attestor = Attestor("http://gw", trust=Trust(TrustRoots().with_simulated(
+            pki.roots_pem()), policy=policy()), transport=transport, report_mode="challenge")
+        try:
+            await attestor.verify(lambda claims: True)
+        finally:
+            await attestor.aclose()
+        assert attestor.last is not None
