@@ -122,6 +122,15 @@ class KeyRing:
         """When the current key stops being handed out (clients refetch then)."""
         return self._current.created_at + self._rotation
 
+    def accepted_until(self) -> float:
+        """Until when a request opened now could still be opened: the end of the latest
+        key accepted now (the next epoch's, in the fleet's look-ahead window before a
+        rollover) plus the grace window. What a replay record must outlive."""
+        end = self.expires_at()
+        if self._derive is not None and self._clock() > end - FLEET_CLOCK_SKEW:
+            end += self._rotation
+        return end + self._grace
+
     def lookup(self, key_id: int) -> HpkeKeyPair | None:
         """The key published under `key_id`, if it is still accepted."""
         self.rotate_if_due()

@@ -247,7 +247,7 @@ def create_app(
         replay=ReplayGuard(
             replay_cache if replay_cache is not None
             else MemoryReplayCache(config.replay.replay_cache_entries),
-            horizon=lambda: keyring.expires_at() + keys.key_grace_seconds,
+            horizon=keyring.accepted_until,
             window=config.replay.replay_window_seconds, clock=clock))
     token_file = config.metrics.metrics_token_file
     metrics_token = token_file.read_text().strip() if token_file is not None else None

@@ -257,3 +257,30 @@ async def test_a_sender_polling_fresh_reports_starves_no_proxy(engine, tmp_path)
         finally:
             await attestor.aclose()
         assert attestor.last is not None
+
+
+# --- a record lives as long as the key that opened it ------------------------------------
+
+def test_a_request_opened_with_the_look_ahead_key_cannot_be_replayed_after_the_rollover(
+        ) -> None:
+    """A fleet replica whose clock is behind opens requests under the next epoch's key
+    (published by replicas already there). Its record lived until the current key's end
+    plus grace; the look-ahead key stays honoured a whole epoch longer, so the captured
+    request ran again after the rollover."""
+    from enclave.dialect import InnerRequest
+    from enclave.keys import FLEET_CLOCK_SKEW, KeyRing
+    from enclave.replay import ReplayedRequest, ReplayGuard
+
+    now = [3600.0 * 10 - FLEET_CLOCK_SKEW / 2]  # shortly before this replica's rollover
+    ring = KeyRing(rotation_seconds=3600, grace_seconds=300, clock=lambda: now[0],
+                   derive=lambda epoch: bytes([epoch % 251 + 1]) * 32)
+    look_ahead = (ring.epoch + 1) % 256
+    assert ring.lookup(look_ahead) is not None  # accepted now, ahead of its epoch
+    guard = ReplayGuard(MemoryReplayCache(), horizon=ring.accepted_until,
+                        clock=lambda: now[0])
+    captured = InnerRequest("POST", "/v1/chat/completions", b"{}", replay_id=b"enc" * 11)
+    guard.check("ohttp", captured)
+    now[0] = 3600.0 * 10 + 300 + 60  # past the old key's end and grace
+    assert ring.lookup(look_ahead) is not None  # the key that opened it still opens it
+    with pytest.raises(ReplayedRequest):
+        guard.check("ohttp", captured)
