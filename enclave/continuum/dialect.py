@@ -6,7 +6,10 @@
 
 Plaintext stays plaintext where the seed says so (`id`, `model`, `usage`, `created`,
 `/v1/models`); everything the prompt or the completion is made of travels sealed
-(`enclave.continuum.fields`). A stream ends with a sealed message carrying the final
+(`enclave.continuum.fields`). The seed's clients seal the prompt field only, so a relay
+could rewrite `max_tokens`, `logit_bias` or `tools` beside it; ours seals the whole
+request but `model` in the prompt field, with the digest of the clear fields (RFC 8785),
+and the gateway refuses such a request whose clear fields were added to or changed. A stream ends with a sealed message carrying the final
 flag, then `data: [DONE]`. The seed's error bodies are plaintext, so an engine's
 message never appears in them (only its stable code); the whole error travels sealed
 beside it in `encrypted_error`, which our client opens and passes on.
@@ -14,12 +17,15 @@ beside it in `encrypted_error`, which our client opens and passes on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import rfc8785
 
 import enclave.continuum.pq as pq
 from enclave import discovery, sse
@@ -64,6 +70,11 @@ from enclave.plugin import ClientSetup, DialectSetup
 from enclave.wire_errors import ErrorCode, code_of, error_json
 
 NAME = "continuum"
+# Our client's requests: the prompt field holds the whole request but these clear fields
+# (`BOUND_REQUEST`) and their canonical digest (`BOUND_CLEAR`).
+CLEAR_FIELDS = ("model",)
+BOUND_REQUEST = "cloister_request"
+BOUND_CLEAR = "cloister_clear_sha256"
 SECRETS_PATH = "/v1/secrets"
 HYBRID_KEY_PATH = "/v1/secrets/key"
 ERROR_FIELD = "encrypted_error"
@@ -188,6 +199,7 @@ class ContinuumServer:
                     payload[name] = json.loads(cipher.open_request_field(name, value))
                 except (ValueError, UnicodeDecodeError):
                     raise MalformedRequest(f"sealed field `{name}` is not JSON") from None
+        payload = _unbound(payload, field, request.json_object or {})
         unique = first.secret_id.encode() + first.request_nonce + first.iv
         inner = InnerRequest("POST", request.path, replay_id=unique,
                              tenant=first.secret_id.encode()).with_payload(payload)
@@ -196,6 +208,25 @@ class ContinuumServer:
 
     def refuse(self, error: RequestRefused) -> OuterResponse:
         return plain_refusal(error)
+
+
+def _unbound(opened: dict[str, Any], field: str, sent: Mapping[str, Any]) -> dict[str, Any]:
+    """The request our client sealed whole inside the prompt field (`BOUND_REQUEST`), its
+    clear fields checked against the digest sealed beside it; any other request as the
+    seed's clients send it. `MalformedRequest` when a clear field was added or changed."""
+    prompt = opened.get(field)
+    if not isinstance(prompt, dict) or BOUND_REQUEST not in prompt:
+        return opened
+    inner, digest = prompt.get(BOUND_REQUEST), prompt.get(BOUND_CLEAR)
+    clear = {k: v for k, v in sent.items() if k != field}
+    if not isinstance(inner, dict) or digest != clear_digest(clear):
+        raise MalformedRequest("a field outside the sealed request was added or changed")
+    return {**inner, **clear}
+
+
+def clear_digest(clear: Mapping[str, Any]) -> str:
+    """SHA-256 of the clear fields' canonical JSON (RFC 8785): what the client seals."""
+    return hashlib.sha256(rfc8785.dumps(dict(clear))).hexdigest()
 
 
 # --- client side ---------------------------------------------------------------------------
@@ -269,8 +300,14 @@ class ContinuumClient:
         if field is None or not isinstance(payload, dict) or field not in payload:
             raise ValueError(f"a Continuum request to {request.path} needs `{field}`")
         cipher = FieldCipher.for_client(self.secret_id, self._secret)
-        sealed = {**payload, field: cipher.seal_request_field(
-            field, self._padding.pad_json(json.dumps(payload[field]).encode()))}
+        # Everything but what the seed's wire format needs in the clear (`model`) goes
+        # sealed in the prompt field, with the clear fields' digest: a field rewritten,
+        # added or dropped on the way is refused (the seed's clients seal the prompt only).
+        clear = {k: payload[k] for k in CLEAR_FIELDS if k in payload}
+        whole = {BOUND_REQUEST: {k: v for k, v in payload.items() if k not in clear},
+                 BOUND_CLEAR: clear_digest(clear)}
+        sealed = {**clear, field: cipher.seal_request_field(
+            field, self._padding.pad_json(json.dumps(whole).encode()))}
         return (OuterRequest("POST", request.path, (("content-type", "application/json"),),
                              json.dumps(sealed).encode()),
                 ContinuumOpener(cipher, RESULT_FIELDS[request.path]))

@@ -14,6 +14,7 @@ import pytest
 from enclave.replay import MemoryReplayCache
 from gateway.app import create_app
 from gateway.config import ServeConfig
+from proxy.errors import GatewayResponseInvalid
 from tests.clients import client_for
 from tests.unit.conftest import start
 from tests.unit.test_side_channels import Wiretap, _chat, _resend
@@ -284,3 +285,48 @@ def test_a_request_opened_with_the_look_ahead_key_cannot_be_replayed_after_the_r
     assert ring.lookup(look_ahead) is not None  # the key that opened it still opens it
     with pytest.raises(ReplayedRequest):
         guard.check("ohttp", captured)
+
+
+# --- Continuum: every field our client sends is sealed or bound ---------------------------
+
+class RewritingTransport(httpx.AsyncBaseTransport):
+    """A MITM between client and gateway that rewrites the clear JSON fields of each
+    inference request."""
+
+    def __init__(self, app, changes: dict) -> None:
+        self.inner, self.changes = httpx.ASGITransport(app=app), changes
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
+        if request.method == "POST" and request.url.path == "/v1/chat/completions":
+            payload = json.loads(body)
+            payload.update(self.changes)
+            body = json.dumps(payload).encode()
+        headers = {k: v for k, v in request.headers.items() if k != "content-length"}
+        return await self.inner.handle_async_request(
+            httpx.Request(request.method, request.url, headers=headers, content=body))
+
+
+@pytest.mark.parametrize("changes", [
+    {"max_tokens": 4000}, {"temperature": 2.0}, {"logit_bias": {"50256": 100}},
+    {"tool_choice": "required"}, {"stop": ["a"]}, {"response_format": {"type": "json_object"}},
+], ids=lambda c: next(iter(c)))
+async def test_a_rewritten_continuum_request_is_refused(engine, changes) -> None:
+    """Our Continuum client sealed only the prompt: a MITM rewrote the cost, sampling
+    and tool fields and the answer was accepted as authentic. Now every field it may seal
+    is sealed, the clear ones are bound, and a request that claims this and carries an
+    unbound field is refused."""
+    app = create_app(ServeConfig.of(), engine.running)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        client = client_for(app, "continuum", transport=RewritingTransport(app, changes))
+        try:
+            # the gateway's 400 is in the clear (the seed's errors are): the client
+            # reports an unauthenticated refusal
+            with pytest.raises(GatewayResponseInvalid, match="HTTP 400 invalid_request"):
+                await client.request("POST", "/v1/chat/completions", json.dumps({
+                    "model": "test-chat", "max_tokens": 3, "temperature": 0.0,
+                    "messages": [{"role": "user", "content": "hi"}]}).encode())
+        finally:
+            await client.aclose()
+    assert engine.seen_bodies == []
