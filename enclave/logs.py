@@ -4,9 +4,11 @@ Both sides use it: the gateway, and the proxy on the user's machine.
 Every record, the gateway's own (structlog) and third-party ones (uvicorn, vLLM, httpx
 through the standard library), goes through one formatter that keeps only the fields
 named in `ALLOWED_FIELDS`. Third-party messages come from code that may quote a request
-(vLLM's serving layer logs validation errors with their input), so records from request
-handling code, and every third-party error, keep their logger, level and exception type
-but lose their text and traceback.
+or an answer (vLLM's serving layer logs validation errors with their input, its tool
+parsers log model output, structured output logs client schemas), so a third-party
+record keeps its text only when its logger is on `THIRD_PARTY_TEXT` (vLLM's start-up,
+engine and scheduler, which handle no request content) and it is not an error; every
+other keeps its logger, level and exception type but loses its text and traceback.
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ ALLOWED_FIELDS = frozenset({
     "duration_ms", "error_type", "code", "reason", "models", "detail", "gateway", "platform",
     "key_id", "epoch", "exc_type", "worker", "workers",
 })
-# Third-party loggers whose messages may carry request content.
-_REQUEST_HANDLING = ("vllm.entrypoints", "vllm.renderers", "uvicorn.error", "uvicorn.access",
-                     "starlette", "fastapi")
+# Third-party loggers whose text is kept (below ERROR): start-up and the engine's life,
+# never request or answer content. Everything else is redacted.
+THIRD_PARTY_TEXT = ("vllm.config", "vllm.engine", "vllm.v1.engine", "vllm.v1.core",
+                    "vllm.v1.executor", "vllm.v1.worker", "vllm.worker", "vllm.executor",
+                    "vllm.platforms", "vllm.model_executor.model_loader", "vllm.distributed",
+                    "vllm.compilation", "vllm.v1.metrics")
 REDACTED = "third_party_log_redacted"
+
+
+def _text_allowed(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in THIRD_PARTY_TEXT)
 
 
 def allow_list(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -44,10 +53,20 @@ def redact_third_party(_: Any, __: str, event: MutableMapping[str, Any]
         event["exc_type"] = exc_info[0].__name__
     record.exc_info = None
     record.exc_text = None
-    risky = record.name.startswith(_REQUEST_HANDLING) or record.levelno >= logging.ERROR
-    if risky:
+    if record.levelno >= logging.ERROR or not _text_allowed(record.name):
         event["event"] = REDACTED
     return event
+
+
+def adopt_library_loggers() -> None:
+    """Every library logger made so far writes through the root's handler (and so through
+    the formatter and its allow-list), not a handler of its own: uvicorn's, vLLM's, and
+    transformers', which prints raw text to stderr. Called at start and again once the
+    engine's libraries are imported."""
+    for logger in list(logging.root.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):
+            logger.handlers = []
+            logger.propagate = True
 
 
 def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
@@ -74,8 +93,6 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "vllm"):
-        logging.getLogger(name).handlers = []
-        logging.getLogger(name).propagate = True
+    adopt_library_loggers()
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request

@@ -191,6 +191,9 @@ def _start_async_llm(args: Any, frontend: dict[str, Any] | None = None) -> tuple
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from enclave.logs import adopt_library_loggers
+
+    adopt_library_loggers()  # what importing vLLM (transformers, ...) set up on its own
     addresses = dict(frontend) if frontend is not None else {}
     count, index = addresses.pop("client_count", 1), addresses.pop("client_index", 0)
     engine_args = _engine_args(args, frontends=count, rank=index)

@@ -9,10 +9,11 @@ Plaintext stays plaintext where the seed says so (`id`, `model`, `usage`, `creat
 (`enclave.continuum.fields`). The seed's clients seal the prompt field only, so a relay
 could rewrite `max_tokens`, `logit_bias` or `tools` beside it; ours seals the whole
 request but `model` in the prompt field, with the digest of the clear fields (RFC 8785),
-and the gateway refuses such a request whose clear fields were added to or changed. A stream ends with a sealed message carrying the final
-flag, then `data: [DONE]`. The seed's error bodies are plaintext, so an engine's
-message never appears in them (only its stable code); the whole error travels sealed
-beside it in `encrypted_error`, which our client opens and passes on.
+and the gateway refuses such a request whose clear fields were added to or changed.
+A stream ends with a sealed message carrying the final flag, then `data: [DONE]`. The
+seed's error bodies are plaintext, so an engine's message never appears in them (only
+its stable code); the whole error travels sealed beside it in `encrypted_error`, which
+our client opens and passes on.
 """
 
 from __future__ import annotations

@@ -49,3 +49,18 @@ def test_third_party_request_handling_and_errors_are_redacted(logs) -> None:
     assert lines[0]["event"] == REDACTED
     assert lines[1]["event"] == "engine ready in 3.0 s"
     assert lines[2]["exc_type"] == "ValueError" and lines[2]["event"] == REDACTED
+
+
+@pytest.mark.parametrize("name", ["vllm.tool_parsers.hermes_tool_parser",
+                                  "vllm.v1.structured_output.backend_xgrammar",
+                                  "vllm.reasoning", "transformers.tokenization_utils_base",
+                                  "some.library.nobody.listed"])
+def test_third_party_text_is_kept_only_from_loggers_on_the_allow_list(logs, name) -> None:
+    """Issue 28: tool parsers log model output and structured output logs client schemas
+    at `info`. A third-party record keeps its text only when its logger is listed."""
+    logging.getLogger(name).warning("parsed %s", CANARY)  # past any library's own level
+    logging.getLogger("vllm.v1.engine.core").info("EngineCore started")
+    first, second = logs()
+    assert CANARY not in json.dumps(first) and first["event"] == REDACTED
+    assert first["logger"] == name
+    assert second["event"] == "EngineCore started"
