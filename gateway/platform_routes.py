@@ -241,7 +241,8 @@ class Platform:
         history: list[dict[str, str]] = []
         if conversation_id is not None:
             found = await _stored(self._store.conversation_history, str(conversation_id),
-                                  chatbot_id=bot.id, account_id=key.account_id)
+                                  chatbot_id=bot.id, account_id=key.account_id,
+                                  api_key_id=key.id)
             if found is None:
                 raise GatewayError(ErrorCode.CONVERSATION_NOT_FOUND, "no such conversation")
             history = found

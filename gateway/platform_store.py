@@ -494,14 +494,16 @@ class PlatformStore:
                 "api_key_id": row.api_key_id, "created_at": row.created_at,
                 "message_count": row.message_count}
 
-    def conversation_history(self, conversation_id: str, *, chatbot_id: str, account_id: str
-                             ) -> list[dict[str, str]] | None:
-        """The conversation's messages, or None if it is not this account's with this
-        bot. Raises `StateInvalid` if any of it was tampered with."""
+    def conversation_history(self, conversation_id: str, *, chatbot_id: str, account_id: str,
+                             api_key_id: str) -> list[dict[str, str]] | None:
+        """The conversation's messages, or None if it is not this key's (of this account)
+        with this bot: another key of the account cannot read or extend it. Raises
+        `StateInvalid` if any of it was tampered with."""
         with self._read() as db:
             row = db.execute(sa.select(conversations).where(
                 conversations.c.id == conversation_id)).first()
-            if row is None or row.account_id != account_id or row.chatbot_id != chatbot_id:
+            if row is None or (row.account_id, row.chatbot_id, row.api_key_id) != (
+                    account_id, chatbot_id, api_key_id):
                 return None
             self._check("conversations", self._conversation_fields(row), row.mac)
             rows = db.execute(sa.select(messages).where(
@@ -534,7 +536,8 @@ class PlatformStore:
             row = db.execute(sa.select(conversations).where(
                 conversations.c.id == conversation_id).with_for_update()).one()
             self._check("conversations", self._conversation_fields(row), row.mac)
-            if row.account_id != account_id or row.chatbot_id != chatbot_id:
+            if (row.account_id, row.chatbot_id, row.api_key_id) != (account_id, chatbot_id,
+                                                                    api_key_id):
                 raise StateInvalid("the conversation belongs to someone else")
             count = row.message_count
             for role, text in (("user", user), ("assistant", assistant)):

@@ -330,3 +330,37 @@ async def test_a_rewritten_continuum_request_is_refused(engine, changes) -> None
         finally:
             await client.aclose()
     assert engine.seen_bodies == []
+
+
+# --- a conversation belongs to the key that made it ----------------------------------------
+
+async def test_another_key_of_the_account_cannot_read_or_extend_a_conversation(
+        tmp_path) -> None:
+    """Conversations were scoped to the account: a second key of it (stolen, or minted by
+    whoever holds one) continued Alice's conversation and got her messages fed back to it."""
+    from enclave.sealed_state import DataKey
+    from gateway.platform_store import PlatformStore
+    from tests.doubles import CHAT_MODEL, DeterministicTestEngine
+    from tests.unit.test_platform import _auth, new_key, platform
+
+    store = PlatformStore(f"sqlite:///{tmp_path / 'platform.db'}",
+                          DataKey.from_key_file(tmp_path / "data-key"))
+    alice, record = new_key(store, "alice")
+    mallory, _ = new_key(store, "mallory")  # the same account
+    bot = store.create_chatbot(record.account_id, "Support", CHAT_MODEL, "be nice", "")
+    engine = DeterministicTestEngine()
+    url = f"/api/v1/chatbot/external/{bot.id}/chat"
+    async with platform(store, engine) as client:
+        mine = (await client.post(url, json={"message": "my secret: 1234"},
+                                  headers=_auth(alice))).json()
+        stolen = await client.post(url, json={"message": "what did I say?",
+                                              "conversation_id": mine["conversation_id"]},
+                                   headers=_auth(mallory))
+        again = await client.post(url, json={"message": "and now?",
+                                             "conversation_id": mine["conversation_id"]},
+                                  headers=_auth(alice))
+    assert (stolen.status_code, stolen.json()["error"]["code"]) == (404,
+                                                                    "conversation_not_found")
+    assert all("1234" not in json.dumps(body) for body in engine.seen_bodies
+               if any(m.get("content") == "what did I say?" for m in body["messages"]))
+    assert again.status_code == 200

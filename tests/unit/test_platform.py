@@ -181,7 +181,7 @@ async def test_restart_with_the_same_data_key_loses_nothing(store_factory) -> No
     assert again.get_chatbot(bot.id, account_id=record.account_id).system_prompt == (
         f"prompt {CANARY}")
     history = again.conversation_history(first["conversation_id"], chatbot_id=bot.id,
-                                         account_id=record.account_id)
+                                         account_id=record.account_id, api_key_id=record.id)
     assert history and history[0] == {"role": "user", "content": "remember me"}
     assert again.get_api_key(record.id).used_tokens > 0
 

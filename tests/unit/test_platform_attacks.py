@@ -91,7 +91,7 @@ async def test_a_conversation_re_parented_to_the_operator_is_refused(store, db) 
          attacker.account_id, attacker.id, conversation)
     with pytest.raises(StateInvalid):
         store.conversation_history(conversation, chatbot_id=bot.id,
-                                   account_id=attacker.account_id)
+                                   account_id=attacker.account_id, api_key_id=attacker.id)
 
 
 @pytest.mark.parametrize("tamper", [
@@ -107,7 +107,7 @@ async def test_a_conversation_tampered_with_is_refused_not_used(store, db, tampe
     _sql(db, tamper)
     with pytest.raises(StateInvalid):
         store.conversation_history(conversation, chatbot_id=bot.id,
-                                   account_id=record.account_id)
+                                   account_id=record.account_id, api_key_id=record.id)
     async with platform(store, DeterministicTestEngine()) as client:
         r = await client.post(f"/api/v1/chatbot/external/{bot.id}/chat", headers=_auth(key),
                               json={"message": "third", "conversation_id": conversation})
