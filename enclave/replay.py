@@ -10,9 +10,13 @@ header, RFC 9458 section 6.5), a request outside `window` seconds of ours is ref
 record is kept as long as any key that could open it is honoured (`horizon`).
 
 The record store is pluggable (`ReplayCache`) so that replicas can share one; the
-in-memory store is bounded by entries (each about 150 bytes: a 32-byte digest, its
-expiry and the dict and heap slots; 500,000 entries are about 75 MiB). A full store
-refuses new requests (`503 overloaded`) rather than forget one it still needs.
+in-memory store is bounded by entries (each about 200 bytes: a 32-byte digest, its
+expiry, its client and the dict and heap slots; 500,000 entries are about 100 MiB).
+Anyone can seal a valid request to the published key, so records are counted per client
+(its address): a client past its share (`SHARE` of the store) sheds its own oldest
+records, and a full store sheds the oldest of whoever holds the most. What is shed is a
+flooder's own request, which then could be replayed against the flooder only; an honest
+client is never refused for room.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import heapq
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -56,39 +61,63 @@ class ReplayCache(Protocol):
     # Whether `add` waits on I/O (a shared database): then it is called off the event loop.
     blocking: bool
 
-    def add(self, key: bytes, expires_at: float, now: float) -> bool:
-        """Record `key` until `expires_at`; False if it is already recorded. Raises
-        `ReplayCacheFull` when it cannot record it, `ReplayCacheUnavailable` when its
-        store cannot be reached."""
+    def add(self, key: bytes, expires_at: float, now: float, client: str = "") -> bool:
+        """Record `key` until `expires_at` for `client`; False if it is already recorded.
+        Raises `ReplayCacheFull` when it cannot record it, `ReplayCacheUnavailable` when
+        its store cannot be reached."""
+
+
+# A client holds at most this share of the store's records.
+SHARE = 0.25
 
 
 class MemoryReplayCache:
     blocking = False
+
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._max = max_entries
+        self._quota = max(1, int(max_entries * SHARE))
         self._expiry: dict[bytes, float] = {}
+        self._owner: dict[bytes, str] = {}
+        self._owned: dict[str, OrderedDict[bytes, None]] = {}  # per client, oldest first
         self._heap: list[tuple[float, bytes]] = []
         self._lock = threading.Lock()  # requests may be opened in worker threads
 
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def add(self, key: bytes, expires_at: float, now: float) -> bool:
+    def add(self, key: bytes, expires_at: float, now: float, client: str = "") -> bool:
         with self._lock:
             self._prune(now)
             if key in self._expiry:
                 return False
+            owned = self._owned.setdefault(client, OrderedDict())
+            if len(owned) >= self._quota:
+                self._forget(next(iter(owned)))  # its own oldest
             if len(self._expiry) >= self._max:
-                raise ReplayCacheFull()
+                greediest = max(self._owned.values(), key=len)
+                self._forget(next(iter(greediest)))
             self._expiry[key] = expires_at
+            self._owner[key] = client
+            self._owned.setdefault(client, OrderedDict())[key] = None
             heapq.heappush(self._heap, (expires_at, key))
             return True
+
+    def _forget(self, key: bytes) -> None:
+        self._expiry.pop(key, None)
+        client = self._owner.pop(key, None)
+        if client is not None:
+            owned = self._owned.get(client)
+            if owned is not None:
+                owned.pop(key, None)
+                if not owned:
+                    del self._owned[client]
 
     def _prune(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
             _, key = heapq.heappop(self._heap)
             if self._expiry.get(key, now + 1) <= now:
-                del self._expiry[key]
+                self._forget(key)
 
 
 class ReplayGuard:
@@ -105,7 +134,7 @@ class ReplayGuard:
         """Whether `check` waits on I/O (call it off the event loop then)."""
         return self._cache.blocking
 
-    def check(self, dialect: str, request: InnerRequest) -> None:
+    def check(self, dialect: str, request: InnerRequest, client: str = "") -> None:
         """Raises `ReplayedRequest`, `StaleRequest`, `ReplayCacheFull` or
         `ReplayCacheUnavailable`."""
         if not request.replay_id:
@@ -118,5 +147,5 @@ class ReplayGuard:
         else:
             expires = self._horizon()
         key = hashlib.sha256(dialect.encode() + b"\x00" + request.replay_id).digest()
-        if not self._cache.add(key, expires, now):
+        if not self._cache.add(key, expires, now, client):
             raise ReplayedRequest()

@@ -134,9 +134,9 @@ class Replay:
     replay_window_seconds: float = option(
         DEFAULT_WINDOW_SECONDS, "refuse requests dated further than this from the gateway's "
                                 "clock", minimum=0)
-    replay_cache_entries: int = option(DEFAULT_MAX_ENTRIES, "requests remembered against "
-                                                            "replays (about 150 bytes each)",
-                                       minimum=1)
+    replay_cache_entries: int = option(
+        DEFAULT_MAX_ENTRIES, "requests remembered against replays (about 200 bytes each; "
+                             "a quarter at most per client)", minimum=1)
 
 
 @dataclass(frozen=True)

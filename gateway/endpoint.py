@@ -305,10 +305,12 @@ class EngineEndpoint:
         except GatewayError as err:
             return to_response(responder.error(err.status, err.body_json())), tracker, None
         try:  # only a request that passed every check is recorded against its replay
+            client = client_key(request.scope)
             if services.replay is not None and services.replay.blocking:
-                await asyncio.to_thread(services.replay.check, mount.dialect.name, inner)
+                await asyncio.to_thread(services.replay.check, mount.dialect.name, inner,
+                                        client)
             elif services.replay is not None:
-                services.replay.check(mount.dialect.name, inner)
+                services.replay.check(mount.dialect.name, inner, client)
         except RequestRefused as err:
             services.metrics.rejected.labels(err.code.value).inc()
             return (to_response(responder.error(err.status, error_json(err.code, err.message))),

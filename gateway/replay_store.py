@@ -32,7 +32,10 @@ class SqlReplayCache:
         create_schema(self._engine, _metadata)
         self._inserts = 0
 
-    def add(self, key: bytes, expires_at: float, now: float) -> bool:
+    def add(self, key: bytes, expires_at: float, now: float, client: str = "") -> bool:
+        """As `ReplayCache.add`; the shared store keeps no per-client share (its rows are
+        the fleet's, bounded by the database's size, and a full database is
+        `ReplayCacheUnavailable`)."""
         try:
             return self._add(key, expires_at, now)
         except sa.exc.OperationalError:  # unreachable, full: the driver's text stays here

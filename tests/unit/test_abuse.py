@@ -364,3 +364,43 @@ async def test_another_key_of_the_account_cannot_read_or_extend_a_conversation(
     assert all("1234" not in json.dumps(body) for body in engine.seen_bodies
                if any(m.get("content") == "what did I say?" for m in body["messages"]))
     assert again.status_code == 200
+
+
+# --- a flood of valid sealed requests fills only the flooder's share -------------------
+
+async def _sealed_ohttp(raw: httpx.AsyncClient, config, body: bytes) -> int:
+    from enclave.ohttp.bhttp import Request as BinaryRequest
+    from enclave.ohttp.bhttp import decode_response, encode_request
+    from enclave.ohttp.encapsulation import ClientRequest
+
+    inner = BinaryRequest("POST", "/v1/chat/completions", "https", "cloister",
+                          (("content-type", "application/json"),), body)
+    sealed = ClientRequest(config, encode_request(inner))
+    r = await raw.post("/.well-known/ohttp-gateway", content=sealed.data,
+                       headers={"content-type": "message/ohttp-req"})
+    if r.headers["content-type"] != "message/ohttp-res":
+        return r.status_code
+    return decode_response(sealed.open_response(r.content)).status
+
+
+async def test_a_flood_of_valid_sealed_requests_fills_only_the_flooder_s_share(engine) -> None:
+    """Anyone can seal to the published key: ~1,800 undated OHTTP requests a second filled
+    the 500,000 records and every dialect answered 503 for up to a day. Records are now
+    counted per client; a client over its share sheds its own oldest, and a full store
+    sheds from whoever holds the most, never refusing the others."""
+    from enclave.ohttp.keyconfig import decode_key_configs
+
+    cache = MemoryReplayCache(max_entries=64)
+    app = create_app(ServeConfig.of(), engine.running, replay_cache=cache)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        flood = httpx.ASGITransport(app=app, client=("203.0.113.9", 4000))
+        async with httpx.AsyncClient(transport=flood, base_url="http://gw") as flooder:
+            config = decode_key_configs(
+                (await flooder.get("/.well-known/ohttp-gateway")).content)[0]
+            statuses = [await _sealed_ohttp(flooder, config, _chat(1)) for _ in range(150)]
+        assert set(statuses) == {200}  # the flooder is served too, at its own expense
+        honest = httpx.ASGITransport(app=app, client=("198.51.100.1", 5000))
+        async with httpx.AsyncClient(transport=honest, base_url="http://gw") as client:
+            assert await _sealed_ohttp(client, config, _chat(1)) == 200
+        assert len(cache) <= 64

@@ -16,7 +16,7 @@ from enclave.ohttp.bhttp import decode_response, encode_request
 from enclave.ohttp.encapsulation import ClientRequest
 from enclave.ohttp.keyconfig import decode_key_configs
 from enclave.padding import PaddingPolicy, strip_events
-from enclave.replay import MemoryReplayCache, ReplayCacheFull, ReplayGuard
+from enclave.replay import MemoryReplayCache, ReplayedRequest, ReplayGuard
 from gateway.app import create_app
 from gateway.config import ServeConfig
 from tests.clients import PROTOCOLS, client_for
@@ -193,17 +193,28 @@ async def test_an_ohttp_request_dated_outside_the_window_is_stale(engine, offset
     assert len(engine.seen_bodies) == 1  # only the fresh one
 
 
-def test_the_replay_store_is_bounded_and_forgets_only_what_expired() -> None:
+def test_the_replay_store_is_bounded_and_sheds_the_greediest_client_s_own() -> None:
+    """Bounded: a client past its share (a quarter) sheds its own oldest record; a full
+    store sheds the oldest of whoever holds the most; expired records go first."""
     now = [1000.0]
-    cache = MemoryReplayCache(max_entries=2)
+    cache = MemoryReplayCache(max_entries=8)
     guard = ReplayGuard(cache, horizon=lambda: now[0] + 100, window=10,
                         clock=lambda: now[0])
-    guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"a"))
-    guard.check("ehbp", InnerRequest("POST", "/", replay_id=b"a"))  # another dialect's
-    with pytest.raises(ReplayCacheFull):
-        guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"b"))
-    now[0] += 101  # both records have outlived every key that could open them
-    guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"b"))
+    guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"a"), "honest")
+    guard.check("ehbp", InnerRequest("POST", "/", replay_id=b"a"), "honest")  # another dialect's
+    for i in range(10):
+        guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"f%d" % i), "flooder")
+    assert len(cache) == 4  # the honest client's two, the flooder's last two
+    with pytest.raises(ReplayedRequest):
+        guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"a"), "honest")
+    with pytest.raises(ReplayedRequest):
+        guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"f9"), "flooder")
+    guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"f0"), "flooder")  # shed: its own
+    for client in "bcdef":
+        guard.check("ohttp", InnerRequest("POST", "/", replay_id=client.encode()), client)
+    assert len(cache) == 8  # full: it shed from the greediest, never refused anyone
+    now[0] += 101  # every record has outlived every key that could open its request
+    guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"a"), "honest")
     assert len(cache) == 1
 
 
