@@ -35,6 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.worker_capacity import _wait_health  # noqa: E402
 from enclave.ohttp.bhttp import Request as BinaryRequest  # noqa: E402
 from enclave.ohttp.bhttp import encode_request  # noqa: E402
 from enclave.ohttp.encapsulation import ClientRequest  # noqa: E402
@@ -180,13 +181,7 @@ def main() -> None:
                               cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        _wait_health(url)
         result = asyncio.run(measure(url, args.seconds))
     finally:
         server.terminate()

@@ -17,7 +17,7 @@ from gateway.config import ServeConfig
 from proxy.errors import GatewayResponseInvalid
 from tests.clients import client_for
 from tests.unit.conftest import start
-from tests.unit.test_side_channels import Wiretap, _chat, _resend
+from tests.unit.test_side_channels import _chat, _resend, one_chat_tapped
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +55,7 @@ async def test_an_atoma_request_replayed_with_the_key_s_top_bit_flipped_is_refus
         engine) -> None:
     """X25519 ignores bit 255 of the client's public key: the captured request with that
     bit flipped opens to the same plaintext, and was a new replay id."""
-    app = create_app(ServeConfig.of(), engine.running)
-    async with app.router.lifespan_context(app):
-        await start(app)
-        tap = Wiretap(app)
-        client = client_for(app, "atoma", transport=tap)
-        assert (await client.request("POST", "/v1/chat/completions", _chat(2))).status == 200
-        await client.aclose()
+    async with one_chat_tapped(engine, "atoma") as (app, tap):
         captured = next(r for r in reversed(tap.requests) if r.method == "POST"
                         and "confidential" in r.url.path)
         body = json.loads(captured.content)
@@ -197,13 +191,8 @@ async def test_atoma_s_clear_body_hash_confirms_no_guess(engine) -> None:
     from enclave.atoma.envelope import blake2b_256
     from enclave.dialect import InnerRequest
 
-    app = create_app(ServeConfig.of(), engine.running)
-    async with app.router.lifespan_context(app):
-        await start(app)
-        tap = Wiretap(app)
-        client = client_for(app, "atoma", transport=tap)
-        assert (await client.request("POST", "/v1/chat/completions", _chat(2))).status == 200
-        await client.aclose()
+    async with one_chat_tapped(engine, "atoma") as (_, tap):
+        pass
     sent = json.loads(next(r for r in tap.requests if r.method == "POST"
                            and "confidential" in r.url.path).content)
     observed = base64.b64decode(sent["plaintext_body_hash"])

@@ -3,6 +3,7 @@ tokens in every dialect, and what a captured request does when it is sent again.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import time
@@ -55,6 +56,20 @@ class Wiretap(httpx.AsyncBaseTransport):
                                 content=body)
         self.requests.append(request)
         return await self.inner.handle_async_request(request)
+
+
+@contextlib.asynccontextmanager
+async def one_chat_tapped(engine, protocol: str):
+    """A running gateway that answered one chat in `protocol`, and the wire tap that saw
+    it (its app stays up inside the block, for a request sent again)."""
+    app = create_app(ServeConfig.of(), engine.running)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        tap = Wiretap(app)
+        client = client_for(app, protocol, transport=tap)
+        assert (await client.request("POST", "/v1/chat/completions", _chat(2))).status == 200
+        await client.aclose()
+        yield app, tap
 
 
 def _chat(tokens: int, *, stream: bool = False) -> bytes:
@@ -252,13 +267,8 @@ async def test_the_gateway_salts_each_tenant_apart(engine) -> None:
 
 
 async def test_the_continuum_secret_is_exchanged_over_the_hybrid_kem(engine) -> None:
-    app = create_app(ServeConfig.of(), engine.running)
-    async with app.router.lifespan_context(app):
-        await start(app)
-        tap = Wiretap(app)
-        client = client_for(app, "continuum", transport=tap)
-        assert (await client.request("POST", "/v1/chat/completions", _chat(2))).status == 200
-        await client.aclose()
+    async with one_chat_tapped(engine, "continuum") as (_, tap):
+        pass
     registration = next(r for r in tap.requests if r.url.path == "/v1/secrets")
     sealed = json.loads(registration.content)
     assert sealed["kem"] == "MLKEM768-X25519"
