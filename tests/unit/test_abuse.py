@@ -393,3 +393,17 @@ async def test_a_flood_of_valid_sealed_requests_fills_only_the_flooder_s_share(e
         async with httpx.AsyncClient(transport=honest, base_url="http://gw") as client:
             assert await _sealed_ohttp(client, config, _chat(1)) == 200
         assert len(cache) <= 64
+
+
+def test_a_non_canonical_atoma_client_key_is_refused() -> None:
+    """Values from p up name the same X25519 point as value - p: refused, so that no
+    second spelling of a key makes a captured request new."""
+    from enclave.atoma.envelope import X25519_P, canonical_x25519
+    from enclave.errors import RequestRefused
+
+    key = os.urandom(32)
+    assert canonical_x25519(key) == canonical_x25519(bytes(key[:31]) + bytes([key[31] ^ 0x80]))
+    with pytest.raises(RequestRefused):
+        canonical_x25519((X25519_P + 1).to_bytes(32, "little"))
+    assert canonical_x25519((X25519_P - 1).to_bytes(32, "little")) == (
+        X25519_P - 1).to_bytes(32, "little")
