@@ -16,7 +16,8 @@ Anyone can seal a valid request to the published key, so records are counted per
 (its address): a client past its share (`SHARE` of the store) sheds its own oldest
 records, and a full store sheds the oldest of whoever holds the most. What is shed is a
 flooder's own request, which then could be replayed against the flooder only; an honest
-client is never refused for room.
+client is never refused for room. A store of one client's records (the admin API's)
+keeps no share and refuses when full.
 """
 
 from __future__ import annotations
@@ -72,51 +73,57 @@ SHARE = 0.25
 
 
 class MemoryReplayCache:
+    """Records in memory. With a `share` (the default), counted per client: a client past
+    it sheds its own oldest, and a full store sheds the oldest of whoever holds the most.
+    With `share=None` (one client, as the admin API's signatures), a full store refuses
+    (`ReplayCacheFull`) rather than forget a record still needed."""
+
     blocking = False
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, *,
+                 share: float | None = SHARE) -> None:
         self._max = max_entries
-        self._quota = max(1, int(max_entries * SHARE))
-        self._expiry: dict[bytes, float] = {}
-        self._owner: dict[bytes, str] = {}
+        self._quota = max(1, int(max_entries * share)) if share is not None else None
+        self._records: dict[bytes, tuple[float, str]] = {}  # key -> (expiry, client)
         self._owned: dict[str, OrderedDict[bytes, None]] = {}  # per client, oldest first
         self._heap: list[tuple[float, bytes]] = []
         self._lock = threading.Lock()  # requests may be opened in worker threads
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._records)
 
     def add(self, key: bytes, expires_at: float, now: float, client: str = "") -> bool:
         with self._lock:
             self._prune(now)
-            if key in self._expiry:
+            if key in self._records:
                 return False
-            owned = self._owned.setdefault(client, OrderedDict())
-            if len(owned) >= self._quota:
-                self._forget(next(iter(owned)))  # its own oldest
-            if len(self._expiry) >= self._max:
-                greediest = max(self._owned.values(), key=len)
-                self._forget(next(iter(greediest)))
-            self._expiry[key] = expires_at
-            self._owner[key] = client
+            if self._quota is None:
+                if len(self._records) >= self._max:
+                    raise ReplayCacheFull()
+            else:
+                owned = self._owned.get(client)
+                if owned is not None and len(owned) >= self._quota:
+                    self._forget(next(iter(owned)))  # its own oldest
+                if len(self._records) >= self._max:
+                    greediest = max(self._owned.values(), key=len)
+                    self._forget(next(iter(greediest)))
+            self._records[key] = (expires_at, client)
             self._owned.setdefault(client, OrderedDict())[key] = None
             heapq.heappush(self._heap, (expires_at, key))
             return True
 
     def _forget(self, key: bytes) -> None:
-        self._expiry.pop(key, None)
-        client = self._owner.pop(key, None)
-        if client is not None:
-            owned = self._owned.get(client)
-            if owned is not None:
-                owned.pop(key, None)
-                if not owned:
-                    del self._owned[client]
+        _, client = self._records.pop(key)
+        owned = self._owned[client]
+        del owned[key]
+        if not owned:
+            del self._owned[client]
 
     def _prune(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
-            _, key = heapq.heappop(self._heap)
-            if self._expiry.get(key, now + 1) <= now:
+            expires, key = heapq.heappop(self._heap)
+            record = self._records.get(key)
+            if record is not None and record[0] == expires:  # not a later record's
                 self._forget(key)
 
 

@@ -66,7 +66,8 @@ class AdminApi:
     def __init__(self, store: PlatformStore, public_key: ed25519.Ed25519PublicKey, *,
                  clock: Callable[[], float] = time.time) -> None:
         self._store, self._public, self._clock = store, public_key, clock
-        self._seen = MemoryReplayCache(max_entries=100_000)
+        # one signer: full means refused, never a signature forgotten while still valid
+        self._seen = MemoryReplayCache(max_entries=100_000, share=None)
 
     async def _authorized(self, request: Request) -> dict[str, Any]:
         RequestContext.of(request.scope).dialect = "admin"

@@ -17,7 +17,7 @@ from enclave.ohttp.bhttp import decode_response, encode_request
 from enclave.ohttp.encapsulation import ClientRequest
 from enclave.ohttp.keyconfig import decode_key_configs
 from enclave.padding import PaddingPolicy, strip_events
-from enclave.replay import MemoryReplayCache, ReplayedRequest, ReplayGuard
+from enclave.replay import MemoryReplayCache, ReplayCacheFull, ReplayedRequest, ReplayGuard
 from gateway.app import create_app
 from gateway.config import ServeConfig
 from tests.clients import PROTOCOLS, client_for
@@ -231,6 +231,17 @@ def test_the_replay_store_is_bounded_and_sheds_the_greediest_client_s_own() -> N
     now[0] += 101  # every record has outlived every key that could open its request
     guard.check("ohttp", InnerRequest("POST", "/", replay_id=b"a"), "honest")
     assert len(cache) == 1
+
+
+def test_a_store_of_one_signer_s_records_refuses_when_full_and_forgets_nothing() -> None:
+    """The admin API's signatures are one client's: shedding would forget a signature
+    still valid (a replay); that store keeps no share and refuses when full."""
+    cache = MemoryReplayCache(max_entries=2, share=None)
+    assert cache.add(b"a", 100, 0) and cache.add(b"b", 100, 0)
+    with pytest.raises(ReplayCacheFull):
+        cache.add(b"c", 100, 0)
+    assert not cache.add(b"a", 100, 1)  # still remembered
+    assert cache.add(b"c", 200, 100)  # once the others expired
 
 
 # --- prefix-cache isolation -----------------------------------------------------------
