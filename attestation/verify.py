@@ -31,7 +31,7 @@ from attestation.reference import ReferenceValues
 from attestation.workload import (
     WorkloadClaims,
     check_launch_pin,
-    init_data_digest,
+    pinned_init_data,
     workload_digest,
 )
 from attestation.x509chain import fingerprint, load_pem_chain
@@ -155,8 +155,8 @@ def verify_evidence(document: bytes, *, expected_nonce: bytes, roots: TrustRoots
     if workload.uses_gpu and not gpus:
         raise VerificationError(Reason.GPU_MISSING, "the engine runs on a GPU, and the "
                                 "evidence has no GPU report")
-    evidence = Evidence(hardware, gpus, workload,
-                        init_data_digest(hardware.platform, hardware.launch_field, doc.init_data))
+    launched = pinned_init_data(hardware.platform, hardware.launch_field, doc.init_data)
+    evidence = Evidence(hardware, gpus, workload, launched.digest if launched else None)
     accepted = accept(evidence, policy.values, any_measurement=policy.accept_any_measurement)
     return VerifiedEvidence(hardware.platform, hardware.measurement, hardware.tcb,
                             hardware.debug, gpus, doc.keys, workload, doc.generated_at,

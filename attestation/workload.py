@@ -111,28 +111,19 @@ def check_launch_pin(platform: str, launch_field: bytes, digest: bytes, *,
         return False
     if launch_field == launch_value(digest, platform):
         return True
-    if init_data is not None and _init_data_pins(platform, launch_field, init_data, digest):
+    document = pinned_init_data(platform, launch_field, init_data)
+    if document is not None and document.workload_digest == digest.hex():
         return True
     raise VerificationError(Reason.LAUNCH_MISMATCH,
                             "the workload pinned at launch is not the one described")
 
 
-def _init_data_pins(platform: str, launch_field: bytes, init_data: bytes,
-                    digest: bytes) -> bool:
-    """Whether `init_data` (a Confidential Containers init-data document) is what the
-    launch field holds the hash of, and names `digest` as the workload."""
-    document = InitData.parse(init_data)
-    size = cpu_platform(platform).launch_field_size
-    return (launch_field == document.launch_field(size)
-            and document.workload_digest == digest.hex())
-
-
-def init_data_digest(platform: str, launch_field: bytes, init_data: bytes | None
-                     ) -> str | None:
-    """The init-data document's digest ("sha256:<hex>") when the launch field holds its
-    hash, else None."""
+def pinned_init_data(platform: str, launch_field: bytes, init_data: bytes | None
+                     ) -> InitData | None:
+    """The Confidential Containers init-data document when the launch field holds its
+    hash (SHA-256 on SNP, SHA-384 on TDX, as the document says), else None."""
     if init_data is None:
         return None
     document = InitData.parse(init_data)
     pinned = launch_field == document.launch_field(cpu_platform(platform).launch_field_size)
-    return document.digest if pinned else None
+    return document if pinned else None

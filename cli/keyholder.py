@@ -7,9 +7,6 @@ reference values next to the gateways'.
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -22,23 +19,20 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
         overridden: Sequence[str] = ()) -> int:
     import uvicorn
 
-    from attestation.errors import VerificationError
     from attestation.providers import ProviderError, select_providers
     from attestation.workload import workload_digest
-    from enclave.isolation import refused_variables
+    from cli.join import JOIN_ERRORS, join_fleet
+    from enclave.isolation import environment_refusal
     from enclave.logs import configure_logging
     from gateway.attestation_routes import Attested
     from gateway.collateral_fetch import FetchedCollateral
-    from gateway.fleet_trust import FleetTrustError, fleet_trust
+    from gateway.fleet_trust import fleet_trust
     from gateway.http_protocol import listener_options
     from gateway.keyholder import Keyholder, keyholder_manifest
-    from proxy.join import JoinRefused, obtain_seed
-    from proxy.trust import Trust
 
-    refused = refused_variables(os.environ)
-    if refused:
-        print(f"cloister keyholder: refusing to start: {', '.join(refused)} is set, and the "
-              "environment is an allow-list (enclave/isolation.py); unset it", file=sys.stderr)
+    refusal = environment_refusal(os.environ)
+    if refusal is not None:
+        print(f"cloister keyholder: refusing to start: {refusal}", file=sys.stderr)
         return 2
     manifest = keyholder_manifest(config)
     digest = workload_digest(manifest)
@@ -60,14 +54,9 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
     attested = Attested(sources.cpu, sources.gpu, sources.collateral, manifest)
     try:
         fleet = fleet_trust(config.fleet, attestation, state)
-        if config.fleet.join:
-            seed = asyncio.run(obtain_seed(
-                config.fleet.join, attested.prove,
-                trust=Trust(fleet.roots, policy=fleet.policy(dt.datetime.now(dt.UTC))),
-                accept=functools.partial(fleet.check_peer, keyholder=True)))
-        else:
-            seed = os.urandom(32)
-    except (JoinRefused, FleetTrustError, VerificationError) as exc:
+        seed = (join_fleet(fleet, config.fleet.join, attested.prove) if config.fleet.join
+                else os.urandom(32))
+    except JOIN_ERRORS as exc:
         print(f"cloister keyholder: {exc}", file=sys.stderr)
         return 2
     keyholder = Keyholder(seed, attested, trust=fleet)

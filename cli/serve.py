@@ -4,9 +4,6 @@ the evidence, the fleet's seed); `gateway.serving` serves it."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import functools
 import os
 import sys
 import time
@@ -243,19 +240,14 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
         return 2
     seed = None
     if config.fleet.join:
-        from attestation.errors import VerificationError
-        from gateway.fleet_trust import FleetTrustError, fleet_trust
-        from proxy.join import JoinRefused, obtain_seed
-        from proxy.trust import Trust
+        from cli.join import JOIN_ERRORS, join_fleet
+        from gateway.fleet_trust import fleet_trust
 
         started = time.monotonic()
         try:
             fleet = fleet_trust(config.fleet, config.attestation, config.store.folder())
-            seed = asyncio.run(obtain_seed(
-                config.fleet.join, attested.prove,
-                trust=Trust(fleet.roots, policy=fleet.policy(dt.datetime.now(dt.UTC))),
-                accept=functools.partial(fleet.check_peer, keyholder=True)))
-        except (JoinRefused, FleetTrustError, VerificationError) as exc:
+            seed = join_fleet(fleet, config.fleet.join, attested.prove)
+        except JOIN_ERRORS as exc:
             print(f"cloister serve: {exc}", file=sys.stderr)
             return 2
         log.info("joined_fleet", duration_ms=round((time.monotonic() - started) * 1000, 1))

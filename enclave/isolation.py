@@ -91,6 +91,19 @@ def forbidden_variables(env: Mapping[str, str]) -> list[str]:
     return sorted(name for name in env if name in FORBIDDEN_VARIABLES)
 
 
+def environment_refusal(env: Mapping[str, str]) -> str | None:
+    """Why a process started with `env` must not start, naming the variables; None when
+    it may (`cloister serve`, `workload` and `keyholder` all ask this)."""
+    forbidden = forbidden_variables(env)
+    if forbidden:
+        return f"{', '.join(forbidden)} is set (it injects code or redirects imports); unset it"
+    refused = refused_variables(env)
+    if refused:
+        return (f"{', '.join(refused)} is set, and the environment is an allow-list "
+                "(enclave/isolation.py: what is not on it could steer code); unset it")
+    return None
+
+
 def engine_settings(env: Mapping[str, str]) -> dict[str, str]:
     """What the manifest records of the engine's environment: the operator's `VLLM_*`
     settings (checked by `refused_variables`), with the forced ones on top."""

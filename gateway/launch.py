@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation.workload import workload_digest
-from enclave.isolation import forbidden_variables, refused_variables
+from enclave.isolation import environment_refusal
 from enclave.vllm_engine import EngineConfigError, ModelSpec, check_engine_args, engine_arguments
 from gateway.config import Model, ServeConfig
 from gateway.models import ModelIdentity, ModelRefused, identify
@@ -78,15 +78,9 @@ def _embedding(choice: str) -> tuple[ModelSpec, ModelIdentity] | None:
 def check_environment() -> None:
     """The operator's environment, before anything is imported that changes it (vLLM's
     CPU platform sets LD_LIBRARY_PATH for its own processes)."""
-    forbidden = forbidden_variables(os.environ)
-    if forbidden:
-        raise LaunchRefused(f"refusing to start: {', '.join(forbidden)} is set (it injects code "
-                            "or redirects imports); unset it")
-    refused = refused_variables(os.environ)
-    if refused:
-        raise LaunchRefused(f"refusing to start: {', '.join(refused)} is set, and the "
-                            "environment is an allow-list (enclave/isolation.py: what is not "
-                            "on it could steer code); unset it")
+    refusal = environment_refusal(os.environ)
+    if refusal is not None:
+        raise LaunchRefused(f"refusing to start: {refusal}")
 
 
 def prepare(config: ServeConfig, *, env: Mapping[str, str] | None = None) -> Launch:
