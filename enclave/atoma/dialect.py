@@ -51,6 +51,7 @@ from enclave.errors import InvalidJson, RequestRefused, UnauthenticatedAnswer
 from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
 from enclave.keys import KeyRing
 from enclave.plugin import ClientSetup, DialectSetup
+from enclave.wire_errors import ErrorCode
 
 NAME = "atoma"
 # A random value our client seals into every body, so that the clear body hash confirms
@@ -68,6 +69,9 @@ ENGINE_PATHS = {f"{PREFIX}/chat/completions": "/v1/chat/completions",
                 f"{PREFIX}/embeddings": "/v1/embeddings"}
 SEQ_FIELD = "cloister_seq"
 END_FIELD = "cloister_end"
+# A sealed answer's own status, inside the seal: the outer one is 200 for every sealed
+# answer, so the wire does not say which requests failed.
+STATUS_FIELD = "cloister_status"
 
 
 ERROR_KINDS = {401: "AuthError", 404: "NotFound", 429: "TooManyRequests"}
@@ -97,8 +101,14 @@ class AtomaResponder(SealedEventsResponder):
         self._seq = 0
 
     def _envelope(self, status: int, plaintext: bytes) -> OuterResponse:
+        if status != 200:
+            try:
+                plaintext = with_fields(plaintext, {STATUS_FIELD: status})
+            except ValueError:
+                plaintext = error_object(status, "upstream_error", "the engine refused")
+                plaintext = with_fields(plaintext, {STATUS_FIELD: status})
         sealed = self._sealer.seal(self.padding.pad_json(plaintext), usage=sse.usage_of(plaintext))
-        return self._outer(status, json.dumps(sealed).encode())
+        return self._outer(200, json.dumps(sealed).encode())
 
     def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
         return self._envelope(status, body) if status < 500 else self.error(status, body)
@@ -106,6 +116,10 @@ class AtomaResponder(SealedEventsResponder):
     def error(self, status: int, error: bytes) -> OuterResponse:
         if status >= 500:  # the seed's InternalError, in the clear: it says nothing
             return json_response(500, error_object(500, "internal_error", "inference failed"))
+        if status == 409:  # a replay: its sender cannot open a sealed answer, and the wire
+            # already shows the repeat
+            return json_response(409, error_object(409, ErrorCode.REPLAYED_REQUEST.value,
+                                                   "this request was already served"))
         return self._envelope(status, error)
 
     def _seal_event(self, payload: bytes, *, final: bool) -> bytes:
@@ -222,9 +236,25 @@ class AtomaOpener(SealedEventsOpener):
         except (ValueError, UnicodeDecodeError):
             payload = None
         sealed = isinstance(payload, dict) and "ciphertext" in payload
-        if not sealed or not (response.status == 200 or 400 <= response.status < 500):
+        if not sealed or response.status != 200:
             raise refusal(response)
-        return InnerResponse(response.status, "application/json", self._open(payload))
+        return self._with_inner_status(self._open(payload))
+
+    @staticmethod
+    def _with_inner_status(plaintext: bytes) -> InnerResponse:
+        """The sealed answer and the status sealed with it (200 where none is)."""
+        if STATUS_FIELD.encode() not in plaintext:  # the common case: no parse
+            return InnerResponse(200, "application/json", plaintext)
+        try:
+            answer = json.loads(plaintext)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UnauthenticatedAnswer("the sealed answer is malformed") from exc
+        if not isinstance(answer, dict) or STATUS_FIELD not in answer:
+            return InnerResponse(200, "application/json", plaintext)  # the text says it
+        status = answer.pop(STATUS_FIELD)
+        if not isinstance(status, int) or not 400 <= status < 500:
+            raise UnauthenticatedAnswer("the sealed answer carries a malformed status")
+        return InnerResponse(status, "application/json", json.dumps(answer).encode())
 
     def _open_event(self, payload: bytes) -> tuple[bytes | None, bool]:
         try:

@@ -407,3 +407,26 @@ def test_a_non_canonical_atoma_client_key_is_refused() -> None:
         canonical_x25519((X25519_P + 1).to_bytes(32, "little"))
     assert canonical_x25519((X25519_P - 1).to_bytes(32, "little")) == (
         X25519_P - 1).to_bytes(32, "little")
+
+
+async def test_atoma_s_outer_status_says_nothing_about_the_sealed_answer(engine) -> None:
+    """The outer status repeated the inner one: an observer learned which sealed requests
+    failed (and how). Every sealed answer now goes out as 200, and our client still reads
+    the inner status from inside the seal."""
+    from tests.unit.test_side_channels import Wiretap
+
+    app = create_app(ServeConfig.of(), engine.running)
+    async with app.router.lifespan_context(app):
+        await start(app)
+        tap = Wiretap(app)
+        client = client_for(app, "atoma", transport=tap)
+        try:
+            good = await client.request("POST", "/v1/chat/completions", _chat(2))
+            bad = await client.request("POST", "/v1/chat/completions", json.dumps(
+                {"model": "no-such-model", "messages": []}).encode())
+        finally:
+            await client.aclose()
+    sealed = [status for request, status in zip(tap.requests, tap.statuses, strict=True)
+              if request.method == "POST" and "confidential" in request.url.path]
+    assert (good.status, bad.status) == (200, 404)
+    assert sealed == [200, 200]

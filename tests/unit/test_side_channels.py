@@ -34,6 +34,7 @@ class Wiretap(httpx.AsyncBaseTransport):
     def __init__(self, app) -> None:
         self.inner = httpx.ASGITransport(app=self._recording(app))
         self.requests: list[httpx.Request] = []
+        self.statuses: list[int] = []  # of each answer, in the order of `requests`
         self.parts: list[list[int]] = []
 
     def _recording(self, app):
@@ -55,7 +56,9 @@ class Wiretap(httpx.AsyncBaseTransport):
         request = httpx.Request(request.method, request.url, headers=request.headers,
                                 content=body)
         self.requests.append(request)
-        return await self.inner.handle_async_request(request)
+        answer = await self.inner.handle_async_request(request)
+        self.statuses.append(answer.status_code)
+        return answer
 
 
 @contextlib.asynccontextmanager
