@@ -6,25 +6,22 @@ import argparse
 import asyncio
 import json
 import os
-import ssl
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 import uvicorn
-from cryptography import x509
 
-from attestation.binding import spki_sha256
 from enclave.logs import configure_logging
 from enclave.registry import sealed_dialects
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestation, Attestor, Unverified
 from proxy.client import GatewayClient
 from proxy.dialects import make_client
-from proxy.errors import GatewayNotAttested
+from proxy.errors import CredentialInClear, GatewayNotAttested
 from proxy.multi import MultiGatewayClient
+from proxy.pinning import attested_certificate
 from proxy.report import as_json, describe
 from proxy.trust import SigstoreIdentity, StatementLog, Trust, default_state_dir, load_trust
 
@@ -42,7 +39,8 @@ def add_parsers(sub: Any) -> None:
                        default="ohttp", help="how requests are encrypted to the gateway")
     proxy.add_argument("--api-key", default=os.environ.get("CLOISTER_API_KEY"),
                        help="--protocol atoma: the platform API key sent as Bearer (default "
-                            "$CLOISTER_API_KEY); a gateway with accounts requires one")
+                            "$CLOISTER_API_KEY); a gateway with accounts requires one, sent "
+                            "only to its attested TLS listener (an https:// --gateway)")
     _add_trust_arguments(proxy)
     proxy.add_argument("--report-mode", choices=["nonce", "challenge"], default="challenge",
                        help="challenge (the default): the gateway's cached report plus its "
@@ -131,9 +129,11 @@ def _statement_log(args: argparse.Namespace) -> StatementLog:
 def _dialect_client(args: argparse.Namespace, url: str, trust: Trust,
                     statements: StatementLog) -> GatewayClient:
     """One gateway's client in the chosen dialect, with its own attestation check."""
+    # The report vouches for itself: fetched over TLS whose certificate is not trusted
+    # yet (a credential then goes only over TLS the report binds: `proxy.pinning`).
     attestation: Attestation = (Unverified() if args.insecure_skip_attestation else
                                 Attestor(url, trust=trust, statements=statements,
-                                         report_mode=args.report_mode,
+                                         report_mode=args.report_mode, tls_verify=False,
                                          reattest_seconds=args.reattest_seconds))
     return make_client(url, args.protocol, attestation=attestation, api_key=args.api_key)
 
@@ -152,7 +152,11 @@ def run_proxy(args: argparse.Namespace) -> int:
         return 2
     _warn_about(trust)
     statements = _statement_log(args)
-    clients = [_dialect_client(args, url, trust, statements) for url in args.gateway]
+    try:
+        clients = [_dialect_client(args, url, trust, statements) for url in args.gateway]
+    except CredentialInClear as exc:
+        print(f"cloister proxy: {exc}", file=sys.stderr)
+        return 2
     app = create_proxy_app(clients[0] if len(clients) == 1 else MultiGatewayClient(clients))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
@@ -160,14 +164,10 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 def _write_attested_cert(gateway: str, attested: bytes | None, path: Path) -> str | None:
     """Fetch the certificate the TLS listener presents; write it if it is the bound one."""
-    url = urlsplit(gateway)
-    if url.scheme != "https":
-        return "--write-cert needs an https:// gateway"
-    if attested is None:
-        return "the report binds no TLS key"
-    pem = ssl.get_server_certificate((url.hostname or "", url.port or 443))
-    if spki_sha256(x509.load_pem_x509_certificate(pem.encode())) != attested:
-        return "the certificate presented is not the one the report binds"
+    try:
+        pem = asyncio.run(attested_certificate(gateway, attested))
+    except GatewayNotAttested as exc:
+        return str(exc)
     path.write_text(pem)
     return None
 

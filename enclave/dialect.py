@@ -255,6 +255,9 @@ class KeyDiscovery(Protocol):
     # Whether `GET /v1/models` is sealed in this dialect (Atoma's and Continuum's seeds
     # leave it in the clear: the client then checks only its shape).
     sealed_models: bool
+    # Whether requests carry the client's own credential (a platform API key): it then
+    # travels only over TLS that the attestation report binds (`proxy.pinning`).
+    credential: bool
 
     def lookups(self) -> Sequence[OuterRequest]:
         """What to ask, in order; the first answer that yields a candidate wins."""

@@ -48,6 +48,7 @@ class ErrorCode(enum.StrEnum):
     JOIN_REFUSED = "join_refused"
     STORE_UNAVAILABLE = "store_unavailable"
     CLIENT_GONE = "client_closed_request"
+    ATTESTED_TLS_REQUIRED = "attested_tls_required"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -83,6 +84,7 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.ADMIN_UNAUTHORIZED: (401, "authentication_error"),
     ErrorCode.UNKNOWN_CHALLENGE: (400, "invalid_request_error"),
     ErrorCode.JOIN_REFUSED: (403, "permission_error"),
+    ErrorCode.ATTESTED_TLS_REQUIRED: (403, "permission_error"),
     ErrorCode.STORE_UNAVAILABLE: (503, "server_error"),
     ErrorCode.CLIENT_GONE: (499, "invalid_request_error"),  # nginx's status for it
 }

@@ -123,14 +123,33 @@ class _Control:
         await to_response(answer)(scope, receive, send)
 
 
+class _AttestedTlsOnly:
+    """A credential route on the public listener of a gateway with accounts: refused
+    before the request's key is read, so that no one sends one where the wire is not the
+    attested TLS, and nothing here answers whether a copied key is good."""
+
+    def __init__(self, dialect: ServerDialect, services: Services) -> None:
+        self._dialect, self._services = dialect, services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        RequestContext.of(scope).dialect = self._dialect.name
+        self._services.metrics.rejected.labels(ErrorCode.ATTESTED_TLS_REQUIRED.value).inc()
+        refusal = GatewayError(ErrorCode.ATTESTED_TLS_REQUIRED,
+                               "with accounts, this route is served only on the attested "
+                               "TLS listener (https://)")
+        await to_response(self._dialect.refuse(refusal))(scope, receive, send)
+
+
 def _routes(dialects: Dialects, services: Services,
             reports: attestation_routes.ReportService | None,
             attested: attestation_routes.Attested | None, platform: Platform | None,
-            metrics_token: str | None, buckets: limits.RateBuckets) -> list[BaseRoute]:
+            metrics_token: str | None, buckets: limits.RateBuckets, *,
+            attested_tls: bool) -> list[BaseRoute]:
     """Every dialect's routes, from what each declares: one engine endpoint per path over
     the dialects that share it (asked in the registry's order), one control endpoint per
     control route. A route that needs a credential takes the platform's Bearer API key
-    where the gateway keeps accounts."""
+    where the gateway keeps accounts, and only on the attested TLS listener
+    (`attested_tls`); the public listener refuses it (`_AttestedTlsOnly`)."""
     shared: dict[tuple[str, str], list[tuple[ServerDialect, EngineRoute]]] = {}
     for dialect in dialects.all():
         for route in dialect.engine_routes():
@@ -142,13 +161,15 @@ def _routes(dialects: Dialects, services: Services,
         app: ASGIApp = EngineEndpoint([Mount(d, gate if r.credential else None)
                                        for d, r in served], services)
         if platform is not None and credential:  # accounts exist: a Bearer key first
-            app = platform.bearer_required(app, credential[0].name, credential[0].refuse)
+            app = (platform.bearer_required(app, credential[0].name, credential[0].refuse)
+                   if attested_tls else _AttestedTlsOnly(credential[0], services))
         routes.append(Route(path, app, methods=[method]))
     for dialect in dialects.all():
         for control in dialect.control_routes():
             app = _Control(dialect, control, services, buckets)
             if platform is not None and control.credential:
-                app = platform.bearer_required(app, dialect.name, dialect.refuse)
+                app = (platform.bearer_required(app, dialect.name, dialect.refuse)
+                       if attested_tls else _AttestedTlsOnly(dialect, services))
             routes.append(Route(control.path, app, methods=[control.method]))
     routes += [
         Route(attestation_routes.PATH, attestation_routes.report_endpoint(
@@ -295,11 +316,14 @@ def create_app(
                 reports.close()
             await slot.stop()
 
-    public = [Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"]),
-              *_routes(dialects, services, reports, attestation, platform,
-                       metrics_token, limits.RateBuckets(
-                           rate=limits_.secret_registrations_per_second,
-                           burst=limits_.secret_registration_burst))]
+    buckets = limits.RateBuckets(rate=limits_.secret_registrations_per_second,
+                                 burst=limits_.secret_registration_burst)
+
+    def served(*, attested_tls: bool) -> list[BaseRoute]:
+        return [Route("/health", health, methods=["GET"]),
+                Route("/ready", ready, methods=["GET"]),
+                *_routes(dialects, services, reports, attestation, platform, metrics_token,
+                         buckets, attested_tls=attested_tls)]
 
     def listener(routes: list[BaseRoute], *, owns_lifespan: bool) -> Starlette:
         return Starlette(
@@ -308,10 +332,11 @@ def create_app(
             exception_handlers={GatewayError: gateway_error, HTTPException: _http_error,
                                 Exception: _unexpected_error})
 
-    app = listener(public, owns_lifespan=True)
+    app = listener(served(attested_tls=False), owns_lifespan=True)
     # The attested TLS listener is an app of its own: the platform and admin APIs exist
     # there by construction, never on the public listener (no scheme or header check).
     tls_only = [*(platform.routes() + platform_docs.docs_routes(VERSION)
                   if platform is not None else []), *admin_routes]
-    tls_app = listener([*public, *tls_only], owns_lifespan=False) if tls_only else app
+    tls_app = (listener([*served(attested_tls=True), *tls_only], owns_lifespan=False)
+               if tls_only else app)
     return Gateway(app, tls_app, config, gateway_metrics, slot, keyring, dialects, reports)

@@ -10,21 +10,18 @@ the answer carries once, travels only inside TLS that ends in the attested encla
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from attestation.binding import spki_sha256
 from enclave import admin_signature
 from proxy.attestor import Attestor
 from proxy.errors import GatewayNotAttested
+from proxy.pinning import attested_certificate, is_https, pinned_context
 from proxy.trust import StatementLog, Trust
 
 
@@ -38,8 +35,7 @@ async def attested_tls(gateway_url: str, *, trust: Trust, key: ed25519.Ed25519Pr
                        statements: StatementLog | None = None) -> ssl.SSLContext:
     """An SSL context that trusts only the certificate the verified report binds, once
     the report pins this admin key; `GatewayNotAttested` otherwise."""
-    url = urlsplit(gateway_url)
-    if url.scheme != "https":
+    if not is_https(gateway_url):
         raise GatewayNotAttested("the admin API is on the attested TLS listener (https://)")
     attestor = Attestor(gateway_url, trust=trust, statements=statements, tls_verify=False)
     try:
@@ -51,13 +47,8 @@ async def attested_tls(gateway_url: str, *, trust: Trust, key: ed25519.Ed25519Pr
     pinned = claims.workload.settings.get("admin_key_sha256")
     if pinned != admin_signature.key_id(key.public_key()):
         raise GatewayNotAttested("the gateway's workload does not pin this admin key")
-    attested = claims.keys.get("tls-spki-sha256")
-    pem = await asyncio.to_thread(ssl.get_server_certificate,
-                                  (url.hostname or "", url.port or 443))
-    if attested is None or spki_sha256(x509.load_pem_x509_certificate(pem.encode())) \
-            != attested:
-        raise GatewayNotAttested("the TLS certificate is not the one the report binds")
-    return ssl.create_default_context(cadata=pem)
+    pem = await attested_certificate(gateway_url, claims.keys.get("tls-spki-sha256"))
+    return pinned_context(pem)
 
 
 class AdminClient:

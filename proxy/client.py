@@ -35,14 +35,17 @@ from enclave.errors import AnswerRefused, StaleCredentials, UnauthenticatedAnswe
 from enclave.padding import DEFAULT_PADDING, PaddingPolicy, strip, strip_events
 from proxy.attestor import Attestation
 from proxy.errors import (
+    CredentialInClear,
     GatewayKeyUnavailable,
     GatewayResponseInvalid,
     GatewayUnreachable,
     from_refused,
 )
+from proxy.pinning import attested_certificate, is_https, pinned_context
 
 # Requests that take this long are streams of a long completion, not hung connections.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's
 
 
 async def _ask(http: httpx.AsyncClient, request: OuterRequest) -> OuterResponse:
@@ -93,21 +96,51 @@ class GatewayClient:
     def __init__(self, gateway_url: str, keys: KeyDiscovery, *, attestation: Attestation,
                  transport: httpx.AsyncBaseTransport | None = None,
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+                 limits: httpx.Limits = DEFAULT_LIMITS,
                  padding: PaddingPolicy = DEFAULT_PADDING) -> None:
         """Request bodies are padded under `padding` (`enclave.padding`) before they are
-        sealed; answers are passed on without the gateway's padding."""
+        sealed; answers are passed on without the gateway's padding. `transport`: an
+        in-process app, or connections the caller vouches for (nothing is pinned on
+        them); else the client connects itself, within `limits`."""
         self.gateway_url = gateway_url.rstrip("/")
         self._padding = padding
         self.keys = keys
         self.attestation = attestation
+        self._timeout, self._limits = timeout, limits
+        # A credential travels only over TLS the report binds: until the report is
+        # verified, the connection (for keys, which vouch for nothing) trusts no one's
+        # certificate and carries no credential. In process (`transport`) nothing crosses
+        # a wire.
+        self._pins = keys.credential and transport is None
+        if self._pins and not is_https(self.gateway_url):
+            raise CredentialInClear(
+                "a platform API key is sent only over the gateway's attested TLS listener: "
+                "use its https:// URL")
         self._http = httpx.AsyncClient(base_url=self.gateway_url, transport=transport,
-                                       timeout=timeout)
+                                       timeout=timeout, limits=limits, verify=not self._pins)
+        self._pinned: bytes | None = None  # the TLS key the pinned connection trusts
+        self._retired: list[httpx.AsyncClient] = []
         self._dialect: ClientDialect | None = None
         self._renewing = asyncio.Lock()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for http in (self._http, *self._retired):
+            await http.aclose()
         await self.attestation.aclose()
+
+    async def _pin(self) -> None:
+        """After verification: requests go over a connection that trusts exactly the TLS
+        certificate the report binds (`proxy.pinning`); the one before is kept for the
+        requests still under way on it and closed with the client."""
+        claims = self.attestation.last
+        attested = claims.keys.get("tls-spki-sha256") if claims is not None else None
+        if attested is not None and attested == self._pinned:
+            return
+        pem = await attested_certificate(self.gateway_url, attested)
+        self._retired.append(self._http)
+        self._http = httpx.AsyncClient(base_url=self.gateway_url, timeout=self._timeout,
+                                       limits=self._limits, verify=pinned_context(pem))
+        self._pinned = attested
 
     def gateways(self) -> list[GatewayClient]:
         return [self]
@@ -131,6 +164,8 @@ class GatewayClient:
                 candidate = await discover(self._http, self.keys)
                 await self.attestation.verify(lambda claims: self.keys.vouched(candidate,
                                                                                claims.keys))
+                if self._pins:
+                    await self._pin()
                 self._dialect = await ready(self._http, self.keys, candidate)
             except httpx.TransportError as exc:
                 raise GatewayUnreachable(f"cannot reach {self.gateway_url}") from exc

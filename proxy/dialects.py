@@ -10,18 +10,20 @@ import httpx
 from enclave.plugin import ClientSetup
 from enclave.registry import DIALECTS, Dialect
 from proxy.attestor import Attestation
-from proxy.client import GatewayClient
+from proxy.client import DEFAULT_LIMITS, GatewayClient
 
 
 def make_client(gateway_url: str, protocol: str, *, attestation: Attestation,
                 transport: httpx.AsyncBaseTransport | None = None,
                 api_key: str | None = None,
+                limits: httpx.Limits = DEFAULT_LIMITS,
                 registry: Sequence[Dialect] = DIALECTS) -> GatewayClient:
     """A client for one gateway in one dialect the registry names with a client side;
     `api_key` is the platform API key Atoma requests carry where the gateway keeps
-    accounts (the other dialects are anonymous)."""
+    accounts (the other dialects are anonymous), sent only over TLS the gateway's report
+    binds (an https:// URL: `proxy.pinning`)."""
     entry = next((d for d in registry if d.name == protocol and d.client is not None), None)
     if entry is None or entry.client is None:
         raise ValueError(f"no client side for dialect {protocol!r}")
     return GatewayClient(gateway_url, entry.client(ClientSetup(api_key)),
-                         attestation=attestation, transport=transport)
+                         attestation=attestation, transport=transport, limits=limits)

@@ -31,6 +31,13 @@ class GatewayNotAttested(ProxyError):
     code = "gateway_not_attested"
 
 
+class CredentialInClear(ProxyError):
+    """A client was asked to send its credential (a platform API key) where the wire is
+    not TLS the gateway's report binds (a plain http:// URL)."""
+
+    code = "credential_in_clear"
+
+
 class GatewayKeyUnavailable(ProxyError):
     """The gateway refused our key (or secret) again after a refetch."""
 

@@ -51,9 +51,11 @@ def verified_client(gateway_url: str, *, protocol: str = "ohttp",
     if not trust.has_reference_values:
         raise NoReferenceValues("no reference values: pass release_keys (the keys your "
                                 "gateway's operator signs releases with) or a policy")
+    # The report vouches for itself (a credential goes only over TLS it binds).
     attestation = Attestor(gateway_url, trust=trust,
                            statements=StatementLog(state_dir or default_state_dir()),
-                           report_mode=report_mode, reattest_seconds=reattest_seconds)
+                           report_mode=report_mode, reattest_seconds=reattest_seconds,
+                           tls_verify=False)
     return make_client(gateway_url, protocol, attestation=attestation, api_key=api_key)
 
 

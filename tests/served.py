@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+from gateway.tls import TlsIdentity
+
 STARTUP_TIMEOUT_S = 30
 
 
@@ -26,21 +28,28 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def served(app: Any, **options: Any) -> Iterator[str]:
-    """`app` (its lifespan included) at `http://127.0.0.1:PORT` while the block runs;
-    `options` go to `uvicorn.Config` (e.g. the gateway's `listener_options()`)."""
+def served(app: Any, *, tls: TlsIdentity | None = None, **options: Any) -> Iterator[str]:
+    """`app` (its lifespan included) at `http://127.0.0.1:PORT` while the block runs, or
+    at `https://` under `tls` (a certificate for 127.0.0.1); `options` go to
+    `uvicorn.Config` (e.g. the gateway's `listener_options()`)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                                    **options))
+    with contextlib.ExitStack() as files:
+        if tls is not None:
+            certfile, keyfile = files.enter_context(tls.files())
+            options = {**options, "ssl_certfile": certfile, "ssl_keyfile": keyfile}
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                                **options)
+        config.load()  # reads the certificate while its in-memory files exist
+    server = _Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
                               daemon=True)
     thread.start()
     if not server.ready.wait(STARTUP_TIMEOUT_S):
         raise RuntimeError("the app did not start")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(STARTUP_TIMEOUT_S)

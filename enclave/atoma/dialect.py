@@ -322,6 +322,7 @@ class AtomaKeys(discovery.StaticKeys):
 
     def __init__(self, api_key: str | None = None) -> None:
         self._api_key = api_key
+        self.credential = api_key is not None
 
     def lookups(self) -> tuple[OuterRequest, ...]:
         return (OuterRequest("GET", NODE_PATH),)

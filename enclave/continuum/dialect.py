@@ -332,6 +332,7 @@ class ContinuumKeys:
 
     name = NAME
     sealed_models = False
+    credential = False
 
     def __init__(self) -> None:
         self._expires: dict[str, float] = {}

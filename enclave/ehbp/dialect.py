@@ -209,6 +209,7 @@ class EhbpKeys(discovery.StaticKeys):
 
     name = NAME
     sealed_models = True
+    credential = False
 
     def lookups(self) -> tuple[OuterRequest, ...]:
         return (OuterRequest("GET", KEYS_PATH),)

@@ -315,6 +315,7 @@ class OhttpKeys(discovery.StaticKeys):
 
     name = NAME
     sealed_models = True
+    credential = False
 
     def lookups(self) -> tuple[OuterRequest, ...]:
         return (OuterRequest("GET", PATH),)

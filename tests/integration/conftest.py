@@ -58,6 +58,11 @@ class RunningGateway:
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def url_for(self, protocol: str) -> str:
+        """Where a client of `protocol` goes: Atoma with accounts (a platform key) only
+        over the attested TLS listener."""
+        return self.tls_url if protocol == "atoma" and self.api_key else self.url
+
     def trust_args(self) -> list[str]:
         """What a client names to trust this gateway."""
         args = ["--simulated-roots", str(self.simulated_roots)]
@@ -218,5 +223,6 @@ def dialect_client(gateway: RunningGateway, protocol: str, *,
 
     trust = load_trust(release_keys=[gateway.release_key] if gateway.release_key else [],
                        policy=None, simulated_roots=gateway.simulated_roots)
-    return make_client(gateway.url, protocol, transport=transport, api_key=gateway.api_key,
-                       attestation=Attestor(gateway.url, trust=trust))
+    url = gateway.url_for(protocol)
+    return make_client(url, protocol, transport=transport, api_key=gateway.api_key,
+                       attestation=Attestor(url, trust=trust, tls_verify=False))

@@ -25,10 +25,11 @@ TRUNCATION_DETECTED = ["ohttp", "atoma", "continuum"]
 
 
 class Damaging(httpx.AsyncBaseTransport):
-    """Real HTTP to the gateway, with `damage` applied to streamed response bodies."""
+    """Real HTTP to the gateway, with `damage` applied to streamed response bodies (over
+    TLS too: it stands where TLS ends, so it trusts any certificate)."""
 
     def __init__(self, damage: Callable[[bytes], bytes]) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = httpx.AsyncHTTPTransport(verify=False)
         self.damage = damage
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -110,8 +111,11 @@ async def test_wrong_key_is_rejected_by_the_real_gateway(gateway) -> None:
         session = atoma.ClientSession(KeyRing().current().public_key, b"\x00" * 32)
         envelope = session.seal_request(json.dumps(CHAT).encode(), model_name="cloister-demo",
                                         stream=False)
-        r = await raw.post("/v1/confidential/chat/completions", json=envelope,
-                           headers={"authorization": f"Bearer {gateway.api_key}"})
+        # With accounts, Atoma is served on the attested TLS listener only (a raw
+        # request: the key travels there, its certificate unchecked by this test).
+        async with httpx.AsyncClient(base_url=gateway.url_for("atoma"), verify=False) as tls:
+            r = await tls.post("/v1/confidential/chat/completions", json=envelope,
+                               headers={"authorization": f"Bearer {gateway.api_key}"})
         error = r.json()["error"]
         assert (r.status_code, error["type"], error["code"]) == (400, "InvalidBody",
                                                                  "unknown_key")

@@ -155,14 +155,19 @@ def test_keys_fetched_from_one_replica_work_on_the_other(fleet, fleet_key, proto
     trust = load_trust(release_keys=[Path(f"{fleet.release_key}.pub")], policy=None,
                        simulated_roots=fleet.state / "simulated-roots.pem")
     before = _served_all(fleet)
-    with _balancer(fleet, "http") as lb:
-        url = f"http://127.0.0.1:{lb.port}"
+    # Atoma with accounts goes to the attested TLS listeners (the fleet's one certificate)
+    kind = "tls" if protocol == "atoma" else "http"
+    with _balancer(fleet, kind) as lb:
+        url = f"{'https' if kind == 'tls' else 'http'}://127.0.0.1:{lb.port}"
+        no_reuse = httpx.Limits(max_keepalive_connections=0)
 
-        def fresh() -> httpx.AsyncHTTPTransport:
-            return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
+        def fresh() -> httpx.AsyncHTTPTransport:  # the report vouches for the TLS key
+            return httpx.AsyncHTTPTransport(limits=no_reuse, verify=False)
 
         async def run() -> list[int]:
-            client = make_client(url, protocol, transport=fresh(), api_key=fleet_key,
+            # Atoma's own connections, which pin the certificate the report binds
+            client = make_client(url, protocol, api_key=fleet_key, limits=no_reuse,
+                                 transport=None if protocol == "atoma" else fresh(),
                                  attestation=Attestor(url, trust=trust, transport=fresh()))
             body = json.dumps({"model": MODEL, "max_tokens": 2,
                                "messages": [{"role": "user", "content": "hi"}]}).encode()

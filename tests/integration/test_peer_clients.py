@@ -4,6 +4,8 @@ statement, accounts on its TLS listener)."""
 
 from __future__ import annotations
 
+import ssl
+
 import ehbp as tinfoil
 import httpx
 import pytest
@@ -51,8 +53,18 @@ def test_tinfoil_transport_under_the_openai_sdk(gateway: RunningGateway) -> None
         assert len([c for c in stream if c.choices and c.choices[0].delta.content]) >= 1
 
 
-def test_atoma_sdk(gateway: RunningGateway) -> None:
-    sdk = AtomaSDK(bearer_auth=gateway.api_key, server_url=gateway.url, timeout_ms=120_000)
+def test_atoma_sdk(gateway: RunningGateway, tmp_path) -> None:
+    # With accounts, Atoma is on the attested TLS listener: the SDK, unchanged, gets an
+    # HTTP client that trusts the certificate `cloister attest --write-cert` checked.
+    from tests.integration.conftest import cloister
+
+    cert = tmp_path / "gateway.pem"
+    attested = cloister("attest", "--gateway", gateway.tls_url, *gateway.trust_args(),
+                        "--write-cert", str(cert), state_dir=gateway.state_dir)
+    assert attested.returncode == 0, attested.stderr
+    http = httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=120)
+    sdk = AtomaSDK(bearer_auth=gateway.api_key, server_url=gateway.tls_url, client=http,
+                   timeout_ms=120_000)
     messages = [atoma_models.ChatCompletionMessage(role="user", content="hello")]
     reply = sdk.confidential_chat.create(model=MODEL, max_tokens=5, messages=messages)
     assert isinstance(reply, atoma_models.ChatCompletionResponse)
@@ -64,16 +76,18 @@ def test_atoma_sdk(gateway: RunningGateway) -> None:
     emb = sdk.confidential_embeddings.create(model=EMBEDDING_MODEL, input="confidential")
     assert len(emb.data[0].embedding) == 384
     with pytest.raises(atoma_models.APIError) as wrong:
-        AtomaSDK(bearer_auth="not-a-key", server_url=gateway.url).nodes.nodes_create_lock(
-            model=MODEL)
+        AtomaSDK(bearer_auth="not-a-key", server_url=gateway.tls_url, client=http
+                 ).nodes.nodes_create_lock(model=MODEL)
     assert wrong.value.status_code == 401
+    http.close()
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_the_openai_sdk_in_process_with_real_verification(gateway: RunningGateway, protocol,
                                                           tmp_path) -> None:
     assert gateway.release_key is not None
-    sdk = openai_client(gateway.url, protocol=protocol, release_keys=[gateway.release_key],
+    sdk = openai_client(gateway.url_for(protocol), protocol=protocol,
+                        release_keys=[gateway.release_key],
                         simulated_roots=gateway.simulated_roots, api_key=gateway.api_key,
                         state_dir=tmp_path)
     reply = sdk.chat.completions.create(**SDK_CHAT)

@@ -23,13 +23,6 @@ CANARY = "CANARY-7f3a9c-do-not-leak"
 MODEL = "cloister-demo"
 
 
-@pytest.fixture(scope="module")
-def relay(gateway: RunningGateway) -> Iterator[RecordingRelay]:
-    port = int(gateway.url.rsplit(":", 1)[1])
-    with RecordingRelay("127.0.0.1", port) as r:
-        yield r
-
-
 PROTOCOLS = ["ohttp", "ehbp", "atoma", "continuum"]
 
 
@@ -39,12 +32,22 @@ def protocol(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
+def relay(gateway: RunningGateway, protocol: str) -> Iterator[RecordingRelay]:
+    """Between the proxy and the listener its dialect uses (Atoma with accounts: the
+    attested TLS one, so the relay sees TLS records only)."""
+    port = int(gateway.url_for(protocol).rsplit(":", 1)[1])
+    with RecordingRelay("127.0.0.1", port) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
 def proxy_url(relay: RecordingRelay, gateway: RunningGateway, protocol: str, tmp_path_factory
               ) -> Iterator[str]:
     port = free_port()
     log = (tmp_path_factory.mktemp("proxy") / "proxy.log").open("wb")
+    scheme = gateway.url_for(protocol).split(":", 1)[0]
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "proxy", "--gateway", f"http://127.0.0.1:{relay.port}",
+        [sys.executable, "-m", "cli", "proxy", "--gateway", f"{scheme}://127.0.0.1:{relay.port}",
          "--port", str(port), *gateway.trust_args(),
          "--protocol", protocol, "--api-key", gateway.api_key or ""],
         cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
@@ -95,7 +98,8 @@ def test_sdk_embeddings_through_the_proxy(sdk: openai.OpenAI) -> None:
 
 WIRE_MARKERS = {"ohttp": (b"message/ohttp-req", b"message/ohttp-chunked-res"),
                 "ehbp": (b"Ehbp-Encapsulated-Key", b"Ehbp-Response-Nonce"),
-                "atoma": (b"client_dh_public_key", b"response_hash"),
+                # TLS application-data records: the envelope itself is inside the TLS
+                "atoma": (b"\x17\x03\x03", b"\x17\x03\x03"),
                 "continuum": (b"/v1/secrets", b"chat.completion.chunk")}
 
 

@@ -109,6 +109,7 @@ def wheel_gateway(fresh) -> Iterator[RunningGateway]:
         cwd=fresh.folder, env=fresh.env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
     port = args[args.index("--port") + 1]
     running = RunningGateway(f"http://127.0.0.1:{port}", process, log)
+    running.tls_url = f"https://127.0.0.1:{args[args.index('--tls-port') + 1]}"
     running.simulated_roots = fresh.folder / "state" / "simulated-roots.pem"
     running.release_key = fresh.folder / "release.key.pub"
     try:

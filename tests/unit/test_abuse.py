@@ -430,3 +430,91 @@ async def test_atoma_s_outer_status_says_nothing_about_the_sealed_answer(engine)
               if request.method == "POST" and "confidential" in request.url.path]
     assert (good.status, bad.status) == (200, 404)
     assert sealed == [200, 200]
+
+
+# --- a platform key travels only inside the attested TLS ----------------------------------
+
+async def test_atoma_with_accounts_is_not_served_on_the_plain_listener(tmp_path) -> None:
+    """Atoma's Bearer key crossed the plain-HTTP public listener, where a MITM or the
+    operator's balancer copies it for use on the TLS listener. With accounts, the public
+    listener refuses every credential route before reading the key (so nothing answers
+    whether a copied key is good), and the attested TLS listener serves it."""
+    from enclave.sealed_state import DataKey
+    from gateway.platform_store import PlatformStore
+    from tests.doubles import DeterministicTestEngine
+    from tests.unit.test_platform import new_key
+
+    store = PlatformStore(f"sqlite:///{tmp_path / 'platform.db'}",
+                          DataKey.from_key_file(tmp_path / "data-key"))
+    key, _ = new_key(store, "alice")
+    engine = DeterministicTestEngine()
+    gateway = create_app(ServeConfig.of(), engine.running, platform_store=store)  # type: ignore[arg-type]
+    async with gateway.router.lifespan_context(gateway):
+        await start(gateway)
+        plain = client_for(gateway, "atoma", api_key=key)
+        with pytest.raises(GatewayResponseInvalid, match="403 attested_tls_required"):
+            await plain.request("POST", "/v1/chat/completions", _chat(2))
+        await plain.aclose()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway),
+                                     base_url="http://gw") as raw:
+            lock = await raw.post("/v1/nodes/lock", json={"model": "x"},
+                                  headers={"authorization": f"Bearer {key}"})
+        tls = client_for(gateway.tls_app, "atoma", api_key=key)
+        served = await tls.request("POST", "/v1/chat/completions", _chat(2))
+        await tls.aclose()
+    assert (lock.status_code, lock.json()["error"]["code"]) == (403, "attested_tls_required")
+    assert served.status == 200
+    assert len(engine.seen_bodies) == 1
+
+
+async def test_our_atoma_client_sends_its_key_only_over_the_tls_the_report_binds(
+        tmp_path) -> None:
+    """Our Atoma client sent the platform key wherever the URL said. It now refuses an
+    http:// URL, and over https it sends the key only once the listener's certificate is
+    the one the verified report binds: a listener with another certificate (a MITM, the
+    operator's balancer) never sees it."""
+    from attestation.simulated import SimulatedPki
+    from attestation.verify import TrustRoots
+    from enclave.sealed_state import DataKey
+    from gateway.platform_store import PlatformStore
+    from gateway.tls import make_tls_identity
+    from proxy.attestor import Attestor
+    from proxy.dialects import make_client
+    from proxy.errors import CredentialInClear, GatewayNotAttested
+    from proxy.trust import Trust
+    from tests.attested import policy, simulated
+    from tests.doubles import DeterministicTestEngine
+    from tests.served import served
+    from tests.unit.test_platform import new_key
+
+    pki = SimulatedPki.load_or_create(tmp_path)
+    store = PlatformStore(f"sqlite:///{tmp_path / 'platform.db'}",
+                          DataKey.from_key_file(tmp_path / "data-key"))
+    key, record = new_key(store, "alice")
+    bound, other = make_tls_identity(["127.0.0.1"]), make_tls_identity(["127.0.0.1"])
+    engine = DeterministicTestEngine()
+    app = create_app(ServeConfig.of(), engine.running, attestation=simulated(pki),  # type: ignore[arg-type]
+                     platform_store=store, tls_spki_sha256=bound.spki_sha256)
+    trust = Trust(TrustRoots().with_simulated(pki.roots_pem()), policy=policy())
+
+    def client(url: str):
+        return make_client(url, "atoma", api_key=key, attestation=Attestor(
+            url, trust=trust, tls_verify=False, report_mode="challenge"))
+
+    with served(app) as plain_url:
+        with pytest.raises(CredentialInClear):
+            client(plain_url)
+        with served(app.tls_app, tls=other) as impostor:
+            fooled = client(impostor)
+            with pytest.raises(GatewayNotAttested, match="not the one the report binds"):
+                await fooled.request("POST", "/v1/chat/completions", _chat(2))
+            await fooled.aclose()
+        assert store.get_api_key(record.id).requests == 0
+        with served(app.tls_app, tls=bound) as attested:
+            honest = client(attested)
+            try:
+                answer = await honest.request("POST", "/v1/chat/completions", _chat(2))
+            finally:
+                await honest.aclose()
+    assert answer.status == 200
+    assert store.get_api_key(record.id).requests == 1

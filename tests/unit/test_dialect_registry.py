@@ -130,6 +130,7 @@ class XorKeys:
 
     name = "xor-test"
     sealed_models = False
+    credential = False
     vouched_by: list[bytes | None] = []
 
     def lookups(self) -> tuple[OuterRequest, ...]:

@@ -237,10 +237,12 @@ def _replicas(count: int, url: str, *, shared_db: bool = True, **kwargs):
 async def test_a_request_sealed_to_one_replicas_key_is_answered_by_another(
         database, started, protocol) -> None:
     apps, engines, url = _replicas(2, database)
-    # Atoma requests carry a platform API key where the gateway keeps accounts.
+    # Atoma requests carry a platform API key where the gateway keeps accounts (and only
+    # over the attested TLS listener, `tls_app`).
     key, _ = new_key(PlatformStore(url, DataKey(FleetSecrets(SEED).derive("data-key"))), "t")
     await started(apps)
-    client = client_for(apps[0], protocol, transport=RoundRobin(*apps), api_key=key)
+    client = client_for(apps[0], protocol, transport=RoundRobin(*(a.tls_app for a in apps)),
+                        api_key=key)
     body = json.dumps({"model": CHAT_MODEL, "max_tokens": 2,
                        "messages": [{"role": "user", "content": "hi"}]}).encode()
     for _ in range(4):  # keys from one replica, requests alternating

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from enclave.sealed_state import DataKey
 from gateway.app import create_app
 from gateway.config import ServeConfig
 from gateway.platform_store import PlatformStore
+from gateway.tls import make_tls_identity
 from tests.clients import exercise_openai_sdk
 from tests.doubles import CHAT_MODEL, EMBEDDING_DIM, EMBEDDING_MODEL, DeterministicTestEngine
 from tests.served import served
@@ -43,15 +45,35 @@ class Clock:
         return self.now
 
 
+def _app(tmp_path: Path, clock: Clock | None = None, **settings: object):
+    store = PlatformStore(f"sqlite:///{tmp_path / 'platform.db'}",
+                          DataKey.from_key_file(tmp_path / "data-key"))
+    identity = make_tls_identity(["127.0.0.1"])
+    app = create_app(ServeConfig.of(**settings), DeterministicTestEngine().running,  # type: ignore[arg-type]
+                     platform_store=store, tls_spki_sha256=identity.spki_sha256,
+                     **({"clock": clock} if clock else {}))
+    return app, store, identity
+
+
 @contextlib.contextmanager
 def gateway(tmp_path: Path, clock: Clock | None = None, **settings: object
             ) -> Iterator[tuple[str, PlatformStore]]:
-    store = PlatformStore(f"sqlite:///{tmp_path / 'platform.db'}",
-                          DataKey.from_key_file(tmp_path / "data-key"))
-    app = create_app(ServeConfig.of(**settings), DeterministicTestEngine().running,  # type: ignore[arg-type]
-                     platform_store=store, **({"clock": clock} if clock else {}))
+    app, store, _ = _app(tmp_path, clock, **settings)
     with served(app) as url:
         yield url, store
+
+
+@contextlib.contextmanager
+def attested_tls_gateway(tmp_path: Path) -> Iterator[tuple[str, str, PlatformStore,
+                                                           httpx.Client]]:
+    """The gateway with its attested TLS listener, where Atoma with accounts is served:
+    (the public URL, the https URL, the store, an HTTP client that trusts exactly the
+    listener's certificate, as a client does once the report binds it)."""
+    app, store, identity = _app(tmp_path)
+    pinned = ssl.create_default_context(cadata=identity.cert_pem.decode())
+    with served(app) as url, served(app.tls_app, tls=identity) as tls_url, \
+            httpx.Client(verify=pinned, timeout=60) as http:
+        yield url, tls_url, store, http
 
 
 # --- Tinfoil's EHBP client ------------------------------------------------------------------
@@ -103,9 +125,9 @@ def test_tinfoil_client_recovers_from_a_rotated_key(tmp_path) -> None:
 # --- the Atoma SDK --------------------------------------------------------------------------
 
 def test_atoma_sdk_end_to_end_with_a_platform_key(tmp_path) -> None:
-    with gateway(tmp_path) as (url, store):
+    with attested_tls_gateway(tmp_path) as (_, tls_url, store, http):
         key, record = new_key(store, "atoma", budget_tokens=10_000)
-        sdk = AtomaSDK(bearer_auth=key, server_url=url)
+        sdk = AtomaSDK(bearer_auth=key, server_url=tls_url, client=http)
         lock = sdk.nodes.nodes_create_lock(model=CHAT_MODEL)
         assert isinstance(lock, atoma_models.NodesCreateLockResponse)
         reply = sdk.confidential_chat.create(
@@ -126,24 +148,30 @@ def test_atoma_sdk_end_to_end_with_a_platform_key(tmp_path) -> None:
 
 
 def test_atoma_sdk_sees_the_errors_it_expects(tmp_path) -> None:
-    with gateway(tmp_path) as (url, store):
+    with attested_tls_gateway(tmp_path) as (url, tls_url, store, http):
         key, _ = new_key(store, "atoma")
         with pytest.raises(atoma_models.APIError) as wrong:
-            AtomaSDK(bearer_auth="wrong", server_url=url).nodes.nodes_create_lock(
-                model=CHAT_MODEL)
+            AtomaSDK(bearer_auth="wrong", server_url=tls_url, client=http
+                     ).nodes.nodes_create_lock(model=CHAT_MODEL)
         assert wrong.value.status_code == 401
         with pytest.raises(atoma_models.APIError, match="Status 401"):  # wrapped by the SDK
-            AtomaSDK(bearer_auth="wrong", server_url=url).confidential_chat.create(
-                model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}])
-        anonymous = httpx.post(f"{url}/v1/confidential/chat/completions", json={})
+            AtomaSDK(bearer_auth="wrong", server_url=tls_url, client=http
+                     ).confidential_chat.create(model=CHAT_MODEL,
+                                                messages=[{"role": "user", "content": "hi"}])
+        anonymous = http.post(f"{tls_url}/v1/confidential/chat/completions", json={})
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["type"] == "AuthError"
         with pytest.raises(atoma_models.APIError) as unknown:
-            AtomaSDK(bearer_auth=key, server_url=url).nodes.nodes_create_lock(model="nope")
+            AtomaSDK(bearer_auth=key, server_url=tls_url, client=http
+                     ).nodes.nodes_create_lock(model="nope")
         assert unknown.value.status_code == 404
-        malformed = httpx.post(f"{url}/v1/confidential/chat/completions",
-                               headers={"authorization": f"Bearer {key}"},
-                               json={"ciphertext": "!!", "stream": False})
+        malformed = http.post(f"{tls_url}/v1/confidential/chat/completions",
+                              headers={"authorization": f"Bearer {key}"},
+                              json={"ciphertext": "!!", "stream": False})
         assert malformed.status_code == 400
         assert malformed.json()["error"]["type"] == "InvalidBody"
+        with pytest.raises(atoma_models.APIError) as plain:  # the key never goes in clear
+            AtomaSDK(bearer_auth=key, server_url=url).nodes.nodes_create_lock(
+                model=CHAT_MODEL)
+        assert plain.value.status_code == 403
         assert httpx.get(f"{url}/health").status_code == 200
