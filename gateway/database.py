@@ -44,6 +44,25 @@ def create_schema(engine: sa.Engine, metadata: sa.MetaData) -> None:
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
                                {"key": _SCHEMA_LOCK})
         metadata.create_all(connection)
+        _add_missing_columns(connection, metadata)
+
+
+def _add_missing_columns(connection: sa.Connection, metadata: sa.MetaData) -> None:
+    """A nullable column added to a table after its database was made (a stored NULL
+    means what the code took before the column existed): added in place."""
+    inspector = sa.inspect(connection)
+    preparer = connection.dialect.identifier_preparer
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"the database's {table.name} lacks {column.name}")
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.execute(sa.text(
+                f"ALTER TABLE {preparer.quote(table.name)} "
+                f"ADD COLUMN {preparer.quote(column.name)} {kind}"))
 
 
 _SCHEMA_LOCK = int.from_bytes(b"cloistr", "big")  # one advisory lock id for the schema

@@ -5,9 +5,11 @@ SQLAlchemy Core over SQLite by default (a file in the state folder), or any URL
 SQLAlchemy understands (PostgreSQL for several replicas). Every row that matters is
 authenticated by the enclave under its data key (`enclave.sealed_state`):
 
-    accounts       MAC over id, name, created_at, version, and the digest of the MACs of
+    accounts       MAC over id, name, created_at, version, the digest of the MACs of
                    the account's API-key rows (so a key row restored from an older copy,
-                   or inserted, does not match its account)
+                   or inserted, does not match its account), and the digest of the MACs
+                   of its conversation rows (so an older conversation row, put back with
+                   the messages after it deleted, does not match either)
     api_keys       MAC over id, account, name, lookup, key hash, created, revoked,
                    budget, used, reserved, requests
     chatbots       MAC over id, account, name, model, description, created, and the
@@ -67,6 +69,8 @@ accounts = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("keys_digest", sa.LargeBinary(32), nullable=False),
     sa.Column("mac", sa.LargeBinary(32), nullable=False),
+    # None: the account has no conversations (and rows from before this column)
+    sa.Column("conversations_digest", sa.LargeBinary(32), nullable=True),
 )
 api_keys = sa.Table(
     "api_keys", metadata,
@@ -248,9 +252,39 @@ class PlatformStore:
                                                                         key=lambda r: r.id))
         return hashlib.sha256(b"cloister-account-keys-v1" + body).digest()
 
+    @staticmethod
+    def _conversations_digest(rows: Sequence[Any]) -> bytes | None:
+        if not rows:
+            return None
+        body = b"".join(r.id.encode() + b"\x00" + r.mac for r in sorted(rows,
+                                                                       key=lambda r: r.id))
+        return hashlib.sha256(b"cloister-account-conversations-v1" + body).digest()
+
+    @staticmethod
+    def _account_values(account_id: str, name: str, created_at: float, version: int,
+                        keys_digest: bytes, conversations_digest: bytes | None
+                        ) -> dict[str, Any]:
+        fields = {"id": account_id, "name": name, "created_at": created_at,
+                  "version": version, "keys_digest": keys_digest.hex()}
+        if conversations_digest is not None:  # absent: rows MACed before it existed
+            fields["conversations_digest"] = conversations_digest.hex()
+        return fields
+
     def _account_fields(self, row: Any) -> dict[str, Any]:
-        return {"id": row.id, "name": row.name, "created_at": row.created_at,
-                "version": row.version, "keys_digest": row.keys_digest.hex()}
+        return self._account_values(row.id, row.name, row.created_at, row.version,
+                                    row.keys_digest, row.conversations_digest)
+
+    def _verified_conversations(self, db: sa.Connection, account: Any, *,
+                                lock: bool = False) -> list[Any]:
+        """The account's conversation rows, if they are the ones it vouches for."""
+        query = sa.select(conversations).where(conversations.c.account_id == account.id)
+        rows = db.execute(query.with_for_update() if lock else query).all()
+        for row in rows:
+            self._check("conversations", self._conversation_fields(row), row.mac)
+        digest = self._conversations_digest(rows) or b""
+        if not hmac.compare_digest(digest, account.conversations_digest or b""):
+            raise StateInvalid("the account's conversations are not the ones it vouches for")
+        return list(rows)
 
     def _verified_account(self, db: sa.Connection, account_id: str, *, lock: bool = False
                           ) -> Any:
@@ -272,17 +306,24 @@ class PlatformStore:
         self._seen[account_id] = max(row.version, self._seen.get(account_id, 0))
         return row
 
-    def _bump_account(self, db: sa.Connection, account_id: str, version: int) -> None:
+    def _bump_account(self, db: sa.Connection, account_id: str, version: int, *,
+                      conversations_changed: bool = False) -> None:
         """After any change to an account's rows: the next version, vouching for the
-        account's keys as they are now."""
+        account's keys as they are now (and its conversations, where they changed: the
+        caller verified them first)."""
         key_rows = db.execute(sa.select(api_keys).where(
             api_keys.c.account_id == account_id)).all()
         row = db.execute(sa.select(accounts).where(accounts.c.id == account_id)).one()
         digest = self._keys_digest(key_rows)
-        fields = {"id": row.id, "name": row.name, "created_at": row.created_at,
-                  "version": version + 1, "keys_digest": digest.hex()}
+        talks = row.conversations_digest
+        if conversations_changed:
+            talks = self._conversations_digest(db.execute(sa.select(conversations).where(
+                conversations.c.account_id == account_id)).all())
+        fields = self._account_values(row.id, row.name, row.created_at, version + 1,
+                                      digest, talks)
         db.execute(accounts.update().where(accounts.c.id == account_id).values(
-            version=version + 1, keys_digest=digest, mac=self._mac("accounts", fields)))
+            version=version + 1, keys_digest=digest, conversations_digest=talks,
+            mac=self._mac("accounts", fields)))
         self._committing[account_id] = version + 1
 
     def _write_key(self, db: sa.Connection, fields: dict[str, Any], key_hash: bytes, *,
@@ -318,8 +359,7 @@ class PlatformStore:
     def create_account(self, name: str) -> Account:
         account_id, now = uuid.uuid4().hex, time.time()
         digest = self._keys_digest([])
-        fields = {"id": account_id, "name": name, "created_at": now, "version": 1,
-                  "keys_digest": digest.hex()}
+        fields = self._account_values(account_id, name, now, 1, digest, None)
         with self._transaction() as db:
             db.execute(accounts.insert().values(id=account_id, name=name, created_at=now,
                                                 version=1, keys_digest=digest,
@@ -506,6 +546,7 @@ class PlatformStore:
                     account_id, chatbot_id, api_key_id):
                 return None
             self._check("conversations", self._conversation_fields(row), row.mac)
+            self._verified_conversations(db, self._verified_account(db, account_id))
             rows = db.execute(sa.select(messages).where(
                 messages.c.conversation_id == conversation_id)
                 .order_by(messages.c.position)).all()
@@ -526,6 +567,8 @@ class PlatformStore:
         """Store one user message and its answer (creating the conversation if new)."""
         now = time.time()
         with self._transaction() as db:
+            account = self._verified_account(db, account_id, lock=True)
+            self._verified_conversations(db, account, lock=True)
             if conversation_id is None:
                 conversation_id, count = uuid.uuid4().hex, 0
                 fields = {"id": conversation_id, "account_id": account_id,
@@ -549,6 +592,7 @@ class PlatformStore:
             fields = {**self._conversation_fields(row), "message_count": count}
             db.execute(conversations.update().where(conversations.c.id == conversation_id)
                        .values(message_count=count, mac=self._mac("conversations", fields)))
+            self._bump_account(db, account_id, account.version, conversations_changed=True)
         return conversation_id
 
 

@@ -286,3 +286,46 @@ def test_the_tls_key_never_touches_a_disk() -> None:
         assert Path(keyfile).read_bytes() == identity.key_pem
     assert not Path(keyfile).exists()
     assert "[redacted]" in repr(identity)
+
+
+async def test_an_older_conversation_row_with_the_later_messages_deleted_is_refused(
+        store, db) -> None:
+    """The operator copied the conversation row after the first turn (a valid MAC for two
+    messages), let the second turn happen, then put the old row back and deleted the
+    messages after it: the bot forgot what the user said, and nothing noticed. The
+    account now vouches for its conversations' rows, so the older row is refused."""
+    key, record = new_key(store, "victim")
+    bot = store.create_chatbot(record.account_id, "bot", CHAT_MODEL, "be nice")
+    conversation = await _chatbot_turns(store, key, bot.id, "my name is Ada")
+    with sqlite3.connect(db) as conn:
+        old = conn.execute("SELECT message_count, mac FROM conversations").fetchone()
+    async with platform(store, DeterministicTestEngine()) as client:
+        r = await client.post(f"/api/v1/chatbot/external/{bot.id}/chat", headers=_auth(key),
+                              json={"message": "I live in London",
+                                    "conversation_id": conversation})
+        assert r.status_code == 200
+    _sql(db, "UPDATE conversations SET message_count = ?, mac = ?", *old)
+    _sql(db, "DELETE FROM messages WHERE position >= ?", old[0])
+    with pytest.raises(StateInvalid):
+        store.conversation_history(conversation, chatbot_id=bot.id,
+                                   account_id=record.account_id, api_key_id=record.id)
+    async with platform(store, DeterministicTestEngine()) as client:
+        r = await client.post(f"/api/v1/chatbot/external/{bot.id}/chat", headers=_auth(key),
+                              json={"message": "where do I live?",
+                                    "conversation_id": conversation})
+    assert (r.status_code, r.json()["error"]["code"]) == (500, "stored_state_invalid")
+
+
+def test_a_database_from_before_the_conversations_digest_opens_and_gains_it(
+        store, db, tmp_path) -> None:
+    key, record = new_key(store, "k")
+    store.close()
+    _sql(db, "ALTER TABLE accounts DROP COLUMN conversations_digest")
+    reopened = PlatformStore(f"sqlite:///{db}", DataKey.from_key_file(tmp_path / "data-key"))
+    assert reopened.authenticate(key).id == record.id  # its rows MACed as before
+    bot = reopened.create_chatbot(record.account_id, "bot", CHAT_MODEL, "be nice")
+    talk = reopened.append_turn(None, chatbot_id=bot.id, account_id=record.account_id,
+                                api_key_id=record.id, user="hi", assistant="hello")
+    assert reopened.conversation_history(talk, chatbot_id=bot.id, account_id=record.account_id,
+                                         api_key_id=record.id) == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
