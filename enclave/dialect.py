@@ -23,12 +23,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
-from enclave.errors import AnswerRefused, RequestRefused, StaleCredentials, UnauthenticatedAnswer
+from enclave.errors import (
+    AnswerRefused,
+    MalformedRequest,
+    RequestRefused,
+    StaleCredentials,
+    UnauthenticatedAnswer,
+)
 from enclave.http_fields import Fields, field_value
 from enclave.wire_errors import code_of, error_body
 
@@ -311,3 +318,40 @@ def refusal(response: OuterResponse) -> AnswerRefused:
     said = f"{response.status} {code}" if code else str(response.status)
     return UnauthenticatedAnswer(f"the gateway answered HTTP {said} without authenticating "
                                  "it", outer_status=response.status, outer_code=code)
+
+
+def with_fields(payload: bytes, fields: dict[str, Any]) -> bytes:
+    """`payload` (a JSON object) with `fields` added, without re-encoding the rest."""
+    body = payload.rstrip()
+    if not body.endswith(b"}"):
+        raise ValueError("an engine event must be a JSON object")
+    inner = body[:-1].rstrip()
+    extra = json.dumps(fields, separators=(",", ":")).encode()[1:]
+    return inner + (extra if inner.endswith(b"{") else b"," + extra)
+
+
+# Our clients seal the time they sent a request inside it (whole seconds: a fixed size, so
+# padding buckets stay aligned); the gateway takes it out (`take_sent_at`) for its replay
+# window. OHTTP carries the inner `Date` instead (RFC 9458 section 6.5).
+SENT_AT_FIELD = "cloister_sent_at"
+
+
+def stamped(body: bytes, now: float) -> bytes:
+    """Client side: the JSON object `body` with the time it is sent added (unchanged when
+    it is not a JSON object: the gateway refuses it anyway)."""
+    try:
+        return with_fields(body, {SENT_AT_FIELD: int(now)})
+    except ValueError:
+        return body
+
+
+def take_sent_at(payload: dict[str, Any]) -> float | None:
+    """Server side, from a payload that was sealed whole: the client's time, removed from
+    it; `MalformedRequest` when it is not a number of seconds."""
+    if SENT_AT_FIELD not in payload:
+        return None
+    value = payload.pop(SENT_AT_FIELD)
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
+        raise MalformedRequest(f"`{SENT_AT_FIELD}` must be a number of seconds")
+    return float(value)

@@ -5,9 +5,12 @@ without breaking the decryption (`InnerRequest.replay_id`). The guard records it
 the request opened (so only authenticated requests take room), and refuses a second
 request with the same one (`409 replayed_request`), before the engine sees it. Where the
 dialect carries the client's clock inside the encryption (OHTTP: the inner `Date`
-header, RFC 9458 section 6.5), a request outside `window` seconds of ours is refused
-(`400 stale_request`) and its record is needed only for that window; otherwise the
-record is kept as long as any key that could open it is honoured (`horizon`).
+header, RFC 9458 section 6.5; our clients of the other dialects: `cloister_sent_at` in
+the sealed body), a request outside `window` seconds of ours is refused (`400
+stale_request`) and its record is needed only for that window; otherwise the record is
+kept as long as any key that could open it is honoured (`horizon`). Records are tied to
+this process: a dated request sent before the guard started (a restart, which forgets
+in-memory records) is refused as stale.
 
 The record store is pluggable (`ReplayCache`) so that replicas can share one; the
 in-memory store is bounded by entries (each about 200 bytes: a 32-byte digest, its
@@ -135,6 +138,9 @@ class ReplayGuard:
                  window: float = DEFAULT_WINDOW_SECONDS,
                  clock: Callable[[], float] = time.time) -> None:
         self._cache, self._horizon, self._window, self._clock = cache, horizon, window, clock
+        # Records from before this guard (a restart) may be gone: a request whose sealed
+        # time is older (by more than the stamp's one-second resolution) is refused.
+        self._started = clock()
 
     @property
     def blocking(self) -> bool:
@@ -150,6 +156,9 @@ class ReplayGuard:
         if request.sent_at is not None:
             if abs(now - request.sent_at) > self._window:
                 raise StaleRequest()
+            if request.sent_at + 1 < self._started:
+                raise StaleRequest("the request was sent before this gateway started: "
+                                   "send it again")
             expires = request.sent_at + self._window
         else:
             expires = self._horizon()

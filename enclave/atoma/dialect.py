@@ -22,8 +22,10 @@ An engine's 4xx answer travels sealed, like any answer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +40,7 @@ from enclave.atoma.envelope import (
     open_request,
 )
 from enclave.dialect import (
+    SENT_AT_FIELD,
     ControlRoute,
     EngineRoute,
     InnerRequest,
@@ -46,6 +49,8 @@ from enclave.dialect import (
     OuterResponse,
     json_response,
     refusal,
+    take_sent_at,
+    with_fields,
 )
 from enclave.errors import InvalidJson, RequestRefused, UnauthenticatedAnswer
 from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
@@ -80,16 +85,6 @@ ERROR_KINDS = {401: "AuthError", 404: "NotFound", 429: "TooManyRequests"}
 def error_object(status: int, code: str, message: str) -> bytes:
     kind = "InternalError" if status >= 500 else ERROR_KINDS.get(status, "InvalidBody")
     return json.dumps({"error": {"type": kind, "code": code, "message": message}}).encode()
-
-
-def with_fields(payload: bytes, fields: dict[str, Any]) -> bytes:
-    """`payload` (a JSON object) with `fields` added, without re-encoding the rest."""
-    body = payload.rstrip()
-    if not body.endswith(b"}"):
-        raise ValueError("an engine event must be a JSON object")
-    inner = body[:-1].rstrip()
-    extra = json.dumps(fields, separators=(",", ":")).encode()[1:]
-    return inner + (extra if inner.endswith(b"{") else b"," + extra)
 
 
 # --- server side ---------------------------------------------------------------------------
@@ -204,6 +199,7 @@ class AtomaServer:
                               tenant=envelope.client_dh_public_key)
         if isinstance(inner, dict):  # else the gateway answers a sealed invalid_json
             inner.pop(BLIND_FIELD, None)
+            opened = dataclasses.replace(opened, sent_at=take_sent_at(inner))
             inner["stream"] = envelope.stream
             inner.setdefault("model", envelope.model_name)
             opened = opened.with_payload(inner)
@@ -300,7 +296,8 @@ class AtomaClient:
             model = payload.get("model", "")
             # Atoma sends the body's BLAKE2b in the clear: a random field inside makes it
             # confirm no guessed prompt (the gateway strips it)
-            body = json.dumps({**payload, BLIND_FIELD: os.urandom(16).hex()}).encode()
+            body = json.dumps({**payload, BLIND_FIELD: os.urandom(16).hex(),
+                               SENT_AT_FIELD: int(time.time())}).encode()
         except (ValueError, AttributeError, TypeError):
             model = ""
         envelope = session.seal_request(body, model_name=str(model), stream=stream)

@@ -43,6 +43,7 @@ from enclave.continuum.fields import (
     seal_secret_hybrid,
 )
 from enclave.dialect import (
+    SENT_AT_FIELD,
     ClientDialect,
     ControlRoute,
     EngineRoute,
@@ -54,6 +55,7 @@ from enclave.dialect import (
     json_response,
     plain_refusal,
     refusal,
+    take_sent_at,
 )
 from enclave.engine import PROMPT_ROUTES
 from enclave.errors import (
@@ -200,9 +202,9 @@ class ContinuumServer:
                     payload[name] = json.loads(cipher.open_request_field(name, value))
                 except (ValueError, UnicodeDecodeError):
                     raise MalformedRequest(f"sealed field `{name}` is not JSON") from None
-        payload = _unbound(payload, field, request.json_object or {})
+        payload, sent_at = _unbound(payload, field, request.json_object or {})
         unique = first.secret_id.encode() + first.request_nonce + first.iv
-        inner = InnerRequest("POST", request.path, replay_id=unique,
+        inner = InnerRequest("POST", request.path, replay_id=unique, sent_at=sent_at,
                              tenant=first.secret_id.encode()).with_payload(payload)
         return (inner,
                 ContinuumResponder(cipher, RESULT_FIELDS[request.path]))
@@ -211,18 +213,20 @@ class ContinuumServer:
         return plain_refusal(error)
 
 
-def _unbound(opened: dict[str, Any], field: str, sent: Mapping[str, Any]) -> dict[str, Any]:
+def _unbound(opened: dict[str, Any], field: str, sent: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], float | None]:
     """The request our client sealed whole inside the prompt field (`BOUND_REQUEST`), its
-    clear fields checked against the digest sealed beside it; any other request as the
-    seed's clients send it. `MalformedRequest` when a clear field was added or changed."""
+    clear fields checked against the digest sealed beside it, and the time sealed with it;
+    any other request as the seed's clients send it (no time). `MalformedRequest` when a
+    clear field was added or changed."""
     prompt = opened.get(field)
     if not isinstance(prompt, dict) or BOUND_REQUEST not in prompt:
-        return opened
+        return opened, None
     inner, digest = prompt.get(BOUND_REQUEST), prompt.get(BOUND_CLEAR)
     clear = {k: v for k, v in sent.items() if k != field}
     if not isinstance(inner, dict) or digest != clear_digest(clear):
         raise MalformedRequest("a field outside the sealed request was added or changed")
-    return {**inner, **clear}
+    return {**inner, **clear}, take_sent_at(dict(prompt))
 
 
 def clear_digest(clear: Mapping[str, Any]) -> str:
@@ -306,7 +310,7 @@ class ContinuumClient:
         # added or dropped on the way is refused (the seed's clients seal the prompt only).
         clear = {k: payload[k] for k in CLEAR_FIELDS if k in payload}
         whole = {BOUND_REQUEST: {k: v for k, v in payload.items() if k not in clear},
-                 BOUND_CLEAR: clear_digest(clear)}
+                 BOUND_CLEAR: clear_digest(clear), SENT_AT_FIELD: int(time.time())}
         sealed = {**clear, field: cipher.seal_request_field(
             field, self._padding.pad_json(json.dumps(whole).encode()))}
         return (OuterRequest("POST", request.path, (("content-type", "application/json"),),

@@ -4,12 +4,16 @@ refusals with the key-config problem type), the client and its key discovery."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from enclave import discovery
 from enclave.dialect import (
     NO_STORE,
+    SENT_AT_FIELD,
     ControlRoute,
     EngineRoute,
     Headers,
@@ -21,6 +25,8 @@ from enclave.dialect import (
     StreamStart,
     plain_refusal,
     refusal,
+    stamped,
+    take_sent_at,
 )
 from enclave.ehbp.frames import (
     ENCAPSULATED_KEY_HEADER,
@@ -117,8 +123,16 @@ class EhbpServer:
         # request, so there is nothing to record against a replay (a POST without a body
         # is then refused as one with no JSON; a GET has nothing to repeat).
         replay_id = bytes.fromhex(encapsulated) if request.body else b""
-        return (InnerRequest(request.method, request.path, plaintext, replay_id=replay_id),
-                EhbpResponder(sealer))
+        inner = InnerRequest(request.method, request.path, plaintext, replay_id=replay_id)
+        if SENT_AT_FIELD.encode() in plaintext:  # our client's sealed time
+            try:
+                payload = json.loads(plaintext)
+            except (ValueError, UnicodeDecodeError):
+                payload = None  # refused as no JSON further on
+            if isinstance(payload, dict):
+                sent_at = take_sent_at(payload)
+                inner = dataclasses.replace(inner, sent_at=sent_at).with_payload(payload)
+        return inner, EhbpResponder(sealer)
 
     def refuse(self, error: RequestRefused) -> OuterResponse:
         return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE
@@ -199,7 +213,7 @@ class EhbpClient:
         sealer = RequestSealer(self.config)
         headers = ((ENCAPSULATED_KEY_HEADER.lower(), sealer.encapsulated_key_header),
                    ("content-type", "application/json"))
-        body = sealer.seal(request.body) if request.body else b""
+        body = sealer.seal(stamped(request.body, time.time())) if request.body else b""
         return OuterRequest(request.method, request.path, headers, body), EhbpOpener(sealer)
 
 

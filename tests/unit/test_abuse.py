@@ -518,3 +518,41 @@ async def test_our_atoma_client_sends_its_key_only_over_the_tls_the_report_binds
                 await honest.aclose()
     assert answer.status == 200
     assert store.get_api_key(record.id).requests == 1
+
+
+# --- a restart forgets no record a replay could use --------------------------------------
+
+@pytest.mark.parametrize("protocol", ["ehbp", "atoma"])
+async def test_a_request_captured_before_a_restart_is_not_answered_after_it(protocol) -> None:
+    """A replica of a fleet keeps its keys across a restart (they come from the fleet's
+    seed) but not its in-memory records: a request captured before the restart was
+    answered again after it. Our clients of every dialect now seal the time they send,
+    and a request sent before the gateway started is refused (`stale_request`)."""
+    import time
+
+    from enclave.fleet import FleetSecrets
+    from tests.doubles import DeterministicTestEngine
+    from tests.unit.test_side_channels import Wiretap
+
+    fleet = FleetSecrets(bytes(range(32)))
+    before = DeterministicTestEngine()
+    first = create_app(ServeConfig.of(), before.running, fleet=fleet)  # type: ignore[arg-type]
+    async with first.router.lifespan_context(first):
+        await start(first)
+        tap = Wiretap(first)
+        client = client_for(first, protocol, transport=tap)
+        try:
+            assert (await client.request("POST", "/v1/chat/completions", _chat(2))).status == 200
+        finally:
+            await client.aclose()
+    captured = next(r for r in reversed(tap.requests) if r.method == "POST"
+                    and not r.url.path.endswith("/secrets"))
+    after = DeterministicTestEngine()
+    restarted = create_app(ServeConfig.of(), after.running, fleet=fleet,  # type: ignore[arg-type]
+                           clock=lambda: time.time() + 3)
+    async with restarted.router.lifespan_context(restarted):
+        await start(restarted)
+        replayed = await _resend(restarted, captured)
+        refused = restarted.metrics.rejected.labels("stale_request")._value.get()
+    assert after.seen_bodies == []  # the refusal itself is sealed to the original client
+    assert replayed.status_code in (200, 400) and refused == 1
