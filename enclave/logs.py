@@ -13,7 +13,9 @@ other keeps its logger, level and exception type but loses its text and tracebac
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
@@ -69,27 +71,58 @@ def adopt_library_loggers() -> None:
             logger.propagate = True
 
 
+_SHARED: list[structlog.types.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def json_formatter() -> logging.Formatter:
+    """The one formatter: JSON lines, allow-listed fields, third-party text redacted."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_SHARED, redact_third_party],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, allow_list,
+                    structlog.processors.JSONRenderer()],
+    )
+
+
+def engine_logging_config(level: str) -> dict[str, Any]:
+    """The `dictConfig` vLLM applies in each engine process it spawns (and in this one):
+    every record through `json_formatter` on stderr, at `level` (vLLM takes it as a file:
+    `engine_logging_file`)."""
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"cloister": {"()": f"{__name__}.json_formatter"}},
+        "handlers": {"cloister": {"class": "logging.StreamHandler", "formatter": "cloister",
+                                  "stream": "ext://sys.stderr"}},
+        "loggers": {"vllm": {"handlers": [], "level": level, "propagate": True},
+                    "httpx": {"level": "WARNING"}},
+        "root": {"handlers": ["cloister"], "level": level},
+    }
+
+
+def engine_logging_file(folder: str) -> str:
+    """A file holding `engine_logging_config` at this process's level, in `folder` (the
+    engine's private folder): the engine's processes log as this one does."""
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    path = os.path.join(folder, "engine-logging.json")
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(engine_logging_config(level), file)
+    return path
+
+
 def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
     """JSON lines on stderr (or `stream`) for every logger of the process."""
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, redact_third_party],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, allow_list,
-                    structlog.processors.JSONRenderer()],
-    )
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(formatter)
+    handler.setFormatter(json_formatter())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

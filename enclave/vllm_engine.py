@@ -19,6 +19,8 @@ import contextlib
 import dataclasses
 import enum
 import json
+import os
+import tempfile
 import types
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -172,10 +174,25 @@ def _engine_args(args: Any, *, frontends: int = 1, rank: int = 0) -> Any:
 
     engine_args = AsyncEngineArgs.from_cli_args(args)
     propagate_flash_late_interaction(args, engine_args)
+    engine_args.logging_config = engine_logging()
     if frontends > 1:
         engine_args._api_process_count = frontends
         engine_args._api_process_rank = rank
     return engine_args
+
+
+def engine_logging() -> Any:
+    """vLLM's logging configuration for the engine's processes: they log through our
+    formatter and its allow-list (`enclave.logs`), as this process does, instead of
+    printing unfiltered records and tracebacks. Its file goes in the engine's private
+    folder (`enclave.isolation`)."""
+    from vllm.config.logging import LoggingConfig
+
+    from enclave.logs import engine_logging_file
+
+    folder = os.environ.get("VLLM_RPC_BASE_PATH") or tempfile.mkdtemp(prefix="cloister-")
+    return LoggingConfig(configure_logging=True,
+                         pylogging_config_file=engine_logging_file(folder))
 
 
 def _start_async_llm(args: Any, frontend: dict[str, Any] | None = None) -> tuple[Any, float]:

@@ -64,3 +64,47 @@ def test_third_party_text_is_kept_only_from_loggers_on_the_allow_list(logs, name
     assert CANARY not in json.dumps(first) and first["event"] == REDACTED
     assert first["logger"] == name
     assert second["event"] == "EngineCore started"
+
+
+ENGINE_CHILD = """
+import logging, sys
+if sys.argv[1]:  # what vLLM's engine-core process does first with the engine's config
+    from vllm.config.logging import LoggingConfig
+    from vllm.logger import configure_logging
+    configure_logging(LoggingConfig(configure_logging=True, pylogging_config_file=sys.argv[1]))
+logging.getLogger("vllm.tool_parsers.hermes_tool_parser").warning("tool call: %s", sys.argv[2])
+try:
+    raise ValueError(sys.argv[2])
+except ValueError:
+    logging.getLogger("vllm.v1.engine.core").exception("EngineCore failed on %s", sys.argv[2])
+logging.getLogger("vllm.v1.engine.core").warning("engine core stopping")
+"""
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_the_engine_s_own_processes_log_through_the_same_allow_list(
+        configured, tmp_path, monkeypatch) -> None:
+    """vLLM's engine-core process had no handler: its records (tool parsers quoting model
+    output) and tracebacks went to stderr as they were (`configured=False` shows it). The
+    engine's arguments now carry a logging configuration that every engine process
+    applies: JSON lines, the same allow-list, no text of a redacted record."""
+    import subprocess
+    import sys
+
+    from enclave.vllm_engine import engine_logging
+    from tests.environment import clean_environment
+
+    monkeypatch.setenv("VLLM_RPC_BASE_PATH", str(tmp_path))
+    config = engine_logging()
+    assert config.configure_logging and config.pylogging_config_file.startswith(str(tmp_path))
+    child = subprocess.run(
+        [sys.executable, "-c", ENGINE_CHILD,
+         config.pylogging_config_file if configured else "", CANARY],
+        capture_output=True, text=True, timeout=120, env=clean_environment())
+    if not configured:
+        assert CANARY in child.stderr  # what an engine process printed before
+        return
+    lines = [json.loads(line) for line in child.stderr.splitlines() if line.startswith("{")]
+    assert CANARY not in child.stderr
+    assert [line["event"] for line in lines] == [REDACTED, REDACTED, "engine core stopping"]
+    assert lines[1]["exc_type"] == "ValueError"
