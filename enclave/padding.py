@@ -14,8 +14,9 @@ format changes:
 
 Each plaintext grows to the next size of a `PaddingPolicy`: powers of two from a floor
 (`pow2:256`, the default: a chunk of one token fits 256 bytes, an answer of up to 64
-tokens falls in two or three sizes; past 128 KiB, steps of 64 KiB) or multiples of a step
-(`fixed:256`), or `off`.
+tokens falls in two or three sizes; past 128 KiB, steps of 64 KiB; streamed chunks grow
+fourfold, 256 bytes to 1, 4 and 16 KiB, so that how many tokens a coalesced chunk holds
+shows in at most 4 sizes) or multiples of a step (`fixed:256`), or `off`.
 Sans-IO; the gateway wraps every dialect's responder (`padded`), clients pad their
 request bodies (`PaddingPolicy.pad_request`) and strip what they pass on.
 """
@@ -32,6 +33,10 @@ from enclave.plaintext import IdentityResponder
 # an absurd policy and of padding a huge answer to a power of two).
 MAX_PADDING = 64 * 1024
 _COMMENT_OVERHEAD = 3  # ":" and "\n\n"
+# A streamed chunk holds as many tokens as arrived in one coalescing interval: doubling
+# sizes would tell how many (5 to 7 sizes across answers of 1 to 34 tokens); fourfold
+# steps keep it to 4 (256 bytes to 16 KiB under `pow2:256`).
+STREAM_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,9 @@ class PaddingPolicy:
     def __str__(self) -> str:
         return "off" if self.kind == "off" else f"{self.kind}:{self.size}"
 
-    def target(self, length: int, *, minimum_pad: int = 0) -> int:
-        """The padded size for `length` bytes that need at least `minimum_pad` more."""
+    def target(self, length: int, *, minimum_pad: int = 0, growth: int = 2) -> int:
+        """The padded size for `length` bytes that need at least `minimum_pad` more; under
+        `pow2`, the floor times a power of `growth`."""
         if self.kind == "off":
             return length
         want = length + minimum_pad
@@ -65,7 +71,7 @@ class PaddingPolicy:
         else:
             target = self.size
             while target < want:
-                target *= 2
+                target *= growth
         if target - length <= MAX_PADDING:
             return target
         # past the doubling that would cost more than MAX_PADDING: steps of that size, so
@@ -79,7 +85,7 @@ class PaddingPolicy:
         """`events` behind an SSE comment block that brings the chunk to its size."""
         if self.kind == "off":
             return events
-        size = self.target(len(events), minimum_pad=_COMMENT_OVERHEAD)
+        size = self.target(len(events), minimum_pad=_COMMENT_OVERHEAD, growth=STREAM_GROWTH)
         return b":" + b" " * (size - len(events) - _COMMENT_OVERHEAD) + b"\n\n" + events
 
     def pad_request(self, request: InnerRequest) -> InnerRequest:

@@ -321,3 +321,27 @@ async def test_a_hidden_hybrid_key_is_no_downgrade(engine) -> None:
             await client.request("POST", "/v1/chat/completions", _chat(2))
         await client.aclose()
     assert engine.seen_bodies == []
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_streamed_answers_of_1_to_34_tokens_use_at_most_4_chunk_sizes(
+        engine, protocol) -> None:
+    """Coalesced chunks carry several tokens: each padded to the next power of two, they
+    took 5 to 7 sizes across answers of 1 to 34 tokens, which tells how many tokens each
+    chunk held. Streamed chunks now grow by fourfold steps: at most 4 sizes on the wire,
+    whatever the engine's pace (one token per chunk, or all of them in one)."""
+    import tests.unit.test_side_channels as here
+
+    counts, sizes = here.TOKEN_COUNTS, set()
+    here.TOKEN_COUNTS = tuple(range(1, 35))
+    try:
+        for delay in (0.0003, 0.004):
+            engine.token_delay = delay
+            answers = await _sizes(engine, protocol, "pow2:256", stream=True)
+            if protocol == "ohttp":  # its end of stream is a frame of its own, one size
+                assert len({parts[-1] for parts in answers}) == 1
+                answers = [parts[:-1] for parts in answers]
+            sizes |= {size for parts in answers for size in parts[1:]}
+    finally:
+        here.TOKEN_COUNTS = counts
+    assert len(sizes) <= 4, sorted(sizes)
