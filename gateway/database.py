@@ -49,7 +49,8 @@ def create_schema(engine: sa.Engine, metadata: sa.MetaData) -> None:
 
 def _add_missing_columns(connection: sa.Connection, metadata: sa.MetaData) -> None:
     """A nullable column added to a table after its database was made (a stored NULL
-    means what the code took before the column existed): added in place."""
+    means what the code took before the column existed), and its indexes: added in
+    place."""
     inspector = sa.inspect(connection)
     preparer = connection.dialect.identifier_preparer
     for table in metadata.sorted_tables:
@@ -63,6 +64,8 @@ def _add_missing_columns(connection: sa.Connection, metadata: sa.MetaData) -> No
             connection.execute(sa.text(
                 f"ALTER TABLE {preparer.quote(table.name)} "
                 f"ADD COLUMN {preparer.quote(column.name)} {kind}"))
+        for index in table.indexes:  # create_all makes them only with a new table
+            index.create(connection, checkfirst=True)
 
 
 _SCHEMA_LOCK = int.from_bytes(b"cloistr", "big")  # one advisory lock id for the schema

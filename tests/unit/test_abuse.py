@@ -556,3 +556,36 @@ async def test_a_request_captured_before_a_restart_is_not_answered_after_it(prot
         refused = restarted.metrics.rejected.labels("stale_request")._value.get()
     assert after.seen_bodies == []  # the refusal itself is sealed to the original client
     assert replayed.status_code in (200, 400) and refused == 1
+
+
+# --- the fleet's shared replay store has per-client shares too ----------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def replay_db(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'replay.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_a_flood_into_the_shared_replay_store_fills_only_the_flooder_s_share(
+        replay_db) -> None:
+    """The fleet's (and `--workers`') replay table had no bound: one address sealing
+    valid requests as fast as it could grew it until the database was full, and then every
+    dialect answered 503 on every replica. Records are now counted per client there too:
+    the flooder sheds its own oldest records, and everyone else's stay."""
+    import sqlalchemy as sa
+
+    from gateway.replay_store import SqlReplayCache, replay_records
+
+    store = SqlReplayCache(replay_db, max_per_client=200)
+    now = 1_000.0
+    assert store.add(b"h" * 32, now + 3600, now, "10.0.0.2")  # an honest client's
+    for n in range(1_000):
+        assert store.add(n.to_bytes(32, "big"), now + 3600, now, "10.0.0.66")
+    with store._engine.connect() as db:  # noqa: SLF001 - the table's size, as stored
+        rows = db.execute(sa.select(sa.func.count()).select_from(replay_records)).scalar()
+    assert rows <= 201
+    assert not store.add(b"h" * 32, now + 3600, now + 1, "10.0.0.2")  # still refused
+    assert not store.add((999).to_bytes(32, "big"), now + 3600, now + 1, "10.0.0.66")
+    assert store.add((0).to_bytes(32, "big"), now + 3600, now + 1, "10.0.0.66")  # shed
+    store.close()
