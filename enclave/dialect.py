@@ -294,11 +294,12 @@ def json_response(status: int, body: bytes, *, extra: Headers = ()) -> OuterResp
     return OuterResponse(status, (("content-type", JSON), *extra), body)
 
 
-def plain_refusal(error: RequestRefused, *, problem_type: str | None = None
-                  ) -> OuterResponse:
+def plain_refusal(error: RequestRefused, *, problem_type: str | None = None,
+                  status: int | None = None) -> OuterResponse:
     """An unsealed refusal as an OpenAI-shaped error; with `problem_type`, an RFC 9457
-    problem document (what OHTTP and EHBP clients look for on a stale key)."""
-    status = error.status
+    problem document (what OHTTP and EHBP clients look for on a stale key); `status`
+    where the dialect's specification names another than the code's."""
+    status = error.status if status is None else status
     body = error_body(error.code, error.message)
     if problem_type is None:
         return json_response(status, json.dumps(body).encode())

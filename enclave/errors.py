@@ -90,6 +90,21 @@ class PlaintextRefused(RequestRefused):
                "(for example `cloister proxy`)")
 
 
+class ExpectationFailed(RequestRefused):
+    code = ErrorCode.EXPECTATION_FAILED
+    message = "an encapsulated request cannot expect 100-continue"
+
+
+class SealedRefusal(RequestRefused):
+    """A request that opened (the keys of its answer are agreed) but is refused: the
+    refusal goes sealed, with `responder` (RFC 9458 section 5.2: errors found after
+    decapsulation are sent in an Encapsulated Response)."""
+
+    def __init__(self, error: RequestRefused, responder: object) -> None:
+        super().__init__(error.message, code=error.code, param=error.param)
+        self.responder = responder
+
+
 class AnswerRefused(Exception):
     """Base class of what a client refuses in an answer; `outer_status` is the HTTP
     status it came with (unauthenticated: for diagnostics and failover only)."""

@@ -81,11 +81,14 @@ class PaddingPolicy:
     def pad_json(self, body: bytes) -> bytes:
         return body + b" " * (self.target(len(body)) - len(body))
 
-    def pad_events(self, events: bytes) -> bytes:
-        """`events` behind an SSE comment block that brings the chunk to its size."""
+    def pad_events(self, events: bytes, *, room: int = 0) -> bytes:
+        """`events` behind an SSE comment block that brings the chunk to its size, less
+        `room` (what the dialect's framing of a chunk adds, so that the framed chunk is
+        the size)."""
         if self.kind == "off":
             return events
-        size = self.target(len(events), minimum_pad=_COMMENT_OVERHEAD, growth=STREAM_GROWTH)
+        size = self.target(len(events) + room, minimum_pad=_COMMENT_OVERHEAD,
+                           growth=STREAM_GROWTH) - room
         return b":" + b" " * (size - len(events) - _COMMENT_OVERHEAD) + b"\n\n" + events
 
     def pad_request(self, request: InnerRequest) -> InnerRequest:
@@ -138,7 +141,8 @@ class PaddedResponder:
         return self._inner.start(status, content_type)
 
     def chunk(self, events: bytes) -> bytes:
-        return self._inner.chunk(self._policy.pad_events(events))
+        room = getattr(self._inner, "chunk_overhead", 0)  # a dialect's chunk framing
+        return self._inner.chunk(self._policy.pad_events(events, room=room))
 
     def end(self) -> bytes:
         return self._inner.end()

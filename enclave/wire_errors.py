@@ -49,6 +49,7 @@ class ErrorCode(enum.StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
     CLIENT_GONE = "client_closed_request"
     ATTESTED_TLS_REQUIRED = "attested_tls_required"
+    EXPECTATION_FAILED = "expectation_failed"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -85,6 +86,7 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.UNKNOWN_CHALLENGE: (400, "invalid_request_error"),
     ErrorCode.JOIN_REFUSED: (403, "permission_error"),
     ErrorCode.ATTESTED_TLS_REQUIRED: (403, "permission_error"),
+    ErrorCode.EXPECTATION_FAILED: (417, "invalid_request_error"),
     ErrorCode.STORE_UNAVAILABLE: (503, "server_error"),
     ErrorCode.CLIENT_GONE: (499, "invalid_request_error"),  # nginx's status for it
 }

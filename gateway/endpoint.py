@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 from starlette.requests import Request
@@ -40,7 +40,7 @@ from enclave.dialect import (
     StreamStart,
 )
 from enclave.engine import CHAT, COMPLETIONS, ENGINE_ROUTES, EngineRequest, EngineResponse
-from enclave.errors import RequestRefused
+from enclave.errors import RequestRefused, SealedRefusal
 from enclave.padding import PaddingPolicy, padded
 from enclave.replay import ReplayGuard
 from enclave.wire_errors import ErrorCode, error_json, normalize_engine_error
@@ -292,6 +292,11 @@ class EngineEndpoint:
         services.metrics.in_flight.labels(context.dialect).inc()
         tracker = _Tracker(services, context.dialect, context.started_at, NoObserver())
         responder = padded(responder, services.padding)
+        if opened.refused_inside:  # before a gate meters it or anything records it
+            assert problem is not None
+            services.metrics.rejected.labels(problem.code.value).inc()
+            return (to_response(responder.error(problem.status, problem.body_json())),
+                    tracker, None)
         try:
             if problem is None:
                 inner = _normalized(inner, services.max_tokens)
@@ -368,6 +373,7 @@ class _Opened:
     inner: InnerRequest
     responder: Responder
     problem: GatewayError | None  # what the engine must not see: answered sealed
+    refused_inside: bool = False  # by the dialect, once opened (`SealedRefusal`)
 
 
 @dataclass(frozen=True)
@@ -382,6 +388,11 @@ def _open_with(mounts: Sequence[Mount], outer: OuterRequest) -> _Opened | _NotOp
     mount = next((m for m in mounts if m.dialect.accepts(outer)), mounts[-1])
     try:
         inner, responder = mount.dialect.open(outer)
+    except SealedRefusal as error:  # opened, refused inside: the answer goes sealed
+        return _Opened(mount, InnerRequest(outer.method, outer.path),
+                       cast(Responder, error.responder),
+                       GatewayError(error.code, error.message, param=error.param),
+                       refused_inside=True)
     except RequestRefused as error:
         return _NotOpened(mount.dialect, error)
     return _Opened(mount, inner, responder, _inner_problem(inner))

@@ -14,6 +14,8 @@ response to a streamed request gathers the stream into one message.
 from __future__ import annotations
 
 import email.utils
+import json
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,10 +35,17 @@ from enclave.dialect import (
     plain_refusal,
     refusal,
 )
-from enclave.errors import MalformedRequest, RequestRefused, UnauthenticatedAnswer
+from enclave.errors import (
+    ExpectationFailed,
+    MalformedRequest,
+    RequestRefused,
+    SealedRefusal,
+    UnauthenticatedAnswer,
+)
 from enclave.http_fields import media_type
 from enclave.keys import KeyRing
 from enclave.ohttp.bhttp import (
+    BinaryHttpError,
     ContentChunk,
     Request,
     ResponseHead,
@@ -61,13 +70,15 @@ from enclave.ohttp.keyconfig import KeyConfig, encode_key_configs
 from enclave.ohttp.protocol import (
     CHUNKED_REQUEST_MEDIA_TYPE,
     CHUNKED_RESPONSE_MEDIA_TYPE,
+    DATE_PROBLEM_TYPE,
     KEY_CONFIG_PROBLEM_TYPE,
     KEYS_MEDIA_TYPE,
+    MAX_CHUNK_PLAINTEXT,
     REQUEST_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
 )
 from enclave.plugin import ClientSetup, DialectSetup
-from enclave.wire_errors import ErrorCode
+from enclave.wire_errors import ErrorCode, code_of
 
 PATH = "/.well-known/ohttp-gateway"
 NAME = "ohttp"
@@ -82,6 +93,22 @@ def _fields(content_type: str) -> Headers:
     return (("content-type", content_type),)
 
 
+# draft-ietf-ohai-chunked-ohttp section 3: intermediaries pass each chunk on as it comes.
+INCREMENTAL: Headers = (("incremental", "?1"),)
+
+
+def _inner_error(status: int, error: bytes) -> tuple[str, bytes, Headers]:
+    """A sealed error as RFC 9458 gives it: a refused `Date` (section 6.5.2) is the
+    `date` problem with the gateway's own `Date`, so the client can correct its clock and
+    retry; any other, our JSON error."""
+    if code_of(error) != ErrorCode.STALE_REQUEST.value:
+        return "application/json", error, ()
+    problem = json.dumps({"type": DATE_PROBLEM_TYPE, "title": "the request's Date is not "
+                          "acceptable", "status": status, **json.loads(error)}).encode()
+    return ("application/problem+json", problem.ljust(len(error)),
+            (("date", email.utils.formatdate(time.time(), usegmt=True)),))
+
+
 # --- server side ---------------------------------------------------------------------------
 
 class _SingleShotResponder:
@@ -92,13 +119,15 @@ class _SingleShotResponder:
     def __init__(self, sealer: ResponseSealer) -> None:
         self._sealer = sealer
 
-    def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
-        message = encode_response(BinaryResponse(status, _fields(content_type), body))
+    def whole(self, status: int, content_type: str, body: bytes, extra: Headers = ()
+              ) -> OuterResponse:
+        message = encode_response(BinaryResponse(status, (*_fields(content_type), *extra),
+                                                 body))
         return OuterResponse(200, (("content-type", RESPONSE_MEDIA_TYPE), *NO_STORE),
                              self._sealer.seal(message))
 
     def error(self, status: int, error: bytes) -> OuterResponse:
-        return self.whole(status, "application/json", error)
+        return self.whole(status, *_inner_error(status, error))
 
     def start(self, status: int, content_type: str) -> StreamStart:
         raise RuntimeError("a single-shot OHTTP response is never streamed")
@@ -114,30 +143,40 @@ class _ChunkedResponder:
     """Answers a `message/ohttp-chunked-req` with a `message/ohttp-chunked-res`."""
 
     streams = True
-    _HEADERS: Headers = (("content-type", CHUNKED_RESPONSE_MEDIA_TYPE), *NO_STORE)
+    _HEADERS: Headers = (("content-type", CHUNKED_RESPONSE_MEDIA_TYPE), *INCREMENTAL,
+                         *NO_STORE)
+    # What a content chunk adds to the events it carries (its varint length, at most 4
+    # bytes here): padding leaves room for it, so a padded chunk's plaintext is exactly
+    # its bucket and never more than `MAX_CHUNK_PLAINTEXT`.
+    chunk_overhead = 4
 
     def __init__(self, sealer: ChunkedResponseSealer) -> None:
         self._sealer = sealer
 
-    def start(self, status: int, content_type: str) -> StreamStart:
-        head = encode_response_head(status, _fields(content_type))
+    def start(self, status: int, content_type: str, extra: Headers = ()) -> StreamStart:
+        head = encode_response_head(status, (*_fields(content_type), *extra))
         return StreamStart(200, self._HEADERS, self._sealer.start()
                            + self._sealer.seal_chunk(head))
 
     def chunk(self, events: bytes) -> bytes:
-        return self._sealer.seal_chunk(encode_content_chunk(events))
+        """The events as one content chunk, sealed in pieces of at most
+        `MAX_CHUNK_PLAINTEXT` bytes (the Binary HTTP stream may break anywhere)."""
+        message = encode_content_chunk(events)
+        return b"".join(self._sealer.seal_chunk(message[at:at + MAX_CHUNK_PLAINTEXT])
+                        for at in range(0, len(message), MAX_CHUNK_PLAINTEXT))
 
     def end(self) -> bytes:
         return self._sealer.seal_final(encode_response_end())
 
-    def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
-        start = self.start(status, content_type)
-        content = encode_content_chunk(body) if body else b""
-        return OuterResponse(200, self._HEADERS, start.body + self._sealer.seal_final(
-            content + encode_response_end()))
+    def whole(self, status: int, content_type: str, body: bytes, extra: Headers = ()
+              ) -> OuterResponse:
+        start = self.start(status, content_type, extra)
+        sealed = self.chunk(body) if body else b""
+        return OuterResponse(200, self._HEADERS, start.body + sealed
+                             + self._sealer.seal_final(encode_response_end()))
 
     def error(self, status: int, error: bytes) -> OuterResponse:
-        return self.whole(status, "application/json", error)
+        return self.whole(status, *_inner_error(status, error))
 
 
 def server(setup: DialectSetup) -> OhttpServer:
@@ -179,21 +218,35 @@ class OhttpServer:
             opener = ChunkedRequestOpener(self._keyring)
             parts = opener.push(request.body)
             parts.append(opener.finish())
-            inner = decode_request(b"".join(parts))
+            message = b"".join(parts)
             responder: _SingleShotResponder | _ChunkedResponder = _ChunkedResponder(
                 opener.response_sealer())
         elif kind == REQUEST_MEDIA_TYPE:
             message, sealer = decapsulate_request(self._keyring, request.body)
-            inner, responder = decode_request(message), _SingleShotResponder(sealer)
+            responder = _SingleShotResponder(sealer)
         else:
             raise UnsupportedMediaType()
+        # Decapsulated: from here every refusal is sealed (RFC 9458 section 5.2).
+        try:
+            inner = decode_request(message)
+        except BinaryHttpError:
+            raise SealedRefusal(MalformedRequest(
+                "the encapsulated request is not a valid Binary HTTP message"),
+                responder) from None
+        if "100-continue" in (inner.header("expect") or "").lower():
+            raise SealedRefusal(ExpectationFailed(), responder)
+        try:
+            sent_at = _sent_at(inner.header("date"))
+        except RequestRefused as refused:
+            raise SealedRefusal(refused, responder) from None
         return InnerRequest(inner.method.upper(), urlsplit(inner.path).path, inner.content,
                             replay_id=request.body[:ENCAPSULATED_HEADER_SIZE],
-                            sent_at=_sent_at(inner.header("date"))), responder
+                            sent_at=sent_at), responder
 
     def refuse(self, error: RequestRefused) -> OuterResponse:
-        return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE
-                             if error.code == ErrorCode.UNKNOWN_KEY else None)
+        if error.code == ErrorCode.UNKNOWN_KEY:  # RFC 9458 section 5.3
+            return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE, status=400)
+        return plain_refusal(error)
 
 
 def _sent_at(date: str | None) -> float | None:
@@ -203,7 +256,8 @@ def _sent_at(date: str | None) -> float | None:
     try:
         return email.utils.parsedate_to_datetime(date).timestamp()
     except (TypeError, ValueError):
-        raise MalformedRequest("the inner Date header is not an HTTP date") from None
+        raise MalformedRequest("the inner Date header is not an HTTP date",
+                               code=ErrorCode.STALE_REQUEST) from None
 
 
 # --- client side ---------------------------------------------------------------------------
@@ -302,8 +356,11 @@ class OhttpClient:
         if stream:
             sealer = ChunkedRequestSealer(self.config)
             message = encode_request(_binary_request(request), indeterminate=True)
-            body = sealer.header + sealer.seal_chunk(message) + sealer.seal_final(b"")
-            return (OuterRequest("POST", PATH, _fields(CHUNKED_REQUEST_MEDIA_TYPE), body),
+            body = sealer.header + b"".join(
+                sealer.seal_chunk(message[at:at + MAX_CHUNK_PLAINTEXT])
+                for at in range(0, len(message), MAX_CHUNK_PLAINTEXT)) + sealer.seal_final(b"")
+            return (OuterRequest("POST", PATH, (*_fields(CHUNKED_REQUEST_MEDIA_TYPE),
+                                                *INCREMENTAL), body),
                     _ChunkedOpener(sealer))
         sealed = ClientRequest(self.config, encode_request(_binary_request(request)))
         return (OuterRequest("POST", PATH, _fields(REQUEST_MEDIA_TYPE), sealed.data),

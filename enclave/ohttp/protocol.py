@@ -64,7 +64,11 @@ RESPONSE_MEDIA_TYPE = "message/ohttp-res"
 CHUNKED_REQUEST_MEDIA_TYPE = "message/ohttp-chunked-req"
 CHUNKED_RESPONSE_MEDIA_TYPE = "message/ohttp-chunked-res"
 # RFC 9458 section 5.3: problem type for a key configuration the gateway does not accept.
-KEY_CONFIG_PROBLEM_TYPE = "urn:ietf:params:ohttp:error:key-config"
+# RFC 9458 section 5.3 and section 6.5.2: the registered problem types.
+KEY_CONFIG_PROBLEM_TYPE = "https://iana.org/assignments/http-problem-types#ohttp-key"
+DATE_PROBLEM_TYPE = "https://iana.org/assignments/http-problem-types#date"
+# draft-ietf-ohai-chunked-ohttp section 3: the largest chunk plaintext a sender makes.
+MAX_CHUNK_PLAINTEXT = 16384
 
 # The request header: key_id(1) kem_id(2) kdf_id(2) aead_id(2).
 REQUEST_HEADER_SIZE = 7

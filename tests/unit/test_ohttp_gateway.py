@@ -92,7 +92,7 @@ async def test_unknown_key_id_and_unsupported_suite_get_key_config_problem(raw) 
     wrong_suite = good[:5] + struct.pack("!H", 0x0009) + good[7:]
     for data in (wrong_key, wrong_suite):
         r = await _post(raw, data)
-        assert r.status_code == 422
+        assert r.status_code == 400  # RFC 9458 section 5.3
         assert r.headers["content-type"] == "application/problem+json"
         assert r.json()["type"] == KEY_CONFIG_PROBLEM_TYPE
         assert r.json()["error"]["code"] == "unknown_key"

@@ -35,6 +35,7 @@ class Wiretap(httpx.AsyncBaseTransport):
         self.inner = httpx.ASGITransport(app=self._recording(app))
         self.requests: list[httpx.Request] = []
         self.statuses: list[int] = []  # of each answer, in the order of `requests`
+        self.answer_headers: list[httpx.Headers] = []
         self.parts: list[list[int]] = []
 
     def _recording(self, app):
@@ -58,6 +59,7 @@ class Wiretap(httpx.AsyncBaseTransport):
         self.requests.append(request)
         answer = await self.inner.handle_async_request(request)
         self.statuses.append(answer.status_code)
+        self.answer_headers.append(answer.headers)
         return answer
 
 
