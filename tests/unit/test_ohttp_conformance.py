@@ -132,3 +132,32 @@ async def test_chunked_responses_say_they_are_incremental(make_app) -> None:
     assert sent.headers["content-type"] == "message/ohttp-chunked-req"
     assert sent.headers["incremental"] == "?1"
     assert tap.answer_headers[-1]["incremental"] == "?1"
+
+
+@pytest.mark.parametrize("padding", ["pow2:256", "fixed:65536", "off"])
+def test_no_chunk_carries_more_than_16384_bytes_of_plaintext(padding) -> None:
+    """draft-ietf-ohai-chunked-ohttp section 3: senders keep chunks to 16,384 bytes. A
+    16 KiB padded chunk and its framing made 16,390; content beyond it now goes sealed in
+    pieces, and padding leaves room for the framing."""
+    from enclave.dialect import InnerRequest
+    from enclave.keys import KeyRing
+    from enclave.ohttp.dialect import OhttpClient, OhttpServer
+    from enclave.ohttp.varint import decode_varint
+    from enclave.padding import PaddingPolicy, padded
+
+    keyring = KeyRing()
+    outer, _ = OhttpClient(keyring.key_configs()[0]).seal(
+        InnerRequest("POST", "/v1/chat/completions", CHAT), stream=True)
+    _, responder = OhttpServer(keyring).open(outer)
+    responder = padded(responder, PaddingPolicy.parse(padding))
+    responder.start(200, "text/event-stream")
+    for size in (100, 8_200, 16_380, 40_000):
+        events = b"data: " + b"x" * size + b"\n\n"
+        sealed, at, pieces = responder.chunk(events), 0, []
+        while at < len(sealed):
+            decoded = decode_varint(sealed, at)
+            assert decoded is not None
+            length, at = decoded
+            pieces.append(length - 16)  # less the AEAD tag: the chunk's plaintext
+            at += length
+        assert max(pieces) <= 16_384, (size, pieces)
