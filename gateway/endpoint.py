@@ -323,6 +323,7 @@ class EngineEndpoint:
         try:
             inner = _with_cache_salt(inner, services.cache_salt_key)
             engine = services.slot.get()
+            inner = _latest_resolved(inner, engine.model_names())
         except GatewayError as err:
             return to_response(responder.error(err.status, err.body_json())), tracker, None
         call = EngineCall(engine, request.receive)
@@ -414,6 +415,20 @@ def _inner_problem(inner: InnerRequest) -> GatewayError | None:
 
 
 SALTED_PATHS = frozenset({CHAT[1], COMPLETIONS[1]})
+LATEST = "latest"
+
+
+def _latest_resolved(inner: InnerRequest, names: Sequence[str]) -> InnerRequest:
+    """Model `latest`, sealed as it is by a client that did not resolve it: the engine's
+    generation model (listed first) for chat and completions, its embedding model
+    (listed last) for embeddings."""
+    if inner.method != "POST" or not names:
+        return inner
+    payload = inner.payload
+    if not isinstance(payload, dict) or payload.get("model") != LATEST:
+        return inner
+    model = names[-1] if inner.path == "/v1/embeddings" else names[0]
+    return inner.with_payload({**payload, "model": model})
 
 
 def _normalized(inner: InnerRequest, cap: int | None) -> InnerRequest:

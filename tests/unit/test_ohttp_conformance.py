@@ -161,3 +161,26 @@ def test_no_chunk_carries_more_than_16384_bytes_of_plaintext(padding) -> None:
             pieces.append(length - 16)  # less the AEAD tag: the chunk's plaintext
             at += length
         assert max(pieces) <= 16_384, (size, pieces)
+
+
+@pytest.mark.parametrize("protocol", ["ohttp", "ehbp", "atoma", "continuum"])
+async def test_model_latest_sealed_in_any_dialect_is_resolved_by_the_gateway(
+        make_app, engine, protocol) -> None:
+    """`latest` was resolved by our proxy only: sealed as it is, it was a 404. The
+    gateway now takes it as its generation model for chat and completions and its
+    embedding model for embeddings."""
+    from tests.clients import client_for
+    from tests.doubles import EMBEDDING_MODEL
+
+    async with running(make_app()) as app:
+        client = client_for(app, protocol)
+        try:
+            chat = await client.request("POST", "/v1/chat/completions", json.dumps(
+                {"model": "latest", "max_tokens": 2,
+                 "messages": [{"role": "user", "content": "hi"}]}).encode())
+            embedded = await client.request("POST", "/v1/embeddings", json.dumps(
+                {"model": "latest", "input": "x"}).encode())
+        finally:
+            await client.aclose()
+    assert (chat.status, embedded.status) == (200, 200)
+    assert [body["model"] for body in engine.seen_bodies] == [CHAT_MODEL, EMBEDDING_MODEL]
