@@ -159,19 +159,37 @@ def _known_fields(r: _Reader) -> Fields:
     return tuple(out)
 
 
+def _terminated(r: _Reader) -> None:
+    """At the padding inside a section: its terminator (a zero) is the padding's first
+    byte, else the message was cut inside the section, which section 3.8 does not allow
+    (only whole sections may be left out)."""
+    if r.pos >= len(r.data):
+        raise BinaryHttpError()
+    r.pos += 1
+
+
 def _indeterminate_fields(r: _Reader) -> Fields:
     out: list[tuple[str, str]] = []
-    while not r.at_end:
+    if r.at_end:
+        return ()  # the section left out (section 3.8)
+    while True:
+        if r.at_end:
+            _terminated(r)
+            return tuple(out)
         name = r.text()
         if not name:
             return tuple(out)
         out.append((name, r.text()))
-    return tuple(out)  # truncated at a section boundary
 
 
 def _indeterminate_content(r: _Reader) -> bytes:
     parts = []
-    while not r.at_end:
+    if r.at_end:
+        return b""  # the section left out
+    while True:
+        if r.at_end:
+            _terminated(r)
+            break
         chunk = r.lp()
         if not chunk:
             break

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-VECTORS = Path(__file__).resolve().parents[4] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[3] / "test-vectors"
 
 
 @pytest.fixture(scope="session")

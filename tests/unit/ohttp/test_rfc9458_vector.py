@@ -11,7 +11,7 @@ from enclave.keys import HpkeKeyPair, KeyRing
 from enclave.ohttp import ClientRequest, KeyConfig, decapsulate_request
 from enclave.ohttp.protocol import Aead, Kdf, SymmetricSuite
 
-VECTOR = Path(__file__).resolve().parents[4] / "shared/vectors/ohttp/rfc9458-appendix-a.json"
+VECTOR = Path(__file__).resolve().parents[3] / "test-vectors/ohttp/rfc9458-appendix-a.json"
 SUITE = SymmetricSuite(Kdf.HKDF_SHA256, Aead.AES_128_GCM)
 
 
