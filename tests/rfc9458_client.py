@@ -161,3 +161,14 @@ class Encapsulated:
 def random_key_id(taken: int) -> int:
     """A key id the gateway does not have."""
     return (taken + 1 + os.urandom(1)[0] % 200) % 256
+
+
+def key_schedule(kem_id: int, kdf_id: int, aead_id: int, shared_secret: bytes, info: bytes,
+                 *, nk: int) -> tuple[bytes, bytes]:
+    """RFC 9180 section 5.1, base mode, HKDF-SHA256: (key, base_nonce)."""
+    suite = b"HPKE" + struct.pack("!HHH", kem_id, kdf_id, aead_id)
+    context = (b"\x00" + _labeled_extract(suite, b"", b"psk_id_hash", b"")
+               + _labeled_extract(suite, b"", b"info_hash", info))
+    secret = _labeled_extract(suite, shared_secret, b"secret", b"")
+    return (_labeled_expand(suite, secret, b"key", context, nk),
+            _labeled_expand(suite, secret, b"base_nonce", context, NN))

@@ -241,3 +241,35 @@ def test_ehbp_session_recovery_token_has_the_published_shape() -> None:
     token = _load("ehbp/session-recovery-token.json")
     assert set(token) == {"exportedSecret", "requestEnc"}
     assert all(value == value.lower() and bytes.fromhex(value) for value in token.values())
+
+
+# --- the post-quantum hybrid (Continuum's secret exchange) --------------------------------
+
+def test_continuum_s_hybrid_kem_is_x_wing_as_published() -> None:
+    """Continuum's ML-KEM-768 + X25519 key (`enclave.continuum.pq`, `cryptography`'s
+    HPKE) against the HPKE-PQ draft's X-Wing vector (0x647a): the published seed expands
+    to the published public key, and the published `enc` decapsulates, under Cloister's
+    key, to the published shared secret (a message sealed from that secret, in the suite
+    Cloister uses, AES-128-GCM, opens). The draft's vector is ChaCha20-Poly1305; the key
+    schedule from its shared secret reproduces its key and nonce (the check on this
+    test's own schedule)."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    from enclave.continuum.pq import HybridKey
+    from tests.rfc9458_client import key_schedule
+
+    vector = next(v for v in _load("hpke-pq/draft-ietf-hpke-pq-04-test-vectors.json")
+                  if (v["kem_id"], v["kdf_id"]) == (0x647A, 1))
+    h = bytes.fromhex
+    expanded = hashlib.shake_256(h(vector["skRm"])).digest(96)
+    key = HybridKey(mlkem_seed=expanded[:64], x25519_private=expanded[64:])
+    assert key.public_bytes == h(vector["pkRm"])
+    shared, info = h(vector["shared_secret"]), h(vector["info"])
+    assert key_schedule(0x647A, 1, vector["aead_id"], shared, info, nk=32) == (
+        h(vector["key"]), h(vector["base_nonce"]))
+    first = vector["encryptions"][0]
+    assert ChaCha20Poly1305(h(vector["key"])).decrypt(
+        h(vector["base_nonce"]), h(first["ct"]), h(first["aad"])) == h(first["pt"])
+    aes_key, aes_nonce = key_schedule(0x647A, 1, 1, shared, info, nk=16)
+    sealed = AESGCM(aes_key).encrypt(aes_nonce, b"an inference secret", b"")
+    assert key.open(h(vector["enc"]) + sealed, info) == b"an inference secret"
