@@ -184,3 +184,4 @@ async def test_model_latest_sealed_in_any_dialect_is_resolved_by_the_gateway(
             await client.aclose()
     assert (chat.status, embedded.status) == (200, 200)
     assert [body["model"] for body in engine.seen_bodies] == [CHAT_MODEL, EMBEDDING_MODEL]
+
