@@ -4,6 +4,7 @@
 #   ovmf                             a firmware image to compute SNP launch measurements of
 #   postgresql                       the real database the platform and fleet tests use
 #   chromium                         the headless browser of the docs and status-page tests
+#   prometheus                       `promtool check metrics` over the gateway's exposition
 # Installed with apt-get when missing (as root); otherwise says what to install.
 set -euo pipefail
 need=()
@@ -12,6 +13,7 @@ command -v veritysetup >/dev/null 2>&1 || [ -x /usr/sbin/veritysetup ] || need+=
 [ -f /usr/share/ovmf/OVMF.fd ] || need+=(ovmf)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup-system: please install: ${need[*]} (sudo apt-get install ${need[*]})" >&2
