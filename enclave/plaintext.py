@@ -21,7 +21,9 @@ from enclave.dialect import (
 )
 from enclave.engine import MODELS, PROMPT_ROUTES
 from enclave.errors import PlaintextRefused, RequestRefused
+from enclave.http_fields import media_type
 from enclave.plugin import DialectSetup
+from enclave.wire_errors import ErrorCode
 
 NAME = "plaintext"
 
@@ -70,6 +72,13 @@ class IdentityServer:
         return ()
 
     def open(self, request: OuterRequest) -> tuple[InnerRequest, IdentityResponder]:
+        kind = media_type(request.headers)
+        if request.method == "POST" and kind and kind != "application/json":
+            raise RequestRefused(
+                "this route takes application/json (sealed with EHBP's "
+                "Ehbp-Encapsulated-Key or Continuum's encrypted fields); OHTTP messages go "
+                "to /.well-known/ohttp-gateway", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                headers={"accept-post": "application/json"})
         if request.method != "GET" and not self._allow_prompts:
             raise PlaintextRefused()
         path = "/v1" + request.path.removeprefix(self._prefix)

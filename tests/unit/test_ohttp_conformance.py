@@ -185,3 +185,19 @@ async def test_model_latest_sealed_in_any_dialect_is_resolved_by_the_gateway(
     assert (chat.status, embedded.status) == (200, 200)
     assert [body["model"] for body in engine.seen_bodies] == [CHAT_MODEL, EMBEDDING_MODEL]
 
+
+
+@pytest.mark.parametrize("content_type", ["application/xml", "message/ohttp-req",
+                                          "text/plain"])
+async def test_an_engine_route_says_which_media_types_it_takes(make_app, content_type) -> None:
+    """A body no dialect claims (a content type other than JSON, or an OHTTP message
+    posted to an OpenAI path) gets `415` naming what the route takes, in its message and
+    in `Accept-Post`, instead of a plaintext refusal that names none."""
+    async with running(make_app()) as app, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        answer = await http.post("/v1/chat/completions", content=b"\x00\x01",
+                                 headers={"content-type": content_type})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (415,
+                                                                    "unsupported_media_type")
+    assert "application/json" in answer.headers["accept-post"]
+    assert "/.well-known/ohttp-gateway" in answer.json()["error"]["message"]
