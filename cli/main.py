@@ -118,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     client_cli.add_parsers(sub)
     _add_release_parsers(sub)
     cli_deploy.add_parser(sub)
+    conformance = sub.add_parser(
+        "conformance", help="a third-party conformance suite's adapter: STAGE's input JSON "
+                            "on stdin, the output JSON on stdout, the verdict as the exit "
+                            "code (0 accept, 10 reject, 20 unsupported, 30 malformed)")
+    conformance.add_argument("stage", help="verify-attestation-sev, or capabilities")
     keyholder = sub.add_parser("keyholder", help="hold a fleet's root seed and release it "
                                                  "to attested replicas")
     _add_config_arguments(keyholder, KeyholderConfig)
@@ -194,6 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_serve.run_chatbot(built.config, args)
     if command == "deploy":
         return cli_deploy.run(args, _describe)
+    if command == "conformance":
+        import json
+
+        from attestation.conformance import run as run_conformance
+
+        code, output = run_conformance(args.stage, sys.stdin.read())
+        print(json.dumps(output))
+        return code
     if command in ("release", "measure"):
         from cli import release as cli_release
 
