@@ -27,6 +27,7 @@ from enclave.ohttp.protocol import (
     CHUNKED_REQUEST_LABEL,
     CHUNKED_RESPONSE_LABEL,
     FINAL_CHUNK_AAD,
+    MAX_CHUNK_PLAINTEXT,
     MAX_CHUNK_SIZE,
     SymmetricSuite,
 )
@@ -90,6 +91,16 @@ def _open_or_fail(open_: Any, ciphertext: bytes, aad: bytes, *, final: bool) -> 
 
 # --- responses (symmetric, counter nonces) -----------------------------------------------
 
+def _pieces(plaintext: bytes) -> list[bytes]:
+    """A non-final chunk's plaintext in pieces of at most `MAX_CHUNK_PLAINTEXT` bytes,
+    each sealed as a chunk of its own (the draft's limit for senders; the Binary HTTP
+    stream inside may break anywhere)."""
+    if not plaintext:
+        raise ValueError("a non-final chunk cannot be empty")
+    return [plaintext[at:at + MAX_CHUNK_PLAINTEXT]
+            for at in range(0, len(plaintext), MAX_CHUNK_PLAINTEXT)]
+
+
 class _ResponseCipher:
     def __init__(self, suite: SymmetricSuite, context: Any, enc: bytes, nonce: bytes) -> None:
         secret = context.export(CHUNKED_RESPONSE_LABEL, response_nonce_size(suite))
@@ -127,10 +138,11 @@ class ChunkedResponseSealer:
     def seal_chunk(self, plaintext: bytes) -> bytes:
         if self._finished:
             raise RuntimeError("the response has already ended")
-        if not plaintext:
-            raise ValueError("a non-final chunk cannot be empty")
-        ciphertext = self._cipher.seal(plaintext, b"")
-        return encode_varint(len(ciphertext)) + ciphertext
+        sealed = b""
+        for piece in _pieces(plaintext):
+            ciphertext = self._cipher.seal(piece, b"")
+            sealed += encode_varint(len(ciphertext)) + ciphertext
+        return sealed
 
     def seal_final(self, plaintext: bytes = b"") -> bytes:
         if self._finished:
@@ -183,10 +195,11 @@ class ChunkedRequestSealer:
             config, suite, CHUNKED_REQUEST_LABEL, ephemeral_private_key=ephemeral_private_key)
 
     def seal_chunk(self, plaintext: bytes) -> bytes:
-        if not plaintext:
-            raise ValueError("a non-final chunk cannot be empty")
-        ciphertext: bytes = self._context.seal(plaintext, b"")
-        return encode_varint(len(ciphertext)) + ciphertext
+        sealed = b""
+        for piece in _pieces(plaintext):
+            ciphertext: bytes = self._context.seal(piece, b"")
+            sealed += encode_varint(len(ciphertext)) + ciphertext
+        return sealed
 
     def seal_final(self, plaintext: bytes = b"") -> bytes:
         ciphertext: bytes = self._context.seal(plaintext, FINAL_CHUNK_AAD)

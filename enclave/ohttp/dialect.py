@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,7 +72,6 @@ from enclave.ohttp.protocol import (
     DATE_PROBLEM_TYPE,
     KEY_CONFIG_PROBLEM_TYPE,
     KEYS_MEDIA_TYPE,
-    MAX_CHUNK_PLAINTEXT,
     REQUEST_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
 )
@@ -106,7 +104,7 @@ def _inner_error(status: int, error: bytes) -> tuple[str, bytes, Headers]:
     problem = json.dumps({"type": DATE_PROBLEM_TYPE, "title": "the request's Date is not "
                           "acceptable", "status": status, **json.loads(error)}).encode()
     return ("application/problem+json", problem.ljust(len(error)),
-            (("date", email.utils.formatdate(time.time(), usegmt=True)),))
+            (("date", email.utils.formatdate(usegmt=True)),))
 
 
 # --- server side ---------------------------------------------------------------------------
@@ -147,7 +145,7 @@ class _ChunkedResponder:
                          *NO_STORE)
     # What a content chunk adds to the events it carries (its varint length, at most 4
     # bytes here): padding leaves room for it, so a padded chunk's plaintext is exactly
-    # its bucket and never more than `MAX_CHUNK_PLAINTEXT`.
+    # its bucket (larger content the sealer breaks into pieces of `MAX_CHUNK_PLAINTEXT`).
     chunk_overhead = 4
 
     def __init__(self, sealer: ChunkedResponseSealer) -> None:
@@ -159,11 +157,7 @@ class _ChunkedResponder:
                            + self._sealer.seal_chunk(head))
 
     def chunk(self, events: bytes) -> bytes:
-        """The events as one content chunk, sealed in pieces of at most
-        `MAX_CHUNK_PLAINTEXT` bytes (the Binary HTTP stream may break anywhere)."""
-        message = encode_content_chunk(events)
-        return b"".join(self._sealer.seal_chunk(message[at:at + MAX_CHUNK_PLAINTEXT])
-                        for at in range(0, len(message), MAX_CHUNK_PLAINTEXT))
+        return self._sealer.seal_chunk(encode_content_chunk(events))
 
     def end(self) -> bytes:
         return self._sealer.seal_final(encode_response_end())
@@ -356,9 +350,7 @@ class OhttpClient:
         if stream:
             sealer = ChunkedRequestSealer(self.config)
             message = encode_request(_binary_request(request), indeterminate=True)
-            body = sealer.header + b"".join(
-                sealer.seal_chunk(message[at:at + MAX_CHUNK_PLAINTEXT])
-                for at in range(0, len(message), MAX_CHUNK_PLAINTEXT)) + sealer.seal_final(b"")
+            body = sealer.header + sealer.seal_chunk(message) + sealer.seal_final(b"")
             return (OuterRequest("POST", PATH, (*_fields(CHUNKED_REQUEST_MEDIA_TYPE),
                                                 *INCREMENTAL), body),
                     _ChunkedOpener(sealer))
