@@ -22,6 +22,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
@@ -184,6 +185,13 @@ def _routes(dialects: Dialects, services: Services,
     return routes
 
 
+# Browsers may call the public listener from any page: it honours no ambient credential
+# (no cookies; API keys are taken on the attested TLS listener only), and what a page can
+# read is public (keys, reports) or sealed to a key the page itself chose.
+PUBLIC_CORS = (Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"],
+                          allow_headers=["*"], expose_headers=["*"], max_age=600),)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
@@ -328,7 +336,8 @@ def create_app(
     def listener(routes: list[BaseRoute], *, owns_lifespan: bool) -> Starlette:
         return Starlette(
             routes=routes, lifespan=lifespan if owns_lifespan else None,
-            middleware=[Middleware(metrics.GatewayMiddleware, metrics=gateway_metrics)],
+            middleware=[Middleware(metrics.GatewayMiddleware, metrics=gateway_metrics),
+                        *(PUBLIC_CORS if owns_lifespan else ())],
             exception_handlers={GatewayError: gateway_error, HTTPException: _http_error,
                                 Exception: _unexpected_error})
 

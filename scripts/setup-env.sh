@@ -10,6 +10,15 @@ cd "$(dirname "$0")/.."
 
 ./scripts/setup-system.sh
 
+# The Node clients of the compatibility tests, exactly as tests/js/package-lock.json pins
+# them (npm's registry); again only when the lock changed.
+js_stamp=tests/js/node_modules/.cloister-installed
+js_want="$(sha256sum tests/js/package-lock.json | cut -c1-16)"
+if [ ! -f "$js_stamp" ] || [ "$(cat "$js_stamp")" != "$js_want" ]; then
+  npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+  echo "$js_want" > "$js_stamp"
+fi
+
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 if [ -z "${CLOISTER_ENGINE:-}" ]; then

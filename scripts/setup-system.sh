@@ -5,6 +5,7 @@
 #   postgresql                       the real database the platform and fleet tests use
 #   chromium                         the headless browser of the docs and status-page tests
 #   prometheus                       `promtool check metrics` over the gateway's exposition
+#   nodejs, npm                      the Node and browser clients of the compatibility tests
 # Installed with apt-get when missing (as root); otherwise says what to install.
 set -euo pipefail
 need=()
@@ -14,6 +15,8 @@ command -v veritysetup >/dev/null 2>&1 || [ -x /usr/sbin/veritysetup ] || need+=
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup-system: please install: ${need[*]} (sudo apt-get install ${need[*]})" >&2
