@@ -18,6 +18,7 @@ from enclave import ehbp, plaintext
 from enclave.atoma import dialect as atoma
 from enclave.continuum import dialect as continuum
 from enclave.dialect import KeyDiscovery, ServerDialect
+from enclave.ohttp import azure as azure_ohttp
 from enclave.ohttp import dialect as ohttp
 from enclave.plugin import ClientSetup, DialectSetup
 
@@ -33,6 +34,7 @@ class Dialect:
 
 DIALECTS: tuple[Dialect, ...] = (
     Dialect(ohttp.NAME, ohttp.server, ohttp.client),
+    Dialect(azure_ohttp.NAME, azure_ohttp.server),  # Azure's OHTTP convention (server only)
     Dialect(ehbp.NAME, ehbp.server, ehbp.client),
     Dialect(atoma.NAME, atoma.server, atoma.client),
     Dialect(continuum.NAME, continuum.server, continuum.client),

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 KEM, KDF, AEAD = 0x0020, 0x0001, 0x0001
 NK, NN, NH = 16, 12, 32
+RESPONSE_NONCE_SIZE = max(NN, NK)
 
 
 def _extract(salt: bytes, ikm: bytes) -> bytes:
@@ -147,15 +148,18 @@ class Encapsulated:
         self._suite = suite
         self.data = header + self.enc + AESGCM(key).encrypt(nonce, message, b"")
 
+    def response_keys(self, response_nonce: bytes) -> tuple[bytes, bytes]:
+        """RFC 9458 section 4.4: (aead_key, aead_nonce) of the response."""
+        secret = _labeled_expand(self._suite, self._exporter, b"sec",
+                                 b"message/bhttp response", RESPONSE_NONCE_SIZE)
+        prk = _extract(self.enc + response_nonce, secret)
+        return _expand(prk, b"key", NK), _expand(prk, b"nonce", NN)
+
     def open_response(self, data: bytes) -> bytes:
         """RFC 9458 section 4.4."""
-        size = max(NN, NK)
-        secret = _labeled_expand(self._suite, self._exporter, b"sec",
-                                 b"message/bhttp response", size)
-        response_nonce, sealed = data[:size], data[size:]
-        prk = _extract(self.enc + response_nonce, secret)
-        return AESGCM(_expand(prk, b"key", NK)).decrypt(_expand(prk, b"nonce", NN), sealed,
-                                                         b"")
+        response_nonce, sealed = data[:RESPONSE_NONCE_SIZE], data[RESPONSE_NONCE_SIZE:]
+        key, nonce = self.response_keys(response_nonce)
+        return AESGCM(key).decrypt(nonce, sealed, b"")
 
 
 def random_key_id(taken: int) -> int:

@@ -101,9 +101,13 @@ def _pieces(plaintext: bytes) -> list[bytes]:
             for at in range(0, len(plaintext), MAX_CHUNK_PLAINTEXT)]
 
 
-class _ResponseCipher:
-    def __init__(self, suite: SymmetricSuite, context: Any, enc: bytes, nonce: bytes) -> None:
-        secret = context.export(CHUNKED_RESPONSE_LABEL, response_nonce_size(suite))
+class ResponseCipher:
+    """The response AEAD of a chunked answer: key and base nonce from the HPKE context's
+    export under `label`, one nonce per chunk (`base XOR counter`)."""
+
+    def __init__(self, suite: SymmetricSuite, context: Any, enc: bytes, nonce: bytes,
+                 label: bytes = CHUNKED_RESPONSE_LABEL) -> None:
+        secret = context.export(label, response_nonce_size(suite))
         key, base = response_keys(suite, secret, enc, nonce)
         self._aead = aead_cipher(suite.aead, key)
         self._base = int.from_bytes(base, "big")
@@ -129,7 +133,7 @@ class ChunkedResponseSealer:
                  *, response_nonce: bytes | None = None) -> None:
         size = response_nonce_size(suite)
         self._nonce = os.urandom(size) if response_nonce is None else response_nonce
-        self._cipher = _ResponseCipher(suite, context, enc, self._nonce)
+        self._cipher = ResponseCipher(suite, context, enc, self._nonce)
         self._finished = False
 
     def start(self) -> bytes:
@@ -159,7 +163,7 @@ class ChunkedResponseOpener:
         self._suite, self._context, self._enc = suite, context, enc
         self._nonce_size = response_nonce_size(suite)
         self._pending = bytearray()
-        self._cipher: _ResponseCipher | None = None
+        self._cipher: ResponseCipher | None = None
         self._framer = _ChunkFramer(max_chunk + suite.aead.tag_size)
         self.complete = False
 
@@ -170,7 +174,7 @@ class ChunkedResponseOpener:
                 return []
             nonce = bytes(self._pending[:self._nonce_size])
             data = bytes(self._pending[self._nonce_size:])
-            self._cipher = _ResponseCipher(self._suite, self._context, self._enc, nonce)
+            self._cipher = ResponseCipher(self._suite, self._context, self._enc, nonce)
         cipher = self._cipher
         return [_open_or_fail(cipher.open, ct, b"", final=False) for ct in self._framer.push(data)]
 

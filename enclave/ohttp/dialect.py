@@ -30,6 +30,7 @@ from enclave.dialect import (
     InnerResponse,
     OuterRequest,
     OuterResponse,
+    Responder,
     StreamStart,
     plain_refusal,
     refusal,
@@ -220,27 +221,31 @@ class OhttpServer:
             responder = _SingleShotResponder(sealer)
         else:
             raise UnsupportedMediaType()
-        # Decapsulated: from here every refusal is sealed (RFC 9458 section 5.2).
-        try:
-            inner = decode_request(message)
-        except BinaryHttpError:
-            raise SealedRefusal(MalformedRequest(
-                "the encapsulated request is not a valid Binary HTTP message"),
-                responder) from None
-        if "100-continue" in (inner.header("expect") or "").lower():
-            raise SealedRefusal(ExpectationFailed(), responder)
-        try:
-            sent_at = _sent_at(inner.header("date"))
-        except RequestRefused as refused:
-            raise SealedRefusal(refused, responder) from None
-        return InnerRequest(inner.method.upper(), urlsplit(inner.path).path, inner.content,
-                            replay_id=request.body[:ENCAPSULATED_HEADER_SIZE],
-                            sent_at=sent_at), responder
+        return decapsulated(message, responder, request.body), responder
 
     def refuse(self, error: RequestRefused) -> OuterResponse:
         if error.code == ErrorCode.UNKNOWN_KEY:  # RFC 9458 section 5.3
             return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE, status=400)
         return plain_refusal(error)
+
+
+def decapsulated(message: bytes, responder: Responder, body: bytes) -> InnerRequest:
+    """The OpenAI request in a decapsulated Binary HTTP `message` (the encapsulated `body`
+    names it for replay checks). From here every refusal is sealed (RFC 9458 section 5.2)."""
+    try:
+        inner = decode_request(message)
+    except BinaryHttpError:
+        raise SealedRefusal(MalformedRequest(
+            "the encapsulated request is not a valid Binary HTTP message"),
+            responder) from None
+    if "100-continue" in (inner.header("expect") or "").lower():
+        raise SealedRefusal(ExpectationFailed(), responder)
+    try:
+        sent_at = _sent_at(inner.header("date"))
+    except RequestRefused as refused:
+        raise SealedRefusal(refused, responder) from None
+    return InnerRequest(inner.method.upper(), urlsplit(inner.path).path, inner.content,
+                        replay_id=body[:ENCAPSULATED_HEADER_SIZE], sent_at=sent_at)
 
 
 def _sent_at(date: str | None) -> float | None:

@@ -123,6 +123,11 @@ class ResponseSealer:
     def __init__(self, opened: OpenedHeader) -> None:
         self._opened = opened
 
+    @property
+    def opened(self) -> OpenedHeader:
+        """The request's HPKE context (for a dialect that streams its answer)."""
+        return self._opened
+
     def seal(self, response: bytes, *, response_nonce: bytes | None = None) -> bytes:
         suite = self._opened.suite
         size = response_nonce_size(suite)

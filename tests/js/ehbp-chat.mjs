@@ -3,11 +3,11 @@
 // (`openai`). Prints one JSON line; exit 0 when both answers came back, 3 when the
 // client refused or failed (its error's name and message in the line).
 //
-//   node ehbp-chat.mjs GATEWAY_URL MODEL ehbp|openai
+//   node ehbp-chat.mjs ehbp|openai GATEWAY_URL MODEL
 import { createTransport } from "ehbp";
 import OpenAI from "openai";
 
-const [url, model, mode] = process.argv.slice(2);
+const [mode, url, model] = process.argv.slice(2);
 const messages = [{ role: "user", content: "hello" }];
 
 async function viaEhbp(transport) {

@@ -176,6 +176,6 @@ async def test_a_fifth_dialect_is_mounted_discovered_and_counted_from_the_regist
     assert reply["choices"][0]["message"]["content"].startswith("echo: hi")
     assert app.dialects.published_keys()["xor-test"] == KEY
     assert 'dialect="xor-test"' in metrics
-    # and the four the registry already lists are still all there
+    # and the five the registry already lists are still all there
     assert [d.name for d in app.dialects.all()] == [
-        "ohttp", "ehbp", "atoma", "continuum", "xor-test", "plaintext"]
+        "ohttp", "azure-ohttp", "ehbp", "atoma", "continuum", "xor-test", "plaintext"]

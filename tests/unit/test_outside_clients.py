@@ -17,6 +17,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,8 @@ from tests.served import served
 from tests.tampering import ByteFlippingRelay
 from tests.unit.test_platform import new_key
 
-JS = Path(__file__).resolve().parents[1] / "js"
+ROOT = Path(__file__).resolve().parents[2]
+JS = ROOT / "tests" / "js"
 NODE = shutil.which("node") or "/usr/bin/node"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -112,15 +114,21 @@ class Refused(Exception):
     """The client did not complete the exchange (what it said, for the failure message)."""
 
 
-def node(mode: str) -> Callable[..., None]:
+def process(*command: str, cwd: Path | None = None) -> Callable[..., None]:
+    """A client run as its own process: `command` then the URL and the model; it prints
+    one JSON line with a whole answer and the text of a streamed one."""
     def run(served_: Served, url: str, **_: Any) -> None:
-        done = subprocess.run([NODE, "ehbp-chat.mjs", url, CHAT_MODEL, mode], cwd=JS,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run([*command, url, CHAT_MODEL], cwd=cwd, capture_output=True,
+                              text=True, timeout=60)
         line = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
         if done.returncode != 0 or not line.get("ok"):
             raise Refused(line or done.stderr[-500:])
         assert line["content"] and line["streamed"] == line["content"] and line["done"]
     return run
+
+
+def node(mode: str) -> Callable[..., None]:
+    return process(NODE, "ehbp-chat.mjs", mode, cwd=JS)
 
 
 def browser_ohttp(served_: Served, url: str, *, browser: Browser, ohttp_page: str,
@@ -187,6 +195,8 @@ CLIENTS: dict[str, tuple[Callable[..., None], bool]] = {
     "ehbp-node": (node("ehbp"), False),
     "openai-node-over-ehbp": (node("openai"), False),
     "atoma-sdk": (atoma, True),
+    "ohttpy-azure-convention": (process(sys.executable, "-m", "tests.ohttpy_chat",
+                                        cwd=ROOT), False),
     "browser-hpke-js-bhttp-js-ohttp": (browser_ohttp, False),
 }
 
