@@ -43,7 +43,13 @@ def evaluate(raw_quote: bytes, collateral: dict[str, str], *,
     if len(pck_chain) != 3:
         raise VerificationError(Reason.BAD_CHAIN, "a PCK chain is leaf, CA and root")
     check_revocation(collateral, pck_chain, now)
-    claims = _dcap_claims(raw_quote, collateral, pck_chain[-1], now)
+    return tcb_verdict(raw_quote, collateral, pck_chain[-1], now)
+
+
+def tcb_verdict(raw_quote: bytes, collateral: dict[str, str], root: x509.Certificate,
+                now: dt.datetime) -> TcbVerdict:
+    """dcap-qvl's evaluation of the TCB info and QE identity (revocation checked first)."""
+    claims = _dcap_claims(raw_quote, collateral, root, now)
     try:
         tcb, qe_level = claims["tcb"], claims["qe"]["tcb_level"]
         return TcbVerdict(str(tcb["status"]), tuple(str(a) for a in tcb["advisory_ids"]),
@@ -63,7 +69,7 @@ def _crl(collateral: dict[str, str], name: str) -> x509.CertificateRevocationLis
         raise _invalid(f"{name} is missing or unreadable") from None
 
 
-def _check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, name: str,
+def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, name: str,
                now: dt.datetime) -> None:
     if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
         raise _invalid(f"{name} is not signed by {issuer.subject.rfc4514_string()}")
@@ -85,8 +91,8 @@ def check_revocation(collateral: dict[str, str], pck_chain: list[x509.Certificat
     if issuers[0].public_bytes(Encoding.DER) != ca.public_bytes(Encoding.DER):
         raise _invalid("the PCK CRL is for another PCK CA")
     pck_crl, root_crl = _crl(collateral, "pck_crl"), _crl(collateral, "root_ca_crl")
-    _check_crl(pck_crl, ca, "pck_crl", now)
-    _check_crl(root_crl, root, "root_ca_crl", now)
+    check_crl(pck_crl, ca, "pck_crl", now)
+    check_crl(root_crl, root, "root_ca_crl", now)
     if pck_crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None:
         raise VerificationError(Reason.REVOKED, "Intel revoked this platform's PCK certificate")
     if root_crl.get_revoked_certificate_by_serial_number(ca.serial_number) is not None:

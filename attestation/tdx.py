@@ -22,6 +22,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -156,14 +157,28 @@ def verify_tdx_quote(raw: bytes, *, trusted_roots: frozenset[str], now: dt.datet
     quote = TdxQuote.parse(raw)
     chain = load_pem_chain(quote.pck_chain_pem)
     verify_chain(chain, trusted_roots=trusted_roots, now=now)
-    pck = chain[0].public_key()
+    check_qe_report(quote, chain[0])
+    check_attestation_key_bound(quote)
+    check_quote_signature(quote)
+    return quote
+
+
+def check_qe_report(quote: TdxQuote, pck_leaf: x509.Certificate) -> None:
+    """The QE report is signed by the platform's PCK."""
+    pck = pck_leaf.public_key()
     if not isinstance(pck, ec.EllipticCurvePublicKey):
         raise VerificationError(Reason.UNSUPPORTED, "PCK is not an ECDSA key")
     _verify_raw(pck, quote.qe_report_signature, quote.qe_report, "QE report signature")
+
+
+def check_attestation_key_bound(quote: TdxQuote) -> None:
+    """QE report_data[0:32] = SHA-256(attestation key || QE auth data)."""
     expected = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
     if quote.qe_report[320:352] != expected:
         raise VerificationError(Reason.QE_MISMATCH, "QE report does not bind the attestation key")
+
+
+def check_quote_signature(quote: TdxQuote) -> None:
     _verify_raw(_p256(quote.attestation_key), quote.signature, quote.signed_bytes,
                 "TDX quote signature")
-    return quote
 

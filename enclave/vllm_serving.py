@@ -92,6 +92,7 @@ async def serve_openai(state: Any, scope: Scope, receive: Receive, send: Send) -
     from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
     from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+    from vllm.exceptions import VLLMClientError
 
     route = (scope["method"], scope["path"])
     message = await receive()
@@ -112,6 +113,9 @@ async def serve_openai(state: Any, scope: Scope, receive: Receive, send: Send) -
             raise LookupError(f"not an engine route: {route}")
     except ValidationError as exc:
         return await _send_json(send, *_validation_error(exc))
+    except VLLMClientError as exc:  # raised inside vLLM's own validators: a 4xx
+        refused = create_error_response(exc)
+        return await _send_json(send, refused.error.code, refused.model_dump())
     except ValueError:
         return await _send_json(send, *_error(400, "the body is not valid JSON"))
     if handler is None:

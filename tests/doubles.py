@@ -103,7 +103,7 @@ class DeterministicTestEngine:
         yield self
 
     async def _models(self, request: Request) -> Response:
-        cards = [{"id": name, "object": "model", "owned_by": "cloister-tests",
+        cards = [{"id": name, "object": "model", "created": 0, "owned_by": "cloister-tests",
                   "max_model_len": MAX_MODEL_LEN} for name in self.model_names()]
         return JSONResponse({"object": "list", "data": cards})
 
@@ -118,8 +118,9 @@ class DeterministicTestEngine:
         body = await self._body(request, CHAT_MODEL)
         if isinstance(body, Response):
             return body
-        if not isinstance(body.get("messages"), list):
-            return _error(400, "messages: Field required", "body.messages")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return _error(400, "messages: Input should be a list of objects", "body.messages")
         prompt = " ".join(str(m.get("content", "")) for m in body["messages"])
         return await self._generate(body, prompt, chat=True)
 
@@ -153,9 +154,12 @@ class DeterministicTestEngine:
         if not body.get("stream"):
             await self._whole(len(words))
             text = " ".join(words)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text},
-                       "finish_reason": "length"} if chat
-                      else {"index": 0, "text": text, "finish_reason": "length"})
+            # the fields vLLM sends even when empty (OpenAI's document requires them)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text,
+                                               "refusal": None},
+                       "logprobs": None, "finish_reason": "length"} if chat
+                      else {"index": 0, "text": text, "logprobs": None,
+                            "finish_reason": "length"})
             return JSONResponse({"id": "cmpl-test", "object": kind, "model": CHAT_MODEL,
                                  "created": 0, "choices": [choice], "usage": usage})
         options = body.get("stream_options") or {}
@@ -193,8 +197,10 @@ class DeterministicTestEngine:
                 if self.killed.is_set():
                     raise RuntimeError("the engine core died")
                 piece = word if i == 0 else " " + word
-                choice = ({"index": 0, "delta": {"content": piece}} if chat
-                          else {"index": 0, "text": piece})
+                choice = ({"index": 0, "delta": {"content": piece}, "logprobs": None,
+                           "finish_reason": None} if chat
+                          else {"index": 0, "text": piece, "logprobs": None,
+                                "finish_reason": None})
                 event: dict[str, Any] = {"id": "cmpl-test", "object": kind, "model": CHAT_MODEL,
                                          "created": 0, "choices": [choice]}
                 if continuous and usage is not None:  # vLLM's continuous_usage_stats
