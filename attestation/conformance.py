@@ -9,9 +9,11 @@ gives it, with its VCEK; AMD's ASK and ARK either injected or the ones Cloister 
 `attestation/data/amd-*-ask-ark.pem`), `verify-attestation-tdx` (a TDX v4 or v5 quote
 with Intel's collateral as PCS serves it: TCB info and QE identity responses, both CRLs;
 the issuer chains injected or Intel's TCB signing chain Cloister ships and the quote's own
-PCK CA; the TCB evaluated by `attestation.dcap`), and `capabilities`. A rejection names the step
-that refused, in the suite's codes, from which check failed (never from an error's
-text).
+PCK CA; the TCB evaluated by `attestation.dcap`), `verify-release-statement` (a DSSE
+release statement, Cloister's own stage in the suite's shape: the trusted keys and the
+time given, a workload it must list and a version floor optional), and `capabilities`.
+A rejection names the step that refused, in the suite's codes, from which check failed
+(never from an error's text).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from attestation import dcap
 from attestation.errors import Reason, VerificationError
 from attestation.roots import PRODUCTION_AMD_ARKS, PRODUCTION_INTEL_ROOTS
 from attestation.snp import POLICY_DEBUG_BIT, SnpReport, TcbVersion, check_vcek_matches
+from attestation.statement import load_public_keys, verify_statement
 from attestation.tdx import (
     HEADER_SIZE,
     TdxQuote,
@@ -55,6 +58,7 @@ ACCEPT, REJECT, UNSUPPORTED, MALFORMED = 0, 10, 20, 30
 SEV_STAGE = "verify-attestation-sev"
 SEV_MEASUREMENT_TYPE = "https://tinfoil.sh/predicate/sev-snp-guest/v2"
 TDX_STAGE = "verify-attestation-tdx"
+RELEASE_STAGE = "verify-release-statement"
 TDX_MEASUREMENT_TYPE = "https://tinfoil.sh/predicate/tdx-guest/v2"
 POLICY_MIGRATE_MA_BIT = 1 << 18
 AUTHOR_KEY_DIGEST = slice(0x110, 0x140)
@@ -71,7 +75,7 @@ class Rejected(Exception):
 
 
 def capabilities() -> dict[str, Any]:
-    return {"adapter": "cloister", "stages_supported": [SEV_STAGE, TDX_STAGE],
+    return {"adapter": "cloister", "stages_supported": [SEV_STAGE, TDX_STAGE, RELEASE_STAGE],
             "synthetic_roots": ["amd", "intel"], "freshness_enforced": False}
 
 
@@ -399,6 +403,47 @@ def _tdx_policy(quote: TdxQuote, body: bytes, raw: bytes, policy: dict[str, Any]
         if xfam & ~XFAM_ALLOWED:
             raise Rejected("XFAM_FORBIDDEN_BIT_SET")
 
+# --- release statements ---------------------------------------------------------------------
 
-_STAGES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {SEV_STAGE: _verify_sev,
-                                                                  TDX_STAGE: _verify_tdx}
+def _verify_release_statement(document: dict[str, Any]) -> dict[str, Any]:
+    """A DSSE release statement (`attestation.statement`) against the trusted keys given,
+    at the time given; optionally a workload it must list and a version floor."""
+    envelope = _b64(document, "envelope_b64")
+    keys = document.get("trusted_keys_pem")
+    when = document.get("verification_time_unix")
+    if not isinstance(keys, str) or not isinstance(when, int):
+        raise Malformed("trusted_keys_pem and verification_time_unix are required")
+    trusted = load_public_keys(keys.encode())
+    if not trusted:
+        raise Malformed("trusted_keys_pem holds no public key")
+    outer = json.loads(envelope)
+    if not isinstance(outer, dict) or not {"payload", "payloadType", "signatures"} <= set(outer):
+        raise Malformed("not a DSSE envelope")
+    try:
+        verified = verify_statement(envelope, trusted,
+                                    now=dt.datetime.fromtimestamp(when, dt.UTC))
+    except VerificationError as exc:
+        raise Rejected(_STATEMENT_CODES.get(exc.reason, "STATEMENT_INVALID")) from None
+    values = verified.values
+    expected = document.get("expected_workload_digest_hex")
+    if expected is not None and str(expected).lower() not in values.workloads:
+        raise Rejected("WORKLOAD_NOT_LISTED")
+    floor = document.get("min_version")
+    if floor is not None and values.version < int(floor):
+        raise Rejected("VERSION_ROLLBACK")
+    assert values.valid_until is not None
+    return {"version": values.version, "valid_until": values.valid_until.isoformat(),
+            "key_id": verified.key_id, "statement_digest": verified.digest,
+            "workload_digests": sorted(values.workloads)}
+
+
+_STATEMENT_CODES = {Reason.STATEMENT_UNTRUSTED: "KEY_UNTRUSTED",
+                    Reason.STATEMENT_SIGNATURE: "SIGNATURE_INVALID",
+                    Reason.STATEMENT_EXPIRED: "STATEMENT_EXPIRED",
+                    Reason.UNSUPPORTED: "PAYLOAD_TYPE_UNSUPPORTED",
+                    Reason.POLICY_FLOOR: "BELOW_POLICY_FLOOR"}
+
+
+_STAGES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    SEV_STAGE: _verify_sev, TDX_STAGE: _verify_tdx,
+    RELEASE_STAGE: _verify_release_statement}

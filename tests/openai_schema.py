@@ -52,12 +52,17 @@ def _nullable(node: Any) -> Any:
     """OpenAPI 3.0's `nullable`, which the document still uses, as JSON Schema says it;
     and a property the document leaves optional may be null, as vLLM sends the ones it
     leaves unset (`function_call`, `annotations`, `completion_tokens_details`) and the
-    OpenAI SDKs read null there as absent. Everything else is as the document says."""
+    OpenAI SDKs read null there as absent; and vLLM's chat logprobs object has no
+    `refusal` list (the SDKs take it as absent too). Everything else is as the document
+    says."""
     if isinstance(node, list):
         return [_nullable(n) for n in node]
     if not isinstance(node, dict):
         return node
     node = {k: _nullable(v) for k, v in node.items()}
+    if node.get("required") == ["content", "refusal"] and "refusal" in node.get(
+            "properties", {}) and "Log probability" in node.get("description", ""):
+        node["required"] = ["content"]  # vLLM's logprobs carry no `refusal` list
     if isinstance(node.get("properties"), dict):  # vLLM's null for an unset optional field
         required = set(node.get("required", ()))
         node["properties"] = {k: v if k in required else {"anyOf": [v, {"type": "null"}]}
