@@ -51,6 +51,13 @@ fi
 # atoma-sdk pins pydantic<2.11 and httpx<0.29 (older than vLLM's); its code runs unchanged
 # on the newer ones, so it goes in without its pins (its other imports are test extras).
 "${pip[@]}" install --quiet --no-deps atoma-sdk==0.1.3
+# NVIDIA's own GPU verifier, for the cross-check of ours (tests/nvidia_gpu_verdict.py): it
+# pins cryptography 43 and pyOpenSSL 24, older than ours, so it has an environment of
+# its own.
+rm -rf .venv-nvidia
+"$PYTHON" -m venv .venv-nvidia
+.venv-nvidia/bin/python -m pip --disable-pip-version-check install --quiet \
+  nv-local-gpu-verifier==2.7.3
 "$VENV/bin/python" -c "import vllm, transformers, starlette, pyhpke" 2>/dev/null || {
   echo "setup-env: the engine does not import; see the pip output above" >&2; exit 1; }
 echo "$want" > "$stamp"
