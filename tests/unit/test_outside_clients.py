@@ -3,8 +3,10 @@
 that flips one byte makes of the exchange, in either direction:
 
 - the OpenAI Python SDK through `cloister proxy` (OHTTP, attestation checked by the proxy);
-- Tinfoil's `tinfoil-ehbp` (Python) and its npm `ehbp` (Node), the latter also as the
-  `fetch` of the OpenAI Node SDK, as Tinfoil documents;
+- Tinfoil's `tinfoil-ehbp` (Python; alone and as the OpenAI Python SDK's transport) and
+  its npm `ehbp` (Node; alone and as the `fetch` of the OpenAI Node SDK), as Tinfoil
+  documents them;
+- Microsoft's `ohttpy` (Azure's OHTTP convention), as a process of its own;
 - `atoma-sdk`, on the attested TLS listener with a platform key;
 - a browser: an RFC 9458 chunked-OHTTP client on `hpke-js` and `bhttp-js` (npm), bundled by
   esbuild and run in Debian's headless Chromium from a page of another origin (CORS).
@@ -162,6 +164,22 @@ def tinfoil_python(served_: Served, url: str, **_: Any) -> None:
     assert events.rstrip().endswith(b"data: [DONE]")
 
 
+def openai_over_tinfoil(served_: Served, url: str, **_: Any) -> None:
+    """The OpenAI Python SDK on Tinfoil's `EHBPTransport`, as Tinfoil documents it."""
+    identity = tinfoil.ServerIdentity.unmarshal_public_config(
+        httpx.get(f"{url}/.well-known/hpke-keys").content)
+    with httpx.Client(transport=tinfoil.EHBPTransport(identity), timeout=60) as http:
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", http_client=http,
+                            max_retries=0)
+        try:
+            stream = sdk.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES,  # type: ignore[arg-type]
+                                                 max_tokens=4, stream=True)
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        except Exception as error:  # noqa: BLE001 - whichever error the stack raises
+            raise Refused(repr(error)) from None
+    assert text
+
+
 def atoma(served_: Served, url: str, **_: Any) -> None:
     sdk = AtomaSDK(bearer_auth=served_.api_key, server_url=url, timeout_ms=60_000,
                    client=httpx.Client(verify=served_.pinned, timeout=60))
@@ -192,6 +210,7 @@ CLIENTS: dict[str, tuple[Callable[..., None], bool]] = {
     # name: (runner, served on the attested TLS listener: Atoma with accounts)
     "openai-python-through-cloister-proxy": (openai_through_proxy, False),
     "tinfoil-ehbp-python": (tinfoil_python, False),
+    "openai-python-over-tinfoil-transport": (openai_over_tinfoil, False),
     "ehbp-node": (node("ehbp"), False),
     "openai-node-over-ehbp": (node("openai"), False),
     "atoma-sdk": (atoma, True),
