@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from enclave.errors import DecryptError, UnknownKeyError
 from enclave.keys import HpkeKeyPair, KeyRing
 from enclave.ohttp import ClientRequest, KeyConfig, decapsulate_request
 from enclave.ohttp.protocol import Aead, Kdf, SymmetricSuite
@@ -57,3 +58,25 @@ def test_client_opens_the_rfc_response(v) -> None:
     request = ClientRequest(KeyConfig.decode(v["key_config"]), v["bhttp_request"], suite=SUITE,
                             ephemeral_private_key=v["ephemeral_private_key_skE"])
     assert request.open_response(v["encapsulated_response"]) == v["bhttp_response"]
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    (lambda b: b[:-1], DecryptError),                      # truncated
+    (lambda b: b + b"\x00", DecryptError),                 # extended by a byte
+    (lambda b: b[:20], DecryptError),                      # cut inside enc
+    (lambda b: b"\x02" + b[1:], UnknownKeyError),          # another key id
+    (lambda b: b[:5] + b"\x00\x09" + b[7:], UnknownKeyError),  # an AEAD not offered
+], ids=["truncated", "extended", "cut-in-enc", "wrong-key-id", "unknown-aead"])
+def test_the_altered_published_request_is_refused_at_its_stage(keyring, v, change,
+                                                               error) -> None:
+    with pytest.raises(error):
+        decapsulate_request(keyring, change(v["encapsulated_request"]))
+
+
+@pytest.mark.parametrize("change", [lambda b: b[:-1], lambda b: b + b"\x00",
+                                    lambda b: b[:16]], ids=["truncated", "extended", "nonce-only"])
+def test_the_altered_published_response_is_refused(v, change) -> None:
+    request = ClientRequest(KeyConfig.decode(v["key_config"]), v["bhttp_request"], suite=SUITE,
+                            ephemeral_private_key=v["ephemeral_private_key_skE"])
+    with pytest.raises(DecryptError):
+        request.open_response(change(v["encapsulated_response"]))
