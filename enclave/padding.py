@@ -23,6 +23,7 @@ request bodies (`PaddingPolicy.pad_request`) and strip what they pass on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -81,14 +82,20 @@ class PaddingPolicy:
     def pad_json(self, body: bytes) -> bytes:
         return body + b" " * (self.target(len(body)) - len(body))
 
-    def pad_events(self, events: bytes, *, room: int = 0) -> bytes:
-        """`events` behind an SSE comment block that brings the chunk to its size, less
-        `room` (what the dialect's framing of a chunk adds, so that the framed chunk is
-        the size)."""
+    def pad_events(self, events: bytes, *,
+                   framing: Callable[[int], int] = lambda n: 0) -> bytes:
+        """`events` behind an SSE comment block that brings the chunk to its size once
+        the dialect's framing of a chunk is added (`framing(n)`: the bytes it adds to a
+        chunk of n, which may grow with n), so that the framed chunk is the size."""
         if self.kind == "off":
             return events
-        size = self.target(len(events) + room, minimum_pad=_COMMENT_OVERHEAD,
-                           growth=STREAM_GROWTH) - room
+        least = len(events) + _COMMENT_OVERHEAD
+        bucket = self.target(least + framing(least), growth=STREAM_GROWTH)
+        # the largest padded size whose framing brings it to the bucket (exactly, where
+        # one exists; a framing whose size jumps can leave a byte or two short)
+        size = max(n for n in range(bucket - framing(bucket) - 8, bucket + 1)
+                   if n + framing(n) <= bucket)
+        size = max(size, least)
         return b":" + b" " * (size - len(events) - _COMMENT_OVERHEAD) + b"\n\n" + events
 
     def pad_request(self, request: InnerRequest) -> InnerRequest:
@@ -141,8 +148,9 @@ class PaddedResponder:
         return self._inner.start(status, content_type)
 
     def chunk(self, events: bytes) -> bytes:
-        room = getattr(self._inner, "chunk_overhead", 0)  # a dialect's chunk framing
-        return self._inner.chunk(self._policy.pad_events(events, room=room))
+        framing = getattr(self._inner, "chunk_framing", None)  # a dialect's chunk framing
+        return self._inner.chunk(self._policy.pad_events(events, framing=framing)
+                                 if framing else self._policy.pad_events(events))
 
     def end(self) -> bytes:
         return self._inner.end()

@@ -7,6 +7,7 @@ event by event), and any refusal in OpenAI's error shape (`ErrorResponse`)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,11 @@ MAX_TOKENS = 8
 
 def load(chat_model: str = CHAT_MODEL, embedding_model: str = EMBEDDING_MODEL
          ) -> Any:
-    """The document, generating requests for these models and for few tokens."""
+    """The document, generating requests for these models and for few tokens. The same
+    examples every run (`derandomize` in the tests), and stack enough for the document's
+    deep schemas: CPython 3.11 compiles the generators' patterns recursively and reports
+    running out mid-way as a SystemError (seen once in a full run)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
     schema = schemathesis.openapi.from_path(str(DOCUMENT))
     # The coverage phase adds a thousand boundary cases per run; fuzzing and the
     # document's own examples keep the suite's time in bounds.

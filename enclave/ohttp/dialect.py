@@ -76,6 +76,7 @@ from enclave.ohttp.protocol import (
     REQUEST_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
 )
+from enclave.ohttp.varint import encode_varint
 from enclave.plugin import ClientSetup, DialectSetup
 from enclave.wire_errors import ErrorCode, code_of
 
@@ -144,10 +145,12 @@ class _ChunkedResponder:
     streams = True
     _HEADERS: Headers = (("content-type", CHUNKED_RESPONSE_MEDIA_TYPE), *INCREMENTAL,
                          *NO_STORE)
-    # What a content chunk adds to the events it carries (its varint length, at most 4
-    # bytes here): padding leaves room for it, so a padded chunk's plaintext is exactly
-    # its bucket (larger content the sealer breaks into pieces of `MAX_CHUNK_PLAINTEXT`).
-    chunk_overhead = 4
+    @staticmethod
+    def chunk_framing(length: int) -> int:
+        """What a content chunk adds to `length` bytes of events (its varint length):
+        padding leaves room for it, so a padded chunk's plaintext is exactly its bucket
+        (larger content the sealer breaks into pieces of `MAX_CHUNK_PLAINTEXT`)."""
+        return len(encode_varint(length))
 
     def __init__(self, sealer: ChunkedResponseSealer) -> None:
         self._sealer = sealer

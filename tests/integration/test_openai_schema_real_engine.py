@@ -17,7 +17,7 @@ schema = openai_schema.load("cloister-demo", "all-MiniLM-L6-v2")
 
 
 @schema.parametrize()
-@settings(max_examples=10, deadline=None,
+@settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 def test_the_real_engine_answers_in_the_openai_document_s_shapes(

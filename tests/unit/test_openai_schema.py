@@ -37,7 +37,7 @@ def proxy_url(tmp_path_factory) -> Iterator[str]:
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None,
+@settings(max_examples=15, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 def test_the_openai_document_s_shapes_hold(case, proxy_url) -> None:

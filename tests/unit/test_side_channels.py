@@ -118,7 +118,13 @@ def _buckets(sizes: set[int]) -> set[int]:
     of two): all powers of two if each chunk was padded to a pow2 bucket."""
     smallest = min(sizes)
     overhead = smallest - (1 << (smallest.bit_length() - 1))
-    return {size - overhead for size in sizes}
+    return {_bucket(size - overhead) for size in sizes}
+
+
+def _bucket(size: int) -> int:
+    """A framed size back to its bucket: a chunk's length prefix on the wire (OHTTP's
+    varint) grows from 2 to 4 bytes past 16 KiB, so a 16 KiB bucket shows 2 bytes more."""
+    return size - 2 if size > 1 << 14 and (size - 2) & (size - 3) == 0 else size
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -347,3 +353,17 @@ async def test_streamed_answers_of_1_to_34_tokens_use_at_most_4_chunk_sizes(
     finally:
         here.TOKEN_COUNTS = counts
     assert len(sizes) <= 4, sorted(sizes)
+
+
+@pytest.mark.parametrize("events", [1, 200, 253, 254, 1000, 4000, 16000, 16380, 16382])
+def test_a_padded_ohttp_chunk_is_exactly_its_bucket_whatever_its_length_prefix(events) -> None:
+    """The chunk's plaintext (varint length + events) fills the bucket exactly, at every
+    size class of the varint (found by the streamed-chunk test when a chunk reached the
+    16 KiB bucket: the framing was taken as 4 bytes where it is 2)."""
+    from enclave.ohttp.bhttp import encode_content_chunk
+    from enclave.ohttp.dialect import _ChunkedResponder
+
+    policy = PaddingPolicy.parse("pow2:256")
+    padded = policy.pad_events(b"x" * events, framing=_ChunkedResponder.chunk_framing)
+    framed = len(encode_content_chunk(padded))
+    assert framed & (framed - 1) == 0 and framed >= 256, framed
