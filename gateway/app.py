@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,11 +29,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from attestation.workload import workload_digest
 from enclave.dialect import ControlCall, ControlRoute, EngineRoute, OuterRequest, ServerDialect
 from enclave.errors import RequestRefused
 from enclave.fleet import FleetSecrets
 from enclave.keys import KeyRing
 from enclave.plugin import DialectSetup
+from enclave.receipts import BOUND_KEY as RECEIPT_KEY
+from enclave.receipts import ReceiptIssuer, ReceiptSigner
 from enclave.registry import DIALECTS, Dialect
 from enclave.replay import MemoryReplayCache, ReplayCache, ReplayGuard
 from enclave.wire_errors import ErrorCode, error_body
@@ -192,6 +196,22 @@ PUBLIC_CORS = (Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["G
                           allow_headers=["*"], expose_headers=["*"], max_age=600),)
 
 
+def _receipt_issuer(attestation: attestation_routes.Attested | None,
+                    fleet: FleetSecrets | None, keyring: KeyRing,
+                    clock: Callable[[], float]) -> ReceiptIssuer:
+    """The gateway's receipts: a key made here (a fleet's replicas derive one key, so a
+    receipt verifies whichever replica answered), saying the attested workload and the
+    digests of its models."""
+    key = (Ed25519PrivateKey.from_private_bytes(fleet.derive("receipt-ed25519"))
+           if fleet is not None else None)
+    manifest = attestation.workload if attestation is not None else {}
+    models = manifest.get("engine", {}).get("models", [])
+    return ReceiptIssuer(
+        ReceiptSigner(key), workload=workload_digest(manifest).hex() if manifest else "",
+        model_digests={str(m.get("name")): str(m.get("digest") or "") for m in models},
+        epoch=lambda: keyring.current().key_id, clock=clock)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
@@ -261,7 +281,9 @@ def create_app(
                       on_rotate=lambda _key: gateway_metrics.key_rotations.inc(), clock=clock,
                       derive=fleet.hpke_key if fleet is not None else None)
     dialects = Dialects.create(keyring, config, fleet, registry)
+    receipts = _receipt_issuer(attestation, fleet, keyring, clock)
     services = Services(
+        receipts=receipts,
         slot=slot, metrics=gateway_metrics, max_body_bytes=limits_.max_body_bytes,
         body_timeout=timeouts.body_timeout, opens=asyncio.Semaphore(MAX_CONCURRENT_OPENS),
         admission=limits.Admission(max_in_flight=limits_.max_in_flight,
@@ -285,6 +307,7 @@ def create_app(
         keys = dialects.published_keys()
         if tls_spki_sha256 is not None:
             keys["tls-spki-sha256"] = tls_spki_sha256
+        keys[RECEIPT_KEY] = receipts.signer.public_key
         return keys
 
     reports = (attestation_routes.ReportService(attestation, keyring, bound_keys, now=clock)

@@ -42,6 +42,7 @@ from enclave.dialect import (
 from enclave.engine import CHAT, COMPLETIONS, ENGINE_ROUTES, EngineRequest, EngineResponse
 from enclave.errors import RequestRefused, SealedRefusal
 from enclave.padding import PaddingPolicy, padded
+from enclave.receipts import CarriesReceipts, ReceiptIssuer
 from enclave.replay import ReplayGuard
 from enclave.wire_errors import ErrorCode, error_json, normalize_engine_error
 from gateway import sampling
@@ -112,6 +113,7 @@ class Services:
     write_timeout: float = 20.0
     forwarding: UntrustedForwarding = dataclasses.field(
         default_factory=lambda: UntrustedForwarding(trusted=False))
+    receipts: ReceiptIssuer | None = None  # signs a receipt for every answer that carries one
 
 
 def admit(services: Services, scope: Scope) -> contextlib.AbstractContextManager[None]:
@@ -291,6 +293,11 @@ class EngineEndpoint:
         context.dialect = mount.dialect.name
         services.metrics.in_flight.labels(context.dialect).inc()
         tracker = _Tracker(services, context.dialect, context.started_at, NoObserver())
+        receipt = None
+        if services.receipts is not None and isinstance(responder, CarriesReceipts):
+            receipt = services.receipts.pending(body)
+            receipt.model = _model_named(inner)
+            responder.sign_with(receipt)
         responder = padded(responder, services.padding)
         if opened.refused_inside:  # before a gate meters it or anything records it
             assert problem is not None
@@ -324,6 +331,8 @@ class EngineEndpoint:
             inner = _with_cache_salt(inner, services.cache_salt_key)
             engine = services.slot.get()
             inner = _latest_resolved(inner, engine.model_names())
+            if receipt is not None:
+                receipt.model = _model_named(inner)
         except GatewayError as err:
             return to_response(responder.error(err.status, err.body_json())), tracker, None
         call = EngineCall(engine, request.receive)
@@ -416,6 +425,16 @@ def _inner_problem(inner: InnerRequest) -> GatewayError | None:
 
 SALTED_PATHS = frozenset({CHAT[1], COMPLETIONS[1]})
 LATEST = "latest"
+
+
+def _model_named(inner: InnerRequest) -> str:
+    """The model a request names (for its receipt), or "" where it names none."""
+    try:
+        payload = inner.payload if inner.method == "POST" and inner.body else None
+    except ValueError:  # not JSON: refused on its way, with its receipt
+        return ""
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return model if isinstance(model, str) else ""
 
 
 def _latest_resolved(inner: InnerRequest, names: Sequence[str]) -> InnerRequest:

@@ -13,7 +13,9 @@ response to a streamed request gathers the stream into one message.
 
 from __future__ import annotations
 
+import collections
 import email.utils
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +50,7 @@ from enclave.ohttp.bhttp import (
     BinaryHttpError,
     ContentChunk,
     Request,
+    ResponseEnd,
     ResponseHead,
     StreamedResponseParser,
     decode_request,
@@ -78,6 +81,11 @@ from enclave.ohttp.protocol import (
 )
 from enclave.ohttp.varint import encode_varint
 from enclave.plugin import ClientSetup, DialectSetup
+from enclave.receipts import BOUND_KEY as RECEIPT_KEY
+from enclave.receipts import TRAILER as RECEIPT_TRAILER
+from enclave.receipts import PendingReceipt, Receipt, ReceiptError
+from enclave.receipts import digest as receipt_digest
+from enclave.receipts import verify as verify_receipt
 from enclave.wire_errors import ErrorCode, code_of
 
 PATH = "/.well-known/ohttp-gateway"
@@ -109,6 +117,10 @@ def _inner_error(status: int, error: bytes) -> tuple[str, bytes, Headers]:
             (("date", email.utils.formatdate(usegmt=True)),))
 
 
+def _receipt_trailer(receipt: PendingReceipt | None, content: bytes) -> Headers:
+    return () if receipt is None else ((RECEIPT_TRAILER, receipt(receipt_digest(content))),)
+
+
 # --- server side ---------------------------------------------------------------------------
 
 class _SingleShotResponder:
@@ -118,11 +130,15 @@ class _SingleShotResponder:
 
     def __init__(self, sealer: ResponseSealer) -> None:
         self._sealer = sealer
+        self._receipt: PendingReceipt | None = None
+
+    def sign_with(self, receipt: PendingReceipt) -> None:
+        self._receipt = receipt
 
     def whole(self, status: int, content_type: str, body: bytes, extra: Headers = ()
               ) -> OuterResponse:
         message = encode_response(BinaryResponse(status, (*_fields(content_type), *extra),
-                                                 body))
+                                                 body, _receipt_trailer(self._receipt, body)))
         return OuterResponse(200, (("content-type", RESPONSE_MEDIA_TYPE), *NO_STORE),
                              self._sealer.seal(message))
 
@@ -154,6 +170,11 @@ class _ChunkedResponder:
 
     def __init__(self, sealer: ChunkedResponseSealer) -> None:
         self._sealer = sealer
+        self._receipt: PendingReceipt | None = None
+        self._content = hashlib.sha256()  # what the client will open, for the receipt
+
+    def sign_with(self, receipt: PendingReceipt) -> None:
+        self._receipt = receipt
 
     def start(self, status: int, content_type: str, extra: Headers = ()) -> StreamStart:
         head = encode_response_head(status, (*_fields(content_type), *extra))
@@ -161,17 +182,21 @@ class _ChunkedResponder:
                            + self._sealer.seal_chunk(head))
 
     def chunk(self, events: bytes) -> bytes:
+        self._content.update(events)
         return self._sealer.seal_chunk(encode_content_chunk(events))
 
     def end(self) -> bytes:
-        return self._sealer.seal_final(encode_response_end())
+        """The final chunk: the end of content and the trailers, the receipt among them."""
+        trailers: Headers = ()
+        if self._receipt is not None:
+            trailers = ((RECEIPT_TRAILER, self._receipt(self._content.hexdigest())),)
+        return self._sealer.seal_final(encode_response_end(trailers))
 
     def whole(self, status: int, content_type: str, body: bytes, extra: Headers = ()
               ) -> OuterResponse:
         start = self.start(status, content_type, extra)
         sealed = self.chunk(body) if body else b""
-        return OuterResponse(200, self._HEADERS, start.body + sealed
-                             + self._sealer.seal_final(encode_response_end()))
+        return OuterResponse(200, self._HEADERS, start.body + sealed + self.end())
 
     def error(self, status: int, error: bytes) -> OuterResponse:
         return self.whole(status, *_inner_error(status, error))
@@ -276,9 +301,35 @@ def _opened(what: str = "the gateway's answer failed to open") -> Unauthenticate
     return UnauthenticatedAnswer(what)
 
 
+class Receipts:
+    """Client side: how an answer's receipt is checked (`enclave.receipts.verify`), and
+    the receipts of the answers that held. `key` is the receipt key the attestation report
+    bound: with it a receipt is required and its signature checked; without it (an
+    unverified gateway, for development) only what a receipt present says is checked."""
+
+    def __init__(self, *, keep: int = 1000) -> None:
+        self.key: bytes | None = None
+        self.required = False
+        self.kept: collections.deque[Receipt] = collections.deque(maxlen=keep)
+
+    def check(self, trailers: Headers, request: bytes, content_digest: str) -> None:
+        """The receipt among an answer's `trailers`, for the sealed `request` sent and the
+        plaintext opened (its SHA-256, hex); `UnauthenticatedAnswer` when it does not hold."""
+        wire = dict(trailers).get(RECEIPT_TRAILER)
+        if wire is None and not self.required:
+            return
+        try:
+            receipt = verify_receipt(wire, bound_key=self.key, request=request,
+                                     response_digest=content_digest,
+                                     signed=self.required)
+        except ReceiptError as exc:
+            raise _opened(f"the gateway's receipt does not hold ({exc.reason})") from None
+        self.kept.append(receipt)
+
+
 class _SingleShotOpener:
-    def __init__(self, sealed: ClientRequest) -> None:
-        self._sealed = sealed
+    def __init__(self, sealed: ClientRequest, receipts: Receipts) -> None:
+        self._sealed, self._receipts = sealed, receipts
 
     def whole(self, response: OuterResponse) -> InnerResponse:
         if response.status != 200 or media_type(response.headers) != RESPONSE_MEDIA_TYPE:
@@ -287,6 +338,7 @@ class _SingleShotOpener:
             inner = decode_response(self._sealed.open_response(response.body))
         except RequestRefused as exc:
             raise _opened() from exc
+        self._receipts.check(inner.trailers, self._sealed.data, receipt_digest(inner.content))
         return InnerResponse(inner.status, inner.header("content-type") or "application/json",
                              inner.content)
 
@@ -301,9 +353,12 @@ class _SingleShotOpener:
 
 
 class _ChunkedOpener:
-    def __init__(self, sealer: ChunkedRequestSealer) -> None:
+    def __init__(self, sealer: ChunkedRequestSealer, sent: bytes, receipts: Receipts) -> None:
         self._opener = sealer.response_opener()
         self._parser = StreamedResponseParser()
+        self._sent, self._receipts = sent, receipts
+        self._content = hashlib.sha256()
+        self._trailers: Headers = ()
 
     def begin(self, status: int, headers: Headers) -> bool:
         return status == 200 and media_type(headers) == CHUNKED_RESPONSE_MEDIA_TYPE
@@ -321,6 +376,7 @@ class _ChunkedOpener:
         except RequestRefused as exc:
             raise _opened("the gateway's answer failed to open (tampered or truncated)"
                           ) from exc
+        self._receipts.check(self._trailers, self._sent, self._content.hexdigest())
         return out
 
     def _events(self, plaintexts: list[bytes]) -> list[InnerHead | bytes]:
@@ -331,7 +387,10 @@ class _ChunkedOpener:
                     out.append(InnerHead(event.status, dict(event.headers).get(
                         "content-type", "application/json")))
                 elif isinstance(event, ContentChunk):
+                    self._content.update(event.data)
                     out.append(event.data)
+                elif isinstance(event, ResponseEnd):
+                    self._trailers = event.trailers
         return out
 
     def whole(self, response: OuterResponse) -> InnerResponse:
@@ -352,6 +411,7 @@ class OhttpClient:
 
     def __init__(self, config: KeyConfig) -> None:
         self.config = config
+        self.receipts = Receipts()
 
     def seal(self, request: InnerRequest, *, stream: bool
              ) -> tuple[OuterRequest, _SingleShotOpener | _ChunkedOpener]:
@@ -361,10 +421,10 @@ class OhttpClient:
             body = sealer.header + sealer.seal_chunk(message) + sealer.seal_final(b"")
             return (OuterRequest("POST", PATH, (*_fields(CHUNKED_REQUEST_MEDIA_TYPE),
                                                 *INCREMENTAL), body),
-                    _ChunkedOpener(sealer))
+                    _ChunkedOpener(sealer, body, self.receipts))
         sealed = ClientRequest(self.config, encode_request(_binary_request(request)))
         return (OuterRequest("POST", PATH, _fields(REQUEST_MEDIA_TYPE), sealed.data),
-                _SingleShotOpener(sealed))
+                _SingleShotOpener(sealed, self.receipts))
 
 
 class OhttpKeys(discovery.StaticKeys):
@@ -382,8 +442,12 @@ class OhttpKeys(discovery.StaticKeys):
             response))))
 
     def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
-        return isinstance(candidate, OhttpClient) and candidate.config in \
-            discovery.bound_configs(bound, "ohttp")
+        if not (isinstance(candidate, OhttpClient)
+                and candidate.config in discovery.bound_configs(bound, "ohttp")):
+            return False
+        # an attested gateway's answers carry receipts by the key its report binds
+        candidate.receipts.key, candidate.receipts.required = bound.get(RECEIPT_KEY), True
+        return True
 
 
 def client(setup: ClientSetup) -> OhttpKeys:

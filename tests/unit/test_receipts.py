@@ -1,0 +1,140 @@
+"""Receipts (`enclave.receipts`): every OHTTP answer carries one inside its encryption,
+signed by the key the attestation report binds, for the sealed request received and the
+plaintext answered; an attested client checks it and keeps it, and refuses an answer whose
+receipt is missing, signed by another key, or for another request or answer."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+import pytest
+import rfc8785
+
+from attestation.simulated import SimulatedPki
+from attestation.workload import workload_digest
+from enclave.errors import AnswerRefused
+from enclave.keys import KeyRing
+from enclave.ohttp.dialect import OhttpClient, OhttpServer
+from enclave.receipts import (
+    ReceiptError,
+    ReceiptIssuer,
+    ReceiptSigner,
+    digest,
+    verify,
+)
+from gateway.app import create_app
+from gateway.config import ServeConfig
+from proxy.attestor import Attestor
+from proxy.dialects import make_client
+from tests.attested import MODEL_DIGEST, TEST_WORKLOAD, simulated, trusting
+from tests.doubles import CHAT_MODEL, DeterministicTestEngine
+from tests.unit.conftest import running
+
+CHAT = json.dumps({"model": CHAT_MODEL, "max_tokens": 3,
+                   "messages": [{"role": "user", "content": "hi"}]}).encode()
+SIGNER = ReceiptSigner()
+
+
+def _signed(**changes) -> str:
+    fields = {"request": digest(b"sealed"), "response": digest(b"answer"), "model": "m",
+              "model_digest": "", "workload": "", "time": 1, "epoch": 0, **changes}
+    return SIGNER.sign(**fields).wire
+
+
+def test_a_receipt_is_jcs_json_signed_with_ed25519_and_versioned() -> None:
+    wire = _signed()
+    whole = json.loads(base64.urlsafe_b64decode(wire + "=" * (-len(wire) % 4)))
+    assert whole["v"] == 1 and set(whole) >= {"request", "response", "sig", "workload"}
+    unsigned = {k: v for k, v in whole.items() if k != "sig"}
+    assert rfc8785.dumps(whole).decode() == json.dumps(whole, sort_keys=True,
+                                                        separators=(",", ":"))
+    receipt = verify(wire, bound_key=SIGNER.public_key, request=b"sealed",
+                     response_digest=digest(b"answer"))
+    assert receipt.fields == unsigned
+
+
+@pytest.mark.parametrize(("wire", "key", "sent", "answer", "reason"), [
+    (None, SIGNER.public_key, b"sealed", b"answer", "receipt_missing"),
+    ("not a receipt", SIGNER.public_key, b"sealed", b"answer", "receipt_malformed"),
+    (_signed(), ReceiptSigner().public_key, b"sealed", b"answer", "receipt_signature_invalid"),
+    (_signed(), None, b"sealed", b"answer", "receipt_key_not_attested"),
+    (_signed(), SIGNER.public_key, b"another request", b"answer", "receipt_request_mismatch"),
+    (_signed(), SIGNER.public_key, b"sealed", b"another answer", "receipt_response_mismatch"),
+], ids=["missing", "malformed", "unattested-key", "no-key-bound", "other-request",
+        "other-answer"])
+def test_a_receipt_that_does_not_hold_is_refused(wire, key, sent, answer, reason) -> None:
+    with pytest.raises(ReceiptError) as refused:
+        verify(wire, bound_key=key, request=sent, response_digest=digest(answer))
+    assert refused.value.reason == reason
+
+
+def test_a_receipt_changed_after_signing_is_refused() -> None:
+    wire = _signed()
+    whole = json.loads(base64.urlsafe_b64decode(wire + "=" * (-len(wire) % 4)))
+    whole["model"] = "another-model"
+    forged = base64.urlsafe_b64encode(rfc8785.dumps(whole)).rstrip(b"=").decode()
+    with pytest.raises(ReceiptError, match="receipt_signature_invalid"):
+        verify(forged, bound_key=SIGNER.public_key, request=b"sealed",
+               response_digest=digest(b"answer"))
+
+
+# --- end to end: an attested client keeps the receipts it checked -------------------------
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_every_ohttp_answer_carries_a_receipt_the_attested_client_keeps(
+        tmp_path, stream) -> None:
+    pki = SimulatedPki.load_or_create(tmp_path / "pki")
+    app = create_app(ServeConfig.of(), DeterministicTestEngine().running,
+                     attestation=simulated(pki))
+    async with running(app):
+        transport = httpx.ASGITransport(app=app)
+        client = make_client("http://gw", "ohttp", transport=transport, attestation=Attestor(
+            "http://gw", trust=trusting(pki), transport=transport))
+        if stream:
+            streamed = json.dumps({**json.loads(CHAT), "stream": True}).encode()
+            async with client.stream("POST", "/v1/chat/completions", streamed) as answer:
+                assert answer.status == 200
+                assert b"[DONE]" in b"".join([c async for c in answer.chunks()])
+        else:
+            assert (await client.request("POST", "/v1/chat/completions", CHAT)).status == 200
+        dialect = await client.dialect()
+        await client.aclose()
+    assert isinstance(dialect, OhttpClient)
+    [receipt] = dialect.receipts.kept
+    assert receipt.fields["model"] == CHAT_MODEL
+    assert receipt.fields["model_digest"] == MODEL_DIGEST
+    assert receipt.fields["workload"] == workload_digest(TEST_WORKLOAD).hex()
+    assert receipt.fields["epoch"] == app.keyring.current().key_id
+
+
+# --- sans-IO: what an attested client refuses -------------------------------------------
+
+def _exchange(*, sign_with: ReceiptSigner | None, bound: bytes, stream: bool) -> None:
+    """One request sealed by an attested client (receipt key `bound`), opened and answered
+    by the OHTTP server with receipts from `sign_with` (None: none), opened by the client."""
+    keyring = KeyRing()
+    server = OhttpServer(keyring)
+    client = OhttpClient(keyring.key_configs()[0])
+    client.receipts.key, client.receipts.required = bound, True
+    from enclave.dialect import InnerRequest
+
+    outer, opener = client.seal(InnerRequest("POST", "/v1/chat/completions", CHAT),
+                                stream=stream)
+    _, responder = server.open(outer)
+    if sign_with is not None:
+        issuer = ReceiptIssuer(sign_with, workload="", model_digests={}, epoch=lambda: 0,
+                               clock=lambda: 0)
+        responder.sign_with(issuer.pending(outer.body))
+    answer = responder.whole(200, "application/json", b'{"ok": true}')
+    opener.whole(answer)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_without_its_receipt_or_with_another_key_s_is_refused(stream) -> None:
+    _exchange(sign_with=SIGNER, bound=SIGNER.public_key, stream=stream)  # holds
+    with pytest.raises(AnswerRefused, match="receipt_missing"):
+        _exchange(sign_with=None, bound=SIGNER.public_key, stream=stream)
+    with pytest.raises(AnswerRefused, match="receipt_signature_invalid"):
+        _exchange(sign_with=ReceiptSigner(), bound=SIGNER.public_key, stream=stream)
