@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return cli_keyholder.run(built.config, print_digest=args.print_digest,
                                  overridden=built.overridden)
-    if command in ("proxy", "attest", "admin"):
+    if command in ("proxy", "attest", "admin", "receipts"):
         return client_cli.run(args)
     if command == "demo-model":
         from enclave.demo_model import build_demo_model

@@ -14,6 +14,7 @@ import structlog
 import uvicorn
 
 from enclave.logs import configure_logging
+from enclave.receipts import ReceiptError
 from enclave.registry import sealed_dialects
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestation, Attestor, Unverified
@@ -22,6 +23,7 @@ from proxy.dialects import make_client
 from proxy.errors import CredentialInClear, GatewayNotAttested
 from proxy.multi import MultiGatewayClient
 from proxy.pinning import attested_certificate
+from proxy.receipts import ReceiptLog
 from proxy.report import as_json, describe
 from proxy.trust import SigstoreIdentity, StatementLog, Trust, default_state_dir, load_trust
 
@@ -66,6 +68,14 @@ def add_parsers(sub: Any) -> None:
     from cli import admin as admin_cli
 
     admin_cli.add_parser(sub, _add_trust_arguments)
+    receipts = sub.add_parser("receipts", help="the receipts this client kept: list, show, "
+                                               "verify again offline")
+    receipts.add_argument("action", choices=["list", "show", "verify"])
+    receipts.add_argument("index", nargs="?", type=int, default=None,
+                          help="show/verify: the receipt's number in `list` (verify: all "
+                               "when omitted)")
+    receipts.add_argument("--state-dir", type=Path, default=None,
+                          help="the client's state folder (as given to `cloister proxy`)")
 
 
 def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +100,43 @@ def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
                              "$CLOISTER_STATE/client or ~/.local/state/cloister/client)")
 
 
+def run_receipts(args: argparse.Namespace) -> int:
+    """`cloister receipts list|show|verify`: exit 0, or 1 when a receipt does not verify
+    (or the number names none)."""
+    kept = ReceiptLog(args.state_dir or default_state_dir()).entries()
+    chosen = list(enumerate(kept, 1))
+    if args.index is not None:
+        chosen = [(n, k) for n, k in chosen if n == args.index]
+        if not chosen:
+            print(f"cloister receipts: no receipt number {args.index} "
+                  f"({len(kept)} kept)", file=sys.stderr)
+            return 1
+    if args.action == "list":
+        for n, k in chosen:
+            f = k.receipt.fields
+            print(f"{n}\t{f['time']}\t{f['model']}\trequest {f['request'][:16]}\t"
+                  f"response {f['response'][:16]}\t{k.gateway}")
+        return 0
+    if args.action == "show":
+        for n, k in chosen:
+            print(json.dumps({"number": n, "gateway": k.gateway,
+                              "key": k.key.hex() if k.key else None, **k.receipt.fields},
+                             indent=2))
+        return 0
+    failed = 0
+    for n, k in chosen:
+        try:
+            k.check()
+            print(f"{n}\tVERIFIED\tsigned by {k.key.hex() if k.key else '?'}")
+        except ReceiptError as exc:
+            failed += 1
+            print(f"{n}\tNOT VERIFIED\t{exc.reason}")
+    return 1 if failed else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.command == "receipts":
+        return run_receipts(args)
     if args.command == "admin":
         from cli import admin as admin_cli
 
@@ -135,7 +181,9 @@ def _dialect_client(args: argparse.Namespace, url: str, trust: Trust,
                                 Attestor(url, trust=trust, statements=statements,
                                          report_mode=args.report_mode, tls_verify=False,
                                          reattest_seconds=args.reattest_seconds))
-    return make_client(url, args.protocol, attestation=attestation, api_key=args.api_key)
+    receipts = ReceiptLog(args.state_dir or default_state_dir())
+    return make_client(url, args.protocol, attestation=attestation, api_key=args.api_key,
+                       keep_receipt=receipts.keeper(url))
 
 
 def run_proxy(args: argparse.Namespace) -> int:

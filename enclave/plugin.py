@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from enclave.keys import KeyRing
 
@@ -26,3 +27,6 @@ class ClientSetup:
     """What a dialect's client side (its `KeyDiscovery`) is made from."""
 
     api_key: str | None = None  # Atoma: the platform API key sent as Bearer
+    # Where a receipt goes once the client has checked it (with the receipt key the report
+    # bound, None unverified): the proxy's `proxy.receipts.ReceiptLog`.
+    keep_receipt: Callable[[Any, bytes | None], None] | None = None

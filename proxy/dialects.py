@@ -3,7 +3,8 @@ side is the dialect's own sans-IO `KeyDiscovery`, driven by the client."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import httpx
 
@@ -16,6 +17,7 @@ from proxy.client import DEFAULT_LIMITS, GatewayClient
 def make_client(gateway_url: str, protocol: str, *, attestation: Attestation,
                 transport: httpx.AsyncBaseTransport | None = None,
                 api_key: str | None = None,
+                keep_receipt: Callable[[Any, bytes | None], None] | None = None,
                 limits: httpx.Limits = DEFAULT_LIMITS,
                 registry: Sequence[Dialect] = DIALECTS) -> GatewayClient:
     """A client for one gateway in one dialect the registry names with a client side;
@@ -25,5 +27,5 @@ def make_client(gateway_url: str, protocol: str, *, attestation: Attestation,
     entry = next((d for d in registry if d.name == protocol and d.client is not None), None)
     if entry is None or entry.client is None:
         raise ValueError(f"no client side for dialect {protocol!r}")
-    return GatewayClient(gateway_url, entry.client(ClientSetup(api_key)),
+    return GatewayClient(gateway_url, entry.client(ClientSetup(api_key, keep_receipt)),
                          attestation=attestation, transport=transport, limits=limits)

@@ -28,6 +28,7 @@ from proxy.app import LocalAnswer, ModelResolver, UpstreamClient, forward
 from proxy.attestor import REATTEST_SECONDS, Attestor
 from proxy.dialects import make_client
 from proxy.errors import ProxyError
+from proxy.receipts import ReceiptLog
 from proxy.trust import StatementLog, default_state_dir, load_trust
 
 T = TypeVar("T")
@@ -52,11 +53,12 @@ def verified_client(gateway_url: str, *, protocol: str = "ohttp",
         raise NoReferenceValues("no reference values: pass release_keys (the keys your "
                                 "gateway's operator signs releases with) or a policy")
     # The report vouches for itself (a credential goes only over TLS it binds).
-    attestation = Attestor(gateway_url, trust=trust,
-                           statements=StatementLog(state_dir or default_state_dir()),
+    folder = state_dir or default_state_dir()
+    attestation = Attestor(gateway_url, trust=trust, statements=StatementLog(folder),
                            report_mode=report_mode, reattest_seconds=reattest_seconds,
                            tls_verify=False)
-    return make_client(gateway_url, protocol, attestation=attestation, api_key=api_key)
+    return make_client(gateway_url, protocol, attestation=attestation, api_key=api_key,
+                       keep_receipt=ReceiptLog(folder).keeper(gateway_url))
 
 
 def _inner_path(url: httpx.URL) -> str:

@@ -17,7 +17,7 @@ import collections
 import email.utils
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -307,10 +307,12 @@ class Receipts:
     bound: with it a receipt is required and its signature checked; without it (an
     unverified gateway, for development) only what a receipt present says is checked."""
 
-    def __init__(self, *, keep: int = 1000) -> None:
+    def __init__(self, *, keep: int = 1000,
+                 sink: Callable[[Receipt, bytes | None], None] | None = None) -> None:
         self.key: bytes | None = None
         self.required = False
         self.kept: collections.deque[Receipt] = collections.deque(maxlen=keep)
+        self._sink = sink
 
     def check(self, trailers: Headers, request: bytes, content_digest: str) -> None:
         """The receipt among an answer's `trailers`, for the sealed `request` sent and the
@@ -325,6 +327,8 @@ class Receipts:
         except ReceiptError as exc:
             raise _opened(f"the gateway's receipt does not hold ({exc.reason})") from None
         self.kept.append(receipt)
+        if self._sink is not None:
+            self._sink(receipt, self.key)
 
 
 class _SingleShotOpener:
@@ -409,9 +413,10 @@ class OhttpClient:
 
     name = NAME
 
-    def __init__(self, config: KeyConfig) -> None:
+    def __init__(self, config: KeyConfig, *,
+                 keep_receipt: Callable[[Receipt, bytes | None], None] | None = None) -> None:
         self.config = config
-        self.receipts = Receipts()
+        self.receipts = Receipts(sink=keep_receipt)
 
     def seal(self, request: InnerRequest, *, stream: bool
              ) -> tuple[OuterRequest, _SingleShotOpener | _ChunkedOpener]:
@@ -437,9 +442,13 @@ class OhttpKeys(discovery.StaticKeys):
     def lookups(self) -> tuple[OuterRequest, ...]:
         return (OuterRequest("GET", PATH),)
 
+    def __init__(self, keep_receipt: Callable[[Receipt, bytes | None], None] | None = None
+                 ) -> None:
+        self._keep_receipt = keep_receipt
+
     def candidate(self, index: int, response: OuterResponse) -> OhttpClient:
         return OhttpClient(discovery.first(discovery.key_configs(discovery.answered(
-            response))))
+            response))), keep_receipt=self._keep_receipt)
 
     def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
         if not (isinstance(candidate, OhttpClient)
@@ -451,4 +460,4 @@ class OhttpKeys(discovery.StaticKeys):
 
 
 def client(setup: ClientSetup) -> OhttpKeys:
-    return OhttpKeys()
+    return OhttpKeys(setup.keep_receipt)

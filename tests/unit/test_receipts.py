@@ -28,6 +28,7 @@ from gateway.app import create_app
 from gateway.config import ServeConfig
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
+from proxy.receipts import ReceiptLog
 from tests.attested import MODEL_DIGEST, TEST_WORKLOAD, simulated, trusting
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import running
@@ -91,7 +92,8 @@ async def test_every_ohttp_answer_carries_a_receipt_the_attested_client_keeps(
     async with running(app):
         transport = httpx.ASGITransport(app=app)
         client = make_client("http://gw", "ohttp", transport=transport, attestation=Attestor(
-            "http://gw", trust=trusting(pki), transport=transport))
+            "http://gw", trust=trusting(pki), transport=transport),
+            keep_receipt=ReceiptLog(tmp_path / "state").keeper("http://gw"))
         if stream:
             streamed = json.dumps({**json.loads(CHAT), "stream": True}).encode()
             async with client.stream("POST", "/v1/chat/completions", streamed) as answer:
@@ -107,6 +109,37 @@ async def test_every_ohttp_answer_carries_a_receipt_the_attested_client_keeps(
     assert receipt.fields["model_digest"] == MODEL_DIGEST
     assert receipt.fields["workload"] == workload_digest(TEST_WORKLOAD).hex()
     assert receipt.fields["epoch"] == app.keyring.current().key_id
+    [kept] = ReceiptLog(tmp_path / "state").entries()  # kept on disk for later
+    assert kept.receipt == receipt and kept.gateway == "http://gw"
+    assert b"hi" not in (tmp_path / "state" / "receipts.jsonl").read_bytes()  # digests only
+
+
+def test_cloister_receipts_lists_shows_and_verifies_again_offline(tmp_path, capsys) -> None:
+    from cli.main import main
+
+    log = ReceiptLog(tmp_path)
+    keep = log.keeper("https://gw.example")
+    for n in range(2):
+        keep(SIGNER.sign(request=digest(b"r%d" % n), response=digest(b"a"), model="m",
+                         model_digest="", workload="w", time=n, epoch=0), SIGNER.public_key)
+    assert main(["receipts", "list", "--state-dir", str(tmp_path)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["receipts", "show", "2", "--state-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["request"] == digest(b"r1")
+    assert main(["receipts", "verify", "--state-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("\tVERIFIED") == 2
+    # someone edits a kept receipt: it no longer verifies, and says why
+    lines = log.path.read_text().splitlines()
+    entry = json.loads(lines[0])
+    wire = entry["receipt"]
+    whole = json.loads(base64.urlsafe_b64decode(wire + "=" * (-len(wire) % 4)))
+    whole["model"] = "another"
+    entry["receipt"] = base64.urlsafe_b64encode(rfc8785.dumps(whole)).rstrip(b"=").decode()
+    log.path.write_text("\n".join([json.dumps(entry), lines[1]]) + "\n")
+    assert main(["receipts", "verify", "--state-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "1\tNOT VERIFIED\treceipt_signature_invalid" in out and "2\tVERIFIED" in out
+    assert main(["receipts", "show", "9", "--state-dir", str(tmp_path)]) == 1
 
 
 # --- sans-IO: what an attested client refuses -------------------------------------------
