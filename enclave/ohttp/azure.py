@@ -32,19 +32,17 @@ from enclave.dialect import (
     OuterRequest,
     OuterResponse,
     StreamStart,
-    plain_refusal,
 )
 from enclave.errors import RequestRefused
 from enclave.http_fields import media_type
 from enclave.keys import KeyRing
 from enclave.ohttp.chunked import ResponseCipher
-from enclave.ohttp.dialect import decapsulated
+from enclave.ohttp.dialect import decapsulated, refused_outside
 from enclave.ohttp.encapsulation import ResponseSealer, decapsulate_request
 from enclave.ohttp.keyconfig import encode_key_configs
 from enclave.ohttp.protocol import (
     CHUNKED_REQUEST_MEDIA_TYPE,
     FINAL_CHUNK_AAD,
-    KEY_CONFIG_PROBLEM_TYPE,
     RESPONSE_LABEL,
 )
 from enclave.ohttp.suites import response_nonce_size
@@ -151,9 +149,7 @@ class AzureOhttpServer:
         return decapsulated(message, responder, request.body), responder
 
     def refuse(self, error: RequestRefused) -> OuterResponse:
-        if error.code == ErrorCode.UNKNOWN_KEY:  # as RFC 9458 section 5.3
-            return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE, status=400)
-        return plain_refusal(error)
+        return refused_outside(error)
 
 
 def server(setup: DialectSetup) -> AzureOhttpServer:

@@ -252,9 +252,15 @@ class OhttpServer:
         return decapsulated(message, responder, request.body), responder
 
     def refuse(self, error: RequestRefused) -> OuterResponse:
-        if error.code == ErrorCode.UNKNOWN_KEY:  # RFC 9458 section 5.3
-            return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE, status=400)
-        return plain_refusal(error)
+        return refused_outside(error)
+
+
+def refused_outside(error: RequestRefused) -> OuterResponse:
+    """A request refused before decapsulation, in the clear: an unknown key is RFC 9458
+    section 5.3's `ohttp-key` problem, so the client fetches keys again."""
+    if error.code == ErrorCode.UNKNOWN_KEY:
+        return plain_refusal(error, problem_type=KEY_CONFIG_PROBLEM_TYPE, status=400)
+    return plain_refusal(error)
 
 
 def decapsulated(message: bytes, responder: Responder, body: bytes) -> InnerRequest:

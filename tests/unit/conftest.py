@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from gateway.app import Gateway, create_app
 from gateway.config import ServeConfig
@@ -63,3 +65,15 @@ async def gateway_app(make_app) -> AsyncIterator[Gateway]:
     """A gateway (default settings: plaintext refused) with its lifespan running."""
     async with running(make_app(max_body_bytes=64 * 1024)) as app:
         yield app
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright, for a module's tests."""
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -31,7 +31,7 @@ import openai
 import pytest
 from atoma_sdk import AtomaSDK
 from atoma_sdk import models as atoma_models
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -55,7 +55,6 @@ from tests.unit.test_platform import new_key
 ROOT = Path(__file__).resolve().parents[2]
 JS = ROOT / "tests" / "js"
 NODE = shutil.which("node") or "/usr/bin/node"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
@@ -82,14 +81,6 @@ def gateway(tmp_path_factory) -> Iterator[Served]:
     pinned = ssl.create_default_context(cadata=identity.cert_pem.decode())
     with served(app) as url, served(app.tls_app, tls=identity) as tls_url:
         yield Served(url, tls_url, pinned, key, pki)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,9 @@ its chat box going through the proxy to a gateway it verified (simulated TEE).""
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 
 from enclave.sealed_state import DataKey
 from gateway.app import create_app
@@ -24,18 +21,9 @@ from tests.attested import simulated, trusting
 from tests.doubles import DeterministicTestEngine
 from tests.served import served
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Where the screenshots go (the CI keeps nothing; a person running it can look).
 SHOTS = Path(os.environ.get("CLOISTER_SCREENSHOTS", "")) if os.environ.get(
     "CLOISTER_SCREENSHOTS") else None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 def _local_only(page: Page, origin: str) -> list[str]:
