@@ -33,8 +33,9 @@ from tests.attested import MODEL_DIGEST, TEST_WORKLOAD, simulated, trusting
 from tests.doubles import CHAT_MODEL, DeterministicTestEngine
 from tests.unit.conftest import running
 
+PROMPT = "a private prompt"  # spaces: never inside hex or base64
 CHAT = json.dumps({"model": CHAT_MODEL, "max_tokens": 3,
-                   "messages": [{"role": "user", "content": "hi"}]}).encode()
+                   "messages": [{"role": "user", "content": PROMPT}]}).encode()
 SIGNER = ReceiptSigner()
 
 
@@ -111,7 +112,8 @@ async def test_every_ohttp_answer_carries_a_receipt_the_attested_client_keeps(
     assert receipt.fields["epoch"] == app.keyring.current().key_id
     [kept] = ReceiptLog(tmp_path / "state").entries()  # kept on disk for later
     assert kept.receipt == receipt and kept.gateway == "http://gw"
-    assert b"hi" not in (tmp_path / "state" / "receipts.jsonl").read_bytes()  # digests only
+    kept_bytes = (tmp_path / "state" / "receipts.jsonl").read_bytes()
+    assert PROMPT.encode() not in kept_bytes and b"echo: " not in kept_bytes  # digests only
 
 
 def test_cloister_receipts_lists_shows_and_verifies_again_offline(tmp_path, capsys) -> None:
