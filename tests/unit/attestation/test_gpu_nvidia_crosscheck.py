@@ -54,13 +54,13 @@ def _ours(raw: bytes, chain: bytes, nonce: bytes) -> bool:
     return True
 
 
-def test_cloister_and_nvidia_agree_on_the_real_report_and_every_mutation() -> None:
+def test_cloister_and_nvidia_agree_on_the_real_report_and_every_mutation(tmp_path) -> None:
     cases = _cases()
     nvidia = subprocess.run(
         [str(NVIDIA_PYTHON), str(ROOT / "tests" / "nvidia_gpu_verdict.py")],
         input=json.dumps([{"report_hex": r.hex(), "chain_pem": c.decode()}
                           for r, c in cases.values()]),
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)  # its verifier.log
     assert nvidia.returncode == 0, nvidia.stderr[-2000:]
     theirs = dict(zip(cases, json.loads(nvidia.stdout.strip().splitlines()[-1]), strict=True))
     # the nonce Cloister expects is the one the client sent: the published report's
