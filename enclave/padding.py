@@ -82,19 +82,22 @@ class PaddingPolicy:
     def pad_json(self, body: bytes) -> bytes:
         return body + b" " * (self.target(len(body)) - len(body))
 
-    def pad_events(self, events: bytes, *,
-                   framing: Callable[[int], int] = lambda n: 0) -> bytes:
+    def pad_events(self, events: bytes, *, framing: Callable[[int], int] | None = None
+                   ) -> bytes:
         """`events` behind an SSE comment block that brings the chunk to its size once
         the dialect's framing of a chunk is added (`framing(n)`: the bytes it adds to a
         chunk of n, which may grow with n), so that the framed chunk is the size."""
         if self.kind == "off":
             return events
+        frame = framing or _unframed
         least = len(events) + _COMMENT_OVERHEAD
-        bucket = self.target(least + framing(least), growth=STREAM_GROWTH)
+        bucket = self.target(least + frame(least), growth=STREAM_GROWTH)
         # the largest padded size whose framing brings it to the bucket (exactly, where
-        # one exists; a framing whose size jumps can leave a byte or two short)
-        size = max(n for n in range(bucket - framing(bucket) - 8, bucket + 1)
-                   if n + framing(n) <= bucket)
+        # one exists; a framing whose size jumps can leave a byte or two short): from
+        # the bucket less its own framing (a framing never shrinks as n grows), up
+        size = bucket - frame(bucket)
+        while size + 1 + frame(size + 1) <= bucket:
+            size += 1
         size = max(size, least)
         return b":" + b" " * (size - len(events) - _COMMENT_OVERHEAD) + b"\n\n" + events
 
@@ -102,6 +105,10 @@ class PaddingPolicy:
         if not request.body:
             return request
         return InnerRequest(request.method, request.path, self.pad_json(request.body))
+
+
+def _unframed(length: int) -> int:
+    return 0
 
 
 OFF = PaddingPolicy("off", 0)
@@ -149,8 +156,7 @@ class PaddedResponder:
 
     def chunk(self, events: bytes) -> bytes:
         framing = getattr(self._inner, "chunk_framing", None)  # a dialect's chunk framing
-        return self._inner.chunk(self._policy.pad_events(events, framing=framing)
-                                 if framing else self._policy.pad_events(events))
+        return self._inner.chunk(self._policy.pad_events(events, framing=framing))
 
     def end(self) -> bytes:
         return self._inner.end()

@@ -85,6 +85,15 @@ class Receipt:
     def signed_bytes(self) -> bytes:
         return rfc8785.dumps(self.fields)
 
+    def check_signature(self, key: bytes | None) -> None:
+        """Signed by `key` (raw Ed25519 public key), else `ReceiptError`."""
+        if key is None:
+            raise ReceiptError("receipt_key_not_attested")
+        try:
+            Ed25519PublicKey.from_public_bytes(key).verify(self.signature, self.signed_bytes())
+        except (InvalidSignature, ValueError):
+            raise ReceiptError("receipt_signature_invalid") from None
+
 
 class ReceiptSigner:
     """The gateway side: one key per process, its public half bound in the report."""
@@ -115,13 +124,7 @@ def verify(wire: str | None, *, bound_key: bytes | None, request: bytes,
         raise ReceiptError("receipt_missing")
     receipt = Receipt.parse(wire)
     if signed:
-        if bound_key is None:
-            raise ReceiptError("receipt_key_not_attested")
-        try:
-            Ed25519PublicKey.from_public_bytes(bound_key).verify(receipt.signature,
-                                                                 receipt.signed_bytes())
-        except (InvalidSignature, ValueError):
-            raise ReceiptError("receipt_signature_invalid") from None
+        receipt.check_signature(bound_key)
     if receipt.fields["request"] != digest(request):
         raise ReceiptError("receipt_request_mismatch")
     if receipt.fields["response"] != response_digest:

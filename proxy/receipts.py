@@ -29,16 +29,7 @@ class KeptReceipt:
 
     def check(self) -> None:
         """The signature again, by the key recorded; `ReceiptError` when it fails."""
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        if self.key is None:
-            raise ReceiptError("receipt_key_not_attested")
-        try:
-            Ed25519PublicKey.from_public_bytes(self.key).verify(
-                self.receipt.signature, self.receipt.signed_bytes())
-        except (InvalidSignature, ValueError):
-            raise ReceiptError("receipt_signature_invalid") from None
+        self.receipt.check_signature(self.key)
 
 
 class ReceiptLog:

@@ -182,7 +182,8 @@ class _ChunkedResponder:
                            + self._sealer.seal_chunk(head))
 
     def chunk(self, events: bytes) -> bytes:
-        self._content.update(events)
+        if self._receipt is not None:  # signed before the first chunk, or not at all
+            self._content.update(events)
         return self._sealer.seal_chunk(encode_content_chunk(events))
 
     def end(self) -> bytes:
