@@ -26,6 +26,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -142,19 +143,24 @@ class PendingReceipt:
 
     def __call__(self, response_digest: str) -> str:
         issuer = self._issuer
-        return issuer.signer.sign(
+        wire = issuer.signer.sign(
             request=self._request, response=response_digest, model=self.model,
             model_digest=issuer.model_digests.get(self.model, ""), workload=issuer.workload,
             time=int(issuer.clock()), epoch=issuer.epoch()).wire
+        if issuer.logged is not None:
+            issuer.logged(wire)
+        return wire
 
 
 class ReceiptIssuer:
     """The gateway's receipts: its signer and what every receipt says of the gateway."""
 
     def __init__(self, signer: ReceiptSigner, *, workload: str,
-                 model_digests: dict[str, str], epoch: Any, clock: Any) -> None:
+                 model_digests: dict[str, str], epoch: Any, clock: Any,
+                 logged: Callable[[str], None] | None = None) -> None:
+        """`logged`: called with each receipt signed (the transparency log's append)."""
         self.signer, self.workload, self.model_digests = signer, workload, model_digests
-        self.epoch, self.clock = epoch, clock
+        self.epoch, self.clock, self.logged = epoch, clock, logged
 
     def pending(self, request: bytes) -> PendingReceipt:
         return PendingReceipt(self, request)

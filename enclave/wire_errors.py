@@ -50,6 +50,7 @@ class ErrorCode(enum.StrEnum):
     CLIENT_GONE = "client_closed_request"
     ATTESTED_TLS_REQUIRED = "attested_tls_required"
     EXPECTATION_FAILED = "expectation_failed"
+    LOG_NOT_READY = "log_not_ready"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -88,6 +89,7 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.ATTESTED_TLS_REQUIRED: (403, "permission_error"),
     ErrorCode.EXPECTATION_FAILED: (417, "invalid_request_error"),
     ErrorCode.STORE_UNAVAILABLE: (503, "server_error"),
+    ErrorCode.LOG_NOT_READY: (503, "server_error"),
     ErrorCode.CLIENT_GONE: (499, "invalid_request_error"),  # nginx's status for it
 }
 

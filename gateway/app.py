@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -39,8 +40,9 @@ from enclave.receipts import BOUND_KEY as RECEIPT_KEY
 from enclave.receipts import ReceiptIssuer, ReceiptSigner
 from enclave.registry import DIALECTS, Dialect
 from enclave.replay import MemoryReplayCache, ReplayCache, ReplayGuard
+from enclave.tlog.entries import receipt_entry, release_entry
 from enclave.wire_errors import ErrorCode, error_body
-from gateway import attestation_routes, limits, metrics, platform_docs
+from gateway import attestation_routes, limits, metrics, platform_docs, tlog_routes
 from gateway.admin import AdminApi
 from gateway.body import read_body
 from gateway.config import ServeConfig
@@ -56,6 +58,8 @@ from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import GatewayError, json_response
 from gateway.platform_routes import Platform
 from gateway.platform_store import PlatformStore
+from gateway.tlog import BOUND_KEY as LOG_KEY
+from gateway.tlog import TransparencyLog
 
 log = structlog.get_logger("cloister.gateway")
 VERSION = importlib.metadata.version("cloister")
@@ -198,7 +202,8 @@ PUBLIC_CORS = (Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["G
 
 def _receipt_issuer(attestation: attestation_routes.Attested | None,
                     fleet: FleetSecrets | None, keyring: KeyRing,
-                    clock: Callable[[], float]) -> ReceiptIssuer:
+                    clock: Callable[[], float],
+                    transparency_log: TransparencyLog | None) -> ReceiptIssuer:
     """The gateway's receipts: a key made here (a fleet's replicas derive one key, so a
     receipt verifies whichever replica answered), saying the attested workload and the
     digests of its models."""
@@ -209,7 +214,9 @@ def _receipt_issuer(attestation: attestation_routes.Attested | None,
     return ReceiptIssuer(
         ReceiptSigner(key), workload=workload_digest(manifest).hex() if manifest else "",
         model_digests={str(m.get("name")): str(m.get("digest") or "") for m in models},
-        epoch=lambda: keyring.current().key_id, clock=clock)
+        epoch=lambda: keyring.current().key_id, clock=clock,
+        logged=(None if transparency_log is None
+                else lambda wire: transparency_log.append(receipt_entry(wire))))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -264,11 +271,14 @@ def create_app(
     admin: AdminApi | None = None,
     fleet: FleetSecrets | None = None,
     registry: Sequence[Dialect] = DIALECTS,
+    transparency_log: TransparencyLog | None = None,
 ) -> Gateway:
     """Build the gateway. The engine starts in the lifespan, in the background.
 
     `attestation` is the evidence providers and the workload manifest; without it the
     report endpoint answers 503 and no client that verifies will talk to this gateway.
+    `transparency_log` (`gateway.tlog`): where receipts and release statements are
+    logged; its key is bound in the report and its routes served.
     """
     slot = EngineSlot(engine_factory, on_failure=on_engine_failure)
     gateway_metrics = metrics.GatewayMetrics(slot.current)
@@ -281,7 +291,7 @@ def create_app(
                       on_rotate=lambda _key: gateway_metrics.key_rotations.inc(), clock=clock,
                       derive=fleet.hpke_key if fleet is not None else None)
     dialects = Dialects.create(keyring, config, fleet, registry)
-    receipts = _receipt_issuer(attestation, fleet, keyring, clock)
+    receipts = _receipt_issuer(attestation, fleet, keyring, clock, transparency_log)
     services = Services(
         receipts=receipts,
         slot=slot, metrics=gateway_metrics, max_body_bytes=limits_.max_body_bytes,
@@ -308,6 +318,8 @@ def create_app(
         if tls_spki_sha256 is not None:
             keys["tls-spki-sha256"] = tls_spki_sha256
         keys[RECEIPT_KEY] = receipts.signer.public_key
+        if transparency_log is not None:
+            keys[LOG_KEY] = transparency_log.public_key
         return keys
 
     reports = (attestation_routes.ReportService(attestation, keyring, bound_keys, now=clock)
@@ -340,9 +352,19 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         slot.start()
+        logging = None
+        if transparency_log is not None:
+            released = [release_entry(json.loads(s)) for s in
+                        (attestation.statements if attestation is not None else ())]
+            await asyncio.to_thread(transparency_log.append_once, released)
+            logging = asyncio.create_task(transparency_log.run(), name="cloister-tlog")
         try:
             yield
         finally:
+            if logging is not None:
+                logging.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await logging
             if reports is not None:
                 reports.close()
             await slot.stop()
@@ -350,11 +372,17 @@ def create_app(
     buckets = limits.RateBuckets(rate=limits_.secret_registrations_per_second,
                                  burst=limits_.secret_registration_burst)
 
+    logged: list[BaseRoute] = []
+    if transparency_log is not None:
+        logged = [*tlog_routes.log_routes(transparency_log),
+                  Route(tlog_routes.BUNDLE_PATH, tlog_routes.bundle_endpoint(
+                      reports, attestation, transparency_log), methods=["GET"])]
+
     def served(*, attested_tls: bool) -> list[BaseRoute]:
         return [Route("/health", health, methods=["GET"]),
                 Route("/ready", ready, methods=["GET"]),
                 *_routes(dialects, services, reports, attestation, platform, metrics_token,
-                         buckets, attested_tls=attested_tls)]
+                         buckets, attested_tls=attested_tls), *logged]
 
     def listener(routes: list[BaseRoute], *, owns_lifespan: bool) -> Starlette:
         return Starlette(

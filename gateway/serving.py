@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when
     from gateway.launch import Launch
     from gateway.platform_store import PlatformStore
     from gateway.replay_store import SqlReplayCache
+    from gateway.tlog import TransparencyLog
 
 
 class Listening(Protocol):
@@ -122,6 +123,22 @@ def platform_store(config: ServeConfig, fleet: FleetSecrets | None = None, *,
     return PlatformStore(url, DataKey.from_key_file(Path(choice.removeprefix("file:"))))
 
 
+def transparency_log(config: ServeConfig, fleet: FleetSecrets | None) -> TransparencyLog:
+    """The log of receipts and release statements (`gateway.tlog`): in the configured
+    database (the fleet's, for replicas) or a SQLite file in the state folder; signed by
+    the fleet's log key (every replica and worker the same) or one made for this run."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gateway.tlog import LogStore, TransparencyLog
+
+    state = config.store.folder()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    url = config.store.database or f"sqlite:///{state / 'transparency-log.db'}"
+    key = (Ed25519PrivateKey.from_private_bytes(fleet.derive("log-ed25519"))
+           if fleet is not None else Ed25519PrivateKey.generate())
+    return TransparencyLog(LogStore(url), key)
+
+
 class StoreKeyRefused(Exception):
     """This process may not open the stored state; the message says what to use."""
 
@@ -200,7 +217,8 @@ def serve_process(config: ServeConfig, launch: Launch, attested: Attested,
     app = create_app(config, engine, on_engine_failure=on_engine_failure,
                      attestation=attested, platform_store=store, admin=admin,
                      tls_spki_sha256=tls.spki_sha256 if tls is not None else None,
-                     fleet=fleet, replay_cache=replay_cache)
+                     fleet=fleet, replay_cache=replay_cache,
+                     transparency_log=transparency_log(config, fleet))
     # Proxy headers (X-Forwarded-For/-Proto) only from a front the operator names.
     forwarded: dict[str, Any] = {"proxy_headers": listen.forwarded_allow_ips is not None,
                                  "forwarded_allow_ips": listen.forwarded_allow_ips}

@@ -6,6 +6,8 @@
 #   chromium                         the headless browser of the docs and status-page tests
 #   prometheus                       `promtool check metrics` over the gateway's exposition
 #   nodejs, npm                      the Node and browser clients of the compatibility tests
+#   golang-go, golang-golang-x-mod-dev  Go's sumdb note and tlog, the outside verifier of
+#                                    the transparency log (built offline, GOPATH mode)
 # Installed with apt-get when missing (as root); otherwise says what to install.
 set -euo pipefail
 need=()
@@ -17,6 +19,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v go >/dev/null 2>&1 || [ -x /usr/lib/go/bin/go ] || need+=(golang-go)
+[ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ] || need+=(golang-golang-x-mod-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup-system: please install: ${need[*]} (sudo apt-get install ${need[*]})" >&2
