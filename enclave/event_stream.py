@@ -7,12 +7,15 @@ authenticated end (`_seal_event` of an empty chunk object that keeps the stream'
 object, created and model, with `final=True`). Client: a dialect supplies
 `_open_event(payload)`, which opens one sealed event at the current position and says
 whether it is the end; `SealedEventsOpener` reassembles events from the byte stream and
-refuses data after the end or after `[DONE]`, and a stream cut short.
+refuses data after the end or after `[DONE]`, and a stream cut short. A receipt
+(`enclave.receipts`) rides in the authenticated end; each side keeps here the running
+digest of what it sealed or opened before it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from typing import Any
 
@@ -21,6 +24,7 @@ from enclave.dialect import Headers, InnerHead, OuterResponse, StreamStart, json
 from enclave.errors import RequestRefused, UnauthenticatedAnswer
 from enclave.http_fields import media_type
 from enclave.padding import OFF, PaddingPolicy
+from enclave.receipts import PendingReceipt, Receipts
 
 EVENT_STREAM = "text/event-stream"
 # Kept from the last engine event in the end chunk, so that it is a well-formed chunk.
@@ -36,6 +40,11 @@ class SealedEventsResponder:
     def __init__(self) -> None:
         self._last = b"{}"
         self.padding = OFF
+        self._receipt: PendingReceipt | None = None
+        self._content = hashlib.sha256()  # what the client opens, for the receipt
+
+    def sign_with(self, receipt: PendingReceipt) -> None:
+        self._receipt = receipt
 
     def padded(self, policy: PaddingPolicy) -> SealedEventsResponder:
         self.padding = policy
@@ -74,7 +83,11 @@ class SealedEventsResponder:
 
 
 class SealedEventsOpener:
-    def __init__(self) -> None:
+    """`sent`: the sealed request, for its answer's receipt, which `receipts` checks."""
+
+    def __init__(self, sent: bytes, receipts: Receipts) -> None:
+        self._sent, self._receipts = sent, receipts
+        self._content = hashlib.sha256()  # what was opened, for the receipt
         self._reader = sse.EventReader()
         self._head: InnerHead | None = InnerHead(200, EVENT_STREAM)
         self._ended = False

@@ -8,8 +8,19 @@ answered them and that the answer they hold is the one the enclave produced.
                "workload": the gateway's workload digest (hex), "time": Unix seconds,
                "epoch": the id of the key the request was sealed to,
                "sig": base64url Ed25519 over the JCS form of all the other members}
-    wire    = base64url(JCS(receipt)), carried inside the encryption (OHTTP: the inner
-              Binary HTTP response's trailer field `cloister-receipt`)
+    wire    = base64url(JCS(receipt)), carried inside the encryption, where each dialect's
+              own clients skip it:
+              OHTTP      the inner Binary HTTP response's trailer field `cloister-receipt`
+              EHBP       a whole JSON answer's last member, `,"cloister_receipt":"<wire>"}`
+                         written into the sealed body (`with_receipt`); a stream's last
+                         frame, the SSE comment event `: cloister-receipt <wire>\n\n`
+                         (`receipt_event`), after `data: [DONE]`
+              Atoma      the same last member, in the sealed plaintext of a whole answer
+                         and of a stream's authenticated end chunk
+              Continuum  (only `choices` or `data` is sealed) a member `cloister_receipt`
+                         beside it, sealed as a field of its own at the final position
+              The client takes it out before it digests and passes the answer on; what the
+              response digest covers is each dialect's module docstring.
 
 JCS (RFC 8785) JSON over COSE_Sign1: one canonical form that `jq` can read and every
 language can rebuild, with the JCS library the project already uses; Ed25519 for small,
@@ -17,22 +28,27 @@ deterministic signatures. The signing key is made in the enclave at start and bo
 attestation report as `receipt-ed25519`, so a receipt is worth what the report is.
 Sans-IO: `ReceiptSigner` signs, `ReceiptIssuer` makes one `PendingReceipt` per request
 that a responder which `CarriesReceipts` signs at the end of its answer, `verify` checks
-one against what the client sent and got.
+one against what the client sent and got, and a client dialect's `Receipts` does that for
+each answer and keeps those that held.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from enclave.errors import UnauthenticatedAnswer
 
 VERSION = 1
 TRAILER = "cloister-receipt"
@@ -171,3 +187,80 @@ class CarriesReceipts(Protocol):
     """A responder that carries a receipt inside its encryption."""
 
     def sign_with(self, receipt: PendingReceipt) -> None: ...
+
+
+# --- where a dialect has no trailer: the receipt in a form its own clients skip -----------
+
+MEMBER = "cloister_receipt"  # a JSON answer's last member; Continuum's sealed member
+_MEMBER_HEAD = b'"' + MEMBER.encode() + b'":"'
+_EVENT_HEAD = b": cloister-receipt "  # an SSE comment: parsers skip it (WHATWG HTML 9.2.6)
+_WIRE = re.compile(rb"[A-Za-z0-9_-]+")
+
+
+def receipt_event(wire: str) -> bytes:
+    """The SSE comment event that carries a receipt after a stream's last event."""
+    return _EVENT_HEAD + wire.encode() + b"\n\n"
+
+
+def receipt_of_event(data: bytes) -> str | None:
+    """The receipt `data` carries if it is exactly one receipt event, else None."""
+    wire = data[len(_EVENT_HEAD):-2]
+    if data.startswith(_EVENT_HEAD) and data.endswith(b"\n\n") and _WIRE.fullmatch(wire):
+        return wire.decode()
+    return None
+
+
+def with_receipt(body: bytes, wire: str) -> bytes:
+    """The JSON object `body` with the receipt written in as its last member (whitespace
+    after the object, padding, stays after it); unchanged if it is not an object."""
+    value = body.rstrip()
+    if not (value.startswith(b"{") and value.endswith(b"}")):
+        return body
+    comma = b"" if value[:-1].rstrip().endswith(b"{") else b","
+    return value[:-1] + comma + _MEMBER_HEAD + wire.encode() + b'"}' + body[len(value):]
+
+
+def split_receipt(body: bytes) -> tuple[bytes, str | None]:
+    """Client side: `body` as it was before `with_receipt`, and the receipt (None, and
+    `body` unchanged, where it carries none)."""
+    value = body.rstrip()
+    start = value.rfind(_MEMBER_HEAD)
+    wire = value[start + len(_MEMBER_HEAD):-2]
+    if start < 0 or not value.endswith(b'"}') or not _WIRE.fullmatch(wire):
+        return body, None
+    head = value[:start]
+    return head.removesuffix(b",") + b"}" + body[len(value):], wire.decode()
+
+
+class Receipts:
+    """Client side, for every dialect: how an answer's receipt is checked (`verify`), and
+    the receipts of the answers that held. `key` is the receipt key the attestation report
+    bound (`attest`): with it a receipt is required and its signature checked; without it
+    (an unverified gateway, for development) only what a receipt present says is checked."""
+
+    def __init__(self, *, keep: int = 1000,
+                 sink: Callable[[Receipt, bytes | None], None] | None = None) -> None:
+        self.key: bytes | None = None
+        self.required = False
+        self.kept: collections.deque[Receipt] = collections.deque(maxlen=keep)
+        self._sink = sink
+
+    def attest(self, bound: Mapping[str, bytes]) -> None:
+        """The gateway's report verified: its answers carry receipts by the key it binds."""
+        self.key, self.required = bound.get(BOUND_KEY), True
+
+    def check(self, wire: str | None, request: bytes, content_digest: str) -> None:
+        """The receipt `wire` of an answer (None: it carries none), for the sealed `request`
+        sent and the plaintext opened (its SHA-256, hex); `UnauthenticatedAnswer` when it
+        does not hold."""
+        if wire is None and not self.required:
+            return
+        try:
+            receipt = verify(wire, bound_key=self.key, request=request,
+                             response_digest=content_digest, signed=self.required)
+        except ReceiptError as exc:
+            raise UnauthenticatedAnswer(f"the gateway's receipt does not hold ({exc.reason})"
+                                        ) from None
+        self.kept.append(receipt)
+        if self._sink is not None:
+            self._sink(receipt, self.key)

@@ -14,6 +14,13 @@ with `"choices": []` and `cloister_end: true`: Atoma clients ignore unknown fiel
 ours refuses a swapped, duplicated or dropped chunk, an injected `[DONE]` and a stream
 that ends without that last chunk.
 
+Receipts (`enclave.receipts`) ride inside the envelope: the sealed plaintext of a whole
+answer, and that of a stream's end chunk, gets `cloister_receipt` as its last member
+(`with_receipt`; Atoma clients ignore it like our other fields). The response digest
+covers every sealed plaintext as the client opens it (padding included), in order, the
+end chunk's without its receipt. The seed's clear 500 (and a replay's clear 409) carries
+none: it is not sealed, and our client refuses it anyway.
+
 Errors are named like the seed's: `InvalidBody` (400) for a malformed, stale or
 unopenable envelope or a missing or non-boolean `stream`, with a stable `code`
 (`unknown_key` when the node key is stale); `InternalError` (500) when inference fails.
@@ -26,7 +33,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from enclave import discovery, sse
@@ -56,6 +63,7 @@ from enclave.errors import InvalidJson, RequestRefused, UnauthenticatedAnswer
 from enclave.event_stream import SealedEventsOpener, SealedEventsResponder
 from enclave.keys import KeyRing
 from enclave.plugin import ClientSetup, DialectSetup
+from enclave.receipts import Receipt, Receipts, digest, split_receipt, with_receipt
 from enclave.wire_errors import ErrorCode
 
 NAME = "atoma"
@@ -102,7 +110,10 @@ class AtomaResponder(SealedEventsResponder):
             except ValueError:
                 plaintext = error_object(status, "upstream_error", "the engine refused")
                 plaintext = with_fields(plaintext, {STATUS_FIELD: status})
-        sealed = self._sealer.seal(self.padding.pad_json(plaintext), usage=sse.usage_of(plaintext))
+        padded = self.padding.pad_json(plaintext)
+        if self._receipt is not None:
+            padded = with_receipt(padded, self._receipt(digest(padded)))
+        sealed = self._sealer.seal(padded, usage=sse.usage_of(plaintext))
         return self._outer(200, json.dumps(sealed).encode())
 
     def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
@@ -121,7 +132,12 @@ class AtomaResponder(SealedEventsResponder):
         fields: dict[str, Any] = {SEQ_FIELD: self._seq, **({END_FIELD: True} if final else {})}
         plaintext = with_fields(payload, fields)
         self._seq += 1
-        sealed = self._sealer.seal(self.padding.pad_json(plaintext), usage=sse.usage_of(plaintext))
+        padded = self.padding.pad_json(plaintext)
+        if self._receipt is not None:
+            self._content.update(padded)
+            if final:
+                padded = with_receipt(padded, self._receipt(self._content.hexdigest()))
+        sealed = self._sealer.seal(padded, usage=sse.usage_of(plaintext))
         return sse.event(json.dumps(sealed).encode())
 
 
@@ -215,8 +231,8 @@ class AtomaServer:
 # --- client side ---------------------------------------------------------------------------
 
 class AtomaOpener(SealedEventsOpener):
-    def __init__(self, session: ClientSession) -> None:
-        super().__init__()
+    def __init__(self, session: ClientSession, sent: bytes, receipts: Receipts) -> None:
+        super().__init__(sent, receipts)
         self._session = session
         self._seq = 0
 
@@ -234,7 +250,9 @@ class AtomaOpener(SealedEventsOpener):
         sealed = isinstance(payload, dict) and "ciphertext" in payload
         if not sealed or response.status != 200:
             raise refusal(response)
-        return self._with_inner_status(self._open(payload))
+        plaintext, receipt = split_receipt(self._open(payload))
+        self._receipts.check(receipt, self._sent, digest(plaintext))
+        return self._with_inner_status(plaintext)
 
     @staticmethod
     def _with_inner_status(plaintext: bytes) -> InnerResponse:
@@ -254,7 +272,8 @@ class AtomaOpener(SealedEventsOpener):
 
     def _open_event(self, payload: bytes) -> tuple[bytes | None, bool]:
         try:
-            chunk = json.loads(self._open(json.loads(payload)))
+            plaintext, receipt = split_receipt(self._open(json.loads(payload)))
+            chunk = json.loads(plaintext)
             seq = chunk.pop(SEQ_FIELD)
             ended = chunk.pop(END_FIELD, False) is True
         except UnauthenticatedAnswer:
@@ -264,6 +283,9 @@ class AtomaOpener(SealedEventsOpener):
         if seq != self._seq:
             raise UnauthenticatedAnswer("the stream's chunks are out of order")
         self._seq += 1
+        self._content.update(plaintext)
+        if ended:
+            self._receipts.check(receipt, self._sent, self._content.hexdigest())
         return (None if ended else sse.event(json.dumps(chunk).encode())), ended
 
 
@@ -273,18 +295,23 @@ class AtomaClient:
     name = NAME
 
     def __init__(self, node_dh_public_key: bytes, signing_public_key: bytes, *,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None,
+                 keep_receipt: Callable[[Receipt, bytes | None], None] | None = None) -> None:
         self.node_keys = (node_dh_public_key, signing_public_key)
         self._api_key = api_key  # Bearer, where the gateway keeps accounts
+        self.receipts = Receipts(sink=keep_receipt)
 
     @classmethod
-    def from_node_info(cls, body: bytes, *, api_key: str | None = None) -> AtomaClient:
+    def from_node_info(cls, body: bytes, *, api_key: str | None = None,
+                       keep_receipt: Callable[[Receipt, bytes | None], None] | None = None
+                       ) -> AtomaClient:
         """From `GET /v1/confidential/node`; `UnauthenticatedAnswer` if malformed (the keys
         are checked against the attestation report before use)."""
         try:
             info = json.loads(body)
             return cls(decode_b64_field(info, "node_dh_public_key", 32),
-                       decode_b64_field(info, "signing_public_key", 32), api_key=api_key)
+                       decode_b64_field(info, "signing_public_key", 32), api_key=api_key,
+                       keep_receipt=keep_receipt)
         except (ValueError, RequestRefused, AttributeError) as exc:
             raise UnauthenticatedAnswer("malformed node keys") from exc
 
@@ -305,8 +332,9 @@ class AtomaClient:
         headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
         if self._api_key is not None:
             headers += (("authorization", f"Bearer {self._api_key}"),)
-        return (OuterRequest("POST", path, headers, json.dumps(envelope).encode()),
-                AtomaOpener(session))
+        sealed = json.dumps(envelope).encode()
+        return (OuterRequest("POST", path, headers, sealed),
+                AtomaOpener(session, sealed, self.receipts))
 
 
 class AtomaKeys(discovery.StaticKeys):
@@ -317,20 +345,25 @@ class AtomaKeys(discovery.StaticKeys):
     name = NAME
     sealed_models = False
 
-    def __init__(self, api_key: str | None = None) -> None:
-        self._api_key = api_key
+    def __init__(self, api_key: str | None = None,
+                 keep_receipt: Callable[[Receipt, bytes | None], None] | None = None) -> None:
+        self._api_key, self._keep_receipt = api_key, keep_receipt
         self.credential = api_key is not None
 
     def lookups(self) -> tuple[OuterRequest, ...]:
         return (OuterRequest("GET", NODE_PATH),)
 
     def candidate(self, index: int, response: OuterResponse) -> AtomaClient:
-        return AtomaClient.from_node_info(discovery.answered(response), api_key=self._api_key)
+        return AtomaClient.from_node_info(discovery.answered(response), api_key=self._api_key,
+                                          keep_receipt=self._keep_receipt)
 
     def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
-        return isinstance(candidate, AtomaClient) and candidate.node_keys == (
-            bound.get("atoma-node-x25519"), bound.get("atoma-signing-ed25519"))
+        if not (isinstance(candidate, AtomaClient) and candidate.node_keys == (
+                bound.get("atoma-node-x25519"), bound.get("atoma-signing-ed25519"))):
+            return False
+        candidate.receipts.attest(bound)
+        return True
 
 
 def client(setup: ClientSetup) -> AtomaKeys:
-    return AtomaKeys(setup.api_key)
+    return AtomaKeys(setup.api_key, setup.keep_receipt)

@@ -14,6 +14,17 @@ A stream ends with a sealed message carrying the final flag, then `data: [DONE]`
 seed's error bodies are plaintext, so an engine's message never appears in them (only
 its stable code); the whole error travels sealed beside it in `encrypted_error`, which
 our client opens and passes on.
+
+Receipts (`enclave.receipts`): only `choices` (or `data`, or the error) is sealed, so the
+receipt is a member of its own beside it, `cloister_receipt`, sealed as a field (its name
+in the AAD) at the final position: a whole answer's (seq 0) or a stream's final message's.
+The seed's clients ignore members they do not know; the relay can delete it, but not
+unseen: our attested client then refuses the answer. As the clear members (`id`, `model`,
+`created`, `usage`) are not sealed, the response digest covers the answer as the client
+reassembles it: SHA-256 of the JCS form (RFC 8785) of each answer object with its sealed
+field opened and without the receipt, concatenated over a stream's messages, the final one
+included; for an error, of the sealed error as opened. A relay that changes a clear member
+is then refused too.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +81,8 @@ from enclave.ohttp.dialect import PATH as OHTTP_PATH
 from enclave.ohttp.keyconfig import KeyConfig, encode_key_configs
 from enclave.padding import DEFAULT_PADDING, PaddingPolicy
 from enclave.plugin import ClientSetup, DialectSetup
+from enclave.receipts import MEMBER as RECEIPT_MEMBER
+from enclave.receipts import Receipt, Receipts, digest
 from enclave.wire_errors import ErrorCode, code_of, error_json
 
 NAME = "continuum"
@@ -95,6 +108,16 @@ def _object(body: bytes) -> dict[str, Any]:
     return value
 
 
+def _canonical(answer: Any) -> bytes:
+    """What a receipt's digest covers of an answer object: its JCS form (RFC 8785), or,
+    where it holds a number JCS cannot write (NaN, an integer past 2**53), sorted compact
+    JSON; both sides reassemble the same object, so both take the same branch."""
+    try:
+        return rfc8785.dumps(answer)
+    except rfc8785.CanonicalizationError:
+        return json.dumps(answer, sort_keys=True, separators=(",", ":")).encode()
+
+
 # --- server side ---------------------------------------------------------------------------
 
 class ContinuumResponder(SealedEventsResponder):
@@ -107,24 +130,39 @@ class ContinuumResponder(SealedEventsResponder):
         if status != 200:
             return self.error(status, body)
         obj = json.loads(body)
-        plaintext = self.padding.pad_json(json.dumps(obj.get(self._field)).encode())
-        obj[self._field] = self._cipher.seal_response(self._field, 0, plaintext, final=True)
+        value = obj.get(self._field)
+        obj[self._field] = self._cipher.seal_response(
+            self._field, 0, self.padding.pad_json(json.dumps(value).encode()), final=True)
+        if self._receipt is not None:
+            self._seal_receipt(obj, 0, digest(_canonical({**obj, self._field: value})))
         return self._outer(200, json.dumps(obj).encode())
 
     def error(self, status: int, error: bytes) -> OuterResponse:
         code = ErrorCode(code_of(error) or ErrorCode.ENGINE_ERROR)
         redacted = json.loads(error_json(code, f"the engine rejected the request ({code})"))
-        redacted[ERROR_FIELD] = self._cipher.seal_response(
-            ERROR_FIELD, 0, self.padding.pad_json(error), final=True)
+        padded = self.padding.pad_json(error)
+        redacted[ERROR_FIELD] = self._cipher.seal_response(ERROR_FIELD, 0, padded, final=True)
+        if self._receipt is not None:
+            self._seal_receipt(redacted, 0, digest(padded))
         return self._outer(status, json.dumps(redacted).encode())
 
     def _seal_event(self, payload: bytes, *, final: bool) -> bytes:
         obj = json.loads(payload)
-        plaintext = self.padding.pad_json(json.dumps(obj.get(self._field, [])).encode())
-        obj[self._field] = self._cipher.seal_response(self._field, self._seq, plaintext,
-                                                      final=final)
+        value = obj.get(self._field, [])
+        obj[self._field] = self._cipher.seal_response(
+            self._field, self._seq, self.padding.pad_json(json.dumps(value).encode()),
+            final=final)
+        if self._receipt is not None:
+            self._content.update(_canonical({**obj, self._field: value}))
+            if final:
+                self._seal_receipt(obj, self._seq, self._content.hexdigest())
         self._seq += 1
         return sse.event(json.dumps(obj).encode())
+
+    def _seal_receipt(self, answer: dict[str, Any], seq: int, response_digest: str) -> None:
+        assert self._receipt is not None
+        answer[RECEIPT_MEMBER] = self._cipher.seal_response(
+            RECEIPT_MEMBER, seq, self._receipt(response_digest).encode(), final=True)
 
 
 def server(setup: DialectSetup) -> ContinuumServer:
@@ -237,10 +275,17 @@ def clear_digest(clear: Mapping[str, Any]) -> str:
 # --- client side ---------------------------------------------------------------------------
 
 class ContinuumOpener(SealedEventsOpener):
-    def __init__(self, cipher: FieldCipher, field: str) -> None:
-        super().__init__()
+    def __init__(self, cipher: FieldCipher, field: str, sent: bytes, receipts: Receipts
+                 ) -> None:
+        super().__init__(sent, receipts)
         self._cipher, self._field = cipher, field
         self._seq = 0
+
+    def _check_receipt(self, sealed: Any, seq: int, response_digest: str) -> None:
+        """The receipt `sealed` beside the final message at `seq` (None: none came)."""
+        wire = None if sealed is None else self._cipher.open_response(
+            RECEIPT_MEMBER, seq, sealed, final=True).decode()
+        self._receipts.check(wire, self._sent, response_digest)
 
     def whole(self, response: OuterResponse) -> InnerResponse:
         try:
@@ -253,10 +298,13 @@ class ContinuumOpener(SealedEventsOpener):
             if response.status == 200:
                 obj[self._field] = json.loads(self._cipher.open_response(
                     self._field, 0, obj.get(self._field), final=True))
+                sealed = obj.pop(RECEIPT_MEMBER, None)
+                self._check_receipt(sealed, 0, digest(_canonical(obj)))
                 return InnerResponse(200, "application/json", json.dumps(obj).encode())
             if ERROR_FIELD in obj and 400 <= response.status < 600:
                 error = self._cipher.open_response(ERROR_FIELD, 0, obj[ERROR_FIELD],
                                                    final=True)
+                self._check_receipt(obj.get(RECEIPT_MEMBER), 0, digest(error))
                 return InnerResponse(response.status, "application/json", error)
         except (RequestRefused, ValueError) as exc:
             raise UnauthenticatedAnswer("the gateway's answer failed to open") from exc
@@ -275,9 +323,16 @@ class ContinuumOpener(SealedEventsOpener):
             except RequestRefused:
                 continue
             self._seq += 1
+            try:
+                obj[self._field] = json.loads(opened)
+                sealed = obj.pop(RECEIPT_MEMBER, None) if final else None
+                self._content.update(_canonical(obj))
+                if final:
+                    self._check_receipt(sealed, self._seq - 1, self._content.hexdigest())
+            except (ValueError, RequestRefused) as exc:
+                raise UnauthenticatedAnswer("a chunk of the stream is malformed") from exc
             if final:
                 return None, True
-            obj[self._field] = json.loads(opened)
             return sse.event(json.dumps(obj).encode()), False
         raise UnauthenticatedAnswer("a chunk of the stream failed to open (tampered or "
                                     "reordered)")
@@ -289,8 +344,10 @@ class ContinuumClient:
     name = NAME
 
     def __init__(self, secret_id: str, secret: bytes, *,
-                 padding: PaddingPolicy = DEFAULT_PADDING) -> None:
+                 padding: PaddingPolicy = DEFAULT_PADDING,
+                 receipts: Receipts | None = None) -> None:
         self.secret_id, self._secret, self._padding = secret_id, secret, padding
+        self.receipts = Receipts() if receipts is None else receipts
 
     def __repr__(self) -> str:
         return f"ContinuumClient(secret_id={self.secret_id}, secret=[redacted])"
@@ -311,11 +368,11 @@ class ContinuumClient:
         clear = {k: payload[k] for k in CLEAR_FIELDS if k in payload}
         whole = {BOUND_REQUEST: {k: v for k, v in payload.items() if k not in clear},
                  BOUND_CLEAR: clear_digest(clear), SENT_AT_FIELD: int(time.time())}
-        sealed = {**clear, field: cipher.seal_request_field(
-            field, self._padding.pad_json(json.dumps(whole).encode()))}
+        sealed = json.dumps({**clear, field: cipher.seal_request_field(
+            field, self._padding.pad_json(json.dumps(whole).encode()))}).encode()
         return (OuterRequest("POST", request.path, (("content-type", "application/json"),),
-                             json.dumps(sealed).encode()),
-                ContinuumOpener(cipher, RESULT_FIELDS[request.path]))
+                             sealed),
+                ContinuumOpener(cipher, RESULT_FIELDS[request.path], sealed, self.receipts))
 
 
 # Register a new secret this long before the old one expires.
@@ -338,8 +395,10 @@ class ContinuumKeys:
     sealed_models = False
     credential = False
 
-    def __init__(self) -> None:
+    def __init__(self, keep_receipt: Callable[[Receipt, bytes | None], None] | None = None
+                 ) -> None:
         self._expires: dict[str, float] = {}
+        self.receipts = Receipts(sink=keep_receipt)  # shared by the secrets registered
 
     def lookups(self) -> tuple[OuterRequest, ...]:
         return (OuterRequest("GET", HYBRID_KEY_PATH), OuterRequest("GET", OHTTP_PATH))
@@ -360,11 +419,15 @@ class ContinuumKeys:
     def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
         attested_hybrid = bound.get(pq.KEY_NAME)
         if isinstance(candidate, HybridPublicKey):
-            return candidate.public_bytes == attested_hybrid
-        # The classic key only from a gateway that attests no hybrid one: whoever hid
-        # the hybrid key from us does not get a downgrade.
-        return (isinstance(candidate, KeyConfig) and attested_hybrid is None
-                and candidate in discovery.bound_configs(bound, "continuum"))
+            vouched = candidate.public_bytes == attested_hybrid
+        else:
+            # The classic key only from a gateway that attests no hybrid one: whoever hid
+            # the hybrid key from us does not get a downgrade.
+            vouched = (isinstance(candidate, KeyConfig) and attested_hybrid is None
+                       and candidate in discovery.bound_configs(bound, "continuum"))
+        if vouched:
+            self.receipts.attest(bound)
+        return vouched
 
     def ready(self, candidate: Any) -> Registration:
         secret = os.urandom(SECRET_SIZE)
@@ -380,7 +443,8 @@ class ContinuumKeys:
             body = discovery.answered(response)
             try:
                 info = json.loads(body)
-                client = ContinuumClient(str(info["secret_id"]), secret)
+                client = ContinuumClient(str(info["secret_id"]), secret,
+                                         receipts=self.receipts)
                 self._expires[client.secret_id] = float(info["expires_at"])
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise UnauthenticatedAnswer("malformed secret registration") from exc
@@ -396,4 +460,4 @@ class ContinuumKeys:
 
 
 def client(setup: ClientSetup) -> ContinuumKeys:
-    return ContinuumKeys()
+    return ContinuumKeys(setup.keep_receipt)

@@ -17,7 +17,9 @@ Known weaknesses, kept for compatibility: status and headers travel in the clear
 man in the middle can change the status of a sealed answer (the client refuses a
 non-200 status unless the sealed body is an error object), and there is no
 authenticated end of stream, so a response cut at a frame boundary cannot be told from
-a complete one. A response with no frame at all is refused. Our own dialects (OHTTP,
+a complete one (by Tinfoil's clients: ours, once it has verified the gateway, requires
+the receipt frame that ends every stream, `enclave.ehbp.dialect`). A response with no
+frame at all is refused. Our own dialects (OHTTP,
 Continuum, Atoma with its sequence numbers) do not share these.
 """
 

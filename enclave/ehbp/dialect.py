@@ -1,13 +1,26 @@
 """EHBP's two sides as a dialect: the gateway's server (routes, key configuration,
-refusals with the key-config problem type), the client and its key discovery."""
+refusals with the key-config problem type), the client and its key discovery.
+
+Receipts (`enclave.receipts`) travel in the sealed frames, in forms Tinfoil's clients pass
+on as body bytes that their JSON and SSE parsers skip: a whole JSON answer gets the
+receipt as its last member (`with_receipt`; the response digest covers the body without
+it), a stream one frame more after `data: [DONE]`, the SSE comment event `: cloister-receipt
+<wire>` (the digest covers the frames before it, as opened). Our client tells the two by
+the answer's content type, takes the receipt out and checks it; a stream cut before its
+receipt frame is then refused by an attested client, which closes EHBP's gap of an
+unauthenticated end (see the package docstring) for it. A whole answer that is not a JSON
+object has no place for one, and an attested client refuses it (every answer our engine
+routes give is one).
+"""
 
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from enclave import discovery
@@ -32,6 +45,7 @@ from enclave.ehbp.frames import (
     ENCAPSULATED_KEY_HEADER,
     KEY_CONFIG_PROBLEM_TYPE,
     KEYS_PATH,
+    MAX_FRAME_SIZE,
     RESPONSE_NONCE_HEADER,
     SUITE,
     FrameOpener,
@@ -45,32 +59,57 @@ from enclave.errors import (
     RequestRefused,
     UnauthenticatedAnswer,
 )
-from enclave.http_fields import field_value
+from enclave.event_stream import EVENT_STREAM
+from enclave.http_fields import field_value, media_type
 from enclave.keys import KeyRing
 from enclave.ohttp.keyconfig import KeyConfig, KeyConfigError
 from enclave.ohttp.protocol import (
     KEYS_MEDIA_TYPE,
 )
 from enclave.plugin import ClientSetup, DialectSetup
+from enclave.receipts import (
+    PendingReceipt,
+    Receipt,
+    Receipts,
+    digest,
+    receipt_event,
+    receipt_of_event,
+    split_receipt,
+    with_receipt,
+)
 from enclave.wire_errors import ErrorCode, code_of
 
 NAME = "ehbp"
+# Our gateway seals a whole answer in one frame: what a client holds back to take its
+# receipt out is bounded by that.
+MAX_WHOLE_ANSWER = MAX_FRAME_SIZE
 
 
 class EhbpResponder:
-    """Seals the answer to one EHBP request: one frame per whole body or streamed chunk."""
+    """Seals the answer to one EHBP request: one frame per whole body or streamed chunk,
+    and a stream's receipt in a frame of its own."""
 
     streams = True
 
     def __init__(self, sealer: FrameSealer) -> None:
         self._sealer = sealer
+        self._receipt: PendingReceipt | None = None
+        self._content = hashlib.sha256()  # a stream's frames as the client opens them
+
+    def sign_with(self, receipt: PendingReceipt) -> None:
+        self._receipt = receipt
 
     def _headers(self, content_type: str) -> Headers:
         return (("content-type", content_type),
                 (RESPONSE_NONCE_HEADER.lower(), self._sealer.nonce_header), *NO_STORE)
 
     def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
-        return OuterResponse(status, self._headers(content_type), self._sealer.seal(body))
+        headers = self._headers(content_type)
+        if media_type(headers) == EVENT_STREAM:  # framed as if streamed
+            return OuterResponse(status, headers, self.chunk(body) + self.end())
+        if self._receipt is not None:
+            body = with_receipt(body, self._receipt(digest(body)))
+        return OuterResponse(status, headers, self._sealer.seal(body))
 
     def error(self, status: int, error: bytes) -> OuterResponse:
         return self.whole(status, "application/json", error)
@@ -79,10 +118,14 @@ class EhbpResponder:
         return StreamStart(status, self._headers(content_type))
 
     def chunk(self, events: bytes) -> bytes:
+        if self._receipt is not None:
+            self._content.update(events)
         return self._sealer.seal(events)
 
     def end(self) -> bytes:
-        return b""
+        if self._receipt is None:
+            return b""
+        return self._sealer.seal(receipt_event(self._receipt(self._content.hexdigest())))
 
 
 def server(setup: DialectSetup) -> EhbpServer:
@@ -140,13 +183,20 @@ class EhbpServer:
 
 
 class EhbpOpener:
-    """Opens the answer to one EHBP request; a sealed body needs at least one frame."""
+    """Opens the answer to one EHBP request; a sealed body needs at least one frame. A
+    stream's frames pass as they open, up to its receipt frame; a whole answer is held
+    until its end, for the receipt at the end of its body."""
 
-    def __init__(self, sealer: RequestSealer) -> None:
-        self._sealer = sealer
+    def __init__(self, sealer: RequestSealer, sent: bytes, receipts: Receipts) -> None:
+        self._sealer, self._sent, self._receipts = sealer, sent, receipts
         self._opener: FrameOpener | None = None
         self._head: InnerHead | None = None
         self._frames = 0
+        self._held: list[bytes] = []  # a whole answer's frames
+        self._held_size = 0
+        self._content = hashlib.sha256()
+        self._receipt: str | None = None
+        self._events = False  # a stream (by its content type), else a whole answer
 
     def begin(self, status: int, headers: Headers) -> bool:
         """A sealed 200 streams; a sealed error is read whole (`whole` checks it)."""
@@ -161,6 +211,7 @@ class EhbpOpener:
         except RequestRefused as exc:
             raise UnauthenticatedAnswer("the gateway's answer failed to open") from exc
         self._head = InnerHead(status, field_value(headers, "content-type") or "application/json")
+        self._events = media_type(headers) == EVENT_STREAM
         return True
 
     def push(self, data: bytes) -> list[InnerHead | bytes]:
@@ -175,7 +226,25 @@ class EhbpOpener:
             raise UnauthenticatedAnswer("the gateway's answer failed to open (tampered)"
                                         ) from exc
         self._frames += len(frames)
-        return out + list(frames)
+        return out + (self._streamed(frames) if self._events else self._hold(frames))
+
+    def _streamed(self, frames: list[bytes]) -> list[InnerHead | bytes]:
+        out: list[InnerHead | bytes] = []
+        for plaintext in frames:
+            if self._receipt is not None:
+                raise UnauthenticatedAnswer("the gateway's answer goes on after its receipt")
+            self._receipt = receipt_of_event(plaintext)
+            if self._receipt is None:
+                self._content.update(plaintext)
+                out.append(plaintext)
+        return out
+
+    def _hold(self, frames: list[bytes]) -> list[InnerHead | bytes]:
+        self._held += frames
+        self._held_size += sum(map(len, frames))
+        if self._held_size > MAX_WHOLE_ANSWER:
+            raise UnauthenticatedAnswer("the gateway's answer is too large to be whole")
+        return []
 
     def finish(self) -> list[InnerHead | bytes]:
         out = self.push(b"")
@@ -187,6 +256,11 @@ class EhbpOpener:
                                         ) from exc
         if not self._frames:
             raise UnauthenticatedAnswer("the gateway's answer carries no frame")
+        if not self._events:
+            body, self._receipt = split_receipt(b"".join(self._held))
+            self._content.update(body)
+            out.append(body)
+        self._receipts.check(self._receipt, self._sent, self._content.hexdigest())
         return out
 
     def whole(self, response: OuterResponse) -> InnerResponse:
@@ -206,15 +280,18 @@ class EhbpClient:
 
     name = NAME
 
-    def __init__(self, config: KeyConfig) -> None:
+    def __init__(self, config: KeyConfig, *,
+                 keep_receipt: Callable[[Receipt, bytes | None], None] | None = None) -> None:
         self.config = config
+        self.receipts = Receipts(sink=keep_receipt)
 
     def seal(self, request: InnerRequest, *, stream: bool) -> tuple[OuterRequest, EhbpOpener]:
         sealer = RequestSealer(self.config)
         headers = ((ENCAPSULATED_KEY_HEADER.lower(), sealer.encapsulated_key_header),
                    ("content-type", "application/json"))
         body = sealer.seal(stamped(request.body, time.time())) if request.body else b""
-        return OuterRequest(request.method, request.path, headers, body), EhbpOpener(sealer)
+        return (OuterRequest(request.method, request.path, headers, body),
+                EhbpOpener(sealer, body, self.receipts))
 
 
 class EhbpKeys(discovery.StaticKeys):
@@ -225,6 +302,10 @@ class EhbpKeys(discovery.StaticKeys):
     sealed_models = True
     credential = False
 
+    def __init__(self, keep_receipt: Callable[[Receipt, bytes | None], None] | None = None
+                 ) -> None:
+        self._keep_receipt = keep_receipt
+
     def lookups(self) -> tuple[OuterRequest, ...]:
         return (OuterRequest("GET", KEYS_PATH),)
 
@@ -233,12 +314,16 @@ class EhbpKeys(discovery.StaticKeys):
             config = KeyConfig.decode(discovery.answered(response))
         except KeyConfigError as exc:
             raise UnauthenticatedAnswer("malformed key configuration") from exc
-        return EhbpClient(discovery.first([config], lambda c: c.supports(SUITE)))
+        return EhbpClient(discovery.first([config], lambda c: c.supports(SUITE)),
+                          keep_receipt=self._keep_receipt)
 
     def vouched(self, candidate: Any, bound: Mapping[str, bytes]) -> bool:
-        return isinstance(candidate, EhbpClient) and candidate.config.encode() == \
-            bound.get("ehbp")
+        if not (isinstance(candidate, EhbpClient)
+                and candidate.config.encode() == bound.get("ehbp")):
+            return False
+        candidate.receipts.attest(bound)
+        return True
 
 
 def client(setup: ClientSetup) -> EhbpKeys:
-    return EhbpKeys()
+    return EhbpKeys(setup.keep_receipt)

@@ -13,7 +13,6 @@ response to a streamed request gathers the stream into one message.
 
 from __future__ import annotations
 
-import collections
 import email.utils
 import hashlib
 import json
@@ -81,11 +80,9 @@ from enclave.ohttp.protocol import (
 )
 from enclave.ohttp.varint import encode_varint
 from enclave.plugin import ClientSetup, DialectSetup
-from enclave.receipts import BOUND_KEY as RECEIPT_KEY
 from enclave.receipts import TRAILER as RECEIPT_TRAILER
-from enclave.receipts import PendingReceipt, Receipt, ReceiptError
+from enclave.receipts import PendingReceipt, Receipt, Receipts
 from enclave.receipts import digest as receipt_digest
-from enclave.receipts import verify as verify_receipt
 from enclave.wire_errors import ErrorCode, code_of
 
 PATH = "/.well-known/ohttp-gateway"
@@ -308,36 +305,6 @@ def _opened(what: str = "the gateway's answer failed to open") -> Unauthenticate
     return UnauthenticatedAnswer(what)
 
 
-class Receipts:
-    """Client side: how an answer's receipt is checked (`enclave.receipts.verify`), and
-    the receipts of the answers that held. `key` is the receipt key the attestation report
-    bound: with it a receipt is required and its signature checked; without it (an
-    unverified gateway, for development) only what a receipt present says is checked."""
-
-    def __init__(self, *, keep: int = 1000,
-                 sink: Callable[[Receipt, bytes | None], None] | None = None) -> None:
-        self.key: bytes | None = None
-        self.required = False
-        self.kept: collections.deque[Receipt] = collections.deque(maxlen=keep)
-        self._sink = sink
-
-    def check(self, trailers: Headers, request: bytes, content_digest: str) -> None:
-        """The receipt among an answer's `trailers`, for the sealed `request` sent and the
-        plaintext opened (its SHA-256, hex); `UnauthenticatedAnswer` when it does not hold."""
-        wire = dict(trailers).get(RECEIPT_TRAILER)
-        if wire is None and not self.required:
-            return
-        try:
-            receipt = verify_receipt(wire, bound_key=self.key, request=request,
-                                     response_digest=content_digest,
-                                     signed=self.required)
-        except ReceiptError as exc:
-            raise _opened(f"the gateway's receipt does not hold ({exc.reason})") from None
-        self.kept.append(receipt)
-        if self._sink is not None:
-            self._sink(receipt, self.key)
-
-
 class _SingleShotOpener:
     def __init__(self, sealed: ClientRequest, receipts: Receipts) -> None:
         self._sealed, self._receipts = sealed, receipts
@@ -349,7 +316,8 @@ class _SingleShotOpener:
             inner = decode_response(self._sealed.open_response(response.body))
         except RequestRefused as exc:
             raise _opened() from exc
-        self._receipts.check(inner.trailers, self._sealed.data, receipt_digest(inner.content))
+        self._receipts.check(dict(inner.trailers).get(RECEIPT_TRAILER), self._sealed.data,
+                            receipt_digest(inner.content))
         return InnerResponse(inner.status, inner.header("content-type") or "application/json",
                              inner.content)
 
@@ -387,7 +355,8 @@ class _ChunkedOpener:
         except RequestRefused as exc:
             raise _opened("the gateway's answer failed to open (tampered or truncated)"
                           ) from exc
-        self._receipts.check(self._trailers, self._sent, self._content.hexdigest())
+        self._receipts.check(dict(self._trailers).get(RECEIPT_TRAILER), self._sent,
+                            self._content.hexdigest())
         return out
 
     def _events(self, plaintexts: list[bytes]) -> list[InnerHead | bytes]:
@@ -461,8 +430,7 @@ class OhttpKeys(discovery.StaticKeys):
         if not (isinstance(candidate, OhttpClient)
                 and candidate.config in discovery.bound_configs(bound, "ohttp")):
             return False
-        # an attested gateway's answers carry receipts by the key its report binds
-        candidate.receipts.key, candidate.receipts.required = bound.get(RECEIPT_KEY), True
+        candidate.receipts.attest(bound)
         return True
 
 

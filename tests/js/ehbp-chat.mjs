@@ -30,7 +30,9 @@ async function viaEhbp(transport) {
   const deltas = events.split("\n\n").filter((e) => e.startsWith("data: {"))
     .map((e) => JSON.parse(e.slice(6))).filter((e) => e.choices.length)
     .map((e) => e.choices[0].delta.content ?? "");
-  return { content, streamed: deltas.join(""), pieces, done: events.trimEnd().endsWith("data: [DONE]") };
+  // the last event is [DONE]; comment events (padding, a receipt after it) do not count
+  const last = events.split("\n\n").filter((e) => e && !e.startsWith(":")).at(-1);
+  return { content, streamed: deltas.join(""), pieces, done: last === "data: [DONE]" };
 }
 
 async function viaOpenAI(transport) {

@@ -90,7 +90,9 @@ def test_tinfoil_client_discovers_the_key_and_round_trips(tmp_path) -> None:
                            json_body={**CHAT, "stream": True}) as answer:
             events = b"".join(answer.iter_bytes())
         assert answer.status_code == 200
-        assert events.rstrip().endswith(b"data: [DONE]")
+        # the last event is [DONE] (the receipt after it is a comment, which SSE skips)
+        assert [e for e in events.split(b"\n\n") if e and not e.startswith(b":")][-1] == \
+            b"data: [DONE]"
         contents = [json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
                     for e in events.split(b"\n\n") if e.startswith(b"data: {")
                     and json.loads(e[6:])["choices"]]

@@ -131,7 +131,8 @@ def _bucket(size: int) -> int:
 async def test_every_streamed_chunk_is_a_bucket_on_the_wire(engine, protocol) -> None:
     engine.token_delay = 0.002  # tokens one by one, as a real engine sends them
     answers = await _sizes(engine, protocol, "pow2:256", stream=True)
-    if protocol == "ohttp":  # its end of stream is a frame of its own, of one size
+    if protocol in ("ohttp", "ehbp"):  # the end of stream (OHTTP's final chunk, EHBP's
+        # receipt frame) is a frame of its own, of one size
         assert len({parts[-1] for parts in answers}) == 1
         answers = [parts[:-1] for parts in answers]
     chunks = {size for parts in answers for size in parts[1:]}
@@ -346,7 +347,8 @@ async def test_streamed_answers_of_1_to_34_tokens_use_at_most_4_chunk_sizes(
         for delay in (0.0003, 0.004):
             engine.token_delay = delay
             answers = await _sizes(engine, protocol, "pow2:256", stream=True)
-            if protocol == "ohttp":  # its end of stream is a frame of its own, one size
+            if protocol in ("ohttp", "ehbp"):  # the end of stream (OHTTP's final chunk,
+                # EHBP's receipt frame) is a frame of its own, one size
                 assert len({parts[-1] for parts in answers}) == 1
                 answers = [parts[:-1] for parts in answers]
             sizes |= {size for parts in answers for size in parts[1:]}
