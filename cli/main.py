@@ -25,6 +25,7 @@ from typing import Any
 from attestation import platforms
 from cli import deploy as cli_deploy
 from cli import proxy as client_cli
+from cli import witness as cli_witness
 from cli.arguments import Built, add_arguments, build
 from gateway.config import KeyholderConfig, ServeConfig
 from gateway.options import ConfigError, load_toml
@@ -153,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="the account (name or id) the chatbot belongs to")
     _add_store_arguments(bot_create)
 
+    cli_witness.add_parser(sub)
     demo = sub.add_parser("demo-model", help="build the offline demo model into PATH")
     demo.add_argument("path", type=Path)
     return parser
@@ -218,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  overridden=built.overridden)
     if command in ("proxy", "attest", "admin", "receipts"):
         return client_cli.run(args)
+    if command == "witness":
+        return cli_witness.run(args)
     if command == "demo-model":
         from enclave.demo_model import build_demo_model
 

@@ -10,20 +10,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 import uvicorn
 
 from enclave.logs import configure_logging
 from enclave.receipts import ReceiptError
 from enclave.registry import sealed_dialects
+from enclave.tlog.entries import receipt_leaf
+from enclave.tlog.note import NoteKey
+from enclave.tlog.view import LogRefused, check_inclusion, decode_hashes
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestation, Attestor, Unverified
+from proxy.bundle import LOG_KEY, WITNESS_MAX_AGE, WitnessConfig
 from proxy.client import GatewayClient
 from proxy.dialects import make_client
 from proxy.errors import CredentialInClear, GatewayNotAttested
+from proxy.logview import KeptLogs
 from proxy.multi import MultiGatewayClient
 from proxy.pinning import attested_certificate
-from proxy.receipts import ReceiptLog
+from proxy.receipts import KeptReceipt, ReceiptLog
 from proxy.report import as_json, describe
 from proxy.trust import SigstoreIdentity, StatementLog, Trust, default_state_dir, load_trust
 
@@ -52,6 +58,7 @@ def add_parsers(sub: Any) -> None:
     proxy.add_argument("--reattest-seconds", type=float, default=3600.0,
                        help="attest the gateway again this often (and always before the "
                             "attested keys expire)")
+    _add_log_arguments(proxy)
     proxy.add_argument("--insecure-skip-attestation", action="store_true",
                        help="DEVELOPMENT ONLY: trust the fetched key configuration without "
                             "verifying the gateway's attestation")
@@ -62,6 +69,7 @@ def add_parsers(sub: Any) -> None:
     _add_trust_arguments(attest)
     attest.add_argument("--nonce", default=None, help="64 hex digits (default: random)")
     attest.add_argument("--json", action="store_true", help="print the claims as JSON")
+    _add_log_arguments(attest)
     attest.add_argument("--write-cert", type=Path, default=None,
                         help="for an https:// gateway: check that the certificate it presents "
                              "is the attested one and write it here, for pinning")
@@ -69,13 +77,34 @@ def add_parsers(sub: Any) -> None:
 
     admin_cli.add_parser(sub, _add_trust_arguments)
     receipts = sub.add_parser("receipts", help="the receipts this client kept: list, show, "
-                                               "verify again offline")
-    receipts.add_argument("action", choices=["list", "show", "verify"])
+                                               "prove in the gateway's log, verify again "
+                                               "offline")
+    receipts.add_argument("action", choices=["list", "show", "prove", "verify"])
     receipts.add_argument("index", nargs="?", type=int, default=None,
-                          help="show/verify: the receipt's number in `list` (verify: all "
-                               "when omitted)")
-    receipts.add_argument("--state-dir", type=Path, default=None,
-                          help="the client's state folder (as given to `cloister proxy`)")
+                          help="show/prove/verify: the receipt's number in `list` (all when "
+                               "omitted)")
+    receipts.add_argument("--gateway", default=None,
+                          help="prove: only the receipts of this gateway (verified first, as "
+                               "`cloister attest` does)")
+    _add_trust_arguments(receipts)
+
+
+def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--witness", action="append", default=[], metavar="URL=VKEY",
+                        type=_witness,
+                        help="a C2SP tlog witness (its add-checkpoint URL prefix and the "
+                             "verifier key `cloister witness keygen` printed) that must "
+                             "cosign the gateway's log checkpoint before its release "
+                             "statements are trusted; repeatable (all must)")
+    parser.add_argument("--witness-max-age", type=int, default=WITNESS_MAX_AGE,
+                        metavar="SECONDS", help="the oldest cosignature accepted")
+
+
+def _witness(text: str) -> WitnessConfig:
+    try:
+        return WitnessConfig.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,9 +130,10 @@ def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_receipts(args: argparse.Namespace) -> int:
-    """`cloister receipts list|show|verify`: exit 0, or 1 when a receipt does not verify
-    (or the number names none)."""
-    kept = ReceiptLog(args.state_dir or default_state_dir()).entries()
+    """`cloister receipts list|show|prove|verify`: exit 0, or 1 when a receipt does not
+    verify, a proof does not hold (or the number names none)."""
+    log = ReceiptLog(args.state_dir or default_state_dir())
+    kept = log.entries()
     chosen = list(enumerate(kept, 1))
     if args.index is not None:
         chosen = [(n, k) for n, k in chosen if n == args.index]
@@ -123,15 +153,87 @@ def run_receipts(args: argparse.Namespace) -> int:
                               "key": k.key.hex() if k.key else None, **k.receipt.fields},
                              indent=2))
         return 0
+    if args.action == "prove":
+        return _prove(args, log, chosen)
     failed = 0
+    proofs = log.proofs()
     for n, k in chosen:
         try:
             k.check()
-            print(f"{n}\tVERIFIED\tsigned by {k.key.hex() if k.key else '?'}")
-        except ReceiptError as exc:
+            proof = proofs.get(receipt_leaf(k.receipt.wire).hex())
+            where = "not proven in a log yet (cloister receipts prove)"
+            if proof is not None:
+                checkpoint = proof.check(k.receipt)
+                where = (f"in log {checkpoint.origin} at {proof.index} of "
+                         f"{checkpoint.size}")
+            print(f"{n}\tVERIFIED\tsigned by {k.key.hex() if k.key else '?'}; {where}")
+        except (ReceiptError, LogRefused) as exc:
             failed += 1
             print(f"{n}\tNOT VERIFIED\t{exc.reason}")
     return 1 if failed else 0
+
+
+def _prove(args: argparse.Namespace, log: ReceiptLog,
+           chosen: list[tuple[int, KeptReceipt]]) -> int:
+    """Verify each gateway (one bundle: report, statements, log), then fetch and check
+    an inclusion proof for each of its receipts against the verified checkpoint, and
+    keep it. Exit 0 when every receipt chosen is proven, 1 otherwise (not logged yet: the
+    log signs a checkpoint at least every 30 s)."""
+    trust = _trust(args)
+    if not trust.has_reference_values:
+        print(f"cloister receipts: {NO_REFERENCE_VALUES}", file=sys.stderr)
+        return 2
+    gateways = sorted({k.gateway for _, k in chosen} if args.gateway is None
+                      else {args.gateway.rstrip("/")})
+    missing = 0
+    for gateway in gateways:
+        mine = [(n, k) for n, k in chosen if k.gateway == gateway]
+        try:
+            proven = asyncio.run(_prove_at(gateway, trust, args, log, mine))
+        except GatewayNotAttested as exc:
+            print(f"{gateway}\tNOT VERIFIED\t{exc}", file=sys.stderr)
+            missing += len(mine)
+            continue
+        for n, _ in mine:
+            if n in proven:
+                print(f"{n}\tPROVEN\tin log {proven[n]}")
+            else:
+                missing += 1
+                print(f"{n}\tNOT IN THE LOG YET\t{gateway}")
+    return 1 if missing else 0
+
+
+async def _prove_at(gateway: str, trust: Trust, args: argparse.Namespace, log: ReceiptLog,
+                    mine: list[tuple[int, KeptReceipt]]) -> dict[int, str]:
+    folder = args.state_dir or default_state_dir()
+    attestor = Attestor(gateway, trust=trust, statements=StatementLog(folder),
+                        tls_verify=False, logs=KeptLogs(folder))
+    proven: dict[int, str] = {}
+    try:
+        await attestor.verify(lambda claims: True)
+        checkpoint = attestor.checkpoint
+        assert checkpoint is not None and attestor.last is not None
+        key = attestor.last.keys[LOG_KEY]
+        async with httpx.AsyncClient(base_url=gateway, verify=False, timeout=30) as http:
+            for n, k in mine:
+                r = await http.get("/v1/log/proof/inclusion", params={
+                    "leaf": receipt_leaf(k.receipt.wire).hex(),
+                    "size": str(checkpoint.checkpoint.size)})
+                if r.status_code != 200:
+                    continue
+                try:
+                    index, proof = int(r.json()["index"]), decode_hashes(r.json()["proof"])
+                    check_inclusion(checkpoint.checkpoint, receipt_leaf(k.receipt.wire),
+                                    index, proof)
+                except (ValueError, KeyError, TypeError, LogRefused) as exc:
+                    raise GatewayNotAttested(f"an inclusion proof does not hold: {exc}"
+                                             ) from None
+                log.keep_proof(k.receipt, index, proof, checkpoint.note, key)
+                proven[n] = (f"{checkpoint.checkpoint.origin} at {index} of "
+                             f"{checkpoint.checkpoint.size}")
+    finally:
+        await attestor.aclose()
+    return proven
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,7 +282,10 @@ def _dialect_client(args: argparse.Namespace, url: str, trust: Trust,
     attestation: Attestation = (Unverified() if args.insecure_skip_attestation else
                                 Attestor(url, trust=trust, statements=statements,
                                          report_mode=args.report_mode, tls_verify=False,
-                                         reattest_seconds=args.reattest_seconds))
+                                         reattest_seconds=args.reattest_seconds,
+                                         logs=KeptLogs(args.state_dir or default_state_dir()),
+                                         witnesses=args.witness,
+                                         witness_max_age=args.witness_max_age))
     receipts = ReceiptLog(args.state_dir or default_state_dir())
     return make_client(url, args.protocol, attestation=attestation, api_key=args.api_key,
                        keep_receipt=receipts.keeper(url))
@@ -229,7 +334,9 @@ def run_attest(args: argparse.Namespace) -> int:
     nonce = bytes.fromhex(args.nonce) if args.nonce else None
     # Over https the certificate is not trusted yet: the report is what vouches for it.
     attestor = Attestor(args.gateway, trust=trust, statements=_statement_log(args),
-                        tls_verify=False)
+                        tls_verify=False,
+                        logs=KeptLogs(args.state_dir or default_state_dir()),
+                        witnesses=args.witness, witness_max_age=args.witness_max_age)
 
     async def go() -> None:
         try:
@@ -251,8 +358,24 @@ def run_attest(args: argparse.Namespace) -> int:
             print(f"NOT VERIFIED: {problem}", file=sys.stderr)
             return 1
     statement = attestor.last_statement
+    log = _log_claims(attestor)
     if args.json:
-        print(json.dumps(as_json(claims, statement, new=attestor.new_statement), indent=2))
+        print(json.dumps({**as_json(claims, statement, new=attestor.new_statement), **log},
+                         indent=2))
     else:
         print(describe(claims, statement, new=attestor.new_statement))
+        print(f"transparency log: {log['log']['origin']}, {log['log']['size']} entries "
+              f"(verifier key {log['log']['vkey']})")
+        if attestor.cosigned_at:
+            print(f"cosigned by {len(args.witness)} witness(es), the oldest at "
+                  f"{log['log']['cosigned_at']}")
     return 0
+
+
+def _log_claims(attestor: Attestor) -> dict[str, Any]:
+    checkpoint, claims = attestor.checkpoint, attestor.last
+    assert checkpoint is not None and claims is not None
+    vkey = NoteKey(checkpoint.checkpoint.origin, claims.keys[LOG_KEY]).vkey()
+    return {"log": {"origin": checkpoint.checkpoint.origin,
+                    "size": checkpoint.checkpoint.size, "vkey": vkey,
+                    "cosigned_at": attestor.cosigned_at or None}}

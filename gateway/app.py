@@ -202,8 +202,7 @@ PUBLIC_CORS = (Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["G
 
 def _receipt_issuer(attestation: attestation_routes.Attested | None,
                     fleet: FleetSecrets | None, keyring: KeyRing,
-                    clock: Callable[[], float],
-                    transparency_log: TransparencyLog | None) -> ReceiptIssuer:
+                    clock: Callable[[], float], tlog: TransparencyLog) -> ReceiptIssuer:
     """The gateway's receipts: a key made here (a fleet's replicas derive one key, so a
     receipt verifies whichever replica answered), saying the attested workload and the
     digests of its models."""
@@ -215,8 +214,7 @@ def _receipt_issuer(attestation: attestation_routes.Attested | None,
         ReceiptSigner(key), workload=workload_digest(manifest).hex() if manifest else "",
         model_digests={str(m.get("name")): str(m.get("digest") or "") for m in models},
         epoch=lambda: keyring.current().key_id, clock=clock,
-        logged=(None if transparency_log is None
-                else lambda wire: transparency_log.append(receipt_entry(wire))))
+        logged=lambda wire: tlog.append(receipt_entry(wire)))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -249,6 +247,7 @@ class Gateway:
     keyring: KeyRing
     dialects: Dialects
     reports: attestation_routes.ReportService | None
+    log: TransparencyLog
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -278,8 +277,10 @@ def create_app(
     `attestation` is the evidence providers and the workload manifest; without it the
     report endpoint answers 503 and no client that verifies will talk to this gateway.
     `transparency_log` (`gateway.tlog`): where receipts and release statements are
-    logged; its key is bound in the report and its routes served.
+    logged (default: in memory, for this process's life); its key is bound in the report
+    and its routes served.
     """
+    tlog = transparency_log if transparency_log is not None else TransparencyLog.in_memory()
     slot = EngineSlot(engine_factory, on_failure=on_engine_failure)
     gateway_metrics = metrics.GatewayMetrics(slot.current)
     # Keys are made here, in the gateway process, after nothing but configuration has
@@ -291,7 +292,7 @@ def create_app(
                       on_rotate=lambda _key: gateway_metrics.key_rotations.inc(), clock=clock,
                       derive=fleet.hpke_key if fleet is not None else None)
     dialects = Dialects.create(keyring, config, fleet, registry)
-    receipts = _receipt_issuer(attestation, fleet, keyring, clock, transparency_log)
+    receipts = _receipt_issuer(attestation, fleet, keyring, clock, tlog)
     services = Services(
         receipts=receipts,
         slot=slot, metrics=gateway_metrics, max_body_bytes=limits_.max_body_bytes,
@@ -318,8 +319,7 @@ def create_app(
         if tls_spki_sha256 is not None:
             keys["tls-spki-sha256"] = tls_spki_sha256
         keys[RECEIPT_KEY] = receipts.signer.public_key
-        if transparency_log is not None:
-            keys[LOG_KEY] = transparency_log.public_key
+        keys[LOG_KEY] = tlog.public_key
         return keys
 
     reports = (attestation_routes.ReportService(attestation, keyring, bound_keys, now=clock)
@@ -352,19 +352,16 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         slot.start()
-        logging = None
-        if transparency_log is not None:
-            released = [release_entry(json.loads(s)) for s in
-                        (attestation.statements if attestation is not None else ())]
-            await asyncio.to_thread(transparency_log.append_once, released)
-            logging = asyncio.create_task(transparency_log.run(), name="cloister-tlog")
+        released = [release_entry(json.loads(s)) for s in
+                    (attestation.statements if attestation is not None else ())]
+        await asyncio.to_thread(tlog.append_once, released)
+        logging = asyncio.create_task(tlog.run(), name="cloister-tlog")
         try:
             yield
         finally:
-            if logging is not None:
-                logging.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await logging
+            logging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await logging
             if reports is not None:
                 reports.close()
             await slot.stop()
@@ -372,11 +369,10 @@ def create_app(
     buckets = limits.RateBuckets(rate=limits_.secret_registrations_per_second,
                                  burst=limits_.secret_registration_burst)
 
-    logged: list[BaseRoute] = []
-    if transparency_log is not None:
-        logged = [*tlog_routes.log_routes(transparency_log),
-                  Route(tlog_routes.BUNDLE_PATH, tlog_routes.bundle_endpoint(
-                      reports, attestation, transparency_log), methods=["GET"])]
+    logged: list[BaseRoute] = [
+        *tlog_routes.log_routes(tlog),
+        Route(tlog_routes.BUNDLE_PATH, tlog_routes.bundle_endpoint(reports, attestation, tlog),
+              methods=["GET"])]
 
     def served(*, attested_tls: bool) -> list[BaseRoute]:
         return [Route("/health", health, methods=["GET"]),
@@ -399,4 +395,5 @@ def create_app(
                   if platform is not None else []), *admin_routes]
     tls_app = (listener([*served(attested_tls=True), *tls_only], owns_lifespan=False)
                if tls_only else app)
-    return Gateway(app, tls_app, config, gateway_metrics, slot, keyring, dialects, reports)
+    return Gateway(app, tls_app, config, gateway_metrics, slot, keyring, dialects, reports,
+                   tlog)

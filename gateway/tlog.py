@@ -26,6 +26,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave.tlog import tiles
 from enclave.tlog.merkle import MerkleTree, ProofError, leaf_hash
@@ -154,15 +155,59 @@ class LogStore:
         self.engine.dispose()
 
 
+class MemoryLogStore:
+    """The log's store for one process that keeps nothing across restarts (`create_app`
+    without a database: tests, embedding); `LogStore`'s behaviour, in memory."""
+
+    def __init__(self) -> None:
+        self.origin = f"cloister.log/{os.urandom(8).hex()}"
+        self._queue: list[bytes] = []
+        self._entries: list[bytes] = []
+        self._index: dict[bytes, int] = {}
+        self._checkpoint: tuple[bytes, float] | None = None
+        self._lock = threading.Lock()
+
+    def queue(self, entries: list[bytes]) -> None:
+        with self._lock:
+            self._queue += entries
+
+    def take_lease(self, holder: str, now: float) -> bool:
+        return True
+
+    def integrate(self, size: int) -> list[bytes]:
+        with self._lock:
+            taken, self._queue = self._queue, []
+            for entry in taken:
+                self._index.setdefault(leaf_hash(entry), len(self._entries))
+                self._entries.append(entry)
+            return taken
+
+    def entries(self, start: int, end: int | None = None) -> list[bytes]:
+        with self._lock:
+            return self._entries[start:end]
+
+    def index_of(self, leaf: bytes) -> int | None:
+        with self._lock:
+            return self._index.get(leaf)
+
+    def save_checkpoint(self, size: int, note: bytes, now: float) -> None:
+        with self._lock:
+            self._checkpoint = (note, now)
+
+    def latest_checkpoint(self) -> tuple[bytes, float] | None:
+        with self._lock:
+            return self._checkpoint
+
+    def close(self) -> None:
+        return None
+
+
 class TransparencyLog:
     """One process's view of the log: it appends, follows, sequences when it holds the
     lease, and answers checkpoints, proofs and tiles from its own tree."""
 
-    def __init__(self, store: LogStore, signer_key: object, *,
+    def __init__(self, store: LogStore | MemoryLogStore, signer_key: Ed25519PrivateKey, *,
                  clock: Callable[[], float] = time.time) -> None:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        assert isinstance(signer_key, Ed25519PrivateKey)
         self.store, self.origin = store, store.origin
         self.signer = NoteSigner(store.origin, signer_key)
         self.tree = MerkleTree()
@@ -188,6 +233,10 @@ class TransparencyLog:
         for entry in entries:
             if self.store.index_of(leaf_hash(entry)) is None and entry not in self._pending:
                 self.append(entry)
+
+    @classmethod
+    def in_memory(cls) -> TransparencyLog:
+        return cls(MemoryLogStore(), Ed25519PrivateKey.generate())
 
     def turn(self) -> None:
         """One turn (blocking): queue what was appended, sequence if this process holds

@@ -5,10 +5,14 @@ one-request verification bundle.
     GET /v1/log/tile/<C2SP tile path>            a tile of that checkpoint's tree
     GET /v1/log/proof/inclusion?leaf=HEX&size=N  {"index", "size", "proof": [base64]}
     GET /v1/log/proof/consistency?from=M&to=N    {"from", "to", "proof": [base64]}
-    GET /v1/attestation/bundle?nonce=HEX         {"report": evidence document over nonce
+    GET /v1/attestation/bundle?nonce=HEX[&from=M] {"report": evidence document over nonce (text)
                                                   (collateral inside), "statements": [DSSE],
                                                   "checkpoint": note text, "inclusion":
-                                                  [{"index", "proof"}] per statement}
+                                                  [{"index", "proof"}] per statement,
+                                                  "consistency": [base64] from size M (the
+                                                  client's last checkpoint; default 0)}
+        ?challenge=HEX instead of nonce: the report is the per-epoch one with the attested
+        challenge key's answer (as `/v1/attestation/report?challenge=`)
 
 Proofs are for sizes up to the latest checkpoint only, so every answer can be checked
 against a checkpoint the client can get.
@@ -16,6 +20,7 @@ against a checkpoint the client can get.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Awaitable, Callable
@@ -74,7 +79,8 @@ def log_routes(log: TransparencyLog) -> list[BaseRoute]:
 
     async def tile(request: Request) -> Response:
         try:
-            data = log.tile("tile/" + request.path_params["path"], _signed_size(log))
+            data = await asyncio.to_thread(log.tile, "tile/" + request.path_params["path"],
+                                           _signed_size(log))
         except TileError:
             raise GatewayError(ErrorCode.NOT_FOUND, "no such tile in the latest "
                                "checkpoint's tree") from None
@@ -92,7 +98,7 @@ def log_routes(log: TransparencyLog) -> list[BaseRoute]:
                                "(the entry's RFC 9162 leaf hash)", param="leaf")
         size = _within(log, _int(request, "size", _signed_size(log)), "size")
         try:
-            index, proof = log.inclusion(leaf, size)
+            index, proof = await asyncio.to_thread(log.inclusion, leaf, size)
         except ProofError:
             raise GatewayError(ErrorCode.NOT_FOUND, "no such entry in the tree of that "
                                "size", param="leaf") from None
@@ -125,24 +131,32 @@ def bundle_endpoint(service: attestation_routes.ReportService | None,
         if service is None:
             raise GatewayError(ErrorCode.ATTESTATION_UNAVAILABLE,
                                "this gateway was started without attestation")
-        nonce = attestation_routes._nonce(request, "nonce")
+        challenged = "challenge" in request.query_params
+        nonce = attestation_routes._nonce(request, "challenge" if challenged else "nonce")
         size = _signed_size(log)
         assert log.checkpoint is not None
         note = log.checkpoint
+        since = _int(request, "from", 0)
+        # past this log's size: no proof exists, and the client, which saw a larger tree,
+        # refuses the rollback itself
+        consistency = log.consistency(since, size) if since <= size else []
         inclusion = []
         for statement in statements:
             try:
-                index, proof = log.inclusion(release_leaf(json.loads(statement)), size)
+                index, proof = await asyncio.to_thread(
+                    log.inclusion, release_leaf(json.loads(statement)), size)
             except ProofError:  # not logged yet: the client refuses it, or waits
                 raise GatewayError(ErrorCode.LOG_NOT_READY, "the release statements are "
                                    "not in a checkpoint yet",
                                    headers={"Retry-After": "1"}) from None
             inclusion.append({"index": index, "proof": _b64(proof)})
         client = request.client.host if request.client else "unknown"
-        report = await service.fresh(nonce, client)
-        body = {"report": json.loads(report),
+        report = (await service.answer(nonce) if challenged
+                  else await service.fresh(nonce, client))
+        body = {"report": report.decode(),
                 "statements": [json.loads(s) for s in statements],
-                "checkpoint": note.decode(), "inclusion": inclusion}
+                "checkpoint": note.decode(), "inclusion": inclusion,
+                "consistency": _b64(consistency)}
         return json_response(200, body, headers={"cache-control": "no-store"})
 
     return bundle

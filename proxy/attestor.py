@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import httpx
 import structlog
 
-from attestation.errors import Reason, VerificationError
-from attestation.sigstore_statement import verify_sigstore_statement
-from attestation.statement import VerifiedStatement, verify_statement
+from attestation.errors import VerificationError
+from attestation.statement import VerifiedStatement
 from attestation.verify import (
     Policy,
     TrustRoots,
@@ -38,7 +36,13 @@ from attestation.verify import (
     verify_challenge_answer,
     verify_evidence,
 )
+from enclave import discovery
+from enclave.receipts import Receipt
+from enclave.tlog.view import Verified
+from proxy.bundle import BUNDLE_PATH, WITNESS_MAX_AGE, WitnessConfig, cosign_all, verify_bundle
 from proxy.errors import GatewayNotAttested
+from proxy.logview import KeptLogs
+from proxy.statements import accepted_statements
 from proxy.trust import StatementLog, Trust
 
 REPORT_PATH = "/v1/attestation/report"
@@ -67,17 +71,23 @@ class Attestation(Protocol):
     def due(self) -> bool:
         """Whether the gateway must be attested again before the next request."""
 
+    def saw_receipt(self, receipt: Receipt) -> None:
+        """A receipt the client checked: one naming what was not attested makes the
+        gateway due."""
+
     async def aclose(self) -> None: ...
 
 
-async def _fetch_report(http: httpx.AsyncClient, nonce: bytes, *, mode: str = "nonce"
+async def _fetch_report(http: httpx.AsyncClient, nonce: bytes, *, mode: str = "nonce",
+                        path: str = REPORT_PATH, params: dict[str, str] | None = None
                         ) -> httpx.Response:
-    """The report for `nonce` (`mode` "nonce", or "challenge"); a `429` is retried after
-    the `Retry-After` the gateway sends, within `MAX_RATE_LIMIT_WAIT` seconds in all."""
+    """The report (or bundle, at `path`) for `nonce` (`mode` "nonce", or "challenge"); a
+    `429`, or a `503` with `Retry-After` (the log's first checkpoint), is retried after
+    the wait the gateway asks, within `MAX_RATE_LIMIT_WAIT` seconds in all."""
     waited = 0.0
     while True:
         try:
-            r = await http.get(REPORT_PATH, params={mode: nonce.hex()})
+            r = await http.get(path, params={mode: nonce.hex(), **(params or {})})
         except httpx.TransportError as exc:
             raise GatewayNotAttested("cannot fetch the attestation report") from exc
         try:
@@ -85,7 +95,8 @@ async def _fetch_report(http: httpx.AsyncClient, nonce: bytes, *, mode: str = "n
         except ValueError:
             delay = 1.0
         delay = min(max(delay, 0.1), MAX_RATE_LIMIT_WAIT)
-        if r.status_code != 429 or waited + delay > MAX_RATE_LIMIT_WAIT:
+        retry = r.status_code == 429 or (r.status_code == 503 and "retry-after" in r.headers)
+        if not retry or waited + delay > MAX_RATE_LIMIT_WAIT:
             return r
         await asyncio.sleep(delay)
         waited += delay
@@ -122,32 +133,7 @@ async def fetch_statements(http: httpx.AsyncClient, trust: Trust, *,
         raise GatewayNotAttested("cannot fetch the gateway's reference values") from exc
     except (ValueError, KeyError, TypeError):
         served = []
-    accepted: list[VerifiedStatement] = []
-    refusals: list[VerificationError] = []
-    for item in served if isinstance(served, list) else []:
-        try:
-            verified = _verify_one(item, trust, now)
-            if statements is not None:
-                statements.check(verified)
-        except VerificationError as err:
-            refusals.append(err)
-            continue
-        accepted.append(verified)
-    if accepted:
-        return accepted
-    if refusals:
-        raise GatewayNotAttested(f"no acceptable release statement: {refusals[0]}")
-    raise GatewayNotAttested(f"{Reason.NO_REFERENCE_VALUES.value}: the gateway serves no "
-                             "release statement")
-
-
-def _verify_one(item: object, trust: Trust, now: dt.datetime) -> VerifiedStatement:
-    encoded = json.dumps(item).encode()
-    if isinstance(item, dict) and "mediaType" in item and trust.sigstore is not None:
-        sig = trust.sigstore
-        return verify_sigstore_statement(encoded, identity=sig.identity, issuer=sig.issuer,
-                                         trusted_root=sig.trusted_root, now=now)
-    return verify_statement(encoded, trust.release_keys, now=now)
+    return [v for _, v in accepted_statements(served, trust, statements=statements, now=now)]
 
 
 class Attestor:
@@ -156,11 +142,26 @@ class Attestor:
                  transport: httpx.AsyncBaseTransport | None = None,
                  tls_verify: bool = True, report_mode: str = "nonce",
                  reattest_seconds: float = REATTEST_SECONDS,
-                 clock: Clock = lambda: dt.datetime.now(dt.UTC)) -> None:
+                 clock: Clock = lambda: dt.datetime.now(dt.UTC),
+                 logs: KeptLogs | None = None, witnesses: Sequence[WitnessConfig] = (),
+                 witness_max_age: int = WITNESS_MAX_AGE) -> None:
         """`tls_verify=False` only where the report itself vouches for the TLS key
-        (`cloister attest --write-cert` checks the certificate against it)."""
+        (`cloister attest --write-cert` checks the certificate against it).
+
+        `logs`: verify in one request (`proxy.bundle`): the report, the statements and
+        the gateway's transparency log, which must extend the one kept there. Without
+        it (a keyholder, which keeps no log) the report and statements are fetched
+        apart. `witnesses` (with `logs`): each must cosign the checkpoint, within
+        `witness_max_age` seconds."""
         if report_mode not in ("nonce", "challenge"):
             raise ValueError(f"unknown report mode {report_mode!r}")
+        if witnesses and logs is None:
+            raise ValueError("witnesses cosign the log: they need the client's logs")
+        self._logs, self._witnesses = logs, tuple(witnesses)
+        self._witness_max_age = witness_max_age
+        self.checkpoint: Verified | None = None  # the log's checkpoint last verified
+        self.cosigned_at = 0  # when every witness had cosigned it (the oldest's time)
+        self._unseen = False  # a receipt named what the last verification did not
         self.gateway_url = gateway_url.rstrip("/")
         self._http = httpx.AsyncClient(base_url=self.gateway_url, transport=transport,
                                        timeout=60, verify=tls_verify)
@@ -173,10 +174,15 @@ class Attestor:
         self.new_statement = False
 
     async def verify(self, vouches: KeyCheck, *, nonce: bytes | None = None) -> None:
-        policy, candidates = await self._policy()
-        now = self._clock()
-        claims = await fetch_and_verify(self._http, roots=self._trust.roots, policy=policy,
-                                        nonce=nonce, challenge=self._challenge, now=now)
+        if self._logs is not None:
+            claims, candidates = await self._bundle(nonce)
+            now = self._clock()
+        else:
+            policy, candidates = await self._policy()
+            now = self._clock()
+            claims = await fetch_and_verify(self._http, roots=self._trust.roots,
+                                            policy=policy, nonce=nonce,
+                                            challenge=self._challenge, now=now)
         if not vouches(claims):
             raise GatewayNotAttested("the gateway's keys are not the attested ones")
         matched = next((s for s in candidates if s.values is claims.accepted), None)
@@ -192,9 +198,44 @@ class Attestor:
                                    f"{matched.values.version} signed by {matched.key_id}")
         self.last, self.verified_at = claims, now.timestamp()
         self.last_statement, self.new_statement = matched, new_statement
+        self._unseen = False
+
+    async def _bundle(self, nonce: bytes | None
+                      ) -> tuple[VerifiedEvidence, list[VerifiedStatement]]:
+        assert self._logs is not None
+        nonce = nonce or new_nonce()
+        mode = "challenge" if self._challenge else "nonce"
+        since = self._logs.since(self.gateway_url)
+        r = await _fetch_report(self._http, nonce, mode=mode, path=BUNDLE_PATH,
+                                params={"from": str(since)})
+        if r.status_code != 200:
+            raise GatewayNotAttested(f"the gateway gave no attestation bundle (HTTP "
+                                     f"{r.status_code})", outer_status=r.status_code)
+        now = self._clock()
+        bundled = verify_bundle(r.content, gateway=self.gateway_url, nonce=nonce,
+                                challenge=self._challenge, trust=self._trust,
+                                statements=self._statements, logs=self._logs, now=now)
+        if self._witnesses:
+            self.cosigned_at = await cosign_all(
+                self._witnesses, bundled.checkpoint, gateway=self._http, logs=self._logs,
+                now=int(now.timestamp()), max_age=self._witness_max_age)
+        self.checkpoint = bundled.checkpoint
+        return bundled.claims, bundled.statements
+
+    def saw_receipt(self, receipt: Receipt) -> None:
+        """A receipt that names a workload, or a key epoch, the last verification did not
+        attest: the gateway changed under the client, so it attests again before the
+        next request (continuous attestation)."""
+        claims = self.last
+        if claims is None:
+            return
+        epochs = {c.key_id for c in discovery.bound_configs(claims.keys, "ohttp")}
+        if (receipt.fields.get("workload") != claims.workload.digest
+                or (epochs and receipt.fields.get("epoch") not in epochs)):
+            self._unseen = True
 
     def due(self) -> bool:
-        if self.last is None:
+        if self.last is None or self._unseen:
             return True
         now = self._clock().timestamp()
         life = self.last.expires_at - self.last.generated_at
@@ -225,6 +266,9 @@ class Unverified:
 
     def due(self) -> bool:
         return False
+
+    def saw_receipt(self, receipt: Receipt) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None

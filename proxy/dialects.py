@@ -27,5 +27,10 @@ def make_client(gateway_url: str, protocol: str, *, attestation: Attestation,
     entry = next((d for d in registry if d.name == protocol and d.client is not None), None)
     if entry is None or entry.client is None:
         raise ValueError(f"no client side for dialect {protocol!r}")
-    return GatewayClient(gateway_url, entry.client(ClientSetup(api_key, keep_receipt)),
+    def keep(receipt: Any, key: bytes | None) -> None:
+        attestation.saw_receipt(receipt)  # continuous attestation: what did it name?
+        if keep_receipt is not None:
+            keep_receipt(receipt, key)
+
+    return GatewayClient(gateway_url, entry.client(ClientSetup(api_key, keep)),
                          attestation=attestation, transport=transport, limits=limits)

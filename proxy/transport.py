@@ -26,8 +26,10 @@ import httpx
 
 from proxy.app import LocalAnswer, ModelResolver, UpstreamClient, forward
 from proxy.attestor import REATTEST_SECONDS, Attestor
+from proxy.bundle import WITNESS_MAX_AGE, WitnessConfig
 from proxy.dialects import make_client
 from proxy.errors import ProxyError
+from proxy.logview import KeptLogs
 from proxy.receipts import ReceiptLog
 from proxy.trust import StatementLog, default_state_dir, load_trust
 
@@ -43,7 +45,9 @@ def verified_client(gateway_url: str, *, protocol: str = "ohttp",
                     release_keys: Sequence[Path | str] = (), policy: Path | str | None = None,
                     simulated_roots: Path | str | None = None, api_key: str | None = None,
                     state_dir: Path | None = None, report_mode: str = "challenge",
-                    reattest_seconds: float = REATTEST_SECONDS) -> UpstreamClient:
+                    reattest_seconds: float = REATTEST_SECONDS,
+                    witnesses: Sequence[str] = (),
+                    witness_max_age: int = WITNESS_MAX_AGE) -> UpstreamClient:
     """A gateway client that verifies exactly as `cloister proxy` does; refused (fail
     closed) when nothing names the right measurement and workload."""
     trust = load_trust(release_keys=[Path(k) for k in release_keys],
@@ -56,7 +60,9 @@ def verified_client(gateway_url: str, *, protocol: str = "ohttp",
     folder = state_dir or default_state_dir()
     attestation = Attestor(gateway_url, trust=trust, statements=StatementLog(folder),
                            report_mode=report_mode, reattest_seconds=reattest_seconds,
-                           tls_verify=False)
+                           tls_verify=False, logs=KeptLogs(folder),
+                           witnesses=[WitnessConfig.parse(w) for w in witnesses],
+                           witness_max_age=witness_max_age)
     return make_client(gateway_url, protocol, attestation=attestation, api_key=api_key,
                        keep_receipt=ReceiptLog(folder).keeper(gateway_url))
 

@@ -73,7 +73,7 @@ async def test_the_report_binds_every_dialects_published_keys(raw, attested_app,
     assert {k: v for k, v in claims.keys.items() if k in published} == published
     assert set(claims.keys) == {"ohttp", "ehbp", "continuum", "continuum-mlkem768x25519",
                                 "atoma-node-x25519", "atoma-signing-ed25519",
-                                "attestation-ed25519", "receipt-ed25519"}
+                                "attestation-ed25519", "receipt-ed25519", "log-ed25519"}
 
 
 async def test_report_without_nonce_is_cached_per_key_epoch(raw, attested_app) -> None:
