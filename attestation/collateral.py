@@ -23,7 +23,7 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 
@@ -102,3 +102,10 @@ class CollateralSource(Protocol):
         """The OCSP responses for the GPUs' certificate chains (PEM); `ProviderError` if
         none can be had."""
 
+
+@runtime_checkable
+class RefreshedCollateral(Protocol):
+    """A source that renews what it fetched before it is due, off the report path."""
+
+    def refresh(self) -> None:
+        """Fetch again whatever is due; keep the last good copy where that fails."""

@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from attestation.collateral import RefreshedCollateral
 from attestation.workload import workload_digest
 from enclave.dialect import ControlCall, ControlRoute, EngineRoute, OuterRequest, ServerDialect
 from enclave.errors import RequestRefused
@@ -45,6 +46,7 @@ from enclave.wire_errors import ErrorCode, error_body
 from gateway import attestation_routes, limits, metrics, platform_docs, tlog_routes
 from gateway.admin import AdminApi
 from gateway.body import read_body
+from gateway.collateral_fetch import REFRESH_EVERY
 from gateway.config import ServeConfig
 from gateway.context import CONTROL, RequestContext
 from gateway.endpoint import (
@@ -217,6 +219,13 @@ def _receipt_issuer(attestation: attestation_routes.Attested | None,
         logged=lambda wire: tlog.append(receipt_entry(wire)))
 
 
+async def _renew(collateral: RefreshedCollateral) -> None:
+    """The vendors' collateral, renewed before it is due, off the report path."""
+    while True:
+        await asyncio.sleep(REFRESH_EVERY)
+        await asyncio.to_thread(collateral.refresh)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
@@ -355,13 +364,18 @@ def create_app(
         released = [release_entry(json.loads(s)) for s in
                     (attestation.statements if attestation is not None else ())]
         await asyncio.to_thread(tlog.append_once, released)
-        logging = asyncio.create_task(tlog.run(), name="cloister-tlog")
+        background = [asyncio.create_task(tlog.run(), name="cloister-tlog")]
+        if attestation is not None and isinstance(attestation.collateral,
+                                                  RefreshedCollateral):
+            background.append(asyncio.create_task(_renew(attestation.collateral),
+                                                  name="cloister-collateral"))
         try:
             yield
         finally:
-            logging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await logging
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if reports is not None:
                 reports.close()
             await slot.stop()

@@ -5,9 +5,11 @@ Each platform says what its collateral is and where the vendor serves it
 (`CpuPlatform.collateral_key`, `fetch_collateral`: Intel's PCS or a PCCS, `--pccs-url`;
 AMD's KDS, `--amd-kds-url`). Here the gateway's cache and schedule: verifiers never do
 network I/O. Cached in memory and in `folder` (a JSON file per platform and FMSPC or family) until
-the earliest next-update of its parts, less `REFRESH_MARGIN`. When nothing current can
-be had the report fails (`ProviderError`, 503 to clients): evidence without current
-collateral would be refused by every verifier anyway.
+the earliest next-update of its parts, less `REFRESH_MARGIN`; the gateway renews it in
+the background (`refresh`, every `REFRESH_EVERY`), so a report rarely waits on a vendor.
+When a vendor cannot be reached, the last good copy is served: each client judges it by
+its own clock and refuses it once it is stale. Only when nothing was ever fetched does the
+report fail (`ProviderError`, 503 to clients).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
+import structlog
 from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
@@ -31,6 +34,8 @@ from attestation.platforms import cpu_platform
 from attestation.types import CpuEvidence, ProviderError
 
 REFRESH_MARGIN = dt.timedelta(hours=1)
+REFRESH_EVERY = 600.0  # seconds between background renewals
+log = structlog.get_logger("cloister.collateral")
 NVIDIA_OCSP_URL = "https://ocsp.ndis.nvidia.com"
 FETCH_TIMEOUT = 15.0
 
@@ -44,6 +49,7 @@ class FetchedCollateral:
         self._services = dict(services or {})
         self._clock = clock
         self._memory: dict[str, Collateral] = {}
+        self._fetchers: dict[str, Callable[[], Collateral]] = {}  # what was asked for
         # One fetch at a time: a burst of reports after expiry makes one request, not many.
         self._lock = threading.Lock()
 
@@ -69,18 +75,33 @@ class FetchedCollateral:
             _post(service or _ocsp_url(cert) or NVIDIA_OCSP_URL, ocsp.request(cert, issuer))
             for cert, issuer in zip(chain, chain[1:], strict=False)))
 
+    def refresh(self) -> None:
+        """Renew every collateral asked for so far that is due (blocking: run it off the
+        event loop); where a vendor fails, the last good copy stays."""
+        for key, fetch in list(self._fetchers.items()):
+            try:
+                self._cached(key, fetch)
+            except ProviderError as exc:
+                log.warning("collateral_refresh_failed", key=key, error=str(exc))
+
     def _cached(self, key: str, fetch: Callable[[], Collateral]) -> Collateral:
         with self._lock:
+            self._fetchers.setdefault(key, fetch)
             known = self._memory.get(key) or self._read(key)
             if known is not None and self._current(known):
                 self._memory[key] = known
                 return known
             try:
                 fresh = fetch()
+                if not self._current(fresh):
+                    raise ValueError("what the vendor serves is not current")
             except (httpx.HTTPError, ValueError, RuntimeError, OSError) as exc:
-                raise ProviderError(f"cannot fetch collateral for {key}: {exc}") from exc
-            if not self._current(fresh):
-                raise ProviderError(f"the collateral fetched for {key} is not current")
+                if known is not None:  # the last good copy: clients judge it by their clock
+                    log.warning("collateral_stale_served", key=key, error=str(exc))
+                    self._memory[key] = known
+                    return known
+                raise ProviderError(f"cannot fetch current collateral for {key}: {exc}"
+                                    ) from exc
             self._memory[key] = fresh
             self._write(key, fresh)
             return fresh

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from attestation.errors import VerificationError
 from attestation.evidence import collect
 from attestation.providers import ProviderError
 from attestation.simulated import SimulatedPki
@@ -86,3 +87,38 @@ def test_no_current_collateral_means_no_report(pki, tmp_path) -> None:
     with pytest.raises(ProviderError, match="cannot fetch"):
         FetchedCollateral(tmp_path / "other", services={"intel": url, "amd": url}).for_report(
             _evidence(pki, tdx=True))
+
+
+def test_the_last_good_copy_is_served_while_the_vendor_is_away_and_renewed_in_the_background(
+        pki, tmp_path) -> None:
+    attested = simulated(pki)
+
+    def document(collateral: FetchedCollateral, now: int) -> bytes:
+        return collect(attested.cpu, SimulatedGpuProvider(pki), keys={"ohttp": b"k"},
+                       workload=TEST_WORKLOAD, nonce=NONCE, expires_at=now + 3600, now=now,
+                       collateral=collateral).to_json()
+
+    with SimulatedVendorServices(pki, days=7).running() as vendors:
+        filled = _fetcher(tmp_path, vendors)
+        document(filled, int(time.time()))
+        first = filled.for_report(_evidence(pki))
+        gone = vendors
+    until = first.next_update()
+    assert until is not None
+    due = [until - REFRESH_MARGIN + dt.timedelta(seconds=1)]
+    away = _fetcher(tmp_path, gone, clock=lambda: due[0])  # its vendors no longer answer
+    assert away.for_report(_evidence(pki)) == first  # served, not a 503
+    # ... and a client refuses it by its own clock once it is past its next update
+    stale = document(away, int(until.timestamp()) + 60)
+    with pytest.raises(VerificationError, match="(?i)crl|ocsp|collateral|next update|stale"):
+        verify_evidence(stale, expected_nonce=NONCE,
+                        roots=TrustRoots().with_simulated(pki.roots_pem()),
+                        policy=policy(), now=until + dt.timedelta(seconds=60))
+    # the vendor is back: the background renewal replaces the copy before any report asks
+    with SimulatedVendorServices(pki, days=7).running() as back:
+        back.collateral_options["now"] = due[0]
+        renewing = _fetcher(tmp_path, back, clock=lambda: due[0])
+        renewing.for_report(_evidence(pki))
+        renewing.refresh()
+        assert back.requests["/vcek/v1/Simulated/crl"] == 1
+        assert renewing.for_report(_evidence(pki)).amd_crl != first.amd_crl
