@@ -24,6 +24,7 @@ from typing import Any
 
 from attestation import platforms
 from cli import deploy as cli_deploy
+from cli import log as cli_log
 from cli import proxy as client_cli
 from cli import witness as cli_witness
 from cli.arguments import Built, add_arguments, build
@@ -155,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_store_arguments(bot_create)
 
     cli_witness.add_parser(sub)
+    cli_log.add_parser(sub)
     demo = sub.add_parser("demo-model", help="build the offline demo model into PATH")
     demo.add_argument("path", type=Path)
     return parser
@@ -222,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client_cli.run(args)
     if command == "witness":
         return cli_witness.run(args)
+    if command == "log":
+        return cli_log.run(args)
     if command == "demo-model":
         from enclave.demo_model import build_demo_model
 

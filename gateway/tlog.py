@@ -12,7 +12,9 @@ appends (`log_queue`); the one holding the sequencer lease (`log_sequencer`, ren
 each turn, taken over when it lapses) numbers the queue into entries and signs the
 checkpoint; every process follows the entries into its own tree, from which it serves
 proofs and tiles. Appending is a list append on the request path; the database is
-touched once a turn (`TURN_SECONDS`), off the event loop.
+touched once a turn (`TURN_SECONDS`), off the event loop. Each checkpoint carries the time
+it was signed (an extension line, `time <Unix seconds>`), so a client can tell a current
+one from a replayed old one by its own clock.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave.tlog import tiles
 from enclave.tlog.merkle import MerkleTree, ProofError, leaf_hash
-from enclave.tlog.note import Checkpoint, Note, NoteSigner
+from enclave.tlog.note import Checkpoint, Note, NoteSigner, time_extension
 from gateway.database import create_schema, open_database
 
 BOUND_KEY = "log-ed25519"
@@ -266,7 +268,8 @@ class TransparencyLog:
         return Checkpoint.parse(Note.parse(self.checkpoint).text).size
 
     def sign(self, now: float) -> None:
-        checkpoint = Checkpoint(self.origin, self.tree.size, self.tree.root())
+        checkpoint = Checkpoint(self.origin, self.tree.size, self.tree.root(),
+                                (time_extension(now),))
         note = self.signer.sign(checkpoint.text())
         self.store.save_checkpoint(checkpoint.size, note, now)
         self.checkpoint, self.signed_at = note, now
@@ -312,10 +315,31 @@ class TransparencyLog:
         server; the size exported."""
         if self.checkpoint is None:
             raise ProofError("the log has no checkpoint yet")
-        size = self._size_signed()
-        for level, index, width in tiles.tiles_of(size):
-            path = folder / tiles.tile_path(level, index, width)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(self.tile(tiles.tile_path(level, index, width), size))
-        (folder / "checkpoint").write_bytes(self.checkpoint)
-        return size
+        return write_tiles(folder, self.checkpoint, self.tree, self.store.entries)
+
+
+def write_tiles(folder: Path, checkpoint: bytes, tree: MerkleTree,
+                entries: Callable[[int, int], list[bytes]]) -> int:
+    """`checkpoint` (a signed note) and every tile of its tree under `folder`; its size."""
+    size = Checkpoint.parse(Note.parse(checkpoint).text).size
+    for level, index, width in tiles.tiles_of(size):
+        path = folder / tiles.tile_path(level, index, width)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if level == tiles.ENTRIES:
+            start = index * tiles.WIDTH
+            path.write_bytes(tiles.entry_bundle(entries(start, start + width)))
+        else:
+            path.write_bytes(tiles.tile_data(tree, size, level, index, width))
+    (folder / "checkpoint").write_bytes(checkpoint)
+    return size
+
+
+def export_stored(store: LogStore, folder: Path) -> int:
+    """`cloister log export`: the stored log's latest checkpoint and tiles, read from the
+    database alone (no key: nothing is signed here)."""
+    stored = store.latest_checkpoint()
+    if stored is None:
+        raise ProofError("the log has no checkpoint yet")
+    entries = store.entries(0)
+    return write_tiles(folder, stored[0], MerkleTree([leaf_hash(e) for e in entries]),
+                       lambda start, end: entries[start:end])

@@ -31,7 +31,7 @@ from attestation.verify import (
     verify_evidence,
 )
 from enclave.tlog.entries import release_leaf
-from enclave.tlog.note import NoteError, NoteKey
+from enclave.tlog.note import NoteError, NoteKey, signed_time
 from enclave.tlog.view import LogRefused, Verified, check_inclusion, decode_hashes, open_signed
 from enclave.tlog.witness import PATH as WITNESS_PATH
 from enclave.tlog.witness import SIZE_MEDIA_TYPE, add_checkpoint_body, cosignature
@@ -43,6 +43,10 @@ from proxy.trust import StatementLog, Trust
 BUNDLE_PATH = "/v1/attestation/bundle"
 LOG_KEY = "log-ed25519"
 WITNESS_MAX_AGE = 600
+# The gateway signs a checkpoint at least every 30 s: one older than this is not its
+# current one. CLOCK_SKEW: how far ahead of this client's clock a checkpoint may be.
+LOG_MAX_AGE = 600
+CLOCK_SKEW = 300
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,11 @@ def verify_bundle(body: bytes, *, gateway: str, nonce: bytes, challenge: bool, t
                                  "no log key)")
     try:
         verified = open_signed(bundle["checkpoint"].encode(), key)
+        signed = signed_time(verified.checkpoint)
+        stamp = int(now.timestamp())
+        if signed is None or not stamp - LOG_MAX_AGE <= signed <= stamp + CLOCK_SKEW:
+            raise LogRefused("checkpoint_stale", "the log's checkpoint is not current by "
+                             "this client's clock (a replayed or frozen log)")
         for position, _ in accepted:
             proof = bundle["inclusion"][position] if position < len(bundle["inclusion"]) \
                 else None

@@ -214,6 +214,20 @@ class Checkpoint:
         return cls(lines[0], int(size_text), root, tuple(lines[3:-1]))
 
 
+def time_extension(now: float) -> str:
+    """Cloister's checkpoint extension: when the log signed it (Unix seconds)."""
+    return f"time {int(now)}"
+
+
+def signed_time(checkpoint: Checkpoint) -> int | None:
+    """The time a checkpoint says it was signed, where it says so."""
+    for line in checkpoint.extensions:
+        name, _, value = line.partition(" ")
+        if name == "time" and value.isdigit():
+            return int(value)
+    return None
+
+
 def open_checkpoint(data: bytes, key: NoteKey, origin: str | None = None
                     ) -> tuple[Checkpoint, Note]:
     """A signed checkpoint, its signature by `key` checked (and its origin, if given)."""

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -77,3 +80,16 @@ def browser() -> Iterator[Browser]:
         launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="session")
+def tlogcheck(tmp_path_factory) -> Path:
+    """Go's note and tlog packages in a small program (Debian's golang-go and
+    golang-golang-x-mod-dev, installed by make env; built offline in GOPATH mode)."""
+    out = tmp_path_factory.mktemp("go") / "tlogcheck"
+    go = shutil.which("go") or "/usr/lib/go/bin/go"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": "/usr/share/gocode",
+           "GOCACHE": str(out.parent / "cache"), "GOFLAGS": ""}
+    subprocess.run([go, "build", "-o", str(out), "main.go"], check=True, env=env,
+                   cwd=Path(__file__).parents[1] / "go" / "tlogcheck", timeout=300)
+    return out

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,9 +24,17 @@ from enclave.tlog.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from enclave.tlog.note import Checkpoint, Note, NoteError, NoteKey, NoteSigner, open_checkpoint
+from enclave.tlog.note import (
+    Checkpoint,
+    Note,
+    NoteError,
+    NoteKey,
+    NoteSigner,
+    open_checkpoint,
+    signed_time,
+)
 from enclave.tlog.view import LogRefused, LogView, Verified, check_inclusion, open_signed
-from gateway.tlog import LogStore, TransparencyLog
+from gateway.tlog import CHECKPOINT_SECONDS, LogStore, TransparencyLog
 
 # RFC 6962's reference tree (certificate-transparency's merkle_tree_test): eight leaves
 # and the root of each prefix, as every CT and tlog implementation tests them.
@@ -200,19 +205,6 @@ def test_a_checkpoint_not_signed_by_the_attested_log_key_is_refused() -> None:
 
 # --- the stored log, sequenced, followed and published as tiles ------------------------------
 
-@pytest.fixture(scope="module")
-def tlogcheck(tmp_path_factory) -> Path:
-    """Go's note and tlog packages in a small program (Debian's golang-go and
-    golang-golang-x-mod-dev, installed by make env; built offline in GOPATH mode)."""
-    out = tmp_path_factory.mktemp("go") / "tlogcheck"
-    go = shutil.which("go") or "/usr/lib/go/bin/go"
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": "/usr/share/gocode",
-           "GOCACHE": str(out.parent / "cache"), "GOFLAGS": ""}
-    subprocess.run([go, "build", "-o", str(out), "main.go"], check=True, env=env,
-                   cwd=Path(__file__).parents[1] / "go" / "tlogcheck", timeout=300)
-    return out
-
-
 def test_the_stored_log_is_read_by_go_s_own_note_and_tlog(tmp_path, tlogcheck) -> None:
     store = LogStore(f"sqlite:///{tmp_path / 'log.db'}")
     log = TransparencyLog(store, KEY)
@@ -250,6 +242,15 @@ def test_the_stored_log_is_read_by_go_s_own_note_and_tlog(tmp_path, tlogcheck) -
     assert result["size"] == 700 and result["entries_checked"] == 700
     assert result["inclusion_checked"] == 5 and result["consistency_checked"] == 1
     assert result["origin"] == store.origin
+    # the same, exported by `cloister log export` from the database alone
+    from cli.main import main
+
+    assert main(["log", "export", str(tmp_path / "exported"), "--database",
+                 f"sqlite:///{tmp_path / 'log.db'}"]) == 0
+    for path in (folder / "tile").rglob("*"):
+        if path.is_file():
+            assert (tmp_path / "exported" / path.relative_to(folder)).read_bytes() == \
+                path.read_bytes()
     # Go refuses what Cloister's client refuses: a tile changed after publishing
     tile = folder / "tile/0/001"
     data = bytearray(tile.read_bytes())
@@ -288,3 +289,39 @@ def test_two_processes_share_one_log_with_one_sequencer(tmp_path) -> None:
     c.turn()  # queued by c, numbered by a (whose lease is current)
     a.turn()
     assert a.tree.size == 3 and a.store.entries(2) == [b"new"]
+
+
+def test_a_fleet_s_replicas_share_one_log_in_postgresql_with_one_sequencer(postgres_url) -> None:
+    replicas = [TransparencyLog(LogStore(postgres_url), KEY) for _ in range(3)]
+    assert len({r.origin for r in replicas}) == 1
+    for n, replica in enumerate(replicas):
+        for i in range(100):
+            replica.append(b"replica %d receipt %d" % (n, i))
+    for _ in range(2):
+        for replica in replicas:
+            replica.turn()
+    sizes = {r.tree.size for r in replicas}
+    roots = {r.tree.root() for r in replicas}
+    assert sizes == {300} and len(roots) == 1  # every entry once, one history
+    assert len({r.checkpoint for r in replicas}) == 1
+    assert sorted(replicas[2].store.entries(0)) == sorted(
+        b"replica %d receipt %d" % (n, i) for n in range(3) for i in range(100))
+
+
+def test_a_checkpoint_is_signed_again_when_it_is_due_even_if_the_log_did_not_grow(
+        tmp_path) -> None:
+    now = [1000.0]
+    log = TransparencyLog(LogStore(f"sqlite:///{tmp_path / 'log.db'}"), KEY,
+                          clock=lambda: now[0])
+    log.turn()
+    first = log.checkpoint
+    assert first is not None and log.signed_at == 1000.0
+    now[0] += 10
+    log.turn()
+    assert log.signed_at == 1000.0  # nothing new, not due
+    now[0] += CHECKPOINT_SECONDS
+    log.turn()
+    assert log.signed_at == now[0] <= 1000.0 + 60  # at least every 60 s
+    assert log.checkpoint is not None and log.checkpoint != first
+    again = Checkpoint.parse(Note.parse(log.checkpoint).text)
+    assert signed_time(again) == int(now[0]) and again.size == 0

@@ -26,7 +26,8 @@ from attestation.simulated import SimulatedPki
 from attestation.statement import generate_key, key_id, sign_statement
 from attestation.verify import TrustRoots
 from cli.main import main
-from enclave.tlog.note import COSIGNATURE_V1, Checkpoint, NoteKey, NoteSigner
+from enclave.tlog import tiles
+from enclave.tlog.note import COSIGNATURE_V1, Checkpoint, NoteKey, NoteSigner, time_extension
 from enclave.tlog.view import open_signed
 from enclave.tlog.witness import Witness
 from gateway.app import Gateway, create_app
@@ -184,6 +185,64 @@ def _log(origin: str, key: Ed25519PrivateKey) -> TransparencyLog:
     store = MemoryLogStore()
     store.origin = origin
     return TransparencyLog(store, key)
+
+
+async def test_an_old_checkpoint_replayed_or_a_report_without_its_crl_is_refused(
+        pki, release_key, tmp_path) -> None:
+    async with _running(_gateway(pki, _statement(release_key))) as app:
+        def old_checkpoint(bundle: dict) -> None:  # signed by the log, an hour ago
+            note = bundle["checkpoint"].encode()
+            checkpoint = Checkpoint.parse(note[:note.index(b"\n\n") + 1])
+            old = dataclasses.replace(checkpoint, extensions=(
+                time_extension(time.time() - 3600),))
+            bundle["checkpoint"] = app.log.signer.sign(old.text()).decode()
+
+        def without_crl(bundle: dict) -> None:  # the vendor's revocation list left out
+            report = json.loads(bundle["report"])
+            assert report["collateral"]["amd_crl"]
+            report["collateral"]["amd_crl"] = None
+            bundle["report"] = json.dumps(report)
+
+        trust = _trust(pki, release_key)
+        with pytest.raises(GatewayNotAttested, match="checkpoint_stale"):
+            await _verify(CountingTransport(app, _rewriting_bundle(old_checkpoint)), trust,
+                          tmp_path)
+        with pytest.raises(GatewayNotAttested, match="(?i)crl|revocation"):
+            await _verify(CountingTransport(app, _rewriting_bundle(without_crl)), trust,
+                          tmp_path)
+        await _verify(CountingTransport(app), trust, tmp_path)  # as served, it holds
+
+
+async def test_the_served_tiles_are_read_by_go_s_tlog(pki, release_key, tmp_path,
+                                                      tlogcheck) -> None:
+    """A mirror of the log fetched over HTTP from the gateway's tile routes, checked by Go's
+    sumdb/note and sumdb/tlog against the checkpoint the gateway signed."""
+    async with _running(_gateway(pki, _statement(release_key))) as app:
+        for n in range(300):
+            app.log.append(b"receipt %d" % n)
+        await _logged(app, 301)
+        folder = tmp_path / "mirror"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gw") as http:
+            note = (await http.get("/v1/log/checkpoint")).content
+            size = Checkpoint.parse(note[:note.index(b"\n\n") + 1]).size
+            for level, index, width in tiles.tiles_of(size):
+                path = tiles.tile_path(level, index, width)
+                r = await http.get("/v1/log/" + path)
+                assert r.status_code == 200, path
+                (folder / path).parent.mkdir(parents=True, exist_ok=True)
+                (folder / path).write_bytes(r.content)
+            (folder / "checkpoint").write_bytes(note)
+            missing = await http.get("/v1/log/tile/0/009")
+            assert missing.status_code == 404
+            assert missing.json()["error"]["code"] == "not_found"
+            bad = await http.get("/v1/log/proof/inclusion", params={"leaf": "zz"})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "leaf"
+        vkey = NoteKey(app.log.origin, app.log.public_key).vkey()
+    checked = subprocess.run([str(tlogcheck), "-dir", str(folder), "-vkey", vkey],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout
+    assert json.loads(checked.stdout)["entries_checked"] == 301
 
 
 async def test_a_forked_log_is_refused(pki, release_key, tmp_path) -> None:
