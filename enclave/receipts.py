@@ -73,6 +73,20 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def canonical(fields: dict[str, Any]) -> bytes:
+    """JCS (RFC 8785) of a receipt's members. For ASCII member names, strings and integers
+    below 2**53, which is all a receipt holds, JCS is sorted compact JSON with non-ASCII
+    left as UTF-8 (checked against `rfc8785` in the tests), at a third of its cost; for
+    anything else, `rfc8785` itself."""
+    if all(type(v) is str or (type(v) is int and abs(v) < 2**53) for v in fields.values()):
+        try:
+            return json.dumps(fields, sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate: rfc8785 says what it says of it
+            pass
+    return rfc8785.dumps(fields)
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -84,7 +98,7 @@ class Receipt:
 
     @property
     def wire(self) -> str:
-        return _b64(rfc8785.dumps({**self.fields, "sig": _b64(self.signature)}))
+        return _b64(canonical({**self.fields, "sig": _b64(self.signature)}))
 
     @classmethod
     def parse(cls, wire: str) -> Receipt:
@@ -100,7 +114,7 @@ class Receipt:
         return cls(whole, signature)
 
     def signed_bytes(self) -> bytes:
-        return rfc8785.dumps(self.fields)
+        return canonical(self.fields)
 
     def check_signature(self, key: bytes | None) -> None:
         """Signed by `key` (raw Ed25519 public key), else `ReceiptError`."""
@@ -127,7 +141,7 @@ class ReceiptSigner:
         fields: dict[str, Any] = {
             "v": VERSION, "request": request, "response": response, "model": model,
             "model_digest": model_digest, "workload": workload, "time": time, "epoch": epoch}
-        return Receipt(fields, self._key.sign(rfc8785.dumps(fields)))
+        return Receipt(fields, self._key.sign(canonical(fields)))
 
 
 def verify(wire: str | None, *, bound_key: bytes | None, request: bytes,

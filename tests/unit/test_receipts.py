@@ -173,3 +173,15 @@ def test_an_answer_without_its_receipt_or_with_another_key_s_is_refused(stream) 
         _exchange(sign_with=None, bound=SIGNER.public_key, stream=stream)
     with pytest.raises(AnswerRefused, match="receipt_signature_invalid"):
         _exchange(sign_with=ReceiptSigner(), bound=SIGNER.public_key, stream=stream)
+
+
+@pytest.mark.parametrize("model", ["m", "modèle-日本", "quote\"back\\slash", "ctl\x01\x1f\n",
+                                   "\u2028sep", "emoji-\U0001F600", "/slash", "\x7f"])
+def test_the_receipt_s_canonical_form_is_jcs(model) -> None:
+    from enclave.receipts import canonical
+
+    fields = {"v": 1, "request": digest(b"a"), "response": digest(b"b"), "model": model,
+              "model_digest": "", "workload": "w", "time": 2**53 - 1, "epoch": -3}
+    assert canonical(fields) == rfc8785.dumps(fields)
+    with pytest.raises(rfc8785.IntegerDomainError):  # refused alike past JSON's integers
+        canonical({**fields, "time": 2**60})
