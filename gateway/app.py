@@ -257,6 +257,7 @@ class Gateway:
     dialects: Dialects
     reports: attestation_routes.ReportService | None
     log: TransparencyLog
+    receipts: ReceiptIssuer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -410,4 +411,4 @@ def create_app(
     tls_app = (listener([*served(attested_tls=True), *tls_only], owns_lifespan=False)
                if tls_only else app)
     return Gateway(app, tls_app, config, gateway_metrics, slot, keyring, dialects, reports,
-                   tlog)
+                   tlog, receipts)

@@ -21,6 +21,7 @@ read, so fewer chunks is what they read reliably.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from enclave.dialect import (
@@ -47,6 +48,7 @@ from enclave.ohttp.protocol import (
 )
 from enclave.ohttp.suites import response_nonce_size
 from enclave.plugin import DialectSetup
+from enclave.receipts import PendingReceipt, digest, receipt_event, with_receipt
 from enclave.wire_errors import ErrorCode
 
 NAME = "azure-ohttp"
@@ -85,16 +87,27 @@ class DraftChunkedSealer:
 
 
 class _Responder:
+    """Receipts as EHBP carries them (`enclave.receipts`: the same content, no Binary
+    HTTP trailers): a whole JSON answer's last member, a stream's SSE comment event in the
+    final chunk. Azure's clients skip both; none of them checks a receipt."""
+
     streams = True
 
     def __init__(self, sealer: DraftChunkedSealer) -> None:
         self._sealer = sealer
+        self._receipt: PendingReceipt | None = None
+        self._content = hashlib.sha256()
+
+    def sign_with(self, receipt: PendingReceipt) -> None:
+        self._receipt = receipt
 
     @staticmethod
     def _headers(content_type: str) -> Headers:
         return (("content-type", content_type), *NO_STORE)
 
     def whole(self, status: int, content_type: str, body: bytes) -> OuterResponse:
+        if self._receipt is not None:
+            body = with_receipt(body, self._receipt(digest(body)))
         return OuterResponse(status, self._headers(content_type),
                              self._sealer.nonce + self._sealer.final(body))
 
@@ -105,10 +118,14 @@ class _Responder:
         return StreamStart(status, self._headers(content_type), self._sealer.nonce)
 
     def chunk(self, events: bytes) -> bytes:
+        if self._receipt is not None:
+            self._content.update(events)
         return self._sealer.chunk(events)
 
     def end(self) -> bytes:
-        return self._sealer.final()
+        if self._receipt is None:
+            return self._sealer.final()
+        return self._sealer.final(receipt_event(self._receipt(self._content.hexdigest())))
 
 
 class UnsupportedMediaType(RequestRefused):

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.ohttp.azure import leb128
+from enclave.receipts import digest, receipt_of_event, split_receipt, verify
 from tests import rfc9458_client as rfc
 from tests.doubles import CHAT_MODEL
 from tests.unit.conftest import running
@@ -83,6 +84,11 @@ async def test_a_whole_answer_is_one_final_chunk_under_the_outer_status(make_app
     assert answer.headers["content-type"] == "application/json"
     [content] = open_draft_chunks(sealed, answer.content)
     assert json.loads(content)["usage"]["completion_tokens"] == 3
+    # its receipt, the last member (Azure's clients skip it), signed by the bound key
+    body, wire = split_receipt(content)
+    receipt = verify(wire, bound_key=app.receipts.signer.public_key, request=sealed.data,
+                     response_digest=digest(body))
+    assert receipt.fields["model"] == CHAT_MODEL
 
 
 async def test_a_streamed_answer_comes_in_sealed_chunks_and_an_authenticated_end(
@@ -92,9 +98,12 @@ async def test_a_streamed_answer_comes_in_sealed_chunks_and_an_authenticated_end
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/event-stream")
     chunks = open_draft_chunks(sealed, answer.content)
-    assert len(chunks) >= 2 and chunks[-1] == b""  # the final chunk ends it, empty
-    events = b"".join(chunks)
+    assert len(chunks) >= 2  # the final chunk ends it, with the receipt as an SSE comment
+    wire = receipt_of_event(chunks[-1])
+    events = b"".join(chunks[:-1])
     assert events.rstrip().endswith(b"data: [DONE]") and b"chat.completion.chunk" in events
+    verify(wire, bound_key=app.receipts.signer.public_key, request=sealed.data,
+           response_digest=digest(events))
 
 
 async def test_a_refusal_after_decapsulation_is_sealed(make_app) -> None:
