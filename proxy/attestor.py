@@ -38,8 +38,16 @@ from attestation.verify import (
 )
 from enclave import discovery
 from enclave.receipts import Receipt
-from enclave.tlog.view import Verified
-from proxy.bundle import BUNDLE_PATH, WITNESS_MAX_AGE, WitnessConfig, cosign_all, verify_bundle
+from enclave.tlog.view import LogRefused, Verified
+from proxy.bundle import (
+    BUNDLE_PATH,
+    WITNESS_MAX_AGE,
+    WitnessConfig,
+    checkpoint_named,
+    consistency_proof,
+    cosign_all,
+    verify_bundle,
+)
 from proxy.errors import GatewayNotAttested
 from proxy.logview import KeptLogs
 from proxy.statements import accepted_statements
@@ -211,10 +219,20 @@ class Attestor:
         if r.status_code != 200:
             raise GatewayNotAttested(f"the gateway gave no attestation bundle (HTTP "
                                      f"{r.status_code})", outer_status=r.status_code)
+        consistency = None
+        named = checkpoint_named(r.content)
+        kept = self._logs.size_of(named[0]) if named is not None else 0
+        if named is not None and 0 < kept < named[1] and kept != since:
+            # the log was kept through another of this gateway's URLs: prove from there
+            try:
+                consistency = await consistency_proof(self._http, kept, named[1])
+            except LogRefused as exc:
+                raise GatewayNotAttested(f"transparency log: {exc}") from None
         now = self._clock()
         bundled = verify_bundle(r.content, gateway=self.gateway_url, nonce=nonce,
                                 challenge=self._challenge, trust=self._trust,
-                                statements=self._statements, logs=self._logs, now=now)
+                                statements=self._statements, logs=self._logs, now=now,
+                                consistency=consistency)
         if self._witnesses:
             self.cosigned_at = await cosign_all(
                 self._witnesses, bundled.checkpoint, gateway=self._http, logs=self._logs,

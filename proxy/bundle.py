@@ -31,7 +31,7 @@ from attestation.verify import (
     verify_evidence,
 )
 from enclave.tlog.entries import release_leaf
-from enclave.tlog.note import NoteError, NoteKey, signed_time
+from enclave.tlog.note import Checkpoint, NoteError, NoteKey, signed_time
 from enclave.tlog.view import LogRefused, Verified, check_inclusion, decode_hashes, open_signed
 from enclave.tlog.witness import PATH as WITNESS_PATH
 from enclave.tlog.witness import SIZE_MEDIA_TYPE, add_checkpoint_body, cosignature
@@ -70,11 +70,23 @@ def _parse(body: bytes) -> dict[str, Any]:
     return bundle
 
 
+def checkpoint_named(body: bytes) -> tuple[str, int] | None:
+    """The origin and size of the bundle's checkpoint, unverified (to know which log the
+    client must prove consistency from); None if it names none."""
+    try:
+        note = json.loads(body)["checkpoint"].encode()
+        checkpoint = Checkpoint.parse(note[:note.index(b"\n\n") + 1])
+    except (ValueError, KeyError, TypeError, AttributeError, NoteError):
+        return None
+    return checkpoint.origin, checkpoint.size
+
+
 def verify_bundle(body: bytes, *, gateway: str, nonce: bytes, challenge: bool, trust: Trust,
-                  statements: StatementLog | None, logs: KeptLogs, now: dt.datetime
-                  ) -> Bundled:
+                  statements: StatementLog | None, logs: KeptLogs, now: dt.datetime,
+                  consistency: list[bytes] | None = None) -> Bundled:
     """`GatewayNotAttested` unless everything in the bundle holds (the log is kept as
-    the new latest only then)."""
+    the new latest only then). `consistency`: the proof from the size this client kept,
+    where the bundle's starts elsewhere (the log seen through another URL)."""
     bundle = _parse(body)
     served = bundle["statements"]
     accepted = ([] if trust.policy is not None else
@@ -106,7 +118,8 @@ def verify_bundle(body: bytes, *, gateway: str, nonce: bytes, challenge: bool, t
                 raise LogRefused("statement_not_logged", "no inclusion proof for a statement")
             check_inclusion(verified.checkpoint, release_leaf(served[position]),
                             proof["index"], decode_hashes(proof.get("proof")))
-        logs.accept(gateway, verified, key, decode_hashes(bundle["consistency"]))
+        logs.accept(gateway, verified, key, consistency if consistency is not None
+                    else decode_hashes(bundle["consistency"]))
     except LogRefused as exc:
         raise GatewayNotAttested(f"transparency log: {exc}") from None
     return Bundled(claims, [v for _, v in accepted], verified)
@@ -131,7 +144,8 @@ class WitnessConfig:
             raise ValueError(f"a witness's key: {exc.reason}") from None
 
 
-async def _consistency(gateway: httpx.AsyncClient, first: int, second: int) -> list[bytes]:
+async def consistency_proof(gateway: httpx.AsyncClient, first: int, second: int
+                            ) -> list[bytes]:
     r = await gateway.get("/v1/log/proof/consistency",
                           params={"from": str(first), "to": str(second)})
     if r.status_code != 200:
@@ -154,7 +168,7 @@ async def cosign(witness: WitnessConfig, checkpoint: Verified, *, gateway: httpx
             if old > size:
                 raise LogRefused("witness_ahead", f"the witness cosigned {old} entries, the "
                                  f"gateway shows {size}: a stale or forked view")
-            proof = await _consistency(gateway, old, size) if 0 < old < size else []
+            proof = await consistency_proof(gateway, old, size) if 0 < old < size else []
             body = add_checkpoint_body(old, proof, checkpoint.note)
             try:
                 r = await http.post(witness.url + WITNESS_PATH, content=body)

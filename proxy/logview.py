@@ -48,10 +48,17 @@ class KeptLogs:
         return LogView(known)
 
     def since(self, gateway: str) -> int:
-        """The size a consistency proof for `gateway`'s log must start from."""
+        """The size a consistency proof for `gateway`'s log must start from (as far as
+        this client knows which log that is: `size_of` once the bundle names it)."""
         with self._lock:
             origin = self._data["gateways"].get(gateway)
             return self._view().since(origin) if origin else 0
+
+    def size_of(self, origin: str) -> int:
+        """The size of the checkpoint kept of `origin` (0: none), from whichever gateway
+        URL it was seen through (one gateway has several listeners)."""
+        with self._lock:
+            return self._view().since(origin)
 
     def accept(self, gateway: str, verified: Verified, key: bytes,
                consistency: Sequence[bytes]) -> Checkpoint:

@@ -34,7 +34,10 @@ def test_tinfoil_ehbp_client(gateway: RunningGateway) -> None:
         with client.stream("POST", "/v1/chat/completions",
                            json_body={**CHAT, "stream": True}) as answer:
             events = b"".join(answer.iter_bytes())
-        assert events.count(b"data: {") >= 5 and events.rstrip().endswith(b"data: [DONE]")
+        # the last event is [DONE] (the receipt after it is a comment, which SSE skips)
+        assert events.count(b"data: {") >= 5
+        assert [e for e in events.split(b"\n\n") if e and not e.startswith(b":")][-1] == \
+            b"data: [DONE]"
         emb = client.post("/v1/embeddings", json_body={"model": EMBEDDING_MODEL,
                                                        "input": "confidential"})
         assert len(emb.json()["data"][0]["embedding"]) == 384

@@ -108,8 +108,9 @@ class CountingTransport(httpx.AsyncBaseTransport):
             content=body)
 
 
-async def _verify(transport, trust, state: Path, **options) -> Attestor:
-    attestor = Attestor("http://gw", trust=trust, statements=StatementLog(state),
+async def _verify(transport, trust, state: Path, *, url: str = "http://gw", **options
+                  ) -> Attestor:
+    attestor = Attestor(url, trust=trust, statements=StatementLog(state),
                         transport=transport, logs=KeptLogs(state), **options)
     try:
         await attestor.verify(lambda claims: True)
@@ -287,8 +288,16 @@ async def test_the_log_grows_and_the_client_follows_it_by_consistency(
             app.log.append(b"receipt %d" % n)
         await _logged(app, 6)
         later = await _verify(CountingTransport(app), trust, tmp_path)
+        # the same gateway through another of its URLs (its TLS listener, a relay): the
+        # client proves consistency from the checkpoint it kept through the first
+        app.log.append(b"receipt 5")
+        await _logged(app, 7)
+        transport = CountingTransport(app)
+        other = await _verify(transport, trust, tmp_path, url="https://gw:8443")
     assert first.checkpoint is not None and later.checkpoint is not None
     assert (first.checkpoint.checkpoint.size, later.checkpoint.checkpoint.size) == (1, 6)
+    assert other.checkpoint is not None and other.checkpoint.checkpoint.size == 7
+    assert transport.paths == ["/v1/attestation/bundle", "/v1/log/proof/consistency"]
 
 
 # --- witnesses --------------------------------------------------------------------------
