@@ -51,6 +51,7 @@ class ErrorCode(enum.StrEnum):
     ATTESTED_TLS_REQUIRED = "attested_tls_required"
     EXPECTATION_FAILED = "expectation_failed"
     LOG_NOT_READY = "log_not_ready"
+    KNOWN_ANSWER_FAILED = "known_answer_failed"
 
 
 # code -> (HTTP status, OpenAI error type)
@@ -90,6 +91,7 @@ _TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.EXPECTATION_FAILED: (417, "invalid_request_error"),
     ErrorCode.STORE_UNAVAILABLE: (503, "server_error"),
     ErrorCode.LOG_NOT_READY: (503, "server_error"),
+    ErrorCode.KNOWN_ANSWER_FAILED: (503, "server_error"),
     ErrorCode.CLIENT_GONE: (499, "invalid_request_error"),  # nginx's status for it
 }
 

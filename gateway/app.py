@@ -16,7 +16,7 @@ import importlib.metadata
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -58,6 +58,7 @@ from gateway.endpoint import (
 )
 from gateway.engine_slot import EngineFactory, EngineSlot
 from gateway.errors import GatewayError, json_response
+from gateway.known_answer import KnownAnswer, expected_answers
 from gateway.platform_routes import Platform
 from gateway.platform_store import PlatformStore
 from gateway.tlog import BOUND_KEY as LOG_KEY
@@ -151,7 +152,23 @@ class _AttestedTlsOnly:
         await to_response(self._dialect.refuse(refusal))(scope, receive, send)
 
 
-def _routes(dialects: Dialects, services: Services,
+def _known_answer_failed(known: KnownAnswer) -> GatewayError:
+    return GatewayError(ErrorCode.KNOWN_ANSWER_FAILED,
+                        f"the engine failed its known-answer check ({known.reason})")
+
+
+def _vouched_by(known: KnownAnswer, endpoint: Callable[[Request], Awaitable[Response]]
+                ) -> Callable[[Request], Awaitable[Response]]:
+    """A report route that vouches for this gateway only while its engine gives the known
+    answer: after a failed check no client and no keyholder gets its keys attested."""
+    async def vouched(request: Request) -> Response:
+        if known.settled.is_set() and not known.ok:
+            raise _known_answer_failed(known)
+        return await endpoint(request)
+    return vouched
+
+
+def _routes(dialects: Dialects, services: Services, known: KnownAnswer,
             reports: attestation_routes.ReportService | None,
             attested: attestation_routes.Attested | None, platform: Platform | None,
             metrics_token: str | None, buckets: limits.RateBuckets, *,
@@ -183,8 +200,8 @@ def _routes(dialects: Dialects, services: Services,
                        if attested_tls else _AttestedTlsOnly(dialect, services))
             routes.append(Route(control.path, app, methods=[control.method]))
     routes += [
-        Route(attestation_routes.PATH, attestation_routes.report_endpoint(
-            reports, services.metrics), methods=["GET"]),
+        Route(attestation_routes.PATH, _vouched_by(known, attestation_routes.report_endpoint(
+            reports, services.metrics)), methods=["GET"]),
         Route(attestation_routes.REFERENCE_VALUES_PATH,
               attestation_routes.reference_values_endpoint(attested), methods=["GET"]),
     ]
@@ -258,6 +275,7 @@ class Gateway:
     reports: attestation_routes.ReportService | None
     log: TransparencyLog
     receipts: ReceiptIssuer
+    known_answer: KnownAnswer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -321,6 +339,11 @@ def create_app(
             else MemoryReplayCache(config.replay.replay_cache_entries),
             horizon=keyring.accepted_until,
             window=config.replay.replay_window_seconds, clock=clock))
+    known = KnownAnswer(
+        expected_answers(attestation.workload if attestation is not None else {}),
+        period=config.model.known_answer_seconds,
+        count=lambda result: gateway_metrics.known_answer_checks.labels(result).inc(),
+        withhold=slot.withhold)
     token_file = config.metrics.metrics_token_file
     metrics_token = token_file.read_text().strip() if token_file is not None else None
 
@@ -338,20 +361,27 @@ def create_app(
     admin_routes = admin.routes() if admin is not None else []
 
     async def health(request: Request) -> Response:
-        """Liveness: the process serves HTTP and its engine has not failed."""
+        """Liveness: the process serves HTTP and its engine has not failed (nor failed
+        its known-answer check)."""
         if slot.failed:
             return GatewayError(ErrorCode.ENGINE_FAILED, "the inference engine failed"
                                 ).response()
+        if known.settled.is_set() and not known.ok:
+            return _known_answer_failed(known).response()
         return json_response(200, {"status": "ok"})
 
     async def ready(request: Request) -> Response:
-        """Readiness: 200 only once the engine answers a health check."""
+        """Readiness: 200 only once the engine answers a health check and its known
+        answer (`gateway.known_answer`)."""
         engine = slot.get()
         try:
             await engine.check_health()
         except Exception:  # noqa: BLE001 - any failure means not ready
             return GatewayError(ErrorCode.ENGINE_NOT_READY, "the engine is not healthy"
                                 ).response()
+        if not known.settled.is_set():
+            return GatewayError(ErrorCode.ENGINE_NOT_READY, "the known-answer check has "
+                                "not run yet", headers={"Retry-After": "1"}).response()
         return json_response(200, {"status": "ready", "models": engine.model_names()})
 
     async def gateway_error(request: Request, exc: Exception) -> Response:
@@ -365,7 +395,9 @@ def create_app(
         released = [release_entry(json.loads(s)) for s in
                     (attestation.statements if attestation is not None else ())]
         await asyncio.to_thread(tlog.append_once, released)
-        background = [asyncio.create_task(tlog.run(), name="cloister-tlog")]
+        background = [asyncio.create_task(tlog.run(), name="cloister-tlog"),
+                      asyncio.create_task(known.run(slot.wait_started),
+                                          name="cloister-known-answer")]
         if attestation is not None and isinstance(attestation.collateral,
                                                   RefreshedCollateral):
             background.append(asyncio.create_task(_renew(attestation.collateral),
@@ -386,14 +418,14 @@ def create_app(
 
     logged: list[BaseRoute] = [
         *tlog_routes.log_routes(tlog),
-        Route(tlog_routes.BUNDLE_PATH, tlog_routes.bundle_endpoint(reports, attestation, tlog),
-              methods=["GET"])]
+        Route(tlog_routes.BUNDLE_PATH, _vouched_by(known, tlog_routes.bundle_endpoint(
+            reports, attestation, tlog)), methods=["GET"])]
 
     def served(*, attested_tls: bool) -> list[BaseRoute]:
         return [Route("/health", health, methods=["GET"]),
                 Route("/ready", ready, methods=["GET"]),
-                *_routes(dialects, services, reports, attestation, platform, metrics_token,
-                         buckets, attested_tls=attested_tls), *logged]
+                *_routes(dialects, services, known, reports, attestation, platform,
+                         metrics_token, buckets, attested_tls=attested_tls), *logged]
 
     def listener(routes: list[BaseRoute], *, owns_lifespan: bool) -> Starlette:
         return Starlette(
@@ -411,4 +443,4 @@ def create_app(
     tls_app = (listener([*served(attested_tls=True), *tls_only], owns_lifespan=False)
                if tls_only else app)
     return Gateway(app, tls_app, config, gateway_metrics, slot, keyring, dialects, reports,
-                   tlog, receipts)
+                   tlog, receipts, known)

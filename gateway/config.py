@@ -54,6 +54,12 @@ class Listeners:
               "runs); off by default")
 
 
+def _known_answer(text: str) -> str:
+    if text != "auto" and (len(text) != 64 or any(c not in "0123456789abcdef" for c in text)):
+        raise ValueError("auto or 64 lowercase hex digits")
+    return text
+
+
 @dataclass(frozen=True)
 class Model:
     model: str | None = option(None, "local path or hub name (downloaded first, then served "
@@ -77,6 +83,14 @@ class Model:
     model_verity_root: str | None = option(
         None, "the dm-verity root hash of the read-only volume the model is served from "
               "(deploy/model-volume.sh)", metavar="HEX", unmeasured=_MODEL)
+    known_answer: str = option(
+        "auto", "the digest of the engine's answer to the known-answer prompt "
+                "(gateway/known_answer.py): 'auto' (the one recorded for this model on this "
+                "engine kind, if any), or 64 hex digits", metavar="auto|HEX",
+        parse=_known_answer)
+    known_answer_seconds: float = option(
+        600.0, "seconds between known-answer checks of the engine (the first before "
+               "/ready)", minimum=1)
     engine_args: tuple[str, ...] = option(
         (), "after `--`: arguments for the vLLM engine (e.g. --max-model-len); only an "
             "allow-list of them is accepted inside the enclave", positional=True,

@@ -37,6 +37,7 @@ class EngineSlot:
         self._on_failure = on_failure
         self._engine: Engine | None = None
         self._failed = False
+        self._withheld: str | None = None
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -99,8 +100,16 @@ class EngineSlot:
         """Requests the engine has accepted and not finished (0 while there is none)."""
         return self._engine.unfinished_requests() if self._engine is not None else 0
 
+    def withhold(self, reason: str | None) -> None:
+        """Keep the engine from every request while `reason` holds (its known-answer
+        check failed: `gateway.known_answer`); None gives it back."""
+        self._withheld = reason
+
     def get(self) -> Engine:
         """The running engine, or a 503 error that says why there is none."""
+        if self._engine is not None and self._withheld is not None:
+            raise GatewayError(ErrorCode.KNOWN_ANSWER_FAILED, "the engine failed its "
+                               f"known-answer check ({self._withheld})")
         if self._engine is not None:
             return self._engine
         if self._failed:

@@ -91,7 +91,8 @@ def prepare(config: ServeConfig, *, env: Mapping[str, str] | None = None) -> Lau
         check_engine_args(model.engine_args)
         generate, generate_id = _generation(model)
         embedding = _embedding(model.embedding_model)
-        served = [_served("generate", generate, generate_id, model.model_verity_root)]
+        served = [_served("generate", generate, generate_id, model.model_verity_root,
+                          known_answer=_known_answer(model.known_answer, generate_id))]
         if embedding is not None:
             served.append(_served("embed", *embedding))
         settings = config.workload_settings()
@@ -101,13 +102,23 @@ def prepare(config: ServeConfig, *, env: Mapping[str, str] | None = None) -> Lau
     return Launch(generate, embedding[0] if embedding else None, manifest)
 
 
+def _known_answer(choice: str, identity: ModelIdentity) -> str | None:
+    """The known-answer digest the manifest records for the generation model: the one
+    given, or the one recorded for it on this engine kind (`gateway.known_answer`)."""
+    from gateway.known_answer import recorded
+    from gateway.workload import engine_kind
+
+    return recorded(identity.digest, engine_kind()) if choice == "auto" else choice
+
+
 def _served(role: str, spec: ModelSpec, identity: ModelIdentity,
-            verity_root: str | None = None) -> ServedModel:
+            verity_root: str | None = None, *, known_answer: str | None = None
+            ) -> ServedModel:
     if verity_root is not None and not _is_hex(verity_root, 32):
         raise LaunchRefused("--model-verity-root must be 64 hex digits (a SHA-256 root hash)")
     return ServedModel(role, spec.served_name or Path(spec.model).name, identity.digest,
                        identity.signer, spec.engine_args, engine_arguments(spec),
-                       verity_root.lower() if verity_root else None)
+                       verity_root.lower() if verity_root else None, known_answer)
 
 
 def _is_hex(text: str, size: int) -> bool:

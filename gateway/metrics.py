@@ -96,6 +96,9 @@ class GatewayMetrics:
                                              buckets=LATENCY_BUCKETS, registry=r)
         self.key_rotations = Counter("cloister_key_rotations", "Enclave key rotations",
                                      registry=r)
+        self.known_answer_checks = Counter(
+            "cloister_known_answer_checks", "Known-answer checks of the engine by result "
+            "(ok, mismatch, failed)", ["result"], registry=r)
 
 
 def route_template(scope: Scope) -> str:

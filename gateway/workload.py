@@ -11,7 +11,8 @@ knows the digest to pin at launch and to sign into reference values. It names:
     engine        the vLLM version, its environment (the operator's documented `VLLM_*`
                   settings and those forced on its processes), and each
                   served model: role, name, digest (model-signing's), signer, the flags
-                  given and the complete normalised engine arguments
+                  given and the complete normalised engine arguments, and for the
+                  generation model the digest of its known answer (`gateway.known_answer`)
     settings      every security-relevant setting of the gateway
 """
 
@@ -44,11 +45,15 @@ class ServedModel:
     flags: tuple[str, ...]
     engine_args: dict[str, Any]
     verity_root: str | None = None  # the dm-verity root hash of the volume it comes from
+    known_answer: str | None = None  # the digest of its answer to the known-answer check
 
     def entry(self) -> dict[str, Any]:
-        return {"role": self.role, "name": self.name, "digest": self.digest,
-                "signer": self.signer, "flags": list(self.flags),
-                "engine_args": self.engine_args, "verity_root_hash": self.verity_root}
+        entry = {"role": self.role, "name": self.name, "digest": self.digest,
+                 "signer": self.signer, "flags": list(self.flags),
+                 "engine_args": self.engine_args, "verity_root_hash": self.verity_root}
+        if self.role == "generate":
+            entry["known_answer"] = self.known_answer
+        return entry
 
 
 def source_digest(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> str:

@@ -69,6 +69,9 @@ class DeterministicTestEngine:
         self.health_checks = 0
         self.generating_whole = asyncio.Event()  # a non-streamed answer is being made
         self.seen_bodies: list[dict[str, Any]] = []
+        # the gateway's own known-answer checks (`gateway.known_answer`), kept apart from
+        # what the tests send: they touch none of the state above
+        self.known_answer_bodies: list[dict[str, Any]] = []
         self._app = Starlette(routes=[
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -77,7 +80,24 @@ class DeterministicTestEngine:
         ])
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if (b"x-request-id", b"known-answer") in scope.get("headers", []):
+            await self._known_answer(scope, receive, send)
+            return
         await self._app(scope, receive, send)
+
+    async def _known_answer(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        body = json.loads((await receive())["body"])
+        self.known_answer_bodies.append(body)
+        words = reply_words(body["prompt"], int(body["max_tokens"]))
+        for _ in range(len(words) if self.token_delay else 0):
+            await asyncio.sleep(self.token_delay)
+        answer = {"id": "cmpl-known-answer", "object": "text_completion", "model": CHAT_MODEL,
+                  "created": 0, "choices": [{"index": 0, "text": " ".join(words),
+                                             "logprobs": None, "finish_reason": "length"}],
+                  "usage": {"prompt_tokens": len(body["prompt"].split()),
+                            "completion_tokens": len(words),
+                            "total_tokens": len(body["prompt"].split()) + len(words)}}
+        await JSONResponse(answer)(scope, receive, send)
 
     def kill(self) -> None:
         """As if the engine core process were killed: streams in flight fail, and the

@@ -30,8 +30,9 @@ def chat(url: str, model: str) -> dict[str, object]:
     deltas = [json.loads(e[6:]) for e in events.split(b"\n\n") if e.startswith(b"data: {")]
     streamed = "".join(d["choices"][0]["delta"].get("content") or "" for d in deltas
                        if d["choices"])
-    return {"content": content, "streamed": streamed,
-            "done": events.rstrip().endswith(b"data: [DONE]")}
+    # the last event is [DONE] (a receipt after it is an SSE comment, which SSE skips)
+    last = [e for e in events.split(b"\n\n") if e and not e.startswith(b":")][-1]
+    return {"content": content, "streamed": streamed, "done": last == b"data: [DONE]"}
 
 
 if __name__ == "__main__":

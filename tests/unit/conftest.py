@@ -23,8 +23,10 @@ def engine() -> DeterministicTestEngine:
 
 
 async def start(app: Gateway) -> None:
-    """Wait for the background engine start (the double starts at once)."""
+    """Wait for the background engine start (the double starts at once) and its first
+    known-answer check."""
     await app.engine_slot.wait_started()
+    await app.known_answer.settled.wait()
 
 
 @contextlib.asynccontextmanager
