@@ -64,14 +64,41 @@ ALLOWED_ENGINE_FLAGS = frozenset({
     "--tokenizer-mode", "--load-format", "--safetensors-load-strategy",
     "--max-parallel-loading-workers", "--disable-log-stats", "--attention-backend",
     "--model-impl", "--response-role", "--enable-prompt-tokens-details",
-    "--no-enable-prompt-tokens-details", "--renderer-num-workers",
+    "--no-enable-prompt-tokens-details", "--renderer-num-workers", "--disable-custom-all-reduce",
 })
+# `--cc-profile`: the engine options GPU confidential computing needs, each a fixed value
+# the workload identity then measures (README, "the confidential-computing profile"):
+#   --async-scheduling           schedule step N+1 while step N runs, so the GPU does not
+#                                wait on the host, whose every crossing is slower under CC
+#   --stream-interval 8          hand tokens to the frontend 8 at a time: fewer host-device
+#                                syncs and fewer sealed chunks (padding hides the sizes)
+#   --cpu-offload-gb 0           no weights in host memory (they would cross the bounce
+#                                buffer at every step)
+#   --disable-custom-all-reduce  tensor-parallel all-reduce through NCCL, not vLLM's custom
+#                                kernel over peer-to-peer memory that CC does not encrypt
+# (KV-cache offload to host memory is refused at any time: its flags are not allowed.)
+CC_PROFILE = ("--async-scheduling", "--stream-interval", "8", "--cpu-offload-gb", "0",
+              "--disable-custom-all-reduce")
+# What an operator may not pass beside the profile: it would undo one of its choices.
+CC_PROFILE_CONFLICTS = frozenset({"--no-async-scheduling", "--cpu-offload-gb"})
+
 # Formats that load with pickle (arbitrary code) are refused even through an allowed flag.
 ALLOWED_LOAD_FORMATS = frozenset({"auto", "safetensors"})
 
 
 class EngineConfigError(ValueError):
     """The engine arguments are not acceptable (bad flag, unknown option)."""
+
+
+def with_cc_profile(args: Sequence[str]) -> tuple[str, ...]:
+    """The operator's (checked) engine arguments under the confidential-computing profile:
+    the profile first, so a later `--stream-interval` of the operator's still wins;
+    `EngineConfigError` for a flag that would undo the profile."""
+    for arg in args:
+        if arg.split("=", 1)[0] in CC_PROFILE_CONFLICTS:
+            raise EngineConfigError(f"--cc-profile fixes {arg.split('=', 1)[0]}: pass "
+                                    "one or the other")
+    return (*CC_PROFILE, *args)
 
 
 def check_engine_args(args: Sequence[str]) -> None:

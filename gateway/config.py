@@ -88,6 +88,9 @@ class Model:
                 "(gateway/known_answer.py): 'auto' (the one recorded for this model on this "
                 "engine kind, if any), or 64 hex digits", metavar="auto|HEX",
         parse=_known_answer)
+    cc_profile: bool = option(
+        False, "the engine options GPU confidential computing needs: async scheduling, "
+               "tokens streamed 8 at a time, no CPU offload, no custom all-reduce (README)")
     known_answer_seconds: float = option(
         600.0, "seconds between known-answer checks of the engine (the first before "
                "/ready)", minimum=1)

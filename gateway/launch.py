@@ -16,7 +16,13 @@ from typing import Any
 
 from attestation.workload import workload_digest
 from enclave.isolation import environment_refusal
-from enclave.vllm_engine import EngineConfigError, ModelSpec, check_engine_args, engine_arguments
+from enclave.vllm_engine import (
+    EngineConfigError,
+    ModelSpec,
+    check_engine_args,
+    engine_arguments,
+    with_cc_profile,
+)
 from gateway.config import Model, ServeConfig
 from gateway.models import ModelIdentity, ModelRefused, identify
 from gateway.options import ConfigError
@@ -47,7 +53,7 @@ class Launch:
 def _generation(model: Model) -> tuple[ModelSpec, ModelIdentity]:
     from enclave.demo_model import ensure_demo_model
 
-    flags = model.engine_args
+    flags = with_cc_profile(model.engine_args) if model.cc_profile else model.engine_args
     name = model.model if model.model is not None else str(ensure_demo_model())
     identity = identify(name, expected_digest=model.model_digest,
                         signature=model.model_signature, public_key=model.model_signing_key,

@@ -121,3 +121,22 @@ def test_engine_arguments_normalise_to_stable_json() -> None:
     assert normal["b"] == {"mode": "fast", "sizes": [1, 3]}
     assert list(normal) == ["a", "b", "c"]
     assert normal["c"] == "<builtins.object>"  # never a repr with a memory address
+
+
+def test_the_cc_profile_sets_and_measures_its_engine_options() -> None:
+    from enclave.vllm_engine import EngineConfigError, engine_arguments, with_cc_profile
+
+    plain = engine_arguments(ModelSpec("/models/x", "x", "generate", ("--max-model-len", "512")))
+    profiled = engine_arguments(ModelSpec("/models/x", "x", "generate",
+                                          with_cc_profile(("--max-model-len", "512"))))
+    assert (profiled["async_scheduling"], profiled["stream_interval"],
+            profiled["cpu_offload_gb"], profiled["disable_custom_all_reduce"]) == \
+        (True, 8, 0, True)
+    assert profiled["max_model_len"] == 512 and plain != profiled  # measured: another digest
+    later = engine_arguments(ModelSpec("/models/x", "x", "generate",
+                                       with_cc_profile(("--stream-interval", "4"))))
+    assert later["stream_interval"] == 4  # the operator's own interval wins
+    for undoing in (("--cpu-offload-gb", "4"), ("--cpu-offload-gb=4",),
+                    ("--no-async-scheduling",)):
+        with pytest.raises(EngineConfigError, match="--cc-profile"):
+            with_cc_profile(undoing)
