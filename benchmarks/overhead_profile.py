@@ -108,7 +108,8 @@ async def _one(app, body: bytes) -> int:
     return chunks
 
 
-async def main(requests: int, max_tokens: int, interval_ms: float) -> None:
+async def main(requests: int, max_tokens: int, interval_ms: float,
+               out: Path | None = None) -> None:
     configure_logging("info", stream=open(os.devnull, "w"))  # noqa: SIM115 - as in production
     engine = DeterministicTestEngine()
     # Coalescing off by default (`--stream-interval-ms`): every engine event is a chunk,
@@ -166,6 +167,17 @@ async def main(requests: int, max_tokens: int, interval_ms: float) -> None:
             print(f"| {cat} | {secs / (total - engine_share) * 100:.0f}% |")
     print("\nTop functions by own time:")
     stats.sort_stats("tottime").print_stats(12)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        result = {"requests": requests, "chunks_per_request": round(chunks / requests, 1),
+                  "us_per_request": round(plain * 1e6, 1), "own_share": round(own_share, 3),
+                  "us_per_chunk": round(per_request / (chunks / requests) * 1e6, 2),
+                  "shares": {cat: round(secs / (total - engine_share), 4)
+                             for cat, secs in by_category.items()
+                             if cat != "test engine (not Cloister)"},
+                  "cores": os.cpu_count(), "goal_us_per_chunk": 20}
+        (out / f"overhead_profile-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
@@ -173,5 +185,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--stream-interval-ms", type=float, default=0.0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the result as JSON into this folder")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.max_tokens, args.stream_interval_ms))
+    asyncio.run(main(args.requests, args.max_tokens, args.stream_interval_ms, args.out))

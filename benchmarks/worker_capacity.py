@@ -104,9 +104,11 @@ def _client(url: str, concurrency: int, tokens: int, seconds: float, out: Any) -
                 except Exception:  # noqa: BLE001 - counted, the load goes on
                     counts["failed"] += 1
 
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         await asyncio.gather(*(loop() for _ in range(concurrency)))
         counts["wall"] = time.monotonic() - started
+        # the load generator's own use of its core: near 1.0, it may be the bottleneck
+        counts["cpu_share"] = (time.process_time() - cpu) / counts["wall"]
         await client.aclose()
         return counts
 
@@ -174,6 +176,7 @@ def measure(workers: int, args: argparse.Namespace, folder: Path) -> dict[str, A
             "chunks": sum(c["chunks"] for c in counts),
             "failed": sum(c["failed"] for c in counts), "wall_s": round(wall, 2),
             "req_per_s": sum(c["requests"] for c in counts) / wall,
+            "load_generator_cpu_share": round(max(c["cpu_share"] for c in counts), 2),
             "chunks_per_s": sum(c["chunks"] for c in counts) / wall}
 
 

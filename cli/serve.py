@@ -252,8 +252,9 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
             return 2
         log.info("joined_fleet", duration_ms=round((time.monotonic() - started) * 1000, 1))
     if config.process.workers > 1:
-        from gateway.workers import run_workers
+        from gateway.workers import run_workers, warn_past_cores
 
+        warn_past_cores(config.process.workers, os.cpu_count() or 1)
         return run_workers(config, launch, attested.statements, seed)
     return serve_process(config, launch, attested, seed,
                          lambda: open_vllm_engine(launch.generate, launch.embed),

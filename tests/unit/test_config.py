@@ -174,3 +174,13 @@ def test_the_configuration_reference_is_the_configuration() -> None:
     from gateway.config_reference import DOC, reference
 
     assert DOC.read_text() == reference(), "run: python -m gateway.config_reference"
+
+
+def test_more_workers_than_cores_get_a_warning_with_the_measured_cost(capsys) -> None:
+    from gateway.workers import warn_past_cores
+
+    assert not warn_past_cores(2, 2)
+    assert capsys.readouterr().err == ""
+    assert warn_past_cores(8, 2)
+    said = capsys.readouterr().err
+    assert "--workers 8 on 2 cores" in said and "1.16x" in said
