@@ -82,6 +82,22 @@ def _held_open(gateway: RunningGateway, path: str, *, tls: bool = False
             each.close()
 
 
+BURSTS = 20  # on a loaded machine one worker may accept a whole burst: try again
+
+
+def _held_open_by_both(gateway: RunningGateway, path: str, *, tls: bool = False
+                       ) -> list[httpx.Response]:
+    """Bursts of `_held_open` until both workers have answered some (the least loaded
+    worker accepts each connection, and under load one may take a whole burst); every
+    answer of every burst."""
+    answers: list[httpx.Response] = []
+    for _ in range(BURSTS):
+        answers += _held_open(gateway, path, tls=tls)
+        if set(_answered_by(gateway, answers)) == {0, 1}:
+            break
+    return answers
+
+
 def _answered_by(gateway: RunningGateway, responses: list[httpx.Response]) -> Counter[int]:
     # A worker writes a request's access line as the answer completes, so the client can
     # read the answer before the line is there.
@@ -96,17 +112,17 @@ def test_every_worker_publishes_the_same_attested_keys(workers) -> None:
 
     answers = []
     for path in (ehbp.KEYS_PATH, OHTTP_PATH, atoma.NODE_PATH, continuum.HYBRID_KEY_PATH):
-        published = _held_open(workers, path)
-        assert [a.status_code for a in published] == [200] * HELD_OPEN
+        published = _held_open_by_both(workers, path)
+        assert {a.status_code for a in published} == {200}
         assert len({a.content for a in published}) == 1, path
+        assert set(_answered_by(workers, published)) == {0, 1}, path
         answers += published
-    assert set(_answered_by(workers, answers)) == {0, 1}
 
 
 def test_every_worker_serves_the_same_attested_tls_certificate(workers) -> None:
     """One TLS key for all workers (derived from the seed), so the certificate a client
     pinned from the report is the one any worker presents."""
-    answers = _held_open(workers, "/health", tls=True)
+    answers = _held_open_by_both(workers, "/health", tls=True)
     certificates = {a.certificate for a in answers}  # type: ignore[attr-defined]
     assert len(certificates) == 1 and None not in certificates
     assert set(_answered_by(workers, answers)) == {0, 1}
@@ -144,16 +160,20 @@ def test_a_request_one_worker_answered_is_refused_by_the_other(workers) -> None:
 
     captured = answered_ehbp_request(workers.url)
     headers = replay_headers(captured)
-    clients = [httpx.Client(base_url=workers.url, timeout=60) for _ in range(HELD_OPEN)]
-    try:
-        with ThreadPoolExecutor(HELD_OPEN) as pool:
-            replays = list(pool.map(lambda c: c.post(captured.url.path,
+    replays: list[httpx.Response] = []
+    for _ in range(BURSTS):  # until both workers have refused some
+        clients = [httpx.Client(base_url=workers.url, timeout=60) for _ in range(HELD_OPEN)]
+        try:
+            with ThreadPoolExecutor(HELD_OPEN) as pool:
+                replays += pool.map(lambda c: c.post(captured.url.path,
                                                      content=captured.content,
-                                                     headers=headers), clients))
-    finally:
-        for each in clients:
-            each.close()
-    assert [r.status_code for r in replays] == [409] * HELD_OPEN
+                                                     headers=headers), clients)
+        finally:
+            for each in clients:
+                each.close()
+        if set(_answered_by(workers, replays)) == {0, 1}:
+            break
+    assert {r.status_code for r in replays} == {409}
     assert set(_answered_by(workers, replays)) == {0, 1}
 
 
@@ -165,7 +185,7 @@ def test_the_metrics_add_up_over_the_workers(workers) -> None:
                    and 'status="200"' in line)
 
     before = health_200()
-    answers = _held_open(workers, "/health") + _held_open(workers, "/health")
+    answers = _held_open_by_both(workers, "/health")
     assert set(_answered_by(workers, answers)) == {0, 1}
     assert health_200() - before == len(answers)
 
@@ -186,9 +206,9 @@ def test_when_the_engine_core_dies_the_gateway_exits_non_zero(workers) -> None:
     assert len(processes) >= 3  # two workers and the engine core (and vLLM's helpers)
     os.kill(_engine_core(workers.process.pid), signal.SIGKILL)
     assert workers.process.wait(timeout=120) != 0
-    time.sleep(1)
-    left = [pid for pid in processes if Path(f"/proc/{pid}").exists()
-            and "zombie" not in _state(pid)]
+    # no process outlives the gateway (each is given the time a loaded machine needs)
+    left = wait_until(lambda: [pid for pid in processes if Path(f"/proc/{pid}").exists()
+                               and "zombie" not in _state(pid)], lambda alive: not alive)
     assert left == []
 
 
