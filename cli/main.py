@@ -54,10 +54,17 @@ def _add_release_parsers(sub: Any) -> None:
     keygen.add_argument("--out", type=Path, required=True,
                         help="private key file (0600); the public key goes to OUT.pub")
     keygen.add_argument("--kind", choices=["ecdsa-p256", "ed25519"], default="ecdsa-p256")
-    sign = release_sub.add_parser("sign", help="sign VALUES.toml into a statement")
-    sign.add_argument("--key", type=Path, required=True)
-    sign.add_argument("--values", type=Path, required=True)
-    sign.add_argument("--out", type=Path, required=True)
+    sign = release_sub.add_parser(
+        "sign", help="sign VALUES.toml into a statement; or, with --simulated, sign the "
+                     "simulated TEE's values for `cloister serve` with the flags after --")
+    sign.add_argument("--key", type=Path, default=None)
+    sign.add_argument("--values", type=Path, default=None)
+    sign.add_argument("--out", type=Path, default=None)
+    sign.add_argument("--simulated", action="store_true",
+                      help="DEVELOPMENT: with the simulated release key (in the state "
+                           "folder), for the workload `cloister serve --attestation simulated "
+                           "SERVE_FLAGS` describes; prints the serve and proxy lines to use")
+    sign.add_argument("serve_flags", nargs=argparse.REMAINDER, metavar="-- SERVE_FLAGS")
     values = release_sub.add_parser("values", help="write VALUES.toml from a build's outputs "
                                                    "(attestation/release_values.py)")
     values.add_argument("--out", type=Path, required=True)
@@ -211,6 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, output = run_conformance(args.stage, sys.stdin.read())
         print(json.dumps(output))
         return code
+    if command == "release" and args.action == "sign" and args.simulated:
+        from cli import release as cli_release
+
+        flags = args.serve_flags[1:] if args.serve_flags[:1] == ["--"] else args.serve_flags
+        if "--attestation" not in flags:
+            flags = ["--attestation", "simulated", *flags]
+        try:
+            built = _configured(ServeConfig, _parser().parse_args(["serve", *flags]))
+        except ConfigError as exc:
+            print(f"cloister release sign: {exc}", file=sys.stderr)
+            return 2
+        return cli_release.sign_simulated(built.config, flags, args.out)
     if command in ("release", "measure"):
         from cli import release as cli_release
 

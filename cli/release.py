@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attestation.errors import VerificationError
 from attestation.measure import MeasureError, snp_launch_measurement
@@ -25,6 +25,9 @@ from attestation.statement import (
     sign_statement,
     verify_statement,
 )
+
+if TYPE_CHECKING:
+    from gateway.config import ServeConfig
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +49,10 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
+    if args.key is None or args.values is None or args.out is None or args.serve_flags:
+        print("cloister release sign: --key, --values and --out (or --simulated -- "
+              "SERVE_FLAGS)", file=sys.stderr)
+        return 2
     try:
         values = load_values(args.values, now=dt.datetime.now(dt.UTC))
         envelope = sign_statement(values, load_private_key(args.key.read_bytes()))
@@ -153,3 +160,36 @@ def _toml_value(value: Any) -> str:
         return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
                                for k, v in value.items()) + "}"
     raise TypeError(f"no TOML for {type(value).__name__}")
+
+
+def sign_simulated(config: ServeConfig, flags: list[str], out: Path | None) -> int:
+    """`cloister release sign --simulated -- SERVE_FLAGS`: a statement for that workload on
+    the simulated TEE, signed with the simulated release key; prints the lines to run."""
+    import shlex
+
+    from attestation.simulated import release as simulated_release
+    from cli.serve import _launch, simulated_roots
+
+    if not config.attestation.simulated:
+        print("cloister release sign: --simulated signs for the simulated TEE only "
+              "(--attestation simulated)", file=sys.stderr)
+        return 2
+    launch = _launch(config, "release sign")
+    if launch is None:
+        return 2
+    state = config.store.folder()
+    digest = launch.digest.hex()
+    envelope, version = simulated_release.sign_for(state, digest,
+                                                   now=dt.datetime.now(dt.UTC))
+    target = out or state / f"simulated-statement-{digest[:12]}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(envelope)
+    simulated_roots(state)
+    listen = config.listeners
+    scheme, port = ("https", listen.tls_port) if listen.tls else ("http", listen.port)
+    print(f"signed version {version} for workload {digest}: {target}\n\n"
+          f"  cloister serve --reference-values {shlex.quote(str(target))} "
+          f"{shlex.join(flags)}\n"
+          f"  cloister proxy --gateway {scheme}://127.0.0.1:{port} --simulated-roots "
+          f"{shlex.quote(str(state / 'simulated-roots.pem'))}")
+    return 0

@@ -72,3 +72,20 @@ def statement(folder: Path, workload_digest: str, *, now: dt.datetime) -> bytes:
     path.write_text(json.dumps({"version": version, "workload": workload_digest,
                                 "renew_after": (now + VALIDITY / 2).isoformat()}))
     return envelope
+
+
+def sign_for(folder: Path, workload_digest: str, *, now: dt.datetime) -> tuple[bytes, int]:
+    """A statement, signed with the simulated release key, for a workload of any
+    settings (`cloister release sign --simulated`); with its version. One version line
+    for the key: the next version of the default statement's, which is signed again at
+    the next start with a higher one (a client refuses a version below one it took)."""
+    path = folder / STATE_FILE
+    state: dict[str, Any] = (json.loads(path.read_text()) if path.exists()
+                             else {"version": 0, "workload": ""})
+    version = int(state["version"]) + 1
+    envelope = sign(reference_values(workload_digest, version=version, now=now),
+                    release_key(folder))
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps({**state, "version": version,
+                                "renew_after": "1970-01-01T00:00:00+00:00"}))
+    return envelope, version

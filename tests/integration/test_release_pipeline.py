@@ -4,6 +4,7 @@ commands, a signed statement that `cloister release verify` accepts."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 from pathlib import Path
 
@@ -59,3 +60,30 @@ def test_a_build_becomes_values_and_a_statement_the_release_key_verifies(tmp_pat
     verified = cloister("release", "verify", str(statement), "--release-key", f"{key}.pub")
     assert verified.returncode == 0 and "sev-snp, tdx" in verified.stdout
     assert workload in verified.stdout
+
+
+def test_cloister_release_sign_simulated_signs_for_any_settings_and_prints_the_lines(
+        tmp_path) -> None:
+    """The simulated TEE has no wall (issue 33): one command signs a statement for a
+    non-default workload with the simulated release key and prints the exact lines."""
+    from attestation.statement import load_public_keys, verify_statement
+
+    flags = ["--tls", "--max-tokens", "64"]
+    signed = cloister("release", "sign", "--simulated", "--", *flags, state_dir=tmp_path)
+    assert signed.returncode == 0, signed.stderr
+    digest = cloister("workload", "--digest-only", "--attestation", "simulated", *flags,
+                      state_dir=tmp_path).stdout.strip()
+    lines = signed.stdout.splitlines()
+    assert f"for workload {digest}" in lines[0]
+    serve = next(line.strip() for line in lines if line.strip().startswith("cloister serve"))
+    proxy = next(line.strip() for line in lines if line.strip().startswith("cloister proxy"))
+    statement = Path(serve.split("--reference-values ")[1].split()[0])
+    assert serve.endswith("--attestation simulated --tls --max-tokens 64")
+    roots = tmp_path / "simulated-roots.pem"
+    assert f"--simulated-roots {roots}" in proxy and proxy.startswith(
+        "cloister proxy --gateway https://127.0.0.1:8443")
+    verified = verify_statement(statement.read_bytes(), load_public_keys(roots.read_bytes()),
+                                now=dt.datetime.now(dt.UTC))
+    assert digest in verified.values.workloads and verified.values.version == 1
+    again = cloister("release", "sign", "--simulated", "--", *flags, state_dir=tmp_path)
+    assert "signed version 2" in again.stdout  # one version line for the key
