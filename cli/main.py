@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from attestation import platforms
 from cli import deploy as cli_deploy
@@ -108,9 +108,46 @@ def _add_release_parsers(sub: Any) -> None:
     snp.add_argument("--guest-features", default="0x1")
 
 
+class _SuggestingParser(argparse.ArgumentParser):
+    """argparse, and for a mistyped flag the closest one this command takes."""
+
+    def error(self, message: str) -> NoReturn:
+        import difflib
+
+        if "unrecognized arguments:" in message:
+            known = sorted(_option_strings(self))
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1)
+                if word.startswith("--") and close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        super().error(message)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+NEWCOMER = """cloister: a confidential LLM inference gateway. Five commands to start with:
+
+  cloister serve --attestation simulated     run the gateway (make serve does this)
+  cloister proxy --gateway URL ...           the encrypting proxy; point the OpenAI SDK at it
+  cloister attest --gateway URL ...          verify a gateway and print what it runs
+  cloister workload                          the workload digest serve would attest
+  cloister receipts list                     the signed receipts your answers carried
+
+`cloister COMMAND --help` for each; README.md for the rest."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloister", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _SuggestingParser(prog="cloister", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_config_arguments(sub.add_parser(
         "serve", help="run the gateway with its embedded vLLM engine"), ServeConfig)
@@ -187,6 +224,9 @@ def _describe(flags: list[str], env: dict[str, str]) -> bytes:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if not (sys.argv[1:] if argv is None else argv):
+        print(NEWCOMER)
+        return 0
     args = _parser().parse_args(argv)
     command = args.command
     try:

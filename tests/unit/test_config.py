@@ -184,3 +184,14 @@ def test_more_workers_than_cores_get_a_warning_with_the_measured_cost(capsys) ->
     assert warn_past_cores(8, 2)
     said = capsys.readouterr().err
     assert "--workers 8 on 2 cores" in said and "1.16x" in said
+
+
+def test_a_newcomer_gets_the_commands_and_a_mistyped_flag_its_closest(capsys) -> None:
+    from cli.main import main
+
+    assert main([]) == 0
+    assert "cloister proxy --gateway URL" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--atestation", "simulated"])
+    assert exited.value.code == 2
+    assert "did you mean --attestation?" in capsys.readouterr().err
