@@ -23,6 +23,7 @@ from gateway.serving import (
     platform_store,
     serve_process,
 )
+from gateway.startup import Startup
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -224,10 +225,13 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
     configure_logging(config.metrics.log_level)
     log = structlog.get_logger("cloister.cli")
     log_overridden(overridden, "cloister.cli")
-    launch = _launch(config, "serve")
+    startup = Startup()
+    with startup.step("describing the workload (model digest, engine arguments)"):
+        launch = _launch(config, "serve")
     if launch is None:
         return 2
-    attested = _attested(config, launch)
+    with startup.step("attestation (evidence sources, collateral)"):
+        attested = _attested(config, launch)
     if isinstance(attested, str):
         print(f"cloister serve: {attested}", file=sys.stderr)
         return 2
@@ -258,7 +262,7 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
         return run_workers(config, launch, attested.statements, seed)
     return serve_process(config, launch, attested, seed,
                          lambda: open_vllm_engine(launch.generate, launch.embed),
-                         listening=OwnListeners())
+                         listening=OwnListeners(), startup=startup)
 
 
 def unsealable(config: ServeConfig) -> bool:

@@ -26,6 +26,9 @@ ALLOWED_FIELDS = frozenset({
     "event", "level", "timestamp", "logger", "request_id", "dialect", "route", "status",
     "duration_ms", "error_type", "code", "reason", "models", "detail", "gateway", "platform",
     "key_id", "epoch", "exc_type", "worker", "workers",
+    # start-up and the engine's checks: steps, the URLs listened on, digests, the served
+    # model a known-answer check asked (gateway.startup, gateway.known_answer)
+    "step", "duration_s", "urls", "workload", "client", "model", "digest", "result",
 })
 # Third-party loggers whose text is kept (below ERROR): start-up and the engine's life,
 # never request or answer content. Everything else is redacted.

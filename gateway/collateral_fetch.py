@@ -82,7 +82,7 @@ class FetchedCollateral:
             try:
                 self._cached(key, fetch)
             except ProviderError as exc:
-                log.warning("collateral_refresh_failed", key=key, error=str(exc))
+                log.warning("collateral_refresh_failed", detail=f"{key}: {exc}")
 
     def _cached(self, key: str, fetch: Callable[[], Collateral]) -> Collateral:
         with self._lock:
@@ -97,7 +97,7 @@ class FetchedCollateral:
                     raise ValueError("what the vendor serves is not current")
             except (httpx.HTTPError, ValueError, RuntimeError, OSError) as exc:
                 if known is not None:  # the last good copy: clients judge it by their clock
-                    log.warning("collateral_stale_served", key=key, error=str(exc))
+                    log.warning("collateral_stale_served", detail=f"{key}: {exc}")
                     self._memory[key] = known
                     return known
                 raise ProviderError(f"cannot fetch current collateral for {key}: {exc}"

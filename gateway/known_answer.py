@@ -126,7 +126,7 @@ class KnownAnswer:
         self.ok, self.reason, self.checked_at = False, reason, time.time()
         self._withhold(reason)
         self._count(result)
-        log.error("known_answer_failed", result=result, reason=reason)
+        log.error("known_answer_failed", result=result, detail=reason)
         self._done()
         return False
 

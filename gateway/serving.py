@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # these import vLLM, SQLAlchemy or model-signing: loaded when
     from gateway.launch import Launch
     from gateway.platform_store import PlatformStore
     from gateway.replay_store import SqlReplayCache
+    from gateway.startup import Startup
     from gateway.tlog import TransparencyLog
 
 
@@ -166,7 +167,7 @@ class OwnListeners:
 
 def serve_process(config: ServeConfig, launch: Launch, attested: Attested,
                   seed: bytes | None, engine: EngineFactory, *,
-                  listening: Listening) -> int:
+                  listening: Listening, startup: Startup | None = None) -> int:
     """Serve in this process until told to stop; the exit status. `seed`: the fleet's
     (or this gateway's workers') root secret, whence every key; `listening`: how this
     process listens, alone or as one of `--workers` (`gateway.workers`)."""
@@ -246,9 +247,21 @@ def serve_process(config: ServeConfig, launch: Launch, attested: Attested,
             port=config.metrics.metrics_port, log_config=None, access_log=False, lifespan="off",
             **bounded)), listening.metrics))
 
+    async def say_when_ready() -> None:
+        assert startup is not None
+        with startup.step("starting the engine"):
+            if await app.engine_slot.wait_started() is None:
+                return
+        with startup.step("the known-answer check"):
+            await app.known_answer.settled.wait()
+        if app.known_answer.ok:
+            startup.ready(*_ready_block(config, launch))
+
     async def all_listeners() -> None:
         listening.stop_on_signals([each for each, _ in listeners])
         side = [asyncio.create_task(each.serve(_sockets(sock))) for each, sock in listeners[1:]]
+        if startup is not None:
+            side.append(asyncio.create_task(say_when_ready()))
         # The main listener owns the lifespan (engine, keys).
         await server.serve(_sockets(listeners[0][1]))
         for each, _ in listeners[1:]:
@@ -262,6 +275,21 @@ def serve_process(config: ServeConfig, launch: Launch, attested: Attested,
         replay_cache.close()
     log.info("stopped", reason="engine failed" if failed else "asked to stop")
     return 1 if failed else 0
+
+
+def _ready_block(config: ServeConfig, launch: Launch) -> tuple[dict[str, str], str, str]:
+    """What `Startup.ready` says: the listeners' URLs, the workload digest, and the line a
+    client runs to use this gateway."""
+    listen = config.listeners
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
+    urls = {"public": f"http://{host}:{listen.port}"}
+    if listen.tls:
+        urls["attested TLS"] = f"https://{host}:{listen.tls_port}"
+    if config.metrics.metrics_port is not None:
+        urls["metrics"] = f"http://{config.metrics.metrics_host}:{config.metrics.metrics_port}"
+    trust = (f"--simulated-roots {config.store.folder() / 'simulated-roots.pem'}"
+             if config.attestation.simulated else "--release-key YOUR_OPERATORS_RELEASE_KEY.pub")
+    return urls, launch.digest.hex(), f"cloister proxy --gateway {urls['public']} {trust}"
 
 
 def _sockets(sock: socket.socket | None) -> list[socket.socket] | None:
