@@ -23,5 +23,5 @@ unit: env
 	$(PY) -m pytest -q tests/unit $(ARGS)
 
 lint: env
-	$(VENV)/bin/ruff check cli gateway enclave attestation proxy tests benchmarks deploy scripts
+	$(VENV)/bin/ruff check cli gateway enclave attestation proxy tests testkit benchmarks deploy scripts
 	$(VENV)/bin/mypy cli enclave attestation gateway proxy

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/abuse.py [--seconds 60] [--out benchmarks/results]
 
 Starts the gateway under real uvicorn on loopback (the deterministic test engine from
-tests/doubles.py stands in for vLLM, and the simulated TEE attests: what is measured is
+testkit/doubles.py stands in for vLLM, and the simulated TEE attests: what is measured is
 the gateway's own defence) with a small replay store (4,096 records, so that it fills
 within the run), then runs the same well-behaved OHTTP client twice, `--seconds` each:
 alone, and beside three abusers on other loopback addresses (the gateway counts clients
@@ -13,7 +13,7 @@ by address):
     nonce polling  `?nonce=` attestation reports as fast as they are answered
 It prints, and writes as JSON, the client's success rate and p50/p95 latency in both
 runs and their ratio. The keyholder's challenge flood has a test of its own
-(tests/unit/test_abuse.py: 10,000 challenges, then a replica joins).
+(tests/unit/gateway/test_abuse.py: 10,000 challenges, then a replica joins).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from attestation.simulated import SimulatedPki
 from enclave.replay import MemoryReplayCache
 from gateway.app import create_app
 from gateway.config import ServeConfig
-from tests.attested import simulated
-from tests.doubles import DeterministicTestEngine
+from testkit.attested import simulated
+from testkit.doubles import DeterministicTestEngine
 pki = SimulatedPki.load_or_create(__import__("pathlib").Path(tempfile.mkdtemp()))
 app = create_app(ServeConfig.of(), DeterministicTestEngine().running,
                  attestation=simulated(pki), replay_cache=MemoryReplayCache(4096))

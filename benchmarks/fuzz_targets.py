@@ -1,7 +1,7 @@
 """Fuzz targets: every parser and opener a stranger's bytes reach, sans-IO, each a
 function of one byte string that may refuse the input only with the errors the gateway
 maps to a stable code. Anything else is a finding. Shared by `benchmarks/fuzz.py`
-(coverage-guided, atheris, at length) and `tests/unit/test_fuzz.py` (briefly, in
+(coverage-guided, atheris, at length) and `tests/unit/enclave/test_fuzz.py` (briefly, in
 `make test`).
 
 Each target comes with valid seeds made by the real client side, so that mutations reach

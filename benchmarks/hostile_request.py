@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/hostile_request.py [--size 1250000] [--root CHECKOUT]
 
 Starts the gateway under real uvicorn on loopback (the deterministic test engine from
-tests/doubles.py stands in for vLLM: the cost measured is the gateway's), then sends
+testkit/doubles.py stands in for vLLM: the cost measured is the gateway's), then sends
 unauthenticated-until-opened chunked OHTTP requests built to be expensive while a
 second client polls `/health` every 10 ms:
     bhttp-one-byte   the inner Binary HTTP content is `size / 2` one-byte chunks
@@ -38,7 +38,7 @@ import sys, uvicorn
 sys.path.insert(0, {root!r}); sys.path.insert(1, {here!r})
 from gateway.app import create_app
 from gateway.config import ServeConfig
-from tests.doubles import DeterministicTestEngine
+from testkit.doubles import DeterministicTestEngine
 app = create_app(ServeConfig.of(), DeterministicTestEngine().running)
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 """

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/load.py [--streams 1000] [--tokens 40] [--token-delay 0.02]
 
 The gateway runs in a process of its own under uvicorn with its production listener
-options; the deterministic test engine (tests/doubles.py) stands in for vLLM (named in
+options; the deterministic test engine (testkit/doubles.py) stands in for vLLM (named in
 the results: the cost measured is the gateway's, not a model's). `--streams` clients
 each open one chunked-OHTTP stream at once (our sans-IO client side seals and opens;
 its crypto runs in this process, not the gateway's). Sampled while they run: the
@@ -42,7 +42,7 @@ from enclave.logs import configure_logging
 from gateway.app import create_app
 from gateway.http_protocol import listener_options
 from gateway.config import ServeConfig
-from tests.doubles import DeterministicTestEngine
+from testkit.doubles import DeterministicTestEngine
 configure_logging("info")  # as in production: one JSON line per request, to stderr
 app = create_app(ServeConfig.of(insecure_plaintext=False, max_in_flight={max_in_flight},
                           max_per_client={max_in_flight}, max_engine_queue={max_in_flight}),
@@ -200,7 +200,7 @@ def main() -> int:
         server.terminate()
         server.wait(30)
     result["load_generator_nice"] = args.nice
-    result["engine"] = ("DeterministicTestEngine (tests/doubles.py), a stand-in for vLLM: "
+    result["engine"] = ("DeterministicTestEngine (testkit/doubles.py), a stand-in for vLLM: "
                         f"{args.token_delay * 1000:.0f} ms per token")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = ROOT / "benchmarks" / "results" / f"load-{stamp}.json"

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/overhead_profile.py [--requests 300] [--max-tokens 32]
 
 Runs chunked-OHTTP streamed chat requests through the gateway app in-process with the
-deterministic test engine (tests/doubles.py: no model, so what remains is the gateway),
+deterministic test engine (testkit/doubles.py: no model, so what remains is the gateway),
 under cProfile. Requests are sealed before the profiled window and responses are not
 opened, so only the gateway's side is measured. Own time is grouped by where it is
 spent: HPKE and AEAD (crypto), OHTTP/BHTTP framing, the engine bridge, Starlette and
@@ -37,7 +37,7 @@ from enclave.ohttp import ChunkedRequestSealer  # noqa: E402
 from enclave.ohttp.bhttp import Request, encode_request  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.config import ServeConfig  # noqa: E402
-from tests.doubles import CHAT_MODEL, DeterministicTestEngine  # noqa: E402
+from testkit.doubles import CHAT_MODEL, DeterministicTestEngine  # noqa: E402
 
 CATEGORIES = [
     ("crypto (HPKE, AEAD, HKDF)", ("pyhpke", "cryptography", "enclave/ohttp/suites",
@@ -51,7 +51,7 @@ CATEGORIES = [
     ("Starlette / ASGI plumbing", ("starlette", "anyio")),
     ("JSON", ("json/",)),
     ("event loop", ("asyncio", "selectors")),
-    ("test engine (not Cloister)", ("tests/doubles",)),
+    ("test engine (not Cloister)", ("testkit/doubles",)),
 ]
 
 
@@ -70,7 +70,7 @@ def _category(filename: str, function: str) -> str:
 
 def _called_from_test_engine(stats: pstats.Stats, key: tuple[str, int, str]) -> bool:
     """Whether a JSON function ran for the test engine: its nearest caller outside the
-    json package (by most calls) is in tests/doubles."""
+    json package (by most calls) is in testkit/doubles."""
     seen = set()
     while key not in seen:
         seen.add(key)
@@ -79,7 +79,7 @@ def _called_from_test_engine(stats: pstats.Stats, key: tuple[str, int, str]) -> 
             return False
         key = max(callers, key=lambda c: callers[c][0])
         if "json" not in key[0] and "json" not in key[2]:
-            return "tests/doubles" in key[0]
+            return "testkit/doubles" in key[0]
     return False
 
 

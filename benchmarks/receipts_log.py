@@ -46,8 +46,8 @@ from gateway.tlog import LogStore, TransparencyLog  # noqa: E402
 from proxy.bundle import verify_bundle  # noqa: E402
 from proxy.logview import KeptLogs  # noqa: E402
 from proxy.trust import Trust  # noqa: E402
-from tests.attested import accepting, simulated  # noqa: E402
-from tests.doubles import DeterministicTestEngine  # noqa: E402
+from testkit.attested import accepting, simulated  # noqa: E402
+from testkit.doubles import DeterministicTestEngine  # noqa: E402
 
 ANSWER = b"x" * 1024
 

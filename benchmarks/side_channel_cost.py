@@ -122,7 +122,7 @@ async def run_config(name: str, engine: Any, model: str, args: argparse.Namespac
 async def engine_for(args: argparse.Namespace) -> AsyncIterator[tuple[Any, str]]:
     if args.engine == "double":
         sys.path.insert(1, str(ROOT / "tests"))
-        from tests.doubles import CHAT_MODEL, DeterministicTestEngine
+        from testkit.doubles import CHAT_MODEL, DeterministicTestEngine
 
         yield DeterministicTestEngine(token_delay=args.token_delay_ms / 1000), CHAT_MODEL
         return

@@ -4,7 +4,7 @@
         [--clients 2] [--concurrency 32] [--tokens 64] [--repeats 2]
 
 Each worker is what `cloister serve --workers N` runs in a worker, less vLLM: the
-deterministic test engine (tests/doubles.py) stands in for the engine core, and is named
+deterministic test engine (testkit/doubles.py) stands in for the engine core, and is named
 in the results, so what is measured is the gateway's HTTP, crypto and framing. As under
 `--workers`, the workers share one listening socket with vLLM's least-loaded accept
 (`gateway.workers.WorkerListeners`), derive their keys from one seed and share the
@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ENGINE = ("DeterministicTestEngine (tests/doubles.py), a stand-in for vLLM: the cost "
+ENGINE = ("DeterministicTestEngine (testkit/doubles.py), a stand-in for vLLM: the cost "
           "measured is the gateway's, not a model's")
 
 
@@ -56,7 +56,7 @@ def _worker(index: int, sock: socket.socket, loads: Any, seed: bytes, replay_url
     from gateway.config import ServeConfig
     from gateway.http_protocol import listener_options
     from gateway.workers import WorkerListeners
-    from tests.doubles import DeterministicTestEngine
+    from testkit.doubles import DeterministicTestEngine
 
     configure_logging("info")  # as in production: one JSON line per request
     engine = DeterministicTestEngine(token_delay=token_delay)

@@ -8,7 +8,7 @@ on the TLS listener only, next to the API it documents.
                                   outbound network: no CDN)
 
 The document is written here, route by route, because the engine endpoints are ASGI
-apps that no schema generator can read; `tests/unit/test_platform_docs.py` fails when a
+apps that no schema generator can read; `tests/unit/gateway/test_platform_docs.py` fails when a
 route of `Platform.routes()` is missing from it (or documented but not served).
 """
 

@@ -15,7 +15,7 @@ import jsonschema
 import schemathesis
 from schemathesis import checks
 
-from tests.doubles import CHAT_MODEL, EMBEDDING_MODEL
+from testkit.doubles import CHAT_MODEL, EMBEDDING_MODEL
 
 DOCUMENT = Path(__file__).resolve().parent / "data" / "openai-openapi-subset.json"
 MAX_TOKENS = 8

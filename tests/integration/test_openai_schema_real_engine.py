@@ -2,7 +2,7 @@
 surface (its plaintext test listener, `--insecure-plaintext`) and its real vLLM engine:
 what vLLM answers, and what the gateway answers in its place, in the document's shapes.
 
-It runs `tests/unit/test_openai_schema.py` pointed at that listener, in a process of its
+It runs `tests/contract/test_openai_schema.py` pointed at that listener, in a process of its
 own: in the long-lived test process CPython 3.11.7's AST constructor sometimes reports a
 recursion-depth mismatch while schemathesis compiles its generators (a SystemError from
 `ast.parse`, seen twice in full runs, never in a fresh process)."""
@@ -27,7 +27,7 @@ def test_the_real_engine_answers_in_the_openai_document_s_shapes(
     target = f"{gateway.url}/v1 cloister-demo all-MiniLM-L6-v2"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/unit/test_openai_schema.py"],
+         "tests/contract/test_openai_schema.py"],
         cwd=ROOT, env={**os.environ, "CLOISTER_SCHEMA_TARGET": target},
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-6000:]

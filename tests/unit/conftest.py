@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from gateway.app import Gateway, create_app
 from gateway.config import ServeConfig
-from tests.doubles import DeterministicTestEngine
+from testkit.doubles import DeterministicTestEngine
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ FORBIDDEN = {
     "cli": (),
 }
 SIMULATOR = "attestation.simulated"
-MAY_IMPORT_SIMULATOR = {"attestation.providers", "cli.serve", "gateway.fleet_trust"}
+# cli.release: `cloister release sign --simulated` signs with the simulated release key
+MAY_IMPORT_SIMULATOR = {"attestation.providers", "cli.release", "cli.serve", "gateway.fleet_trust"}
 
 
 def _modules() -> dict[str, Path]:

@@ -30,3 +30,31 @@ def test_every_relative_link_in_the_documents_leads_to_a_file() -> None:
             if not (document.parent / target).exists():
                 broken.append(f"{document.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+OFFLINE = re.compile(r"^```sh offline\n(.*?)^```", re.S | re.M)
+
+
+def test_every_command_shown_for_offline_use_runs(tmp_path) -> None:
+    """The fenced blocks marked `sh offline` in README and docs, each line run as a user
+    would (a clean environment, a fresh state folder), exit 0."""
+    import subprocess
+    import sys
+
+    from tests.environment import clean_environment
+
+    commands = [line.split("#")[0].strip() for document in DOCUMENTS
+                for block in OFFLINE.findall(document.read_text())
+                for line in block.splitlines() if line.split("#")[0].strip()]
+    assert len(commands) >= 3
+    env = {**clean_environment(), "CLOISTER_STATE": str(tmp_path / "state"),
+           "CLOISTER_CACHE": str(ROOT / ".cache")}
+    # what the `cloister` entry point runs, from a folder of the user's own
+    entry = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cli.main import main; "
+             "sys.exit(main())")
+    for command in commands:
+        words = command.split()
+        assert words[0] == "cloister", command
+        done = subprocess.run([sys.executable, "-c", entry, *words[1:]], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{command}: {done.stderr[-500:]}"

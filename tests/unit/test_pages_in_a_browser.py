@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Page
 
 from enclave.sealed_state import DataKey
@@ -17,9 +18,11 @@ from gateway.platform_store import PlatformStore
 from proxy.app import create_proxy_app
 from proxy.attestor import Attestor
 from proxy.dialects import make_client
-from tests.attested import simulated, trusting
-from tests.doubles import DeterministicTestEngine
+from testkit.attested import simulated, trusting
+from testkit.doubles import DeterministicTestEngine
 from tests.served import served
+
+pytestmark = pytest.mark.slow  # outside processes or a browser: `-m "not slow"` skips it
 
 # Where the screenshots go (the CI keeps nothing; a person running it can look).
 SHOTS = Path(os.environ.get("CLOISTER_SCREENSHOTS", "")) if os.environ.get(

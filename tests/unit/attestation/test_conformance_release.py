@@ -13,7 +13,7 @@ import pytest
 
 from attestation.conformance import ACCEPT, MALFORMED, REJECT, run
 from attestation.statement import generate_key, public_pem, sign_statement
-from tests.attested import accepting
+from testkit.attested import accepting
 
 KEY = generate_key()
 OTHER = generate_key("ed25519")

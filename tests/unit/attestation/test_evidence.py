@@ -19,9 +19,9 @@ from attestation.providers import ConfigfsTsmProvider, ProviderError
 from attestation.reference import GpuValues
 from attestation.verify import Policy, TrustRoots, verify_evidence
 from attestation.workload import workload_digest
-from tests.attested import MODEL_DIGEST, TEST_WORKLOAD, accepting, workload
-from tests.attested import policy as client_policy
-from tests.attested import simulated as simulated_tee
+from testkit.attested import MODEL_DIGEST, TEST_WORKLOAD, accepting, workload
+from testkit.attested import policy as client_policy
+from testkit.attested import simulated as simulated_tee
 
 
 @pytest.fixture(scope="module")

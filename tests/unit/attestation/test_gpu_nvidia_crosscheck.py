@@ -13,9 +13,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from attestation.errors import VerificationError
 from attestation.gpu import verify_gpu_report
 from attestation.roots import PRODUCTION_NVIDIA_ROOTS
+
+pytestmark = pytest.mark.slow  # outside processes or a browser: `-m "not slow"` skips it
 
 ROOT = Path(__file__).resolve().parents[3]
 NVIDIA_PYTHON = ROOT / ".venv-nvidia" / "bin" / "python"

@@ -22,7 +22,7 @@ from attestation.errors import Reason, VerificationError
 from attestation.simulated import SimulatedPki
 from attestation.verify import Policy, TrustRoots
 from attestation.x509chain import load_pem_chain
-from tests.attested import policy as client_policy
+from testkit.attested import policy as client_policy
 from tests.unit.attestation.test_hostile_evidence import (
     FixedCollateral,
     _document,

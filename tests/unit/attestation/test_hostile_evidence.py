@@ -24,8 +24,8 @@ from attestation.simulated.twins import SimulatedCollateral, SimulatedGpuProvide
 from attestation.types import CpuEvidence
 from attestation.verify import Policy, TrustRoots, verify_evidence
 from attestation.workload import launch_value, workload_digest
-from tests.attested import TEST_WORKLOAD, accepting
-from tests.attested import policy as client_policy
+from testkit.attested import TEST_WORKLOAD, accepting
+from testkit.attested import policy as client_policy
 
 NONCE = b"h" * 32
 DAY = 86400

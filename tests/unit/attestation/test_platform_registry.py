@@ -36,7 +36,7 @@ from attestation.simulated.twins import SimulatedCollateral, SimulatedTwin
 from attestation.types import CpuEvidence, CpuProvider
 from attestation.verify import Policy, TrustRoots, verify_evidence
 from attestation.workload import workload_digest
-from tests.attested import TEST_WORKLOAD
+from testkit.attested import TEST_WORKLOAD
 
 MAGIC = b"TOY1"
 ROOT = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)  # the toy vendor's root
