@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +103,8 @@ class KeptLogs:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + f".{os.getpid()}.new")
-        temporary.write_text(json.dumps(self._data))
-        temporary.replace(self.path)
+        # a file of its own per write: clients in one process (and processes) share the path
+        with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False,
+                                         prefix=self.path.name, suffix=".new") as temporary:
+            temporary.write(json.dumps(self._data))
+        os.replace(temporary.name, self.path)

@@ -147,11 +147,16 @@ def test_the_sdk_verifies_and_chats_through_either_worker(workers, tmp_path) -> 
         return (answer.choices[0].message.content or "") + "".join(pieces)
 
     before = Counter(_worker_of(workers).values())
-    with ThreadPoolExecutor(HELD_OPEN) as pool:
-        texts = list(pool.map(chat, range(HELD_OPEN)))
-    assert all(texts)
-    served = wait_until(lambda: Counter(_worker_of(workers).values()) - before,
-                        lambda served: served[0] > 0 and served[1] > 0)
+    served: Counter[int] = Counter()
+    for _ in range(5):  # rounds until both served: under load one may take a whole round
+        enough = sum(served.values()) + 2 * HELD_OPEN  # each chat asks twice
+        with ThreadPoolExecutor(HELD_OPEN) as pool:
+            texts = list(pool.map(chat, range(HELD_OPEN)))
+        assert all(texts)
+        served = wait_until(lambda: Counter(_worker_of(workers).values()) - before,
+                            lambda served, enough=enough: sum(served.values()) >= enough)
+        if served[0] > 0 and served[1] > 0:
+            break
     assert served[0] > 0 and served[1] > 0, served
 
 

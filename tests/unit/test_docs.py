@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "CHANGELOG.md",
              *sorted((ROOT / "docs").glob("*.md"))]
@@ -35,6 +37,7 @@ def test_every_relative_link_in_the_documents_leads_to_a_file() -> None:
 OFFLINE = re.compile(r"^```sh offline\n(.*?)^```", re.S | re.M)
 
 
+@pytest.mark.slow  # runs every offline command as its own process
 def test_every_command_shown_for_offline_use_runs(tmp_path) -> None:
     """The fenced blocks marked `sh offline` in README and docs, each line run as a user
     would (a clean environment, a fresh state folder), exit 0."""

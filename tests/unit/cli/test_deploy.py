@@ -120,6 +120,7 @@ def test_scrape_config_and_units_point_at_the_metrics_port() -> None:
     assert "VLLM_NO_USAGE_STATS=1" in unit and "RuntimeDirectoryMode=0700" in unit
 
 
+@pytest.mark.slow  # renders every deployment
 def test_what_the_deployments_set_passes_the_environment_allow_list() -> None:
     """The image's ENV, the unit's Environment= and the pods' env are what the gateway
     starts with: none of it may be refused (enclave/isolation.py), and the image holds

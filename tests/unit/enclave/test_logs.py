@@ -81,6 +81,7 @@ logging.getLogger("vllm.v1.engine.core").warning("engine core stopping")
 """
 
 
+@pytest.mark.slow  # starts processes the way the engine does
 @pytest.mark.parametrize("configured", [False, True])
 def test_the_engine_s_own_processes_log_through_the_same_allow_list(
         configured, tmp_path, monkeypatch) -> None:

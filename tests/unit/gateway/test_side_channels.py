@@ -332,6 +332,7 @@ async def test_a_hidden_hybrid_key_is_no_downgrade(engine) -> None:
     assert engine.seen_bodies == []
 
 
+@pytest.mark.slow  # 34 streams per dialect
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_streamed_answers_of_1_to_34_tokens_use_at_most_4_chunk_sizes(
         engine, protocol) -> None:

@@ -479,3 +479,21 @@ async def test_a_receipt_naming_an_unattested_workload_or_epoch_makes_the_client
         attestor.saw_receipt(moved)  # another workload answered
         assert attestor.due()
         await client.aclose()
+
+
+def test_clients_sharing_a_state_folder_save_their_logs_at_once(tmp_path) -> None:
+    """Several SDK clients of one process keep their logs in one folder: saves that cross
+    leave a whole file and raise nothing (they once shared one temporary name)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kept = [KeptLogs(tmp_path) for _ in range(8)]
+
+    def save(i: int) -> None:
+        for n in range(50):
+            kept[i].record_witnessed(f"witness-{i}", "origin", n)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(save, range(8)))
+    saved = json.loads((tmp_path / "logs.json").read_text())["witnesses"]
+    assert 49 in {sizes["origin"] for sizes in saved.values()}  # one client's last save
+    assert [p.name for p in tmp_path.iterdir()] == ["logs.json"]  # no temporary left
