@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from cli.arguments import log_overridden
+from cli.ports import busy_port_errors
 from gateway.config import KeyholderConfig
 
 
@@ -30,6 +31,11 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
     from gateway.http_protocol import listener_options
     from gateway.keyholder import Keyholder, keyholder_manifest
 
+    busy = [] if print_digest else busy_port_errors([(config.listeners.host,
+                                                       config.listeners.port)])
+    if busy:
+        print(f"cloister keyholder: {busy[0]}", file=sys.stderr)
+        return 2
     refusal = environment_refusal(os.environ)
     if refusal is not None:
         print(f"cloister keyholder: refusing to start: {refusal}", file=sys.stderr)

@@ -14,6 +14,7 @@ import httpx
 import structlog
 import uvicorn
 
+from cli.ports import busy_port_errors
 from enclave.logs import configure_logging
 from enclave.receipts import ReceiptError
 from enclave.registry import sealed_dialects
@@ -304,6 +305,10 @@ def run_proxy(args: argparse.Namespace) -> int:
         print(f"cloister proxy: {NO_REFERENCE_VALUES}", file=sys.stderr)
         return 2
     _warn_about(trust)
+    busy = busy_port_errors([(args.host, args.port)])
+    if busy:
+        print(f"cloister proxy: {busy[0]}", file=sys.stderr)
+        return 2
     statements = _statement_log(args)
     try:
         clients = [_dialect_client(args, url, trust, statements) for url in args.gateway]

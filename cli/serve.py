@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from cli.arguments import log_overridden
+from cli.ports import busy_port_errors
 from enclave.logs import configure_logging
 from gateway.config import ServeConfig
 from gateway.serving import (
@@ -222,6 +223,10 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
     except ConfigError as exc:
         print(f"cloister serve: {exc}", file=sys.stderr)
         return 2
+    busy = busy_port_errors(listener_addresses(config))
+    if busy:
+        print("\n".join(f"cloister serve: {error}" for error in busy), file=sys.stderr)
+        return 2
     configure_logging(config.metrics.log_level)
     log = structlog.get_logger("cloister.cli")
     log_overridden(overridden, "cloister.cli")
@@ -263,6 +268,14 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
     return serve_process(config, launch, attested, seed,
                          lambda: open_vllm_engine(launch.generate, launch.embed),
                          listening=OwnListeners(), startup=startup)
+
+
+def listener_addresses(config: ServeConfig) -> list[tuple[str, int | None]]:
+    """Every (host, port) `serve` with this configuration listens on."""
+    listeners, metrics = config.listeners, config.metrics
+    return [(listeners.host, listeners.port),
+            (listeners.host, listeners.tls_port if listeners.tls else None),
+            (metrics.metrics_host, metrics.metrics_port)]
 
 
 def unsealable(config: ServeConfig) -> bool:

@@ -31,10 +31,16 @@ class ModelIdentity:
 
 
 def local_copy(name_or_path: str, *, download: Callable[[str], str] | None = None) -> Path:
-    """A local folder for the model: the path itself, or a hub id downloaded first."""
+    """A local folder for the model: the path itself, or a hub id downloaded first.
+    Refused with the command that fetches or builds it when it is neither."""
     path = Path(name_or_path)
     if path.is_dir():
         return path.resolve()
+    if _looks_like_path(name_or_path):
+        raise ModelRefused(
+            f"there is no model folder at {name_or_path}: `cloister demo-model "
+            f"{name_or_path}` builds the offline demo model there, or `hf download "
+            f"ORG/NAME --local-dir {name_or_path}` fetches one from the Hugging Face hub")
     if download is None:
         from huggingface_hub import snapshot_download
 
@@ -43,8 +49,19 @@ def local_copy(name_or_path: str, *, download: Callable[[str], str] | None = Non
     try:
         return Path(download(name_or_path)).resolve()
     except Exception as exc:  # noqa: BLE001 - the hub's errors vary; say what we know
-        raise ModelRefused(f"model {name_or_path!r} is neither a local folder nor "
-                           f"downloadable ({type(exc).__name__})") from None
+        folder = f"models/{name_or_path.rsplit('/', 1)[-1]}"
+        raise ModelRefused(
+            f"model {name_or_path!r} is neither a local folder nor downloadable here "
+            f"({type(exc).__name__}): fetch it where the hub is reachable with `hf download "
+            f"{name_or_path} --local-dir {folder}`, copy the folder here and serve it with "
+            f"`--model {folder}` (or leave --model out for the built-in demo model)"
+        ) from None
+
+
+def _looks_like_path(name: str) -> bool:
+    """A folder path rather than a hub id (`org/name` or `name`)."""
+    return (name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1
+            or "\\" in name)
 
 
 def model_digest(path: Path) -> str:

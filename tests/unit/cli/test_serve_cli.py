@@ -33,3 +33,48 @@ def test_stored_state_is_never_sealed_with_an_unprotected_key(attestation, data_
     before its workers refused)."""
     config = ServeConfig.of(attestation=attestation, data_key=data_key)
     assert unsealable(config) is refused
+
+
+@pytest.fixture
+def port_held_by_another_process():
+    """A port a child process listens on (its pid and port); the child reads stdin until
+    it is closed."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import socket, sys\n"
+         "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+         "print(s.getsockname()[1], flush=True); sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield holder.pid, int(holder.stdout.readline())
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+@pytest.mark.parametrize("command", [
+    ["serve", "--port", "{port}"],
+    ["serve", "--port", "0", "--metrics-port", "{port}"],
+    ["keyholder", "--port", "{port}"],
+    ["proxy", "--gateway", "http://127.0.0.1:9", "--insecure-skip-attestation",
+     "--port", "{port}"],
+])
+def test_a_busy_port_is_refused_at_once_naming_the_process_that_holds_it(
+        command, port_held_by_another_process, capsys, tmp_path, monkeypatch) -> None:
+    """Before the engine starts (a gateway that found out after its minute of start-up
+    wasted it); the holder named, so the operator knows what to stop."""
+    monkeypatch.chdir(tmp_path)
+    pid, port = port_held_by_another_process
+    assert main([part.format(port=port) for part in command]) == 2
+    error = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is already in use by pid {pid} (" in error
+    assert "socket.socket()" in error  # the holder's command line
+
+
+def test_a_free_port_is_not_refused() -> None:
+    from cli.ports import busy_port_errors
+
+    assert busy_port_errors([("127.0.0.1", 0), ("127.0.0.1", None)]) == []

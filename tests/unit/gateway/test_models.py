@@ -89,6 +89,24 @@ def test_a_name_that_is_neither_a_folder_nor_downloadable_is_refused(tmp_path) -
 
     from gateway.models import local_copy
 
-    with pytest.raises(ModelRefused, match="neither"):
+    with pytest.raises(ModelRefused, match="neither") as refused:
         local_copy("org/absent-model", download=no_hub)
+    # The refusal names the command that fetches it and the flag that serves the copy.
+    assert "`hf download org/absent-model --local-dir models/absent-model`" in str(refused.value)
+    assert "--model models/absent-model" in str(refused.value)
     assert local_copy("org/model", download=lambda _: str(tmp_path)) == tmp_path.resolve()
+
+
+def test_a_missing_model_folder_is_refused_with_the_command_that_builds_it(tmp_path) -> None:
+    from gateway.models import local_copy
+
+    def hub_never_asked(repo_id: str) -> str:
+        raise AssertionError(f"a folder path went to the hub: {repo_id}")
+
+    missing = tmp_path / "models" / "tiny"
+    with pytest.raises(ModelRefused, match="no model folder") as refused:
+        local_copy(str(missing), download=hub_never_asked)
+    assert f"`cloister demo-model {missing}`" in str(refused.value)
+    for relative in ("./models/tiny", "models/a/b", "~/m"):
+        with pytest.raises(ModelRefused, match="no model folder"):
+            local_copy(relative, download=hub_never_asked)
