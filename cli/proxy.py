@@ -25,7 +25,7 @@ from proxy.app import create_proxy_app
 from proxy.attestor import Attestation, Attestor, Unverified
 from proxy.bundle import LOG_KEY, WITNESS_MAX_AGE, WitnessConfig
 from proxy.client import GatewayClient
-from proxy.dialects import make_client
+from proxy.dialects import ROUTE_HINT_CHOICES, ROUTE_HINT_HELP, make_client, route_hint_for
 from proxy.errors import CredentialInClear, GatewayNotAttested
 from proxy.logview import KeptLogs
 from proxy.multi import MultiGatewayClient
@@ -50,6 +50,8 @@ def add_parsers(sub: Any) -> None:
                        help="--protocol atoma: the platform API key sent as Bearer (default "
                             "$CLOISTER_API_KEY); a gateway with accounts requires one, sent "
                             "only to its attested TLS listener (an https:// --gateway)")
+    proxy.add_argument("--route-hint", choices=ROUTE_HINT_CHOICES, default="auto",
+                       help=ROUTE_HINT_HELP)
     _add_trust_arguments(proxy)
     proxy.add_argument("--report-mode", choices=["nonce", "challenge"], default="challenge",
                        help="challenge (the default): the gateway's cached report plus its "
@@ -287,9 +289,10 @@ def _dialect_client(args: argparse.Namespace, url: str, trust: Trust,
                                          logs=KeptLogs(args.state_dir or default_state_dir()),
                                          witnesses=args.witness,
                                          witness_max_age=args.witness_max_age))
-    receipts = ReceiptLog(args.state_dir or default_state_dir())
+    folder = args.state_dir or default_state_dir()
     return make_client(url, args.protocol, attestation=attestation, api_key=args.api_key,
-                       keep_receipt=receipts.keeper(url))
+                       keep_receipt=ReceiptLog(folder).keeper(url),
+                       route_hint=route_hint_for(args.route_hint, args.api_key, folder))
 
 
 def run_proxy(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from enclave.dialect import (
 )
 from enclave.errors import AnswerRefused, StaleCredentials, UnauthenticatedAnswer
 from enclave.padding import DEFAULT_PADDING, PaddingPolicy, strip, strip_events
+from enclave.route_hint import RouteHint
 from proxy.attestor import Attestation
 from proxy.errors import (
     CredentialInClear,
@@ -97,12 +98,15 @@ class GatewayClient:
                  transport: httpx.AsyncBaseTransport | None = None,
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT,
                  limits: httpx.Limits = DEFAULT_LIMITS,
-                 padding: PaddingPolicy = DEFAULT_PADDING) -> None:
+                 padding: PaddingPolicy = DEFAULT_PADDING,
+                 route_hint: RouteHint | None = None) -> None:
         """Request bodies are padded under `padding` (`enclave.padding`) before they are
         sealed; answers are passed on without the gateway's padding. `transport`: an
         in-process app, or connections the caller vouches for (nothing is pinned on
-        them); else the client connects itself, within `limits`."""
+        them); else the client connects itself, within `limits`. `route_hint`: this
+        user's, sent beside the ciphertext for a balancer (`enclave.route_hint`)."""
         self.gateway_url = gateway_url.rstrip("/")
+        self._route_hint = route_hint
         self._padding = padding
         self.keys = keys
         self.attestation = attestation
@@ -173,9 +177,13 @@ class GatewayClient:
                 raise from_refused(exc) from exc
             return self._dialect
 
-    async def _send(self, outer: OuterRequest, *, stream: bool) -> httpx.Response:
+    async def _send(self, outer: OuterRequest, inner: InnerRequest, *, stream: bool
+                    ) -> httpx.Response:
+        headers = dict(outer.headers)
+        if self._route_hint is not None:
+            headers.update(self._route_hint.header(inner.path, inner.body))
         request = self._http.build_request(outer.method, outer.path, content=outer.body,
-                                           headers=dict(outer.headers))
+                                           headers=headers)
         try:
             return await self._http.send(request, stream=stream)
         except httpx.TransportError as exc:
@@ -187,9 +195,9 @@ class GatewayClient:
             return await self._plain_models()
         for attempt in (0, 1):
             dialect = await self.dialect(refresh=attempt == 1)
-            inner = self._padding.pad_request(InnerRequest(method, path, body))
-            outer, opener = dialect.seal(inner, stream=False)
-            r = await self._send(outer, stream=False)
+            plain = InnerRequest(method, path, body)
+            outer, opener = dialect.seal(self._padding.pad_request(plain), stream=False)
+            r = await self._send(outer, plain, stream=False)
             try:
                 return strip(opener.whole(_outer(r, r.content)))
             except StaleCredentials:
@@ -206,9 +214,9 @@ class GatewayClient:
         """A request whose answer is opened chunk by chunk as it arrives."""
         for attempt in (0, 1):
             dialect = await self.dialect(refresh=attempt == 1)
-            inner = self._padding.pad_request(InnerRequest(method, path, body))
-            outer, opener = dialect.seal(inner, stream=True)
-            response = await self._send(outer, stream=True)
+            plain = InnerRequest(method, path, body)
+            outer, opener = dialect.seal(self._padding.pad_request(plain), stream=True)
+            response = await self._send(outer, plain, stream=True)
             try:
                 if not opener.begin(response.status_code, _headers(response)):
                     try:

@@ -3,13 +3,16 @@ side is the dialect's own sans-IO `KeyDiscovery`, driven by the client."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from enclave.plugin import ClientSetup
 from enclave.registry import DIALECTS, Dialect
+from enclave.route_hint import RouteHint, user_key
 from proxy.attestor import Attestation
 from proxy.client import DEFAULT_LIMITS, GatewayClient
 
@@ -19,7 +22,8 @@ def make_client(gateway_url: str, protocol: str, *, attestation: Attestation,
                 api_key: str | None = None,
                 keep_receipt: Callable[[Any, bytes | None], None] | None = None,
                 limits: httpx.Limits = DEFAULT_LIMITS,
-                registry: Sequence[Dialect] = DIALECTS) -> GatewayClient:
+                registry: Sequence[Dialect] = DIALECTS,
+                route_hint: RouteHint | None = None) -> GatewayClient:
     """A client for one gateway in one dialect the registry names with a client side;
     `api_key` is the platform API key Atoma requests carry where the gateway keeps
     accounts (the other dialects are anonymous), sent only over TLS the gateway's report
@@ -33,4 +37,40 @@ def make_client(gateway_url: str, protocol: str, *, attestation: Attestation,
             keep_receipt(receipt, key)
 
     return GatewayClient(gateway_url, entry.client(ClientSetup(api_key, keep)),
-                         attestation=attestation, transport=transport, limits=limits)
+                         attestation=attestation, transport=transport, limits=limits,
+                         route_hint=route_hint)
+
+
+ROUTE_HINT_CHOICES = ("auto", "on", "off")
+ROUTE_HINT_HELP = ("send the routing hint a balancer hashes on for prefix-cache affinity "
+                   "(docs/operating.md): auto, with a platform API key only (whose requests "
+                   "share a prefix cache); on, also without one (a secret kept in the state "
+                   "folder); off. It lets the operator link your requests with equal "
+                   "prefixes, never read them")
+
+
+def route_hint_for(choice: str, api_key: str | None, state_dir: Path) -> RouteHint | None:
+    """The user's routing hints for `--route-hint CHOICE`: from the API key where there is
+    one; for `on` without one, from a secret kept in `state_dir` (made on first use)."""
+    if choice not in ROUTE_HINT_CHOICES:
+        raise ValueError(f"--route-hint is one of {', '.join(ROUTE_HINT_CHOICES)}")
+    if choice == "off" or (choice == "auto" and not api_key):
+        return None
+    if api_key:
+        return RouteHint(user_key(api_key.encode()))
+    return RouteHint(user_key(_kept_secret(state_dir / "route-hint.key")))
+
+
+def _kept_secret(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = os.urandom(32)
+        try:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                           "wb") as out:
+                out.write(secret)
+        except FileExistsError:  # another client made it first: use theirs
+            return path.read_bytes()
+        return secret

@@ -27,7 +27,7 @@ import httpx
 from proxy.app import LocalAnswer, ModelResolver, UpstreamClient, forward
 from proxy.attestor import REATTEST_SECONDS, Attestor
 from proxy.bundle import WITNESS_MAX_AGE, WitnessConfig
-from proxy.dialects import make_client
+from proxy.dialects import make_client, route_hint_for
 from proxy.errors import ProxyError
 from proxy.logview import KeptLogs
 from proxy.receipts import ReceiptLog
@@ -47,7 +47,8 @@ def verified_client(gateway_url: str, *, protocol: str = "ohttp",
                     state_dir: Path | None = None, report_mode: str = "challenge",
                     reattest_seconds: float = REATTEST_SECONDS,
                     witnesses: Sequence[str] = (),
-                    witness_max_age: int = WITNESS_MAX_AGE) -> UpstreamClient:
+                    witness_max_age: int = WITNESS_MAX_AGE,
+                    route_hint: str = "auto") -> UpstreamClient:
     """A gateway client that verifies exactly as `cloister proxy` does; refused (fail
     closed) when nothing names the right measurement and workload."""
     trust = load_trust(release_keys=[Path(k) for k in release_keys],
@@ -64,7 +65,8 @@ def verified_client(gateway_url: str, *, protocol: str = "ohttp",
                            witnesses=[WitnessConfig.parse(w) for w in witnesses],
                            witness_max_age=witness_max_age)
     return make_client(gateway_url, protocol, attestation=attestation, api_key=api_key,
-                       keep_receipt=ReceiptLog(folder).keeper(gateway_url))
+                       keep_receipt=ReceiptLog(folder).keeper(gateway_url),
+                       route_hint=route_hint_for(route_hint, api_key, folder))
 
 
 def _inner_path(url: httpx.URL) -> str:
