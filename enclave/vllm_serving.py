@@ -118,6 +118,12 @@ async def serve_openai(state: Any, scope: Scope, receive: Receive, send: Send) -
         return await _send_json(send, refused.error.code, refused.model_dump())
     except ValueError:
         return await _send_json(send, *_error(400, "the body is not valid JSON"))
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        # A validator of vLLM's that breaks on a body it did not expect: the body does
+        # not fit the engine's schema (the client's mistake), not the gateway's error.
+        return await _send_json(send, *_error(
+            400, f"the body does not fit the engine's request schema "
+                 f"({type(exc).__name__} in its validation)", param="body"))
     if handler is None:
         return await _send_json(send, *_error(404, "this model does not serve this route",
                                               kind="NotFoundError"))

@@ -36,3 +36,16 @@ async def test_a_body_vllm_s_validators_refuse_is_a_400(body) -> None:
     status, answer = await _serve("/v1/completions", body)
     assert status == 400
     assert "prompt" in answer["error"]["message"]
+
+
+async def test_a_validator_that_breaks_on_a_body_is_a_400_not_a_500() -> None:
+    """vLLM's check of a named `tool_choice` reads `tool["function"]` of every tool and
+    raises KeyError on a custom tool (schemathesis over the real engine found it):
+    a body the engine's schema cannot take is the client's mistake."""
+    status, answer = await _serve("/v1/chat/completions", {
+        "model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "custom", "custom": {"name": "x"}}],
+        "tool_choice": {"type": "function", "function": {"name": "x"}}})
+    assert status == 400
+    assert answer["error"]["param"] == "body"
+    assert "KeyError" in answer["error"]["message"]
