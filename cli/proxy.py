@@ -292,7 +292,8 @@ def _dialect_client(args: argparse.Namespace, url: str, trust: Trust,
     folder = args.state_dir or default_state_dir()
     return make_client(url, args.protocol, attestation=attestation, api_key=args.api_key,
                        keep_receipt=ReceiptLog(folder).keeper(url),
-                       route_hint=route_hint_for(args.route_hint, args.api_key, folder))
+                       route_hint=route_hint_for(args.route_hint, args.protocol, folder,
+                                                 api_key=args.api_key))
 
 
 def run_proxy(args: argparse.Namespace) -> int:

@@ -30,6 +30,9 @@ class Dialect:
     # Its client side: how a client finds and checks the keys it publishes (None: a
     # client speaks it without keys, as plain OpenAI).
     client: Callable[[ClientSetup], KeyDiscovery] | None = None
+    # Whether one client's requests carry a stable identity (a tenant), so that they
+    # share a prefix cache at the gateway; the routing hint is on by default only then.
+    stable_client: bool = False
 
 
 DIALECTS: tuple[Dialect, ...] = (
@@ -37,7 +40,7 @@ DIALECTS: tuple[Dialect, ...] = (
     Dialect(azure_ohttp.NAME, azure_ohttp.server),  # Azure's OHTTP convention (server only)
     Dialect(ehbp.NAME, ehbp.server, ehbp.client),
     Dialect(atoma.NAME, atoma.server, atoma.client),
-    Dialect(continuum.NAME, continuum.server, continuum.client),
+    Dialect(continuum.NAME, continuum.server, continuum.client, stable_client=True),
     Dialect(plaintext.NAME, plaintext.server),  # last: where a request is no one else's
 )
 

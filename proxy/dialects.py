@@ -43,18 +43,22 @@ def make_client(gateway_url: str, protocol: str, *, attestation: Attestation,
 
 ROUTE_HINT_CHOICES = ("auto", "on", "off")
 ROUTE_HINT_HELP = ("send the routing hint a balancer hashes on for prefix-cache affinity "
-                   "(docs/operating.md): auto, with a platform API key only (whose requests "
-                   "share a prefix cache); on, also without one (a secret kept in the state "
-                   "folder); off. It lets the operator link your requests with equal "
-                   "prefixes, never read them")
+                   "(docs/operating.md): auto, in a dialect whose requests share a prefix "
+                   "cache (continuum); on; off. It lets the operator link your requests "
+                   "with equal prefixes, never read them")
 
 
-def route_hint_for(choice: str, api_key: str | None, state_dir: Path) -> RouteHint | None:
-    """The user's routing hints for `--route-hint CHOICE`: from the API key where there is
-    one; for `on` without one, from a secret kept in `state_dir` (made on first use)."""
+def route_hint_for(choice: str, protocol: str, state_dir: Path, *,
+                   api_key: str | None = None,
+                   registry: Sequence[Dialect] = DIALECTS) -> RouteHint | None:
+    """The user's routing hints for `--route-hint CHOICE`: `auto` where the dialect's
+    requests carry a stable client identity (the gateway shares a prefix cache only
+    within one); the key from the user's API key where there is one, else from a secret
+    kept in `state_dir` (made on first use)."""
     if choice not in ROUTE_HINT_CHOICES:
         raise ValueError(f"--route-hint is one of {', '.join(ROUTE_HINT_CHOICES)}")
-    if choice == "off" or (choice == "auto" and not api_key):
+    entry = next((d for d in registry if d.name == protocol), None)
+    if choice == "off" or (choice == "auto" and not (entry and entry.stable_client)):
         return None
     if api_key:
         return RouteHint(user_key(api_key.encode()))

@@ -66,7 +66,7 @@ def verified_client(gateway_url: str, *, protocol: str = "ohttp",
                            witness_max_age=witness_max_age)
     return make_client(gateway_url, protocol, attestation=attestation, api_key=api_key,
                        keep_receipt=ReceiptLog(folder).keeper(gateway_url),
-                       route_hint=route_hint_for(route_hint, api_key, folder))
+                       route_hint=route_hint_for(route_hint, protocol, folder, api_key=api_key))
 
 
 def _inner_path(url: httpx.URL) -> str:

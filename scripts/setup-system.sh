@@ -8,6 +8,7 @@
 #   nodejs, npm                      the Node and browser clients of the compatibility tests
 #   golang-go, golang-golang-x-mod-dev  Go's sumdb note and tlog, the outside verifier of
 #                                    the transparency log (built offline, GOPATH mode)
+#   haproxy, nginx-light             the balancer configurations of deploy/balancers/, run by a test
 # Installed with apt-get when missing (as root); otherwise says what to install.
 set -euo pipefail
 need=()
@@ -21,6 +22,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v go >/dev/null 2>&1 || [ -x /usr/lib/go/bin/go ] || need+=(golang-go)
 [ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ] || need+=(golang-golang-x-mod-dev)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup-system: please install: ${need[*]} (sudo apt-get install ${need[*]})" >&2

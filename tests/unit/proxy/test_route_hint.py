@@ -63,18 +63,22 @@ async def test_a_malformed_hint_changes_nothing_at_the_gateway(gateway_app, forg
     assert recording.hints[-1] == forged
 
 
-def test_hints_are_off_for_anonymous_clients_unless_asked(tmp_path) -> None:
-    assert route_hint_for("auto", None, tmp_path) is None
-    assert route_hint_for("off", "sk-key", tmp_path) is None
+def test_hints_are_on_by_default_only_where_a_prefix_cache_is_shared(tmp_path) -> None:
+    """Anonymous OHTTP and EHBP requests share no cache (each gets a salt of its own), so
+    a hint would only make them linkable; a Continuum client keeps one secret, whose
+    requests share one tenant's cache."""
+    for protocol in ("ohttp", "ehbp", "atoma"):
+        assert route_hint_for("auto", protocol, tmp_path) is None
+    assert route_hint_for("off", "continuum", tmp_path) is None
     body = json.dumps(CHAT).encode()
-    from_key = route_hint_for("auto", "sk-key", tmp_path)
+    kept = route_hint_for("auto", "continuum", tmp_path)
+    again = route_hint_for("on", "ohttp", tmp_path)
+    assert kept is not None and again is not None
+    assert kept.hint("/p", body) == again.hint("/p", body)  # one user, one key
+    assert stat.S_IMODE((tmp_path / "route-hint.key").stat().st_mode) == 0o600
+    from_key = route_hint_for("on", "atoma", tmp_path, api_key="sk-key")
     assert from_key is not None
     assert from_key.hint("/p", body) == RouteHint(user_key(b"sk-key")).hint("/p", body)
-    assert not (tmp_path / "route-hint.key").exists()  # the API key was enough
-    kept = route_hint_for("on", None, tmp_path)
-    again = route_hint_for("on", None, tmp_path)
-    assert kept is not None and again is not None
-    assert kept.hint("/p", body) == again.hint("/p", body) != from_key.hint("/p", body)
-    assert stat.S_IMODE((tmp_path / "route-hint.key").stat().st_mode) == 0o600
+    assert from_key.hint("/p", body) != kept.hint("/p", body)
     with pytest.raises(ValueError, match="route-hint"):
-        route_hint_for("sometimes", None, tmp_path)
+        route_hint_for("sometimes", "ohttp", tmp_path)
