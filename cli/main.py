@@ -109,28 +109,48 @@ def _add_release_parsers(sub: Any) -> None:
 
 
 class _SuggestingParser(argparse.ArgumentParser):
-    """argparse, and for a mistyped flag the closest one this command takes."""
+    """argparse, and for a mistyped flag the closest one the command given takes."""
+
+    argv: Sequence[str] = ()  # what is being parsed (set by `main`)
 
     def error(self, message: str) -> NoReturn:
         import difflib
 
         if "unrecognized arguments:" in message:
-            known = sorted(_option_strings(self))
+            command = _command_parser(self, self.argv)
+            known = sorted(_option_strings(command))
             for word in message.split(":", 1)[1].split():
-                close = difflib.get_close_matches(word.split("=")[0], known, n=1)
-                if word.startswith("--") and close:
+                flag = word.split("=")[0]
+                if not word.startswith("--") or flag in known:
+                    continue
+                if flag in _option_strings(self, deep=True):
+                    message += f" ({flag} is not an option of `{command.prog}`)"
+                    break
+                close = difflib.get_close_matches(flag, known, n=1)
+                if close:
                     message += f" (did you mean {close[0]}?)"
                     break
         super().error(message)
 
 
-def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+def _command_parser(parser: argparse.ArgumentParser,
+                    argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The (sub)parser of the command `argv` names: `cloister release sign ...`'s."""
+    for word in argv:
+        subparsers = [a for a in parser._actions
+                      if isinstance(a, argparse._SubParsersAction)]
+        if subparsers and word in subparsers[0].choices:
+            parser = subparsers[0].choices[word]
+    return parser
+
+
+def _option_strings(parser: argparse.ArgumentParser, *, deep: bool = False) -> set[str]:
     found: set[str] = set()
     for action in parser._actions:
         found.update(o for o in action.option_strings if o.startswith("--"))
-        if isinstance(action, argparse._SubParsersAction):
+        if deep and isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
-                found |= _option_strings(sub)
+                found |= _option_strings(sub, deep=True)
     return found
 
 
@@ -145,7 +165,13 @@ NEWCOMER = """cloister: a confidential LLM inference gateway. Five commands to s
 `cloister COMMAND --help` for each; README.md for the rest."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = _parser()
+    parser.argv = list(argv)
+    return parser.parse_args(argv)
+
+
+def _parser() -> _SuggestingParser:
     parser = _SuggestingParser(prog="cloister", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,7 +243,7 @@ def _describe(flags: list[str], env: dict[str, str]) -> bytes:
     from gateway.launch import LaunchRefused, prepare
 
     try:
-        built = _configured(ServeConfig, _parser().parse_args(["serve", *flags]))
+        built = _configured(ServeConfig, _parse(["serve", *flags]))
         return prepare(built.config, env=env).digest
     except (ConfigError, LaunchRefused) as exc:
         raise cli_deploy.DeployError(str(exc)) from None
@@ -227,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (sys.argv[1:] if argv is None else argv):
         print(NEWCOMER)
         return 0
-    args = _parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     command = args.command
     try:
         if command in ("serve", "workload", "apikey", "chatbot"):
@@ -265,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--attestation" not in flags:
             flags = ["--attestation", "simulated", *flags]
         try:
-            built = _configured(ServeConfig, _parser().parse_args(["serve", *flags]))
+            built = _configured(ServeConfig, _parse(["serve", *flags]))
         except ConfigError as exc:
             print(f"cloister release sign: {exc}", file=sys.stderr)
             return 2

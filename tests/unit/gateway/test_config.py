@@ -195,3 +195,21 @@ def test_a_newcomer_gets_the_commands_and_a_mistyped_flag_its_closest(capsys) ->
         main(["serve", "--atestation", "simulated"])
     assert exited.value.code == 2
     assert "did you mean --attestation?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    # a flag of another command is not suggested as itself
+    (["release", "sign", "--simulated", "--state-dir", "x"],
+     "--state-dir is not an option of `cloister release sign`"),
+    # suggestions come from the command given, not from every command
+    (["receipts", "list", "--gatway", "x"], "unrecognized arguments"),
+    (["attest", "--gateway", "http://gw", "--polcy", "p"], "did you mean --policy?"),
+])
+def test_a_suggestion_is_a_flag_of_the_command_given(argv, said, capsys) -> None:
+    from cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    error = capsys.readouterr().err
+    assert said in error
+    assert "did you mean --state-dir" not in error
