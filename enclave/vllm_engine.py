@@ -312,11 +312,37 @@ def launch_engine_cores(spec: ModelSpec, frontends: int) -> Iterator[EngineCores
         yield EngineCores(listeners, launch)
 
 
-@contextlib.asynccontextmanager
-async def _serve_model(spec: ModelSpec, frontend: dict[str, Any] | None = None
-                       ) -> AsyncIterator[_ServedModel]:
+_Started = tuple[Any, Any, float]  # vLLM's parsed arguments, its AsyncLLM, shutdown timeout
+
+
+async def _start(spec: ModelSpec, frontend: dict[str, Any] | None = None) -> _Started:
     args = await asyncio.to_thread(_parse_args, spec)
     client, shutdown_timeout = await asyncio.to_thread(_start_async_llm, args, frontend)
+    return args, client, shutdown_timeout
+
+
+async def _start_together(specs: Sequence[ModelSpec]) -> list[_Started]:
+    """Start several models' engines at once (each model's load, profile and warm-up
+    overlap); if one fails, those that started are shut down and its error raised."""
+    results = await asyncio.gather(*(_start(spec) for spec in specs), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        for result in results:
+            if not isinstance(result, BaseException):
+                result[1].shutdown(timeout=result[2])
+        raise failed[0]
+    return [r for r in results if not isinstance(r, BaseException)]
+
+
+def _exports_no_metrics(spec: ModelSpec) -> bool:
+    """Whether `spec`'s AsyncLLM leaves vLLM's process-wide `vllm:*` metrics alone."""
+    return "--disable-log-stats" in spec.engine_args
+
+
+@contextlib.asynccontextmanager
+async def _serve_model(spec: ModelSpec, frontend: dict[str, Any] | None = None, *,
+                       started: _Started | None = None) -> AsyncIterator[_ServedModel]:
+    args, client, shutdown_timeout = started or await _start(spec, frontend)
     try:
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
@@ -388,11 +414,25 @@ async def open_vllm_engine(
     generating, embedding = frontends if frontends is not None else (None, None)
     async with contextlib.AsyncExitStack() as stack:
         # vLLM keeps one set of `vllm:*` Prometheus metrics per process and the last
-        # AsyncLLM created wins it: start the embedding engine first so that the
-        # generation engine's metrics are the ones exported.
-        emb = (await stack.enter_async_context(_serve_model(embed, embedding))
-               if embed else None)
-        gen = await stack.enter_async_context(_serve_model(generate, generating))
+        # AsyncLLM created wins it. An embedding engine that exports none (as
+        # `gateway.launch` starts one) starts at the same time as the generation engine
+        # (issue 33: time to ready); one that does starts first, so that the generation
+        # engine's metrics are the ones exported.
+        emb: _ServedModel | None
+        if embed is not None and frontends is None and _exports_no_metrics(embed):
+            started_embed, started_generate = await _start_together([embed, generate])
+            try:
+                emb = await stack.enter_async_context(
+                    _serve_model(embed, started=started_embed))
+            except BaseException:
+                started_generate[1].shutdown(timeout=started_generate[2])
+                raise
+            gen = await stack.enter_async_context(
+                _serve_model(generate, started=started_generate))
+        else:
+            emb = (await stack.enter_async_context(_serve_model(embed, embedding))
+                   if embed else None)
+            gen = await stack.enter_async_context(_serve_model(generate, generating))
         yield VLLMEngine(gen, emb)
 
 

@@ -32,7 +32,10 @@ DEMO_SERVED_NAME = "cloister-demo"
 EMBEDDING_SERVED_NAME = "all-MiniLM-L6-v2"
 # The demo model is tiny: a short context and a small KV cache keep memory low on laptops.
 DEMO_ENGINE_ARGS = ("--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30))
-EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20))
+# An embedding engine exports no `vllm:*` metrics (vLLM keeps one set a process, and the
+# generation engine's are the ones that matter), so that both engines start at once.
+EMBEDDING_METRICS_OFF = ("--disable-log-stats",)
+EMBEDDING_ENGINE_ARGS = ("--kv-cache-memory-bytes", str(256 << 20), *EMBEDDING_METRICS_OFF)
 
 
 class LaunchRefused(Exception):
@@ -78,7 +81,7 @@ def _embedding(choice: str) -> tuple[ModelSpec, ModelIdentity] | None:
         return (ModelSpec(str(identity.path), EMBEDDING_SERVED_NAME, "pooling",
                           EMBEDDING_ENGINE_ARGS), identity)
     identity = identify(choice)
-    return ModelSpec(str(identity.path), choice, "pooling"), identity
+    return ModelSpec(str(identity.path), choice, "pooling", EMBEDDING_METRICS_OFF), identity
 
 
 def check_environment() -> None:
