@@ -30,6 +30,7 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
     from gateway.fleet_trust import fleet_trust
     from gateway.http_protocol import listener_options
     from gateway.keyholder import Keyholder, keyholder_manifest
+    from gateway.keyholder_audit import open_audit
 
     busy = [] if print_digest else busy_port_errors([(config.listeners.host,
                                                        config.listeners.port)])
@@ -65,7 +66,9 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
     except JOIN_ERRORS as exc:
         print(f"cloister keyholder: {exc}", file=sys.stderr)
         return 2
-    keyholder = Keyholder(seed, attested, trust=fleet)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    audit = open_audit(config.store.database, state, seed, fleet.statements)
+    keyholder = Keyholder(seed, attested, trust=fleet, audit=audit)
     uvicorn.run(keyholder.app(), host=config.listeners.host, port=config.listeners.port,
                 log_config=None, access_log=False, **listener_options())
     return 0

@@ -395,6 +395,10 @@ class KeyholderState:
     state_dir: Path | None = option(None, "state folder (default $CLOISTER_STATE or "
                                           "~/.local/state/cloister)",
                                     unmeasured="a folder; nothing of the seed is kept")
+    database: str | None = option(None, "SQLAlchemy URL of the audit log (default: SQLite "
+                                        "in the state folder; a PostgreSQL URL for "
+                                        "several keyholders keeping one log)",
+                                  measure=_database_kind)
 
     def folder(self) -> Path:
         return Store(state_dir=self.state_dir).folder()

@@ -3,7 +3,11 @@ that prove they run an accepted workload (the protocol in `enclave.key_release`)
 
     GET  /health
     GET  /v1/attestation/report?nonce=  its own evidence, binding its signing key
-                                        (`keyholder-signing-ed25519`) and its workload
+                                        (`keyholder-signing-ed25519`), its audit log's
+                                        key (`log-ed25519`) and its workload
+    GET  /v1/log/...                    its audit log (`gateway.keyholder_audit`): every
+                                        release and every policy in force, C2SP tiles,
+                                        checkpoints and proofs as a gateway's log
     POST /v1/keyholder/challenge        {"challenge": hex}: single use, 60 s; nothing is
                                         kept per challenge (it carries its time and the
                                         keyholder's MAC), so anonymous callers fill nothing
@@ -24,12 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hmac
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -41,16 +46,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from attestation.errors import VerificationError
-from attestation.verify import verify_evidence
+from attestation.verify import Policy, verify_evidence
 from enclave import key_release
 from enclave.keys import KeyRing
 from enclave.wire_errors import ErrorCode
-from gateway import attestation_routes
+from gateway import attestation_routes, tlog, tlog_routes
 from gateway.attestation_routes import Attested, ReportService
 from gateway.body import parse_json_object, read_body
 from gateway.config import KeyholderConfig
 from gateway.errors import GatewayError, json_response
 from gateway.fleet_trust import FleetTrust
+from gateway.keyholder_audit import KeyholderAudit
 from gateway.limits import RateBuckets
 from gateway.metrics import GatewayMetrics
 
@@ -66,16 +72,22 @@ MAX_USED_CHALLENGES = 100_000
 
 class Keyholder:
     def __init__(self, seed: bytes, attested: Attested, *, trust: FleetTrust,
+                 audit: KeyholderAudit | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        """`audit`: where releases and policies are logged (`cloister keyholder` always
+        gives one; without, nothing is logged)."""
         self._seed, self._trust, self._clock = seed, trust, clock
+        self.audit = audit
         self._signer = ed25519.Ed25519PrivateKey.generate()
         public = self._signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self._mac_key = os.urandom(32)
         self._used: dict[bytes, float] = {}  # challenge -> when it expires, oldest first
         self._buckets = RateBuckets(rate=RELEASE_RATE, burst=RELEASE_BURST)
         self.releases = 0
-        self.reports = ReportService(attested, KeyRing(),
-                                     lambda: {key_release.SIGNING_KEY: public})
+        bound = {key_release.SIGNING_KEY: public}
+        if audit is not None:
+            bound[tlog.BOUND_KEY] = audit.log.public_key
+        self.reports = ReportService(attested, KeyRing(), lambda: bound)
 
     def __repr__(self) -> str:
         return "Keyholder(seed=[redacted])"
@@ -122,7 +134,9 @@ class Keyholder:
         started = time.perf_counter()
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         try:
-            policy = self._trust.policy(now)  # statements expire and have a version floor
+            # statements expire and have a version floor: those in force now
+            statements = self._trust.statements_now(now)
+            policy = Policy(tuple(s.values for s in statements))
             claims = await asyncio.to_thread(
                 verify_evidence, evidence, expected_nonce=challenge, roots=self._trust.roots,
                 policy=policy, now=now)
@@ -134,6 +148,8 @@ class Keyholder:
         if recipient is None or len(recipient) != 32:
             raise GatewayError(ErrorCode.JOIN_REFUSED, "the evidence binds no recipient key")
         sealed, signature = key_release.seal(self._seed, recipient, challenge, self._signer)
+        if self.audit is not None:  # logged before the seed leaves
+            self.audit.released(claims, challenge, statements, self._clock())
         self.releases += 1
         log.info("seed_released", detail=claims.workload.digest,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
@@ -150,15 +166,29 @@ class Keyholder:
             return exc.response()
 
         metrics = GatewayMetrics(lambda: None)
+        audit_routes = tlog_routes.log_routes(self.audit.log) if self.audit else []
         app = Starlette(routes=[
+            *audit_routes,
             Route("/health", health, methods=["GET"]),
             Route(attestation_routes.PATH,
                   attestation_routes.report_endpoint(self.reports, metrics), methods=["GET"]),
             Route("/v1/keyholder/challenge", self.challenge, methods=["POST"]),
             Route("/v1/keyholder/release", self.release, methods=["POST"]),
-        ], exception_handlers={GatewayError: gateway_error})
+        ], exception_handlers={GatewayError: gateway_error}, lifespan=self._lifespan)
         app.state.keyholder = self
         return app
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """The audit log's turns (sequence, sign a checkpoint) while serving."""
+        if self.audit is None:
+            yield
+            return
+        turning = asyncio.create_task(self.audit.log.run())
+        try:
+            yield
+        finally:
+            turning.cancel()
 
 
 def keyholder_manifest(config: KeyholderConfig) -> dict[str, Any]:

@@ -343,3 +343,111 @@ async def test_a_keyholder_started_with_the_operators_release_key_gets_no_seed(
     rogues = Keyholder(bytes(32), simulated(pki, keyholder_manifest(rogue)), trust=trust)
     with pytest.raises(JoinRefused, match=Reason.WORKLOAD_NOT_ALLOWED.value):
         await _join(pki, rogues, REPLICA, trust)
+
+
+class _Keyholders(httpx.AsyncBaseTransport):
+    """Several keyholders at their own hosts, any of which can be taken down (a killed
+    process: the connection is refused)."""
+
+    def __init__(self, apps: dict[str, object]) -> None:
+        self._up = {host: httpx.ASGITransport(app=app) for host, app in apps.items()}
+        self.down: set[str] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host in self.down:
+            raise httpx.ConnectError(f"{host}: connection refused", request=request)
+        return await self._up[host].handle_async_request(request)
+
+
+async def _join_any(pki, hosts: list[str], transport: httpx.AsyncBaseTransport, manifest,
+                    trust: FleetTrust) -> bytes:
+    client = Trust(trust.roots, policy=trust.policy(dt.datetime.now(dt.UTC)))
+    return await obtain_seed([f"http://{host}" for host in hosts],
+                             simulated(pki, manifest).prove, trust=client,
+                             accept=partial(trust.check_peer, keyholder=True),
+                             transport=transport)
+
+
+@pytest.mark.parametrize("killed", ["kh-0", "kh-1", "kh-2"])
+async def test_with_any_one_of_three_keyholders_killed_a_replica_still_joins(pki,
+                                                                             killed) -> None:
+    """Three keyholders share the seed (the second and third joined the first by the
+    release protocol, as `cloister keyholder --join` does); a replica names all three and
+    gets the seed from whichever answers."""
+    trust = _trust(pki, KEYHOLDER, REPLICA)
+    first = _keyholder(pki, trust)
+    fleet = _Keyholders({"kh-0": first.app()})
+    second_seed = await _join_any(pki, ["kh-0"], fleet, KEYHOLDER, trust)
+    second = Keyholder(second_seed, simulated(pki, KEYHOLDER), trust=trust)
+    third_seed = await _join_any(pki, ["kh-0"], fleet, KEYHOLDER, trust)
+    fleet = _Keyholders({"kh-0": first.app(), "kh-1": second.app(),
+                         "kh-2": Keyholder(third_seed, simulated(pki, KEYHOLDER),
+                                           trust=trust).app()})
+    fleet.down.add(killed)
+    assert await _join_any(pki, ["kh-0", "kh-1", "kh-2"], fleet, REPLICA, trust) == SEED
+    fleet.down |= {"kh-0", "kh-1", "kh-2"}
+    with pytest.raises(JoinRefused, match="kh-2: cannot fetch the attestation report"):
+        await _join_any(pki, ["kh-0", "kh-1", "kh-2"], fleet, REPLICA, trust)
+
+
+def _two_statement_trust(pki, soon: dt.datetime, later: dt.datetime) -> FleetTrust:
+    """A keyholder's trust in two statements accepting the fleet, one expiring first."""
+    envelopes = []
+    for version, until in ((1, soon), (2, later)):
+        values = dataclasses.replace(accepting(), version=version, valid_until=until,
+                                     workloads=frozenset(workload_digest(m).hex()
+                                                         for m in (KEYHOLDER, REPLICA)))
+        envelopes.append(sign_statement(values, RELEASE_KEY))
+    return FleetTrust(TrustRoots().with_simulated(pki.roots_pem()),
+                      {key_id(RELEASE_KEY.public_key()): RELEASE_KEY.public_key()},
+                      tuple(envelopes))
+
+
+async def test_every_release_and_policy_is_logged_and_the_policy_rebuilds(pki,
+                                                                          tmp_path) -> None:
+    """The audit log says who got the seed under which statements, and the statements in
+    force at any moment come back from the log alone; its checkpoint is signed by the key
+    the keyholder's report binds, and every entry is in the signed tree."""
+    from enclave.tlog.merkle import leaf_hash, verify_inclusion
+    from enclave.tlog.note import Checkpoint, Note, NoteKey
+    from gateway.keyholder_audit import open_audit, policy_at, read
+    from gateway.tlog import BOUND_KEY
+
+    now = dt.datetime.now(dt.UTC)
+    trust = _two_statement_trust(pki, now + dt.timedelta(seconds=100),
+                                 now + dt.timedelta(days=1))
+    audit = open_audit(None, tmp_path, SEED, trust.statements)
+    shift = [0.0]
+    keyholder = Keyholder(SEED, simulated(pki, KEYHOLDER), trust=trust, audit=audit,
+                          clock=lambda: now.timestamp() + shift[0])
+    assert await _join(pki, keyholder, REPLICA, trust) == SEED  # both statements in force
+    assert await _join(pki, keyholder, REPLICA, trust) == SEED  # the same policy
+    shift[0] = 200.0  # the first statement has expired
+    assert await _join(pki, keyholder, REPLICA, trust) == SEED
+    audit.log.turn()
+    audit.log.sign(now.timestamp())
+
+    entries = audit.log.store.entries(0)
+    policies, releases = read(entries)
+    assert len(policies) == 2 and len(releases) == 3  # a policy entry only on a change
+    assert {r.workload for r in releases} == {workload_digest(REPLICA).hex()}
+    assert releases[0].policy == releases[1].policy != releases[2].policy
+    assert policy_at(entries, now.timestamp() + 50) == list(trust.statements)
+    assert policy_at(entries, now.timestamp() + 250) == [trust.statements[1]]
+    with pytest.raises(LookupError):
+        policy_at(entries, now.timestamp() - 10)
+    assert all(SEED not in entry for entry in entries)
+
+    bound = keyholder.reports.bound_keys()[BOUND_KEY]
+    note = Note.parse(audit.log.checkpoint or b"")
+    note.verify(NoteKey(audit.log.origin, bound))
+    checkpoint = Checkpoint.parse(note.text)
+    for index, entry in enumerate(entries):
+        verify_inclusion(index, checkpoint.size, leaf_hash(entry),
+                         audit.log.inclusion(leaf_hash(entry), checkpoint.size)[1],
+                         checkpoint.root)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=keyholder.app()),
+                                 base_url="http://keyholder") as http:
+        served = await http.get("/v1/log/checkpoint")
+    assert served.status_code == 200 and served.content == audit.log.checkpoint
