@@ -49,9 +49,10 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's
 
 
-async def _ask(http: httpx.AsyncClient, request: OuterRequest) -> OuterResponse:
+async def _ask(http: httpx.AsyncClient, request: OuterRequest,
+               extra: tuple[tuple[str, str], ...] = ()) -> OuterResponse:
     r = await http.request(request.method, request.path, content=request.body,
-                           headers=dict(request.headers))
+                           headers={**dict(request.headers), **dict(extra)})
     return OuterResponse(r.status_code, tuple(r.headers.items()), r.content)
 
 
@@ -64,12 +65,14 @@ async def discover(http: httpx.AsyncClient, keys: KeyDiscovery) -> object:
     raise UnauthenticatedAnswer(f"the gateway publishes no {keys.name} keys")
 
 
-async def ready(http: httpx.AsyncClient, keys: KeyDiscovery, candidate: object
-                ) -> ClientDialect:
-    """After verification: the client side, registering first where the dialect must."""
+async def ready(http: httpx.AsyncClient, keys: KeyDiscovery, candidate: object, *,
+                route: tuple[tuple[str, str], ...] = ()) -> ClientDialect:
+    """After verification: the client side, registering first where the dialect must
+    (with `route`, the routing hint of the request that asked, so that a balancer hashing
+    on it takes the registration to the replica that request goes to)."""
     step = keys.ready(candidate)
     if isinstance(step, Registration):
-        return step.finish(await _ask(http, step.request))
+        return step.finish(await _ask(http, step.request, route))
     return step
 
 
@@ -152,7 +155,8 @@ class GatewayClient:
     def _stale(self, dialect: ClientDialect | None) -> bool:
         return (dialect is None or self.keys.expired(dialect) or self.attestation.due())
 
-    async def dialect(self, *, refresh: bool = False) -> ClientDialect:
+    async def dialect(self, *, refresh: bool = False,
+                      route: tuple[tuple[str, str], ...] = ()) -> ClientDialect:
         """The dialect's client side over keys the attestation report vouches for; keys
         and attestation are renewed once for all concurrent requests, and requests
         already under way keep the dialect they started with."""
@@ -170,18 +174,19 @@ class GatewayClient:
                                                                                claims.keys))
                 if self._pins:
                     await self._pin()
-                self._dialect = await ready(self._http, self.keys, candidate)
+                self._dialect = await ready(self._http, self.keys, candidate, route=route)
             except httpx.TransportError as exc:
                 raise GatewayUnreachable(f"cannot reach {self.gateway_url}") from exc
             except AnswerRefused as exc:
                 raise from_refused(exc) from exc
             return self._dialect
 
-    async def _send(self, outer: OuterRequest, inner: InnerRequest, *, stream: bool
-                    ) -> httpx.Response:
-        headers = dict(outer.headers)
-        if self._route_hint is not None:
-            headers.update(self._route_hint.header(inner.path, inner.body))
+    def _route(self, path: str, body: bytes) -> tuple[tuple[str, str], ...]:
+        return () if self._route_hint is None else self._route_hint.header(path, body)
+
+    async def _send(self, outer: OuterRequest, route: tuple[tuple[str, str], ...], *,
+                    stream: bool) -> httpx.Response:
+        headers = {**dict(outer.headers), **dict(route)}
         request = self._http.build_request(outer.method, outer.path, content=outer.body,
                                            headers=headers)
         try:
@@ -193,11 +198,12 @@ class GatewayClient:
         """One whole request and its authenticated answer."""
         if method == "GET" and path == "/v1/models" and not self.keys.sealed_models:
             return await self._plain_models()
+        route = self._route(path, body)
         for attempt in (0, 1):
-            dialect = await self.dialect(refresh=attempt == 1)
-            plain = InnerRequest(method, path, body)
-            outer, opener = dialect.seal(self._padding.pad_request(plain), stream=False)
-            r = await self._send(outer, plain, stream=False)
+            dialect = await self.dialect(refresh=attempt == 1, route=route)
+            inner = self._padding.pad_request(InnerRequest(method, path, body))
+            outer, opener = dialect.seal(inner, stream=False)
+            r = await self._send(outer, route, stream=False)
             try:
                 return strip(opener.whole(_outer(r, r.content)))
             except StaleCredentials:
@@ -212,11 +218,12 @@ class GatewayClient:
     async def stream(self, method: str, path: str, body: bytes = b""
                      ) -> AsyncIterator[InnerStream]:
         """A request whose answer is opened chunk by chunk as it arrives."""
+        route = self._route(path, body)
         for attempt in (0, 1):
-            dialect = await self.dialect(refresh=attempt == 1)
-            plain = InnerRequest(method, path, body)
-            outer, opener = dialect.seal(self._padding.pad_request(plain), stream=True)
-            response = await self._send(outer, plain, stream=True)
+            dialect = await self.dialect(refresh=attempt == 1, route=route)
+            inner = self._padding.pad_request(InnerRequest(method, path, body))
+            outer, opener = dialect.seal(inner, stream=True)
+            response = await self._send(outer, route, stream=True)
             try:
                 if not opener.begin(response.status_code, _headers(response)):
                     try:

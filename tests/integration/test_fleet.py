@@ -5,6 +5,7 @@ API through the balancer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,6 +20,9 @@ import httpx
 import openai
 import pytest
 
+from enclave.route_hint import RouteHint, user_key
+from proxy.attestor import Unverified
+from proxy.dialects import make_client
 from tests.balancer import RoundRobinBalancer
 from tests.environment import clean_environment
 from tests.integration.conftest import (
@@ -27,6 +31,7 @@ from tests.integration.conftest import (
     free_port,
     wait_ready,
 )
+from tests.shipped_balancers import haproxy
 
 pytestmark = pytest.mark.engine
 MODEL = "cloister-demo"
@@ -51,7 +56,8 @@ class Fleet:
                 "--database", self.database, "--embedding-model", "none",
                 "--join", self.keyholder_url, "--release-key", f"{self.release_key}.pub",
                 "--reference-values", str(self.statement),
-                "--admin-public-key", f"{self.admin_key}.pub", *extra]
+                "--admin-public-key", f"{self.admin_key}.pub", *extra,
+                "--", "--enable-prompt-tokens-details"]  # usage says the cached tokens
 
     def spawn(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         log = self.folder / f"{name}.log"
@@ -322,3 +328,82 @@ def test_the_note_numbers(fleet) -> None:
     assert releases and joins
     print(f"\nkeyholder: {len(releases)} releases, {min(releases):.1f} to {max(releases):.1f} "
           f"ms each; replicas joined in {', '.join(f'{j:.0f} ms' for j in joins)}")
+
+
+# --- cache affinity through a real balancer (issue 32, item 3) ----------------------------
+
+SHARED_SYSTEM = {"role": "system", "content": " ".join(
+    f"Rule {i}: answer the customer politely and cite the policy section." for i in range(40))}
+
+
+async def _workload(url: str, hints: bool, tenants: int = 15, rounds: int = 3
+                    ) -> dict[int, list[tuple[int, int]]]:
+    """Tenants (each a Continuum client: its own secret, so its own cache salt) asking one
+    question a round, in turn; an odd number of them, so that round-robin does not keep
+    each tenant on one replica by accident. A connection idle for 0.2 s is closed, so
+    each round is a new connection (a registration and the request after it share one).
+    (cached, prompt) tokens of each answer."""
+    limits = httpx.Limits(max_connections=4, keepalive_expiry=0.2)
+    clients = {t: make_client(url, "continuum", attestation=Unverified(), limits=limits,
+                              route_hint=RouteHint(user_key(os.urandom(32))) if hints
+                              else None) for t in range(tenants)}
+    usage: dict[int, list[tuple[int, int]]] = {t: [] for t in range(tenants)}
+    try:
+        for turn in range(rounds):
+            if turn:  # the replicas allow 2 secret registrations a second from one address
+                await asyncio.sleep(tenants / 2)  # (a balancer's) after a burst of 20
+            for tenant, client in clients.items():
+                body = json.dumps({"model": MODEL, "max_tokens": 1, "messages": [
+                    SHARED_SYSTEM, {"role": "user", "content": f"Tenant {tenant}, "
+                                                               f"question {turn}?"}]})
+                answer = await client.request("POST", "/v1/chat/completions", body.encode())
+                assert answer.status == 200, answer.body[:200]
+                counted = json.loads(answer.body)["usage"]
+                details = counted.get("prompt_tokens_details") or {}
+                usage[tenant].append((int(details.get("cached_tokens") or 0),
+                                      int(counted["prompt_tokens"])))
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return usage
+
+
+def _chats(fleet: Fleet, index: int) -> float:
+    """Chat completions a replica answered with 200."""
+    text = httpx.get(f"http://127.0.0.1:{fleet.replicas[index]['metrics']}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("cloister_requests_total{") and 'status="200"' in line
+               and 'route="/v1/chat/completions"' in line)
+
+
+def _hit_rate(usage: dict[int, list[tuple[int, int]]]) -> float:
+    cached = sum(c for turns in usage.values() for c, _ in turns)
+    return cached / sum(p for turns in usage.values() for _, p in turns)
+
+
+def test_the_routing_hint_keeps_each_tenants_prefix_warm_behind_haproxy(fleet,
+                                                                         tmp_path) -> None:
+    """Two replicas with the real engine (prefix caching on, one seed from the keyholder,
+    the shared PostgreSQL) behind the HAProxy configuration we ship: tenants that share a
+    system prompt, each hashed to a replica by its hint, against a round-robin balancer
+    (each new connection to the next replica).
+    Cross-tenant hits are exactly zero (a tenant's first request finds nothing, though
+    others sent the same system prompt to the same replica before it) while the same
+    tenant's later requests hit. (Under round-robin a Continuum client whose secret the
+    other replica does not know registers a new one, so it becomes a new tenant there:
+    round-robin loses its cache to the salt as well as to the replica.)"""
+    urls = [f"http://127.0.0.1:{ports['http']}" for ports in fleet.replicas]
+    with haproxy(urls, tmp_path) as url:
+        before = [_chats(fleet, i) for i in range(2)]
+        hinted = asyncio.run(_workload(url, hints=True))
+        load = [_chats(fleet, i) - b for i, b in enumerate(before)]
+    with _balancer(fleet, "http") as lb:
+        plain = asyncio.run(_workload(f"http://127.0.0.1:{lb.port}", hints=False))
+    assert all(turns[0][0] == 0 for turns in (*hinted.values(), *plain.values()))
+    assert all(c > 0 for turns in hinted.values() for c, _ in turns[1:])
+    affinity, round_robin = _hit_rate(hinted), _hit_rate(plain)
+    ratio = f"{affinity / round_robin:.2f}x" if round_robin else "round-robin had none"
+    print(f"\nprefix-cache hit rate: hint {affinity:.3f}, round-robin {round_robin:.3f} "
+          f"({ratio}); chats per replica with hints {load} "
+          f"({max(load) / (sum(load) / len(load)):.2f}x the mean)")
+    assert affinity > round_robin

@@ -10,12 +10,8 @@ import asyncio
 import contextlib
 import json
 import os
-import re
-import shutil
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,11 +25,10 @@ from proxy.attestor import Unverified
 from proxy.dialects import make_client
 from testkit.doubles import DeterministicTestEngine
 from tests.served import served
+from tests.shipped_balancers import haproxy, nginx
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # outside processes
-ROOT = Path(__file__).resolve().parents[3]
-BALANCERS = ROOT / "deploy" / "balancers"
 SYSTEM = {"role": "system", "content": "You are the help desk of a bank. " * 40}
 
 
@@ -60,79 +55,6 @@ def replicas() -> Iterator[tuple[list[str], Counter[str]]]:
             assert wait_until(lambda url=url: httpx.get(f"{url}/ready").status_code,
                               lambda status: status == 200) == 200
         yield urls, served_by
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _pointed_at(config: str, urls: list[str], port: int, server_line: str) -> str:
-    """The shipped configuration with its example replicas replaced by `urls` and its
-    listener by `port`; nothing else changes."""
-    addresses = [u.removeprefix("http://") for u in urls]
-    lines, replaced = [], 0
-    for line in config.splitlines():
-        if re.match(rf"\s*{server_line}\s", line) and "10.0.0." in line:
-            line = re.sub(r"10\.0\.0\.\d+:8000", addresses[replaced], line)
-            replaced += 1
-        lines.append(line.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
-    assert replaced == len(urls)
-    return "\n".join(lines) + "\n"
-
-
-@contextlib.contextmanager
-def haproxy(urls: list[str], folder: Path) -> Iterator[str]:
-    port = _free_port()
-    config = folder / "haproxy.cfg"
-    config.write_text(_pointed_at((BALANCERS / "haproxy.cfg").read_text(), urls, port,
-                                  "server"))
-    assert subprocess.run([_binary("haproxy"), "-c", "-q", "-f", str(config)]).returncode == 0
-    with _running([_binary("haproxy"), "-db", "-f", str(config)], port) as url:
-        yield url
-
-
-@contextlib.contextmanager
-def nginx(urls: list[str], folder: Path) -> Iterator[str]:
-    port = _free_port()
-    (folder / "cloister.conf").write_text(
-        _pointed_at((BALANCERS / "nginx.conf").read_text(), urls, port, "server"))
-    main = folder / "nginx.conf"
-    main.write_text(f"daemon off;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
-                    "events {}\n"
-                    f"http {{\n  access_log off;\n  client_body_temp_path {folder}/body;\n"
-                    f"  proxy_temp_path {folder}/proxy;\n  include {folder}/cloister.conf;\n}}\n")
-    with _running([_binary("nginx"), "-p", str(folder), "-c", str(main)], port) as url:
-        yield url
-
-
-def _binary(name: str) -> str:
-    found = shutil.which(name) or f"/usr/sbin/{name}"
-    assert Path(found).exists(), f"{name} is not installed (make env installs it)"
-    return found
-
-
-@contextlib.contextmanager
-def _running(argv: list[str], port: int) -> Iterator[str]:
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-
-    def answering() -> bool:
-        try:
-            return httpx.get(f"{url}/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-    try:
-        if not wait_until(answering):
-            process.kill()
-            raise AssertionError(f"{argv[0]} did not answer: {process.communicate()[1]!r}")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 async def _chats(url: str, hint: RouteHint | None, questions: int) -> None:
