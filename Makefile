@@ -13,8 +13,10 @@ ATTESTATION ?= $(if $(wildcard /sys/kernel/config/tsm/report),auto,simulated)
 env:
 	@./scripts/setup-env.sh
 
+# The gateway refuses to start beside variables that could steer its code (its environment
+# is an allow-list; make itself exports MAKEFLAGS): the rest of yours is passed on.
 serve: env
-	$(VENV)/bin/cloister serve --attestation $(ATTESTATION) $(ARGS)
+	$(PY) scripts/allowed_env.py $(VENV)/bin/cloister serve --attestation $(ATTESTATION) $(ARGS)
 
 test: env lint
 	$(PY) -m pytest -q $(ARGS)

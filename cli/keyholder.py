@@ -33,7 +33,7 @@ def run(config: KeyholderConfig, *, print_digest: bool = False,
     from gateway.keyholder_audit import open_audit
 
     busy = [] if print_digest else busy_port_errors([(config.listeners.host,
-                                                       config.listeners.port)])
+                                                       config.listeners.port, "--port")])
     if busy:
         print(f"cloister keyholder: {busy[0]}", file=sys.stderr)
         return 2

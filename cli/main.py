@@ -130,6 +130,8 @@ class _SuggestingParser(argparse.ArgumentParser):
                 if close:
                     message += f" (did you mean {close[0]}?)"
                     break
+            command.print_usage(sys.stderr)  # the usage of the command given, not cloister's
+            command.exit(2, f"{command.prog}: error: {message}\n")
         super().error(message)
 
 

@@ -9,13 +9,14 @@ import socket
 from collections.abc import Iterable
 
 
-def busy_port_errors(addresses: Iterable[tuple[str, int | None]]) -> list[str]:
-    """One message per (host, port) that cannot be bound; port None or 0 is not asked."""
+def busy_port_errors(addresses: Iterable[tuple[str, int | None, str]]) -> list[str]:
+    """One message per (host, port, the flag that chooses it) that cannot be bound; port
+    None or 0 is not asked."""
     errors = []
-    for host, port in addresses:
+    for host, port, flag in addresses:
         if port and not _bindable(host, port):
             errors.append(f"port {port} on {host} is already in use{holder_of(port)}; stop "
-                          f"that process or choose another port")
+                          f"that process or choose another with {flag}")
     return errors
 
 
@@ -50,7 +51,8 @@ def holder_of(port: int) -> str:
     if not pids:
         return ""
     try:
-        command = " ".join(psutil.Process(pids[0]).cmdline())[:120]
+        command = " ".join(psutil.Process(pids[0]).cmdline())
+        command = command if len(command) <= 200 else command[:199] + "…"
     except psutil.Error:
         return f" by pid {pids[0]}"
     return f" by pid {pids[0]} ({command})" if command else f" by pid {pids[0]}"

@@ -309,7 +309,7 @@ def run_proxy(args: argparse.Namespace) -> int:
         print(f"cloister proxy: {NO_REFERENCE_VALUES}", file=sys.stderr)
         return 2
     _warn_about(trust)
-    busy = busy_port_errors([(args.host, args.port)])
+    busy = busy_port_errors([(args.host, args.port, "--port")])
     if busy:
         print(f"cloister proxy: {busy[0]}", file=sys.stderr)
         return 2
@@ -320,6 +320,9 @@ def run_proxy(args: argparse.Namespace) -> int:
         print(f"cloister proxy: {exc}", file=sys.stderr)
         return 2
     app = create_proxy_app(clients[0] if len(clients) == 1 else MultiGatewayClient(clients))
+    print(f"cloister proxy: OpenAI base URL http://{args.host}:{args.port}/v1, sealing to "
+          f"{', '.join(args.gateway)} ({args.protocol}); the gateway is verified before "
+          "the first request", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 

@@ -270,12 +270,12 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
                          listening=OwnListeners(), startup=startup)
 
 
-def listener_addresses(config: ServeConfig) -> list[tuple[str, int | None]]:
-    """Every (host, port) `serve` with this configuration listens on."""
+def listener_addresses(config: ServeConfig) -> list[tuple[str, int | None, str]]:
+    """Every (host, port, its flag) `serve` with this configuration listens on."""
     listeners, metrics = config.listeners, config.metrics
-    return [(listeners.host, listeners.port),
-            (listeners.host, listeners.tls_port if listeners.tls else None),
-            (metrics.metrics_host, metrics.metrics_port)]
+    return [(listeners.host, listeners.port, "--port"),
+            (listeners.host, listeners.tls_port if listeners.tls else None, "--tls-port"),
+            (metrics.metrics_host, metrics.metrics_port, "--metrics-port")]
 
 
 def unsealable(config: ServeConfig) -> bool:

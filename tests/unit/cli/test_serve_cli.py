@@ -72,9 +72,33 @@ def test_a_busy_port_is_refused_at_once_naming_the_process_that_holds_it(
     error = capsys.readouterr().err
     assert f"port {port} on 127.0.0.1 is already in use by pid {pid} (" in error
     assert "socket.socket()" in error  # the holder's command line
+    flag = "--metrics-port" if "--metrics-port" in command else "--port"
+    assert f"choose another with {flag}" in error
 
 
 def test_a_free_port_is_not_refused() -> None:
     from cli.ports import busy_port_errors
 
-    assert busy_port_errors([("127.0.0.1", 0), ("127.0.0.1", None)]) == []
+    assert busy_port_errors([("127.0.0.1", 0, "--port"), ("127.0.0.1", None, "--x")]) == []
+
+
+def test_make_serve_starts_the_gateway_with_an_environment_it_accepts() -> None:
+    """make exports MAKEFLAGS and a developer's shell sets CA bundles: `cloister serve`
+    refuses both (its environment is an allow-list), so `make serve` passes on only what
+    it accepts (found by a newcomer: make serve could not start at all)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    recipe = (root / "Makefile").read_text().split("\nserve:", 1)[1].split("\n\n", 1)[0]
+    assert "scripts/allowed_env.py $(VENV)/bin/cloister serve" in recipe
+    check = ("import os; from enclave.isolation import environment_refusal; "
+             "print(environment_refusal(os.environ))")
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "allowed_env.py"), sys.executable, "-c",
+         check], cwd=root, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "MAKEFLAGS": "", "MAKELEVEL": "1", "SSL_CERT_FILE": "/x.pem"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
+    assert "not passing" in done.stderr and "MAKEFLAGS" in done.stderr
