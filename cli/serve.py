@@ -16,6 +16,7 @@ from cli.arguments import log_overridden
 from cli.ports import busy_port_errors
 from enclave.logs import configure_logging
 from gateway.config import ServeConfig
+from gateway.reaping import become_subreaper, stop_descendants
 from gateway.serving import (
     OwnListeners,
     attestation_sources,
@@ -260,14 +261,18 @@ def serve(config: ServeConfig, *, overridden: Sequence[str] = ()) -> int:
             print(f"cloister serve: {exc}", file=sys.stderr)
             return 2
         log.info("joined_fleet", duration_ms=round((time.monotonic() - started) * 1000, 1))
-    if config.process.workers > 1:
-        from gateway.workers import run_workers, warn_past_cores
+    become_subreaper()  # what the engine starts comes back here if the engine dies
+    try:
+        if config.process.workers > 1:
+            from gateway.workers import run_workers, warn_past_cores
 
-        warn_past_cores(config.process.workers, os.cpu_count() or 1)
-        return run_workers(config, launch, attested.statements, seed)
-    return serve_process(config, launch, attested, seed,
-                         lambda: open_vllm_engine(launch.generate, launch.embed),
-                         listening=OwnListeners(), startup=startup)
+            warn_past_cores(config.process.workers, os.cpu_count() or 1)
+            return run_workers(config, launch, attested.statements, seed)
+        return serve_process(config, launch, attested, seed,
+                             lambda: open_vllm_engine(launch.generate, launch.embed),
+                             listening=OwnListeners(), startup=startup)
+    finally:
+        stop_descendants()  # no process outlives the gateway
 
 
 def listener_addresses(config: ServeConfig) -> list[tuple[str, int | None, str]]:

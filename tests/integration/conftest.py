@@ -35,10 +35,31 @@ mrseam = ["{mrseam}"]
 """
 
 
+# Ports handed to the processes the tests start come from below the kernel's ephemeral
+# range (32768-60999 on Linux): a port the kernel picks for someone's port-0 bind (vLLM's
+# ZMQ sockets, every client connection) cannot be one a gateway is about to listen on,
+# which happened in the seconds between choosing a port and the gateway binding it.
+_HANDED: set[int] = set()
+_LOW, _HIGH = 20000, 32000
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, outside the ephemeral range, not handed out before
+    in this test session."""
+    import random
+
+    for _ in range(1000):
+        port = random.randrange(_LOW, _HIGH)
+        if port in _HANDED:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class RunningGateway:

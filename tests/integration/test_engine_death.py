@@ -41,6 +41,15 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting to be reaped by init does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _engine_core(pid: int) -> int:
     for child in _descendants(pid):
         try:
@@ -57,6 +66,7 @@ def test_the_engine_killed_mid_stream(tmp_path) -> None:
                             log_path=tmp_path / "gateway.log", state_dir=tmp_path / "state")
     try:
         core = _engine_core(gateway.process.pid)
+        started = _descendants(gateway.process.pid)
 
         async def stream_and_kill() -> bytes:
             client = make_client(gateway.url, "ohttp", attestation=Unverified())
@@ -95,6 +105,9 @@ def test_the_engine_killed_mid_stream(tmp_path) -> None:
         print(f"\nengine killed: /health said engine_failed {noticed:.2f} s later")
         assert noticed < 2
         assert gateway.process.wait(timeout=120) != 0
+        # no process outlives the gateway, not even the workers the killed core started
+        left = [pid for pid in started if _alive(pid)]
+        assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in left]
     finally:
         if gateway.process.poll() is None:
             stop_gateway(gateway)
