@@ -63,6 +63,17 @@ def redact_third_party(_: Any, __: str, event: MutableMapping[str, Any]
     return event
 
 
+class QuietRedacted(logging.Filter):
+    """Leaves out a library's record below WARNING whose text would be redacted: a line
+    that says only "a library logged something" is noise (a start printed 150 of them);
+    warnings and errors still show, redacted, with their logger and exception type."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, dict):  # structlog's own event (wrapped for the formatter)
+            return True
+        return record.levelno >= logging.WARNING or _text_allowed(record.name)
+
+
 def adopt_library_loggers() -> None:
     """Every library logger made so far writes through the root's handler (and so through
     the formatter and its allow-list), not a handler of its own: uvicorn's, vLLM's, and
@@ -98,8 +109,9 @@ def engine_logging_config(level: str) -> dict[str, Any]:
     return {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"cloister": {"()": f"{__name__}.json_formatter"}},
+        "filters": {"quiet": {"()": f"{__name__}.QuietRedacted"}},
         "handlers": {"cloister": {"class": "logging.StreamHandler", "formatter": "cloister",
-                                  "stream": "ext://sys.stderr"}},
+                                  "filters": ["quiet"], "stream": "ext://sys.stderr"}},
         "loggers": {"vllm": {"handlers": [], "level": level, "propagate": True},
                     "httpx": {"level": "WARNING"}},
         "root": {"handlers": ["cloister"], "level": level},
@@ -126,6 +138,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(json_formatter())
+    handler.addFilter(QuietRedacted())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
