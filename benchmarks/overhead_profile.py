@@ -7,7 +7,9 @@ deterministic test engine (testkit/doubles.py: no model, so what remains is the 
 under cProfile. Requests are sealed before the profiled window and responses are not
 opened, so only the gateway's side is measured. Own time is grouped by where it is
 spent: HPKE and AEAD (crypto), OHTTP/BHTTP framing, the engine bridge, Starlette and
-middleware, JSON, the event loop, and the test engine itself (not Cloister's cost).
+middleware, JSON, the event loop, and the test engine itself (not Cloister's cost); and
+each protection's share (replay records, receipts and the log, padding, sampling caps):
+its modules' own time and that of the primitives they call directly.
 
 The stand-in engine answers at once, so a request's tokens leave in few coalesced chunks
 and "per chunk" above divides a request's fixed costs (HPKE, replay record, receipt) by
@@ -66,6 +68,40 @@ def _category(filename: str, function: str) -> str:
         if any(n in filename for n in needles):
             return name
     return "other"
+
+
+# Each protection's code, by module (its share: `protection_shares`).
+PROTECTIONS = [
+    ("replay records", ("enclave/replay.py", "gateway/replay_store.py")),
+    ("receipts and the transparency log", ("enclave/receipts.py", "gateway/tlog.py",
+                                           "enclave/tlog/")),
+    ("padding", ("enclave/padding.py",)),
+    ("sampling caps and cache salts", ("gateway/sampling.py",)),
+]
+
+
+PRIMITIVES = ("~", "cryptography", "hashlib", "hmac", "json/", "rfc8785", "base64", "os.py")
+
+
+def protection_shares(stats: pstats.Stats, own_total: float) -> dict[str, float]:
+    """Each protection's share of Cloister's own time: the own time of its modules' code
+    and of the primitives it calls directly (hashing, signing, JSON, random bytes), not
+    of the rest of Cloister it calls back into (padding wraps the sealing: that stays
+    the sealing's)."""
+    table = stats.stats  # type: ignore[attr-defined]
+    shares = {}
+    for name, modules in PROTECTIONS:
+        def inside(key: tuple[str, int, str], modules: tuple[str, ...] = modules) -> bool:
+            return any(m in key[0] for m in modules)
+
+        spent = sum(table[key][2] for key in table if inside(key))
+        for key, (_, _, _, _, callers) in table.items():
+            if inside(key) or not any(p in key[0] for p in PRIMITIVES):
+                continue
+            # a primitive's cumulative time from each caller in this protection
+            spent += sum(times[3] for caller, times in callers.items() if inside(caller))
+        shares[name] = round(spent / own_total, 4) if own_total else 0.0
+    return shares
 
 
 def _called_from_test_engine(stats: pstats.Stats, key: tuple[str, int, str]) -> bool:
@@ -225,6 +261,10 @@ async def main(requests: int, max_tokens: int, interval_ms: float,
     for cat, secs in sorted(by_category.items(), key=lambda kv: -kv[1]):
         if cat != "test engine (not Cloister)":
             print(f"| {cat} | {secs / (total - engine_share) * 100:.0f}% |")
+    protections = protection_shares(stats, total - engine_share)
+    print("\n| protection | share of own time |\n| --- | ---: |")
+    for name, share in protections.items():
+        print(f"| {name} | {share * 100:.1f}% |")
     print("\nTop functions by own time:")
     stats.sort_stats("tottime").print_stats(12)
     extra = await marginal()
@@ -241,6 +281,7 @@ async def main(requests: int, max_tokens: int, interval_ms: float,
                   "shares": {cat: round(secs / (total - engine_share), 4)
                              for cat, secs in by_category.items()
                              if cat != "test engine (not Cloister)"},
+                  "protections": protections,
                   "marginal": extra, "cores": os.cpu_count(), "goal_us_per_chunk": 20}
         (out / f"overhead_profile-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
 
