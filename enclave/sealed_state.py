@@ -71,12 +71,7 @@ class DataKey:
     @classmethod
     def from_key_file(cls, path: Path) -> DataKey:
         """The simulated TEE's data key: a 0600 file, made on first use."""
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(os.urandom(KEY_SIZE))
-        return cls(path.read_bytes())
+        return cls(kept_secret(path, KEY_SIZE))
 
     @classmethod
     def from_snp(cls, *, workload: bytes, device: str = SEV_GUEST,
@@ -87,6 +82,23 @@ class DataKey:
         another key."""
         firmware = _snp_derived_key(device, ioctl or default_ioctl, opener or open_device)
         return cls(bound_to_workload(firmware, workload))
+
+
+def kept_secret(path: Path, size: int) -> bytes:
+    """`size` random bytes kept in a 0600 file, made on first use; when another process
+    makes it at the same moment, theirs."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secret = os.urandom(size)
+        try:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                           "wb") as out:
+                out.write(secret)
+        except FileExistsError:
+            return path.read_bytes()
+        return secret
 
 
 def bound_to_workload(root: bytes, workload: bytes) -> bytes:

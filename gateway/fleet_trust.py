@@ -13,7 +13,7 @@ statement the operator signs) is refused by every replica, and refuses them.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ class FleetTrust:
         return tuple(good)
 
     def policy(self, now: dt.datetime) -> Policy:
-        return Policy(tuple(s.values for s in self.statements_now(now)))
+        return policy_of(self.statements_now(now))
 
     def check_peer(self, claims: VerifiedEvidence, *, keyholder: bool) -> None:
         """`VerificationError` unless the peer's manifest holds this member's anchors
@@ -77,6 +77,11 @@ class FleetTrust:
         if theirs != self.anchors:
             raise VerificationError(Reason.FLEET_ANCHORS, "the peer trusts other release "
                                     "keys or another statement version floor")
+
+
+def policy_of(statements: Sequence[VerifiedStatement]) -> Policy:
+    """The policy these statements make (`FleetTrust.statements_now`'s)."""
+    return Policy(tuple(s.values for s in statements))
 
 
 def fleet_trust(fleet: Fleet, attestation: Attestation, state: Path,

@@ -46,7 +46,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from attestation.errors import VerificationError
-from attestation.verify import Policy, verify_evidence
+from attestation.verify import verify_evidence
 from enclave import key_release
 from enclave.keys import KeyRing
 from enclave.wire_errors import ErrorCode
@@ -55,7 +55,7 @@ from gateway.attestation_routes import Attested, ReportService
 from gateway.body import parse_json_object, read_body
 from gateway.config import KeyholderConfig
 from gateway.errors import GatewayError, json_response
-from gateway.fleet_trust import FleetTrust
+from gateway.fleet_trust import FleetTrust, policy_of
 from gateway.keyholder_audit import KeyholderAudit
 from gateway.limits import RateBuckets
 from gateway.metrics import GatewayMetrics
@@ -136,7 +136,7 @@ class Keyholder:
         try:
             # statements expire and have a version floor: those in force now
             statements = self._trust.statements_now(now)
-            policy = Policy(tuple(s.values for s in statements))
+            policy = policy_of(statements)
             claims = await asyncio.to_thread(
                 verify_evidence, evidence, expected_nonce=challenge, roots=self._trust.roots,
                 policy=policy, now=now)

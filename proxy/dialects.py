@@ -3,7 +3,6 @@ side is the dialect's own sans-IO `KeyDiscovery`, driven by the client."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import httpx
 from enclave.plugin import ClientSetup
 from enclave.registry import DIALECTS, Dialect
 from enclave.route_hint import RouteHint, user_key
+from enclave.sealed_state import kept_secret
 from proxy.attestor import Attestation
 from proxy.client import DEFAULT_LIMITS, GatewayClient
 
@@ -62,19 +62,4 @@ def route_hint_for(choice: str, protocol: str, state_dir: Path, *,
         return None
     if api_key:
         return RouteHint(user_key(api_key.encode()))
-    return RouteHint(user_key(_kept_secret(state_dir / "route-hint.key")))
-
-
-def _kept_secret(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        secret = os.urandom(32)
-        try:
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
-                           "wb") as out:
-                out.write(secret)
-        except FileExistsError:  # another client made it first: use theirs
-            return path.read_bytes()
-        return secret
+    return RouteHint(user_key(kept_secret(state_dir / "route-hint.key", 32)))
