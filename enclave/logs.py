@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -120,11 +121,15 @@ def engine_logging_config(level: str) -> dict[str, Any]:
 
 def engine_logging_file(folder: str) -> str:
     """A file holding `engine_logging_config` at this process's level, in `folder` (the
-    engine's private folder): the engine's processes log as this one does."""
+    engine's private folder): the engine's processes log as this one does. Written whole
+    and then renamed into place: two engines starting at once each write it while the
+    other's vLLM may be reading it, and a half-written file failed a start."""
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     path = os.path.join(folder, "engine-logging.json")
-    with open(path, "w", encoding="utf-8") as file:
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, suffix=".new",
+                                     delete=False) as file:
         json.dump(engine_logging_config(level), file)
+    os.replace(file.name, path)
     return path
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import structlog
@@ -127,3 +128,35 @@ def test_a_librarys_redacted_chatter_below_warning_is_left_out(logs) -> None:
     assert ("cloister.test", "our_event") in events
     assert [e for e in events if e[0] in ("uvicorn.error", "vllm.triton_utils.importing")] \
         == [("uvicorn.error", REDACTED)]
+
+
+def test_the_engine_logging_file_is_never_seen_half_written(tmp_path) -> None:
+    """Two engines starting at once both write it while vLLM reads it: a reader sees
+    either the whole old file or the whole new one (a half-written one failed a start
+    with JSONDecodeError)."""
+    import threading
+
+    from enclave.logs import engine_logging_file
+
+    path = engine_logging_file(str(tmp_path))
+    stop, bad = threading.Event(), []
+
+    def write() -> None:
+        while not stop.is_set():
+            engine_logging_file(str(tmp_path))
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    try:
+        for _ in range(2000):
+            try:
+                json.loads(Path(path).read_text())
+            except ValueError as exc:
+                bad.append(exc)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    assert bad == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine-logging.json"]
